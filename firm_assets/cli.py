@@ -1,0 +1,57 @@
+"""The `firm` command: build the tiny models, run the main job, print where everything landed."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from resources.home import firm_home
+
+
+def _dagster_home() -> str:
+    """Runs go to a persistent instance under FIRM_HOME so `dagster dev` shows them afterwards."""
+    home = os.environ.setdefault("DAGSTER_HOME", str(firm_home() / "dagster"))
+    os.makedirs(home, exist_ok=True)
+    return home
+
+
+def build_tiny(_: argparse.Namespace) -> int:
+    from resources.models import ensure_tiny_models
+
+    print(f"tiny models in {ensure_tiny_models()}")
+    return 0
+
+
+def run_job(args: argparse.Namespace) -> int:
+    """Materialize the named job on the active profile and print a summary."""
+    dagster_home = _dagster_home()
+    from dagster import DagsterInstance
+
+    from firm_assets.definitions import defs
+    from resources.models import ensure_tiny_models
+    from warehouse.summary import print_summary
+
+    ensure_tiny_models()
+    result = defs.get_job_def(args.job).execute_in_process(
+        instance=DagsterInstance.get(), raise_on_error=False
+    )
+    print_summary(result, dagster_home)
+    return 0 if result.success else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="firm", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("build-tiny", help="build the tiny offline models under FIRM_HOME").set_defaults(
+        func=build_tiny
+    )
+    run = commands.add_parser("run", help="materialize a job (default: main, every asset)")
+    run.add_argument("job", nargs="?", default="main")
+    run.set_defaults(func=run_job)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""Publishing a scored dataset version — the one dataset builder both chains use.
+
+A version is its exact membership plus a content hash. Publishing writes, under
+FIRM_HOME/datasets/<name>/<version>/: `data.parquet`, one ShareGPT-style JSON per training task
+(the format LLaMA-Factory reads) with `dataset_info.json`, and the images the exports point at;
+then the membership and lineage rows in the warehouse and an MLflow run with the dataset digest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from firm_assets.curation.prompts import load_template
+from firm_assets.curation.records import record_lineage
+from firm_assets.curation.versioning import frame_version, short_hash
+from resources.chat import ImagePart
+from resources.home import firm_home
+from warehouse.connection import Warehouse
+
+IMAGE_TOKEN = "<image>"
+
+
+@dataclass(frozen=True)
+class SftTask:
+    """One supervised task exported from a dataset: which critic prompt, which columns fill it, and
+    which columns hold the target reasoning and score."""
+
+    name: str
+    template_id: str
+    image_columns: tuple[str, ...]
+    variable_columns: dict[str, str]
+    reasoning_column: str
+    score_column: str
+
+
+@dataclass(frozen=True)
+class PublishedDataset:
+    name: str
+    version: str
+    folder: Path
+    n_samples: int
+
+
+def balance_by_bin(frame: pl.DataFrame, column: str, max_per_bin: int | None, seed: int) -> pl.DataFrame:
+    """Keep at most `max_per_bin` rows per rounded score, chosen by a seeded hash (stable, not random
+    across runs), so no score level dominates the critic's training data."""
+    if not max_per_bin or frame.is_empty():
+        return frame
+    ranked = frame.with_columns(
+        pl.col(column).round(0).alias("_bin"),
+        pl.col("sample_id")
+        .map_elements(lambda s: short_hash(s, seed), return_dtype=pl.String)
+        .alias("_rank"),
+    ).sort("_bin", "_rank")
+    return ranked.filter(pl.int_range(pl.len()).over("_bin") < max_per_bin).drop("_bin", "_rank")
+
+
+def _sharegpt_record(task: SftTask, row: dict, image_names: dict[str, str]) -> dict:
+    template = load_template(task.template_id)
+    variables = {name: row[column] or "none" for name, column in task.variable_columns.items()}
+    images = {
+        name: ImagePart(Path(row[column]), "")
+        for name, column in zip(template.images, task.image_columns, strict=True)
+    }
+    request = template.render(variables, images)
+    text = next(part for part in request.user if isinstance(part, str))
+    target = {"reasoning": row[task.reasoning_column] or "", "score": round(row[task.score_column])}
+    messages = [{"role": "user", "content": IMAGE_TOKEN * len(images) + text}]
+    if request.system:
+        messages.insert(0, {"role": "system", "content": request.system})
+    messages.append({"role": "assistant", "content": json.dumps(target)})
+    return {"messages": messages, "images": [f"images/{image_names[row[c]]}" for c in task.image_columns]}
+
+
+def _link_or_copy(source: Path, dest: Path) -> None:
+    """Hard-link (same file system, no extra bytes) or copy an image into the export."""
+    if dest.exists():
+        return
+    try:
+        os.link(source, dest)
+    except OSError:
+        shutil.copyfile(source, dest)
+
+
+def _write_folder(folder: Path, frame: pl.DataFrame, tasks: Sequence[SftTask]) -> None:
+    """Write into a temporary folder, then rename: a killed run never leaves half a version."""
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "images").mkdir(parents=True)
+    image_columns = sorted({c for task in tasks for c in task.image_columns})
+    image_names = {}
+    for path in {p for c in image_columns for p in frame[c].to_list()}:
+        name = Path(path).name
+        image_names[path] = name
+        _link_or_copy(Path(path), tmp / "images" / name)
+    frame.write_parquet(tmp / "data.parquet")
+    info = {}
+    for task in tasks:
+        records = [_sharegpt_record(task, row, image_names) for row in frame.iter_rows(named=True)]
+        (tmp / f"{task.name}.json").write_text(json.dumps(records, indent=1))
+        info[task.name] = {
+            "file_name": f"{task.name}.json",
+            "formatting": "sharegpt",
+            "columns": {"messages": "messages", "images": "images"},
+            "tags": {
+                "role_tag": "role",
+                "content_tag": "content",
+                "user_tag": "user",
+                "assistant_tag": "assistant",
+                "system_tag": "system",
+            },
+        }
+    (tmp / "dataset_info.json").write_text(json.dumps(info, indent=1))
+    if folder.exists():
+        shutil.rmtree(tmp)
+    else:
+        os.replace(tmp, folder)
+
+
+def publish_dataset(
+    name: str,
+    frame: pl.DataFrame,
+    tasks: Sequence[SftTask],
+    params: dict,
+    inputs: Sequence[tuple[str, str]],
+    warehouse: Warehouse,
+    run_id: str | None,
+    log_mlflow,
+) -> PublishedDataset:
+    """`frame` needs `sample_id`, `source` and `cache_keys` (the calls that produced the row) columns.
+    `log_mlflow(version, folder) -> mlflow run id` logs the version; `inputs` are upstream versions."""
+    path_columns = [c for c in frame.columns if c.endswith("_path")]
+    version = frame_version(
+        frame.drop(path_columns).with_columns(pl.lit(json.dumps(params)).alias("_p")), "sample_id"
+    )
+    folder = firm_home() / "datasets" / name / version
+    if not folder.exists():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        _write_folder(folder, frame.sort("sample_id"), tasks)
+    mlflow_run_id = log_mlflow(version, folder)
+    with warehouse.transaction() as con:
+        known = con.execute(
+            "SELECT count(*) FROM dataset_versions WHERE dataset = ? AND version = ?", [name, version]
+        ).fetchone()[0]
+        if not known:
+            con.execute(
+                "INSERT INTO dataset_versions (dataset, version, n_samples, params, parquet_path,"
+                " export_path, dagster_run_id, mlflow_run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    name,
+                    version,
+                    frame.height,
+                    json.dumps(params),
+                    str(folder / "data.parquet"),
+                    str(folder),
+                    run_id,
+                    mlflow_run_id,
+                ],
+            )
+            members = frame.select(
+                pl.lit(name).alias("dataset"),
+                pl.lit(version).alias("version"),
+                "sample_id",
+                "source",
+                "cache_keys",
+            )
+            con.register("members_frame", members.to_arrow())
+            con.execute("INSERT INTO dataset_members SELECT * FROM members_frame")
+            con.unregister("members_frame")
+    record_lineage(warehouse, (name, version), inputs, run_id, mlflow_run_id)
+    return PublishedDataset(name, version, folder, frame.height)

@@ -1,0 +1,87 @@
+"""Image-model calls (editing and text-to-image) through the same cache as chat stages.
+
+A generated image is cached by model + revision, sampler settings, seed and the content of its
+inputs; its bytes are stored by hash, so a re-run never re-renders an unchanged candidate.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from PIL import Image
+
+from firm_assets.curation.cache import CachedResult, CacheItem, CallSpec, Outcome, StageStats, run_cached
+from firm_assets.curation.images import StoredImage, save_generated
+from firm_assets.curation.records import record_images
+from resources.profiles import ImageModelConfig
+from warehouse.connection import Warehouse
+
+IMAGE_OUTPUT = "png@1"
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    """One image to make: the prompt or instruction, an optional source image, and the seed."""
+
+    sample_id: str
+    text: str
+    seed: int
+    source_path: str | None = None
+    source_sha: str | None = None
+
+
+def run_image_stage(
+    stage: str,
+    template_ref: str,
+    config: ImageModelConfig,
+    backend,
+    jobs: Sequence[ImageJob],
+    warehouse: Warehouse,
+    store,
+    run_id: str | None,
+) -> tuple[dict[str, CachedResult], StageStats]:
+    """Render every cache-missing job one at a time (diffusion batches are per-image anyway)."""
+    render = _editor(backend, config) if any(job.source_sha for job in jobs) else _generator(backend, config)
+    items = [
+        CacheItem(job.sample_id, {"text": job.text, "seed": job.seed, "source": job.source_sha}, job)
+        for job in jobs
+    ]
+    stored: list[StoredImage] = []
+
+    def compute(batch: list[ImageJob]) -> list[Outcome]:
+        outcomes = []
+        for job in batch:
+            started = time.perf_counter()
+            try:
+                image = save_generated(render(job), store)
+            except Exception as error:  # a failing sample is recorded, the stage goes on
+                outcomes.append(Outcome(None, None, f"{type(error).__name__}: {error}", 1, 0.0))
+                continue
+            stored.append(image)
+            record_images(warehouse, [image])
+            parsed = {"image_sha": image.sha256, "image_path": str(image.path)}
+            outcomes.append(Outcome(image.sha256, parsed, None, 1, time.perf_counter() - started))
+        return outcomes
+
+    decoding = {"steps": config.steps, "guidance": config.guidance, "size": config.size}
+    spec = CallSpec(stage, backend.model, template_ref, IMAGE_OUTPUT, decoding)
+    return run_cached(warehouse, spec, items, compute, batch_size=4, run_id=run_id)
+
+
+def _editor(backend, config: ImageModelConfig) -> Callable[[ImageJob], Image.Image]:
+    def render(job: ImageJob) -> Image.Image:
+        with Image.open(job.source_path) as source:
+            return backend.edit(
+                source.convert("RGB"), job.text, job.seed, config.steps, config.guidance, config.size
+            )
+
+    return render
+
+
+def _generator(backend, config: ImageModelConfig) -> Callable[[ImageJob], Image.Image]:
+    def render(job: ImageJob) -> Image.Image:
+        return backend.generate(job.text, job.seed, config.steps, config.guidance, config.size)
+
+    return render

@@ -1,0 +1,61 @@
+"""Prompt templates are versioned data files (templates/*.yaml); this module loads and renders them.
+
+A template's id and version enter every cache key and the code_version of the asset that uses it,
+so editing a template (and bumping its version) recomputes exactly the stages that use it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+
+import yaml
+
+from resources.chat import ChatRequest, ImagePart
+
+TEMPLATE_PACKAGE = "firm_assets.curation.templates"
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """A rendered-on-demand chat prompt: system text, user text, and named image slots."""
+
+    id: str
+    version: str
+    system: str
+    user: str
+    images: tuple[str, ...]
+    text_sha: str
+
+    @property
+    def ref(self) -> str:
+        """`id@version#sha` — the sha catches an edit made without bumping the version."""
+        return f"{self.id}@{self.version}#{self.text_sha[:8]}"
+
+    def render(self, variables: dict[str, str], images: dict[str, ImagePart]) -> ChatRequest:
+        """Fill the text placeholders and put the named images, in template order, before the text."""
+        missing = [name for name in self.images if name not in images]
+        if missing:
+            raise KeyError(f"template {self.id} needs images {missing}")
+        text = self.user.format_map(variables).strip()
+        parts: tuple[str | ImagePart, ...] = (*(images[name] for name in self.images), text)
+        return ChatRequest(user=parts, system=self.system.strip() or None)
+
+
+@cache
+def load_template(template_id: str) -> PromptTemplate:
+    """Load templates/<id>.yaml shipped with the package."""
+    text = resources.files(TEMPLATE_PACKAGE).joinpath(f"{template_id}.yaml").read_text()
+    data = yaml.safe_load(text)
+    if data["id"] != template_id:
+        raise ValueError(f"template file {template_id}.yaml declares id {data['id']!r}")
+    return PromptTemplate(
+        id=data["id"],
+        version=str(data["version"]),
+        system=data.get("system", ""),
+        user=data["user"],
+        images=tuple(data.get("images", [])),
+        text_sha=hashlib.sha256(text.encode()).hexdigest(),
+    )

@@ -1,0 +1,54 @@
+"""Warehouse writes shared by both chains: quarantine rows, image rows and lineage edges."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from warehouse.connection import Warehouse
+
+
+def record_quarantine(
+    warehouse: Warehouse, asset: str, rows: Sequence[tuple[str, str, str, str]], run_id: str | None
+) -> int:
+    """Store (source, locator, raw, reason) rows; returns how many."""
+    if rows:
+        with warehouse.transaction() as con:
+            con.executemany(
+                "INSERT INTO quarantine (asset, source, locator, raw, reason, dagster_run_id)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [(asset, source, locator, raw, reason, run_id) for source, locator, raw, reason in rows],
+            )
+    return len(rows)
+
+
+def record_images(warehouse: Warehouse, images: Iterable) -> None:
+    """Upsert StoredImage rows by sha256 (the same bytes are one image however often they come)."""
+    rows = [(i.sha256, str(i.path), i.format, i.width, i.height, i.bytes) for i in images]
+    if rows:
+        with warehouse.transaction() as con:
+            con.executemany(
+                "INSERT INTO images (sha256, path, format, width, height, bytes) VALUES (?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT DO NOTHING",
+                rows,
+            )
+
+
+def record_lineage(
+    warehouse: Warehouse,
+    output: tuple[str, str],
+    inputs: Sequence[tuple[str, str]],
+    run_id: str | None,
+    mlflow_run_id: str | None = None,
+) -> None:
+    """Edges output(asset, version) <- input(asset, version) for one materialization."""
+    with warehouse.transaction() as con:
+        con.executemany(
+            "INSERT INTO lineage_edges (output_asset, output_version, input_asset, input_version,"
+            " dagster_run_id, mlflow_run_id) VALUES (?, ?, ?, ?, ?, ?)",
+            [(*output, asset, version, run_id, mlflow_run_id) for asset, version in inputs],
+        )
+
+
+def relative_to(path: Path, root: Path) -> str:
+    return str(path.resolve().relative_to(root.resolve()))

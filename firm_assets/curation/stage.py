@@ -1,0 +1,143 @@
+"""A chat stage is data — template, parser, decoding, score reader — run by one function.
+
+Difference captions, execution and consistency scores, checklists and instruction-following scores
+are all the same shape: render a versioned template per sample, ask a model (cache misses only),
+parse strictly then tolerantly, retry a bounded number of times with sampling, record failures.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from firm_assets.curation.cache import CachedResult, CacheItem, CallSpec, Outcome, StageStats, run_cached
+from firm_assets.curation.parsers import ParseError, Parser
+from firm_assets.curation.prompts import PromptTemplate
+from resources.chat import ChatBackend, ChatRequest, Decoding, ImagePart
+
+SCORE_TOKENS = ("1", "2", "3", "4", "5")
+RETRY_TEMPERATURE = 0.7
+
+
+@dataclass(frozen=True)
+class ChatStage:
+    """What a stage is. `score_reader` is "text" (parsed answer) or "expectation" (the score as the
+    expectation of the score digit under the model's next-token probabilities, after its reasoning)."""
+
+    name: str
+    template: PromptTemplate
+    parser: Parser
+    decoding: Decoding
+    max_attempts: int = 3
+    score_reader: str | None = None
+
+    @property
+    def code_version(self) -> str:
+        reader = f"+{self.score_reader}" if self.score_reader else ""
+        return f"{self.template.ref}+{self.parser.ref}{reader}"
+
+
+@dataclass(frozen=True)
+class StageInput:
+    """One sample for a chat stage: its id, the template's text variables and its named images."""
+
+    sample_id: str
+    variables: dict[str, str]
+    images: dict[str, ImagePart]
+
+
+def _call_inputs(request: ChatRequest) -> dict[str, Any]:
+    """The content that identifies a call: rendered text and image content hashes, not paths."""
+    return {
+        "system": request.system,
+        "user": [part.sha256 if isinstance(part, ImagePart) else part for part in request.user],
+    }
+
+
+def _answer(stage: ChatStage, backend: ChatBackend, requests: list[ChatRequest]) -> list[Outcome]:
+    """Generate, parse, and re-ask only the failures (sampling, new seed) up to max_attempts."""
+    outcomes: list[Outcome | None] = [None] * len(requests)
+    texts: list[str] = [""] * len(requests)
+    todo = list(range(len(requests)))
+    for attempt in range(1, stage.max_attempts + 1):
+        decoding = stage.decoding
+        if attempt > 1:
+            decoding = replace(decoding, temperature=RETRY_TEMPERATURE, seed=decoding.seed + attempt)
+        started = time.perf_counter()
+        answers = backend.generate([requests[i] for i in todo], decoding)
+        share = (time.perf_counter() - started) / max(len(todo), 1)
+        failed = []
+        for index, text in zip(todo, answers, strict=True):
+            texts[index] = text
+            seconds = share + (outcomes[index].model_seconds if outcomes[index] else 0.0)
+            try:
+                outcomes[index] = Outcome(text, stage.parser.parse(text), None, attempt, seconds)
+            except ParseError as error:
+                outcomes[index] = Outcome(text, None, f"parse: {error}", attempt, seconds)
+                failed.append(index)
+        todo = failed
+        if not todo:
+            break
+    return [outcome for outcome in outcomes if outcome is not None]
+
+
+def _expectation(backend: ChatBackend, requests: list[ChatRequest], outcomes: list[Outcome]) -> None:
+    """Read the score as E[digit] after the model's own reasoning; replaces text-parse failures."""
+    prefixes = []
+    for outcome in outcomes:
+        reasoning = (outcome.parsed or {}).get("reasoning", outcome.output_text or "")
+        prefixes.append('{"reasoning": ' + json.dumps(reasoning) + ', "score": ')
+    started = time.perf_counter()
+    probs = backend.next_token_probs(requests, prefixes, SCORE_TOKENS)
+    share = (time.perf_counter() - started) / max(len(requests), 1)
+    for outcome, prob in zip(outcomes, probs, strict=True):
+        mass = sum(prob.values())
+        outcome.model_seconds += share
+        if mass <= 0:
+            outcome.failure = "expectation: no probability on score tokens"
+            continue
+        expected = sum(int(token) * p for token, p in prob.items()) / mass
+        text_score = (outcome.parsed or {}).get("score")
+        outcome.parsed = {
+            "reasoning": (outcome.parsed or {}).get("reasoning", outcome.output_text or ""),
+            "score": round(expected, 4),
+            "text_score": text_score,
+            "digit_mass": round(mass, 6),
+        }
+        outcome.failure = None
+
+
+def _text_failed(outcome: Outcome) -> bool:
+    """Whether the answer text itself failed to parse (even if an expectation score was read)."""
+    return outcome.parsed is None or outcome.parsed.get("text_score", 0) is None
+
+
+def run_chat_stage(
+    stage: ChatStage,
+    backend: ChatBackend,
+    inputs: Sequence[StageInput],
+    warehouse,
+    batch_size: int,
+    run_id: str | None = None,
+) -> tuple[dict[str, CachedResult], StageStats]:
+    """Render every sample, then answer the cache misses through `run_cached`."""
+    items = []
+    for sample in inputs:
+        request = stage.template.render(sample.variables, sample.images)
+        items.append(CacheItem(sample.sample_id, _call_inputs(request), request))
+
+    def compute(requests: list[ChatRequest]) -> list[Outcome]:
+        outcomes = _answer(stage, backend, requests)
+        if stage.score_reader == "expectation":
+            _expectation(backend, requests, outcomes)
+        return outcomes
+
+    decoding = {**stage.decoding.as_dict(), "max_attempts": stage.max_attempts, "reader": stage.score_reader}
+    spec = CallSpec(stage.name, backend.model, stage.template.ref, stage.parser.ref, decoding)
+    results, stats = run_cached(warehouse, spec, items, compute, batch_size, run_id)
+    if stage.score_reader:
+        stats.extra["text_parse_failures"] = sum(1 for r in results.values() if _text_failed(r.outcome))
+    return results, stats

@@ -1,0 +1,37 @@
+"""The code location `workspace.yaml` loads: every asset, check, job, schedule and sensor."""
+
+from __future__ import annotations
+
+import os
+
+from dagster import Definitions, load_asset_checks_from_modules, load_assets_from_modules
+
+from firm_assets.edit import candidates, captions, checks, dataset, requests, scores
+from jobs.curation import edit_curation_job, main_job
+from resources.models import ModelsResource
+from resources.profiles import DEFAULT_PROFILE
+from resources.tracking import TrackingResource
+from resources.warehouse_resource import WarehouseIOManager, WarehouseResource
+from sensors.recuration import edit_requests_changed, nightly_edit_recuration
+
+ASSET_MODULES = [requests, candidates, captions, scores, dataset]
+
+
+def build_resources() -> dict:
+    """Resources from the environment: FIRM_PROFILE picks the models; paths default under FIRM_HOME."""
+    return {
+        "models": ModelsResource(profile=os.environ.get("FIRM_PROFILE", DEFAULT_PROFILE)),
+        "warehouse": WarehouseResource(),
+        "tracking": TrackingResource(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", "")),
+        "io_manager": WarehouseIOManager(),
+    }
+
+
+defs = Definitions(
+    assets=load_assets_from_modules(ASSET_MODULES),
+    asset_checks=load_asset_checks_from_modules([checks]),
+    jobs=[main_job, edit_curation_job],
+    schedules=[nightly_edit_recuration],
+    sensors=[edit_requests_changed],
+    resources=build_resources(),
+)

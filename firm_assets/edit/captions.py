@@ -1,0 +1,85 @@
+"""`difference_captions`: a VLM describes what differs between source and edited image, no judging.
+
+Grounding the later scores in an explicit difference description is what cuts hallucination.
+"""
+
+from pathlib import Path
+
+import polars as pl
+from dagster import AssetExecutionContext, DataVersion, Output, asset
+
+from firm_assets.curation.parsers import CAPTION_TEXT
+from firm_assets.curation.prompts import load_template
+from firm_assets.curation.roles import chat_stage, static_code_version
+from firm_assets.curation.stage import StageInput, run_chat_stage
+from firm_assets.curation.versioning import frame_version
+from resources.chat import ImagePart
+from resources.models import ModelsResource
+from resources.warehouse_resource import WarehouseResource
+
+GROUP = "edit"
+TEMPLATE = "difference_caption"
+
+CAPTION_SCHEMA = {
+    "candidate_id": pl.String,
+    "request_id": pl.String,
+    "caption": pl.String,
+    "caption_key": pl.String,
+    "failure": pl.String,
+}
+
+
+def caption_inputs(source_images: pl.DataFrame, edit_candidates: pl.DataFrame) -> list[StageInput]:
+    """One stage input per candidate: its request's source image and the edited image."""
+    sources = {row["request_id"]: row for row in source_images.iter_rows(named=True)}
+    inputs = []
+    for candidate in edit_candidates.iter_rows(named=True):
+        source = sources.get(candidate["request_id"])
+        if source is None:
+            continue
+        images = {
+            "source": ImagePart(Path(source["source_path"]), source["source_sha"]),
+            "edited": ImagePart(Path(candidate["image_path"]), candidate["image_sha"]),
+        }
+        inputs.append(StageInput(candidate["candidate_id"], {}, images))
+    return inputs
+
+
+@asset(
+    group_name=GROUP,
+    code_version=static_code_version(load_template(TEMPLATE).ref, CAPTION_TEXT.ref),
+    kinds={"duckdb", "transformers"},
+    description="Plain description of every visual difference between source and edited image "
+    "(captioner role).",
+)
+def difference_captions(
+    context: AssetExecutionContext,
+    source_images: pl.DataFrame,
+    edit_candidates: pl.DataFrame,
+    models: ModelsResource,
+    warehouse: WarehouseResource,
+) -> Output[pl.DataFrame]:
+    profile = models.settings()
+    stage = chat_stage(profile, "difference_captions", TEMPLATE, CAPTION_TEXT, "caption", scored=False)
+    inputs = caption_inputs(source_images, edit_candidates)
+    results, stats = run_chat_stage(
+        stage, models.chat("captioner"), inputs, warehouse.get(), profile.captioner.batch_size, context.run_id
+    )
+    request_of = dict(zip(edit_candidates["candidate_id"], edit_candidates["request_id"], strict=True))
+    frame = pl.DataFrame(
+        [
+            {
+                "candidate_id": sample_id,
+                "request_id": request_of[sample_id],
+                "caption": result.outcome.parsed["caption"] if result.outcome.ok else None,
+                "caption_key": result.cache_key,
+                "failure": result.outcome.failure,
+            }
+            for sample_id, result in results.items()
+        ],
+        schema=CAPTION_SCHEMA,
+    ).sort("candidate_id")
+    version = frame_version(frame)
+    return Output(
+        frame, data_version=DataVersion(version), metadata={**stats.as_metadata(), "data_version": version}
+    )

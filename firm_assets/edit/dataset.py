@@ -1,0 +1,146 @@
+"""`firm_edit_dataset`: the versioned, content-hashed scored edit dataset and its training exports."""
+
+import polars as pl
+from dagster import AssetExecutionContext, Config, DataVersion, MetadataValue, Output, asset
+from pydantic import Field
+
+from firm_assets.curation.dataset import SftTask, balance_by_bin, publish_dataset
+from firm_assets.curation.versioning import frame_version
+from resources.tracking import TrackingResource, dagster_tags
+from resources.warehouse_resource import WarehouseResource
+
+GROUP = "edit"
+DATASET = "firm_edit"
+TASKS = tuple(
+    SftTask(
+        name=f"edit_{dimension}",
+        template_id=f"critic_edit_{dimension}",
+        image_columns=("source_path", "edited_path"),
+        variable_columns={"instruction": "instruction", "requirement": "requirement"},
+        reasoning_column=f"{dimension}_reasoning",
+        score_column=f"{dimension}_score",
+    )
+    for dimension in ("execution", "consistency")
+)
+
+
+class EditDatasetConfig(Config):
+    require_text_parse: bool = Field(
+        default=False,
+        description="Keep only rows whose judge answers parsed as text (not only as expectation).",
+    )
+    max_per_bin: int = Field(
+        default=0, description="Keep at most this many rows per execution score (0: all)."
+    )
+    seed: int = Field(default=42, description="Seed of the stable per-bin selection.")
+
+
+def assemble(
+    source_images: pl.DataFrame,
+    edit_candidates: pl.DataFrame,
+    edit_scores: pl.DataFrame,
+    difference_captions: pl.DataFrame,
+) -> pl.DataFrame:
+    """One row per fully scored candidate, with everything a critic trains on and its lineage keys."""
+    scored = edit_scores.filter(
+        pl.col("execution_score").is_not_null() & pl.col("consistency_score").is_not_null()
+    )
+    return (
+        scored.join(
+            edit_candidates.select("candidate_id", "editor", "seed", "image_sha", "image_path", "cache_key"),
+            on="candidate_id",
+        )
+        .join(difference_captions.select("candidate_id", "caption", "caption_key"), on="candidate_id")
+        .join(
+            source_images.select("request_id", "instruction", "requirement", "source_sha", "source_path"),
+            on="request_id",
+        )
+        .select(
+            pl.col("candidate_id").alias("sample_id"),
+            "request_id",
+            pl.col("editor").alias("source"),
+            "instruction",
+            "requirement",
+            "source_sha",
+            "source_path",
+            pl.col("image_sha").alias("edited_sha"),
+            pl.col("image_path").alias("edited_path"),
+            "caption",
+            "execution_score",
+            "execution_text_score",
+            "execution_reasoning",
+            "consistency_score",
+            "consistency_text_score",
+            "consistency_reasoning",
+            pl.concat_list(
+                pl.col("cache_key").fill_null(pl.lit(None)), "caption_key", "execution_key", "consistency_key"
+            )
+            .list.drop_nulls()
+            .alias("cache_keys"),
+        )
+    )
+
+
+@asset(
+    group_name=GROUP,
+    code_version="edit_dataset@1",
+    kinds={"duckdb", "parquet", "mlflow"},
+    description="Versioned scored edit dataset: Parquet + LLaMA-Factory ShareGPT exports (execution and "
+    "consistency tasks) with images; membership and lineage in the warehouse, digest in MLflow.",
+)
+def firm_edit_dataset(
+    context: AssetExecutionContext,
+    config: EditDatasetConfig,
+    source_images: pl.DataFrame,
+    edit_candidates: pl.DataFrame,
+    difference_captions: pl.DataFrame,
+    edit_scores: pl.DataFrame,
+    warehouse: WarehouseResource,
+    tracking: TrackingResource,
+) -> Output[pl.DataFrame]:
+    frame = assemble(source_images, edit_candidates, edit_scores, difference_captions)
+    if config.require_text_parse:
+        frame = frame.filter(
+            pl.col("execution_text_score").is_not_null() & pl.col("consistency_text_score").is_not_null()
+        )
+    frame = balance_by_bin(frame, "execution_score", config.max_per_bin, config.seed)
+    params = config.model_dump()
+    inputs = [
+        (name, frame_version(upstream))
+        for name, upstream in (
+            ("source_images", source_images),
+            ("edit_candidates", edit_candidates),
+            ("difference_captions", difference_captions),
+            ("edit_scores", edit_scores),
+        )
+    ]
+
+    def log_mlflow(version: str, folder) -> str:
+        return tracking.log_run(
+            experiment="firm-curation",
+            run_name=f"{DATASET}-{version[:8]}",
+            tags=dagster_tags(context, version),
+            params=params,
+            metrics={
+                "n_samples": frame.height,
+                "mean_execution": frame["execution_score"].mean() or 0.0,
+                "mean_consistency": frame["consistency_score"].mean() or 0.0,
+            },
+            dataset={"name": DATASET, "digest": version, "source": str(folder)},
+        )
+
+    published = publish_dataset(
+        DATASET, frame, TASKS, params, inputs, warehouse.get(), context.run_id, log_mlflow
+    )
+    return Output(
+        frame,
+        data_version=DataVersion(published.version),
+        metadata={
+            "rows": frame.height,
+            "dataset_version": published.version,
+            "export_folder": MetadataValue.path(str(published.folder)),
+            "score_bins": MetadataValue.json(
+                {str(k): v for k, v in frame["execution_score"].round(0).value_counts().rows()}
+            ),
+        },
+    )

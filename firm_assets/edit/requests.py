@@ -1,0 +1,159 @@
+"""`edit_requests` and `source_images`: import FIRM-style JSONL, then validate and store the images.
+
+Two assets so that a fixed typo in one line re-validates no images, and a corrupt image quarantines
+one request, never the run.
+"""
+
+import os
+from pathlib import Path
+
+import polars as pl
+from dagster import AssetExecutionContext, Config, DataVersion, Output, asset
+from pydantic import Field
+
+from firm_assets.curation.images import ImageRejected, ingest_image, resolve_under
+from firm_assets.curation.records import record_images, record_quarantine
+from firm_assets.curation.versioning import frame_version
+from firm_assets.edit.demo import write_demo_edit_dataset
+from firm_assets.edit.importer import read_edit_requests
+from resources.home import firm_home
+from resources.warehouse_resource import WarehouseResource
+
+GROUP = "edit"
+REQUESTS_ENV = "FIRM_EDIT_REQUESTS"
+
+REQUEST_SCHEMA = {
+    "request_id": pl.String,
+    "instruction": pl.String,
+    "requirement": pl.String,
+    "image": pl.String,
+    "edited_images": pl.List(pl.String),
+    "images_root": pl.String,
+}
+SOURCE_SCHEMA = {
+    "request_id": pl.String,
+    "instruction": pl.String,
+    "requirement": pl.String,
+    "source_sha": pl.String,
+    "source_path": pl.String,
+    "width": pl.Int64,
+    "height": pl.Int64,
+    "imported_edit_shas": pl.List(pl.String),
+    "imported_edit_paths": pl.List(pl.String),
+}
+
+
+class EditRequestsConfig(Config):
+    requests_path: str = Field(
+        default="", description=f"FIRM-style JSONL; empty: ${REQUESTS_ENV}, else the built-in demo set."
+    )
+    images_root: str = Field(
+        default="", description="Folder image paths are relative to; empty: the JSONL's."
+    )
+    demo_size: int = Field(default=12, description="Requests in the built-in demo set.")
+
+
+def requests_file(config: EditRequestsConfig) -> Path:
+    """The JSONL this run imports: explicit config, then the environment, then the demo set."""
+    chosen = config.requests_path or os.environ.get(REQUESTS_ENV, "")
+    if chosen:
+        return Path(chosen)
+    return write_demo_edit_dataset(firm_home() / "demo" / f"edit-{config.demo_size}", n=config.demo_size)
+
+
+@asset(
+    group_name=GROUP,
+    code_version="edit_importer@1",
+    kinds={"duckdb"},
+    description="Edit requests (instruction, requirement, source image path, pre-edited images) "
+    "imported from FIRM-style JSONL; bad lines are quarantined with a reason.",
+)
+def edit_requests(
+    context: AssetExecutionContext, config: EditRequestsConfig, warehouse: WarehouseResource
+) -> Output[pl.DataFrame]:
+    path = requests_file(config)
+    root = Path(config.images_root) if config.images_root else path.parent
+    requests, bad = read_edit_requests(path)
+    quarantined = record_quarantine(
+        warehouse.get(),
+        "edit_requests",
+        [(q.source, q.locator, q.raw, q.reason) for q in bad],
+        context.run_id,
+    )
+    frame = pl.DataFrame(
+        [
+            {
+                "request_id": r.request_id,
+                "instruction": r.instruction,
+                "requirement": r.requirement,
+                "image": r.image,
+                "edited_images": list(r.edited_images),
+                "images_root": str(root.resolve()),
+            }
+            for r in requests
+        ],
+        schema=REQUEST_SCHEMA,
+    )
+    version = frame_version(frame, "request_id")
+    return Output(
+        frame,
+        data_version=DataVersion(version),
+        metadata={
+            "rows": frame.height,
+            "quarantined": quarantined,
+            "source": str(path),
+            "data_version": version,
+        },
+    )
+
+
+@asset(
+    group_name=GROUP,
+    code_version="image_ingest@1",
+    kinds={"duckdb"},
+    description="Source and imported edited images, validated (format, size, truncation, decompression "
+    "bombs, paths escaping the root) and stored by content hash.",
+)
+def source_images(
+    context: AssetExecutionContext, edit_requests: pl.DataFrame, warehouse: WarehouseResource
+) -> Output[pl.DataFrame]:
+    store = firm_home() / "images"
+    rows, stored, bad = [], [], []
+    for request in edit_requests.iter_rows(named=True):
+        root = Path(request["images_root"])
+        try:
+            source = ingest_image(resolve_under(root, request["image"]), store)
+        except ImageRejected as rejected:
+            bad.append(("edit_requests", request["request_id"], request["image"], rejected.reason))
+            continue
+        stored.append(source)
+        edits = []
+        for relative in request["edited_images"]:
+            try:
+                edits.append(ingest_image(resolve_under(root, relative), store))
+            except ImageRejected as rejected:
+                bad.append(("edited_images", request["request_id"], relative, rejected.reason))
+        stored.extend(edits)
+        rows.append(
+            {
+                "request_id": request["request_id"],
+                "instruction": request["instruction"],
+                "requirement": request["requirement"],
+                "source_sha": source.sha256,
+                "source_path": str(source.path),
+                "width": source.width,
+                "height": source.height,
+                "imported_edit_shas": [e.sha256 for e in edits],
+                "imported_edit_paths": [str(e.path) for e in edits],
+            }
+        )
+    wh = warehouse.get()
+    record_images(wh, stored)
+    quarantined = record_quarantine(wh, "source_images", bad, context.run_id)
+    frame = pl.DataFrame(rows, schema=SOURCE_SCHEMA)
+    version = frame_version(frame.drop("source_path", "imported_edit_paths"), "request_id")
+    return Output(
+        frame,
+        data_version=DataVersion(version),
+        metadata={"rows": frame.height, "quarantined": quarantined, "data_version": version},
+    )

@@ -1,0 +1,19 @@
+"""Jobs. They run in one process so each model loads once per run, not once per step."""
+
+from dagster import AssetSelection, define_asset_job, in_process_executor
+
+EDIT_GROUP = "edit"
+
+main_job = define_asset_job(
+    "main",
+    selection=AssetSelection.all(),
+    executor_def=in_process_executor,
+    description="Materialize every asset on the active profile (the README's main command).",
+)
+
+edit_curation_job = define_asset_job(
+    "edit_curation",
+    selection=AssetSelection.groups(EDIT_GROUP),
+    executor_def=in_process_executor,
+    description="Re-curate the FIRM-Edit chain; unchanged samples come from the cache.",
+)

@@ -1,0 +1,82 @@
+"""Named model profiles (profiles.yaml): which backend and model each role uses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import yaml
+
+DEFAULT_PROFILE = "cpu-tiny"
+TINY_PREFIX = "tiny:"
+
+
+@dataclass(frozen=True)
+class ChatModelConfig:
+    """A chat role (captioner, judge, planner): backend kind, model id or path, and its knobs."""
+
+    backend: str
+    model: str
+    device: str = "cpu"
+    dtype: str = "float32"
+    batch_size: int = 8
+    tensor_parallel_size: int = 1
+    base_url: str | None = None
+    revision: str | None = None
+
+
+@dataclass(frozen=True)
+class ImageModelConfig:
+    """An editor or text-to-image generator configuration."""
+
+    model: str
+    steps: int
+    guidance: float
+    size: int
+    device: str = "cpu"
+    dtype: str = "float32"
+    revision: str | None = None
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    captioner: ChatModelConfig
+    judge: ChatModelConfig
+    planner: ChatModelConfig
+    editors: tuple[ImageModelConfig, ...]
+    generators: tuple[ImageModelConfig, ...]
+    seeds: tuple[int, ...]
+    max_new_tokens: dict[str, int]
+    score_reader: str
+    max_attempts: int
+
+
+def _profile(name: str, data: dict[str, Any]) -> Profile:
+    return Profile(
+        name=name,
+        captioner=ChatModelConfig(**data["captioner"]),
+        judge=ChatModelConfig(**data["judge"]),
+        planner=ChatModelConfig(**data["planner"]),
+        editors=tuple(ImageModelConfig(**e) for e in data["editors"]),
+        generators=tuple(ImageModelConfig(**g) for g in data["generators"]),
+        seeds=tuple(data["seeds"]),
+        max_new_tokens=dict(data["max_new_tokens"]),
+        score_reader=data["score_reader"],
+        max_attempts=int(data["max_attempts"]),
+    )
+
+
+@cache
+def profiles() -> dict[str, Profile]:
+    data = yaml.safe_load(resources.files("resources").joinpath("profiles.yaml").read_text())
+    return {name: _profile(name, body) for name, body in data.items()}
+
+
+def get_profile(name: str) -> Profile:
+    try:
+        return profiles()[name]
+    except KeyError:
+        raise ValueError(f"unknown profile {name!r}; known: {sorted(profiles())}") from None

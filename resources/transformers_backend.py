@@ -1,0 +1,216 @@
+"""ChatBackend on plain transformers: the CPU/test path and the reference the other backends match.
+Loads once; batches with left padding so every row's next token sits at the last position."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    AutoTokenizer,
+    BatchEncoding,
+    GenerationConfig,
+    PreTrainedModel,
+    ProcessorMixin,
+)
+
+from resources.chat import ChatRequest, Decoding, ImagePart, ModelRef
+
+Message = dict[str, Any]
+
+
+def weights_revision(model_path: str) -> str | None:
+    """A content hash of a local folder's safetensors files (16 hex chars), so lineage changes when
+    the weights do; None when the path is not a local folder with safetensors."""
+    folder = Path(model_path)
+    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.name.encode())
+        with file.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class TransformersBackend:
+    """Batched chat generation and next-token probabilities with a transformers model."""
+
+    def __init__(
+        self,
+        model_path: str,
+        revision: str | None = None,
+        device: str = "cpu",
+        dtype: str = "float32",
+        batch_size: int = 8,
+    ) -> None:
+        torch_dtype = getattr(torch, dtype, None)
+        if not isinstance(torch_dtype, torch.dtype):
+            raise ValueError(f"unknown torch dtype {dtype!r}")
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        config = AutoConfig.from_pretrained(model_path, revision=revision)
+        self.is_vision = getattr(config, "vision_config", None) is not None
+        self.processor = self._load_processor(model_path, revision)
+        self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        auto_model = AutoModelForImageTextToText if self.is_vision else AutoModelForCausalLM
+        self.net: PreTrainedModel = auto_model.from_pretrained(
+            model_path, revision=revision, dtype=torch_dtype
+        )
+        self.net.to(self.device).eval()
+        self.net.generation_config = self._stopping_only(self.net.generation_config)
+        resolved = revision or weights_revision(model_path) or getattr(config, "_commit_hash", None)
+        self.model = ModelRef(model_id=model_path, revision=resolved or "unknown", backend="transformers")
+
+    def _stopping_only(self, checkpoint: GenerationConfig) -> GenerationConfig:
+        """Keep the checkpoint's stop and pad tokens but drop its sampling defaults (Qwen ships
+        top_k=20, temperature=0.7): generate() fills every unset field from them, and Decoding must be
+        the whole story, as it is in the cache key and for the other backends."""
+        return GenerationConfig(
+            bos_token_id=checkpoint.bos_token_id,
+            eos_token_id=checkpoint.eos_token_id or self.tokenizer.eos_token_id,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+
+    def _load_processor(self, model_path: str, revision: str | None) -> Any:
+        """A multimodal processor for VL models (refusing the silent tokenizer-only fallback that
+        AutoProcessor makes when torchvision is missing), else the tokenizer."""
+        if not self.is_vision:
+            return AutoTokenizer.from_pretrained(model_path, revision=revision)
+        processor = AutoProcessor.from_pretrained(model_path, revision=revision)
+        if not isinstance(processor, ProcessorMixin) or getattr(processor, "image_processor", None) is None:
+            raise RuntimeError(
+                f"{model_path}: AutoProcessor returned {type(processor).__name__} without an image processor "
+                "(is torchvision installed?)"
+            )
+        return processor
+
+    def _messages(self, request: ChatRequest, assistant_prefix: str | None) -> list[Message]:
+        """Chat messages in the shape chat templates expect: list content with image parts for VL
+        models, plain strings for text-only ones."""
+        if request.images and not self.is_vision:
+            raise ValueError(f"{self.model.model_id} is a text-only model and cannot take image parts")
+        messages: list[Message] = []
+        if request.system is not None:
+            messages.append({"role": "system", "content": request.system})
+        if self.is_vision:
+            content: Any = [
+                {"type": "image"} if isinstance(part, ImagePart) else {"type": "text", "text": part}
+                for part in request.user
+            ]
+        else:
+            content = "".join(part for part in request.user if isinstance(part, str))
+        messages.append({"role": "user", "content": content})
+        if assistant_prefix is not None:
+            messages.append({"role": "assistant", "content": assistant_prefix})
+        return messages
+
+    def _render(self, request: ChatRequest, assistant_prefix: str | None = None) -> str:
+        """The prompt text, ending where the assistant's next token goes. An empty prefix is a plain
+        generation prompt (continuing an empty message would keep its end-of-turn in some versions),
+        and trailing spaces that templates strip are put back."""
+        if not assistant_prefix:
+            return self.processor.apply_chat_template(
+                self._messages(request, None), tokenize=False, add_generation_prompt=True
+            )
+        text = self.processor.apply_chat_template(
+            self._messages(request, assistant_prefix), tokenize=False, continue_final_message=True
+        )
+        stripped = assistant_prefix.rstrip()
+        if not text.endswith(assistant_prefix) and text.endswith(stripped):
+            text += assistant_prefix[len(stripped) :]
+        return text
+
+    def _encode(self, requests: Sequence[ChatRequest], texts: list[str]) -> BatchEncoding:
+        """Tokenise a batch (left padded) with its images in prompt order, on the model's device."""
+        if not self.is_vision:
+            return self.tokenizer(texts, padding=True, add_special_tokens=False, return_tensors="pt").to(
+                self.device
+            )
+        images = [_load_image(part) for request in requests for part in request.images]
+        return self.processor(
+            text=texts, images=images or None, padding=True, add_special_tokens=False, return_tensors="pt"
+        ).to(self.device)
+
+    @staticmethod
+    def _generation_config(decoding: Decoding) -> GenerationConfig:
+        """Exactly the given decoding; top_k=0 turns off generate()'s built-in top_k=50."""
+        if decoding.temperature <= 0:
+            return GenerationConfig(max_new_tokens=decoding.max_new_tokens, do_sample=False)
+        return GenerationConfig(
+            max_new_tokens=decoding.max_new_tokens,
+            do_sample=True,
+            temperature=decoding.temperature,
+            top_p=decoding.top_p,
+            top_k=0,
+        )
+
+    def generate(self, requests: Sequence[ChatRequest], decoding: Decoding) -> list[str]:
+        """The assistant's answer for each request: new tokens only, special tokens dropped, stripped.
+        Each chunk is seeded from decoding.seed, so sampling repeats for the same inputs."""
+        config = self._generation_config(decoding)
+        answers: list[str] = []
+        for chunk in _chunks(requests, self.batch_size):
+            inputs = self._encode(chunk, [self._render(request) for request in chunk])
+            with torch.inference_mode(), torch.random.fork_rng(devices=self._rng_devices()):
+                torch.manual_seed(decoding.seed)
+                output = self.net.generate(**inputs, generation_config=config)
+            new_tokens = output[:, inputs["input_ids"].shape[1] :]
+            answers += [
+                text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+            ]
+        return answers
+
+    def next_token_probs(
+        self, requests: Sequence[ChatRequest], assistant_prefixes: Sequence[str], tokens: Sequence[str]
+    ) -> list[dict[str, float]]:
+        """Softmax over the whole vocabulary after each prefix, read at the given tokens (each must be a
+        single token id); not renormalised over `tokens`."""
+        if len(requests) != len(assistant_prefixes):
+            raise ValueError("one assistant prefix is needed per request")
+        token_ids = [self._single_token_id(token) for token in tokens]
+        pairs = list(zip(requests, assistant_prefixes, strict=True))
+        results: list[dict[str, float]] = []
+        for chunk in _chunks(pairs, self.batch_size):
+            texts = [self._render(request, prefix) for request, prefix in chunk]
+            inputs = self._encode([request for request, _ in chunk], texts)
+            with torch.inference_mode():
+                logits = self.net(**inputs, logits_to_keep=1).logits[:, -1, :]
+            probs = torch.softmax(logits.float(), dim=-1)[:, token_ids].cpu().tolist()
+            results += [dict(zip(tokens, row, strict=True)) for row in probs]
+        return results
+
+    def _single_token_id(self, token: str) -> int:
+        ids = self.tokenizer.encode(token, add_special_tokens=False)
+        if len(ids) != 1:
+            raise ValueError(f"{token!r} encodes to {len(ids)} tokens, not exactly one: {ids}")
+        return ids[0]
+
+    def _rng_devices(self) -> list[int]:
+        """CUDA devices whose RNG state `fork_rng` must save and restore (none on the CPU)."""
+        return [self.device.index or 0] if self.device.type == "cuda" else []
+
+
+def _load_image(part: ImagePart) -> Image.Image:
+    with Image.open(part.path) as image:
+        return image.convert("RGB")

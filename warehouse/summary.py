@@ -1,0 +1,39 @@
+"""The short report printed after a run: counts, and where the warehouse and MLflow store are."""
+
+from __future__ import annotations
+
+from dagster import ExecuteInProcessResult
+
+from resources.home import firm_home
+from resources.tracking import default_tracking_uri
+from resources.warehouse_resource import default_warehouse_path
+from warehouse.connection import Warehouse
+
+COUNTS = {
+    "images": "SELECT count(*) FROM images",
+    "model calls cached": "SELECT count(*) FROM inference_cache",
+    "failed calls": "SELECT count(*) FROM inference_cache WHERE NOT ok",
+    "quarantined inputs": "SELECT count(*) FROM quarantine",
+    "dataset versions": "SELECT count(*) FROM dataset_versions",
+}
+
+
+def print_summary(result: ExecuteInProcessResult, dagster_home: str) -> None:
+    warehouse = Warehouse(default_warehouse_path())
+    print(f"run {result.run_id}: {'success' if result.success else 'FAILED'}")
+    for event in result.get_asset_materialization_events():
+        materialization = event.step_materialization_data.materialization
+        meta = materialization.metadata
+        rows = meta["rows"].value if "rows" in meta else "?"
+        calls = meta["model_calls"].value if "model_calls" in meta else ""
+        key = materialization.asset_key.to_user_string()
+        print(f"  {key:24} rows={rows}" + (f" model_calls={calls}" if calls != "" else ""))
+    for check in result.get_asset_check_evaluations():
+        print(f"  check {check.check_name:32} {'passed' if check.passed else 'FAILED'}")
+    for label, sql in COUNTS.items():
+        print(f"  {label:24} {warehouse.rows(sql)[0][0]}")
+    print(f"FIRM_HOME:        {firm_home()}")
+    print(f"DuckDB warehouse: {default_warehouse_path()}")
+    print(f"MLflow store:     {default_tracking_uri()}")
+    print(f"Dagster UI:       DAGSTER_HOME={dagster_home} .venv/bin/dagster dev   (http://127.0.0.1:3000)")
+    print(f"MLflow UI:        .venv/bin/mlflow ui --backend-store-uri {default_tracking_uri()} --workers 1")
