@@ -27,9 +27,12 @@ def build_resources() -> dict:
     }
 
 
+ASSETS = load_assets_from_modules(ASSET_MODULES)
+CHECKS = load_asset_checks_from_modules([checks])
+
 defs = Definitions(
-    assets=load_assets_from_modules(ASSET_MODULES),
-    asset_checks=load_asset_checks_from_modules([checks]),
+    assets=ASSETS,
+    asset_checks=CHECKS,
     jobs=[main_job, edit_curation_job],
     schedules=[nightly_edit_recuration],
     sensors=[edit_requests_changed],

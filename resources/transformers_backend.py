@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from PIL import Image
@@ -23,8 +23,9 @@ from transformers import (
 )
 
 from resources.chat import ChatRequest, Decoding, ImagePart, ModelRef
+from resources.messages import Message, chat_messages
 
-Message = dict[str, Any]
+T = TypeVar("T")
 
 
 def weights_revision(model_path: str) -> str | None:
@@ -43,7 +44,7 @@ def weights_revision(model_path: str) -> str | None:
     return digest.hexdigest()[:16]
 
 
-def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
@@ -106,24 +107,11 @@ class TransformersBackend:
         return processor
 
     def _messages(self, request: ChatRequest, assistant_prefix: str | None) -> list[Message]:
-        """Chat messages in the shape chat templates expect: list content with image parts for VL
-        models, plain strings for text-only ones."""
+        """The same messages the vLLM and OpenAI-compatible backends send, with bare image parts:
+        the processor inserts the pixels, in prompt order."""
         if request.images and not self.is_vision:
             raise ValueError(f"{self.model.model_id} is a text-only model and cannot take image parts")
-        messages: list[Message] = []
-        if request.system is not None:
-            messages.append({"role": "system", "content": request.system})
-        if self.is_vision:
-            content: Any = [
-                {"type": "image"} if isinstance(part, ImagePart) else {"type": "text", "text": part}
-                for part in request.user
-            ]
-        else:
-            content = "".join(part for part in request.user if isinstance(part, str))
-        messages.append({"role": "user", "content": content})
-        if assistant_prefix is not None:
-            messages.append({"role": "assistant", "content": assistant_prefix})
-        return messages
+        return chat_messages(request, assistant_prefix, lambda _part: {"type": "image"})
 
     def _render(self, request: ChatRequest, assistant_prefix: str | None = None) -> str:
         """The prompt text, ending where the assistant's next token goes. An empty prefix is a plain

@@ -13,3 +13,25 @@ from resources.tiny_models import build_tiny_models
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The tiny Qwen3-VL and Qwen3 folders, keyed by name."""
     return build_tiny_models(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, Path]) -> Path:
+    """Every tiny model (chat and diffusion) in one folder, built once per session."""
+    from resources.tiny_diffusion import build_tiny_diffusion
+
+    dest = next(iter(tiny_models.values())).parent
+    build_tiny_diffusion(dest)
+    return dest
+
+
+@pytest.fixture
+def firm_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path) -> Path:
+    """A fresh FIRM_HOME (warehouse, MLflow store, images) sharing the session's tiny models."""
+    home = tmp_path / "firm-home"
+    (home / "models").mkdir(parents=True)
+    (home / "models" / "tiny").symlink_to(tiny_model_dir)
+    monkeypatch.setenv("FIRM_HOME", str(home))
+    for name in ("FIRM_EDIT_REQUESTS", "FIRM_PROFILE", "FIRM_TEMPLATE_DIR", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(name, raising=False)
+    return home

@@ -7,15 +7,18 @@ so editing a template (and bumping its version) recomputes exactly the stages th
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from pathlib import Path
 
 import yaml
 
 from resources.chat import ChatRequest, ImagePart
 
 TEMPLATE_PACKAGE = "firm_assets.curation.templates"
+TEMPLATE_DIR_ENV = "FIRM_TEMPLATE_DIR"
 
 
 @dataclass(frozen=True)
@@ -44,10 +47,18 @@ class PromptTemplate:
         return ChatRequest(user=parts, system=self.system.strip() or None)
 
 
-@cache
 def load_template(template_id: str) -> PromptTemplate:
-    """Load templates/<id>.yaml shipped with the package."""
-    text = resources.files(TEMPLATE_PACKAGE).joinpath(f"{template_id}.yaml").read_text()
+    """templates/<id>.yaml, or the same file in $FIRM_TEMPLATE_DIR when a user overrides it there."""
+    return _load(template_id, os.environ.get(TEMPLATE_DIR_ENV, ""))
+
+
+@cache
+def _load(template_id: str, override_dir: str) -> PromptTemplate:
+    override = Path(override_dir) / f"{template_id}.yaml" if override_dir else None
+    if override is not None and override.is_file():
+        text = override.read_text()
+    else:
+        text = resources.files(TEMPLATE_PACKAGE).joinpath(f"{template_id}.yaml").read_text()
     data = yaml.safe_load(text)
     if data["id"] != template_id:
         raise ValueError(f"template file {template_id}.yaml declares id {data['id']!r}")

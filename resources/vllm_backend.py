@@ -1,0 +1,122 @@
+"""ChatBackend on vLLM's offline engine: the GPU path for large batches. vLLM is the optional `gpu`
+extra, so it is imported only when a backend is built; importing this module never needs it."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from PIL import Image
+
+from resources.chat import ChatRequest, Decoding, ImagePart, ModelRef
+from resources.messages import Message, chat_messages
+
+MAX_IMAGES_PER_PROMPT = 4
+TOP_LOGPROBS = 20  # vLLM's default max_logprobs
+
+
+def _pil_content(part: ImagePart) -> dict[str, Any]:
+    """The image decoded here as RGB (like the transformers backend), so vLLM reads no files itself
+    and needs no `allowed_local_media_path`."""
+    with Image.open(part.path) as image:
+        return {"type": "image_pil", "image_pil": image.convert("RGB")}
+
+
+class VllmBackend:
+    """Batched chat generation and next-token probabilities with a vLLM `LLM`."""
+
+    def __init__(
+        self,
+        model_path: str,
+        revision: str | None = None,
+        dtype: str = "bfloat16",
+        tensor_parallel_size: int = 1,
+        max_model_len: int = 8192,
+        gpu_memory_utilization: float = 0.85,
+    ) -> None:
+        try:
+            from vllm import LLM, SamplingParams
+        except ImportError as error:
+            raise ImportError(
+                "VllmBackend needs vLLM, which is not installed: install the `gpu` extra "
+                "(pip install 'firm[gpu]'), or use the transformers or openai backend"
+            ) from error
+        from transformers import AutoConfig
+
+        from resources.transformers_backend import weights_revision
+
+        self._sampling_params = SamplingParams
+        config = AutoConfig.from_pretrained(model_path, revision=revision)
+        # Text-only models reject a multimodal limit, so it is set for vision-language models only.
+        is_vision = getattr(config, "vision_config", None) is not None
+        multimodal = {"limit_mm_per_prompt": {"image": MAX_IMAGES_PER_PROMPT}} if is_vision else {}
+        self.llm = LLM(
+            model=model_path,
+            revision=revision,
+            dtype=dtype,
+            tensor_parallel_size=tensor_parallel_size,
+            max_model_len=max_model_len,
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_logprobs=TOP_LOGPROBS,
+            **multimodal,
+        )
+        resolved = revision or weights_revision(model_path) or getattr(config, "_commit_hash", None)
+        self.model = ModelRef(model_id=model_path, revision=resolved or "unknown", backend="vllm")
+
+    def generate(self, requests: Sequence[ChatRequest], decoding: Decoding) -> list[str]:
+        """The assistant's answer for each request, stripped; seeded per request so sampling repeats."""
+        params = self._sampling_params(
+            max_tokens=decoding.max_new_tokens,
+            temperature=decoding.temperature,
+            top_p=decoding.top_p,
+            seed=decoding.seed,
+        )
+        conversations = [chat_messages(request, None, _pil_content) for request in requests]
+        outputs = self.llm.chat(conversations, sampling_params=params, use_tqdm=False)
+        return [output.outputs[0].text.strip() for output in outputs]
+
+    def next_token_probs(
+        self, requests: Sequence[ChatRequest], assistant_prefixes: Sequence[str], tokens: Sequence[str]
+    ) -> list[dict[str, float]]:
+        """exp(logprob) of each token (a single token id) if among the top 20 after the prefix, else 0.0.
+        vLLM's logprobs are taken from the raw logits, i.e. a softmax over the whole vocabulary."""
+        if len(requests) != len(assistant_prefixes):
+            raise ValueError("one assistant prefix is needed per request")
+        token_ids = [self._single_token_id(token) for token in tokens]
+        params = self._sampling_params(max_tokens=1, temperature=0.0, logprobs=TOP_LOGPROBS)
+        conversations = [
+            chat_messages(request, prefix, _pil_content)
+            for request, prefix in zip(requests, assistant_prefixes, strict=True)
+        ]
+        # An empty prefix is a plain generation prompt (as in the transformers backend); the rest continue
+        # their assistant message. `chat` takes these flags per call, so the two groups go separately.
+        continued = [index for index, prefix in enumerate(assistant_prefixes) if prefix]
+        fresh = [index for index, prefix in enumerate(assistant_prefixes) if not prefix]
+        results: list[dict[str, float]] = [{} for _ in requests]
+        for indices, continue_final in ((continued, True), (fresh, False)):
+            if not indices:
+                continue
+            outputs = self._chat([conversations[index] for index in indices], params, continue_final)
+            for index, output in zip(indices, outputs, strict=True):
+                top = output.outputs[0].logprobs[0]
+                results[index] = {
+                    token: math.exp(top[token_id].logprob) if token_id in top else 0.0
+                    for token, token_id in zip(tokens, token_ids, strict=True)
+                }
+        return results
+
+    def _chat(self, conversations: list[list[Message]], params: Any, continue_final: bool) -> list[Any]:
+        return self.llm.chat(
+            conversations,
+            sampling_params=params,
+            use_tqdm=False,
+            add_generation_prompt=not continue_final,
+            continue_final_message=continue_final,
+        )
+
+    def _single_token_id(self, token: str) -> int:
+        ids = self.llm.get_tokenizer().encode(token, add_special_tokens=False)
+        if len(ids) != 1:
+            raise ValueError(f"{token!r} encodes to {len(ids)} tokens, not exactly one: {ids}")
+        return ids[0]

@@ -1,0 +1,59 @@
+"""Helpers for tests that materialize the real asset graph (no mocks)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from dagster import AssetSelection, ExecuteInProcessResult, materialize
+
+from firm_assets.definitions import ASSETS, CHECKS, build_resources
+
+EDIT_ASSETS = [
+    "edit_requests",
+    "source_images",
+    "edit_candidates",
+    "difference_captions",
+    "edit_scores",
+    "firm_edit_dataset",
+]
+
+
+def materialize_group(group: str, run_config: dict[str, Any] | None = None) -> ExecuteInProcessResult:
+    """Materialize one asset group and its checks, with resources built from the current environment."""
+    return materialize(
+        [*ASSETS, *CHECKS],
+        resources=build_resources(),
+        run_config=run_config or {},
+        selection=AssetSelection.groups(group),
+    )
+
+
+def edit_config(requests: Path) -> dict[str, Any]:
+    return {"ops": {"edit_requests": {"config": {"requests_path": str(requests)}}}}
+
+
+def metadata(result: ExecuteInProcessResult, asset: str) -> dict[str, Any]:
+    """The metadata values of an asset's materialization in this run."""
+    for event in result.get_asset_materialization_events():
+        materialization = event.step_materialization_data.materialization
+        if materialization.asset_key.to_user_string() == asset:
+            return {key: value.value for key, value in materialization.metadata.items()}
+    raise KeyError(asset)
+
+
+def model_calls(result: ExecuteInProcessResult) -> dict[str, int]:
+    """Model calls per stage in this run, read from asset metadata."""
+    calls = {}
+    for asset in ("edit_candidates", "difference_captions"):
+        calls[asset] = metadata(result, asset)["model_calls"]
+    scores = metadata(result, "edit_scores")
+    calls["execution"] = scores["execution_model_calls"]
+    calls["consistency"] = scores["consistency_model_calls"]
+    return calls
+
+
+def write_requests(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path

@@ -1,0 +1,162 @@
+"""The FIRM-Edit chain materialized end to end on tiny real models, real DuckDB and real MLflow."""
+
+import json
+from pathlib import Path
+
+import polars as pl
+from graph_runs import edit_config, materialize_group, metadata, model_calls, write_requests
+from mlflow import MlflowClient
+
+from firm_assets.edit.demo import write_demo_edit_dataset
+from firm_assets.edit.importer import read_edit_requests
+from resources.tracking import default_tracking_uri
+from resources.warehouse_resource import default_warehouse_path
+from warehouse.connection import Warehouse
+
+
+def _warehouse() -> Warehouse:
+    return Warehouse(Path(default_warehouse_path()))
+
+
+def test_demo_chain_end_to_end(firm_home: Path) -> None:
+    result = materialize_group("edit")
+    assert result.success
+    checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+    assert checks == {
+        "edit_requests_quarantine": True,
+        "source_images_quarantine": True,
+        "edit_scores_in_range": True,
+        "edit_scores_failure_rate": True,
+        "firm_edit_dataset_not_empty": True,
+    }
+    wh = _warehouse()
+    requests = wh.query("SELECT * FROM assets.edit_requests")
+    assert requests.height == 12
+    candidates = wh.query("SELECT * FROM assets.edit_candidates")
+    generated = candidates.filter(pl.col("editor") != "imported")
+    assert generated.height == 12 * 2  # one tiny editor x two seeds
+    assert set(generated["editor"]) == {"tiny:tiny-flux-kontext"}
+    assert sorted(set(generated["seed"])) == [0, 1]
+    imported = candidates.filter(pl.col("editor") == "imported")
+    demo = firm_home / "demo" / "edit-12" / "requests.jsonl"
+    expected_imported = sum(len(r.edited_images) for r in read_edit_requests(demo)[0])
+    assert imported.height == expected_imported
+    # every candidate image exists, and its sha is the sha of its bytes
+    images = wh.query("SELECT sha256, path FROM images")
+    assert set(candidates["image_sha"]) <= set(images["sha256"])
+
+    captions = wh.query("SELECT * FROM assets.difference_captions")
+    assert captions.height == candidates.height
+    failed = captions.filter(pl.col("caption").is_null())
+    assert (failed["failure"].str.starts_with("parse:")).all()  # a failure is recorded, never a caption
+
+    scores = wh.query("SELECT * FROM assets.edit_scores")
+    assert scores.height == captions.height - failed.height
+    for dimension in ("execution", "consistency"):
+        values = scores[f"{dimension}_score"]
+        assert values.null_count() == 0
+        assert values.min() >= 1 and values.max() <= 5
+
+    dataset = wh.query("SELECT * FROM dataset_versions")
+    assert dataset.height == 1
+    version = dataset["version"][0]
+    assert metadata(result, "firm_edit_dataset")["dataset_version"] == version
+    members = wh.query("SELECT * FROM dataset_members")
+    assert members.height == dataset["n_samples"][0] == scores.height
+    assert all(len(keys) >= 3 for keys in members["cache_keys"])
+
+    folder = Path(dataset["export_path"][0])
+    records = json.loads((folder / "edit_execution.json").read_text())
+    assert len(records) == scores.height
+    first = records[0]
+    assert first["messages"][-1]["role"] == "assistant"
+    target = json.loads(first["messages"][-1]["content"])
+    assert set(target) == {"reasoning", "score"} and 1 <= target["score"] <= 5
+    assert first["messages"][1]["content"].count("<image>") == len(first["images"]) == 2
+    assert all((folder / image).is_file() for image in first["images"])
+    info = json.loads((folder / "dataset_info.json").read_text())
+    assert set(info) == {"edit_execution", "edit_consistency"}
+    assert pl.read_parquet(folder / "data.parquet").height == scores.height
+
+    run_id = dataset["mlflow_run_id"][0]
+    run = MlflowClient(default_tracking_uri()).get_run(run_id)
+    assert run.data.tags["dagster.run_id"] == result.run_id
+    assert run.data.tags["dagster.asset_key"] == "firm_edit_dataset"
+    assert run.data.tags["dagster.data_version"] == version
+    assert [d.dataset.digest for d in run.inputs.dataset_inputs] == [version]
+    edges = wh.query("SELECT input_asset FROM lineage_edges WHERE output_version = ?", [version])
+    assert set(edges["input_asset"]) == {
+        "source_images",
+        "edit_candidates",
+        "difference_captions",
+        "edit_scores",
+    }
+
+
+def test_no_change_rerun_makes_no_model_calls_and_keeps_versions(firm_home: Path) -> None:
+    first = materialize_group("edit")
+    second = materialize_group("edit")
+    assert model_calls(second) == {
+        "edit_candidates": 0,
+        "difference_captions": 0,
+        "execution": 0,
+        "consistency": 0,
+    }
+    for asset in ("edit_candidates", "difference_captions", "edit_scores", "firm_edit_dataset"):
+        before = first.asset_materializations_for_node(asset)[0]
+        after = second.asset_materializations_for_node(asset)[0]
+        assert before.tags["dagster/data_version"] == after.tags["dagster/data_version"], asset
+
+
+def test_changing_one_request_recomputes_only_that_request(firm_home: Path, tmp_path: Path) -> None:
+    demo = write_demo_edit_dataset(tmp_path / "demo", n=8)
+    rows = [json.loads(line) for line in demo.read_text().splitlines()]
+    materialize_group("edit", edit_config(demo))
+    before = _warehouse().query("SELECT * FROM assets.edit_scores ORDER BY candidate_id")
+
+    changed = next(i for i, row in enumerate(rows) if row.get("edited_images"))
+    rows[changed]["prompt"] = rows[changed]["prompt"] + " Keep the edges crisp."
+    result = materialize_group("edit", edit_config(write_requests(demo, rows)))
+    wh = _warehouse()
+    new_id = wh.query("SELECT request_id FROM assets.edit_requests WHERE instruction LIKE '%crisp.'")[
+        "request_id"
+    ][0]
+    candidates = wh.query("SELECT * FROM assets.edit_candidates WHERE request_id = ?", [new_id])
+    generated = candidates.filter(pl.col("editor") != "imported").height
+    captions = wh.query("SELECT * FROM assets.difference_captions WHERE request_id = ?", [new_id])
+    scored = captions.filter(pl.col("caption").is_not_null()).height
+    # edited images of an unchanged source are unchanged: their captions come from the cache
+    assert model_calls(result) == {
+        "edit_candidates": generated,
+        "difference_captions": generated,
+        "execution": scored,
+        "consistency": scored,
+    }
+    after = wh.query("SELECT * FROM assets.edit_scores ORDER BY candidate_id")
+    old_ids = set(before["candidate_id"]) & set(after["candidate_id"])
+    assert len(old_ids) == after.height - scored
+    assert before.filter(pl.col("candidate_id").is_in(old_ids)).equals(
+        after.filter(pl.col("candidate_id").is_in(old_ids))
+    )
+
+
+def test_editing_a_template_recomputes_that_stage_only(firm_home: Path, tmp_path: Path, monkeypatch) -> None:
+    first = materialize_group("edit")
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    source = (
+        Path(__file__).parent.parent / "firm_assets" / "curation" / "templates" / "consistency_score.yaml"
+    )
+    text = (
+        source.read_text().replace("version: 1", "version: 2").replace("Count unintended", "List unintended")
+    )
+    (templates / "consistency_score.yaml").write_text(text)
+    monkeypatch.setenv("FIRM_TEMPLATE_DIR", str(templates))
+    second = materialize_group("edit")
+    scored = metadata(first, "edit_scores")["rows"]
+    assert model_calls(second) == {
+        "edit_candidates": 0,
+        "difference_captions": 0,
+        "execution": 0,
+        "consistency": scored,
+    }
