@@ -10,7 +10,6 @@ import mimetypes
 import os
 import random
 import threading
-import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -179,10 +178,16 @@ class OpenAIBackend:
         return [_token_probs(body, tokens) for body in self._post_all(payloads)]
 
     def close(self) -> None:
-        """Release the worker threads and connections."""
+        """Release the worker threads and connections (a retry waiting to happen gives up)."""
         self._closed.set()
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._client.close()
+
+    def __enter__(self) -> OpenAIBackend:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def _post_all(self, payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Response bodies in request order; on the first failure the requests not yet sent are dropped."""

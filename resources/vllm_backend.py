@@ -80,7 +80,8 @@ class VllmBackend:
         self, requests: Sequence[ChatRequest], assistant_prefixes: Sequence[str], tokens: Sequence[str]
     ) -> list[dict[str, float]]:
         """exp(logprob) of each token (a single token id) if among the top 20 after the prefix, else 0.0.
-        vLLM's logprobs are taken from the raw logits, i.e. a softmax over the whole vocabulary."""
+        vLLM's logprobs are taken from the raw logits, i.e. a softmax over the whole vocabulary. Unlike
+        the transformers backend, a prefix's trailing whitespace is lost if the chat template strips it."""
         if len(requests) != len(assistant_prefixes):
             raise ValueError("one assistant prefix is needed per request")
         token_ids = [self._single_token_id(token) for token in tokens]

@@ -1,0 +1,56 @@
+"""The graph as declared: a snapshot of every asset spec, the jobs, and the sensor's behaviour."""
+
+import json
+import os
+from pathlib import Path
+
+from dagster import RunRequest, SkipReason, build_sensor_context
+
+from firm_assets.definitions import defs
+from sensors.recuration import edit_requests_changed
+
+SNAPSHOT = Path(__file__).parent / "snapshots" / "asset_specs.json"
+
+
+def _specs() -> dict:
+    graph = defs.resolve_asset_graph()
+    specs = {}
+    for key in sorted(graph.get_all_asset_keys(), key=lambda k: k.to_user_string()):
+        node = graph.get(key)
+        specs[key.to_user_string()] = {
+            "group": node.group_name,
+            "deps": sorted(parent.to_user_string() for parent in node.parent_keys),
+            "code_version": node.code_version,
+            "kinds": sorted(node.kinds),
+            "checks": sorted(check.name for check in node.check_keys),
+        }
+    return specs
+
+
+def test_asset_specs_match_snapshot() -> None:
+    """Graph changes are deliberate: regenerate with FIRM_UPDATE_SNAPSHOTS=1 and review the diff."""
+    specs = _specs()
+    if os.environ.get("FIRM_UPDATE_SNAPSHOTS"):
+        SNAPSHOT.write_text(json.dumps(specs, indent=2, sort_keys=True) + "\n")
+    assert specs == json.loads(SNAPSHOT.read_text())
+
+
+def test_jobs_and_automation_are_registered() -> None:
+    assert defs.get_job_def("main") is not None
+    assert defs.get_job_def("edit_curation") is not None
+    schedule = defs.get_schedule_def("nightly_edit_recuration")
+    assert schedule.cron_schedule == "0 3 * * *"
+
+
+def test_sensor_fires_once_per_content_change(tmp_path: Path, monkeypatch) -> None:
+    requests = tmp_path / "requests.jsonl"
+    monkeypatch.setenv("FIRM_EDIT_REQUESTS", str(requests))
+    assert isinstance(edit_requests_changed(build_sensor_context()), SkipReason)
+    requests.write_text('{"prompt": "a", "image": "x.png"}\n')
+    first = edit_requests_changed(build_sensor_context())
+    assert isinstance(first, RunRequest)
+    unchanged = edit_requests_changed(build_sensor_context(cursor=first.run_key))
+    assert isinstance(unchanged, SkipReason)
+    requests.write_text('{"prompt": "b", "image": "x.png"}\n')
+    changed = edit_requests_changed(build_sensor_context(cursor=first.run_key))
+    assert isinstance(changed, RunRequest) and changed.run_key != first.run_key

@@ -1,0 +1,535 @@
+"""OpenAIBackend against a real HTTP server on 127.0.0.1: answers match the transformers backend that
+serves them, images travel, transient failures are retried (bounded, honouring Retry-After), permanent
+ones are not, and no more requests are in flight than allowed. Also: vLLM stays an optional import, and
+VllmBackend drives a stand-in engine correctly (the real one needs a GPU)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+from resources.chat import ChatRequest, Decoding, ImagePart, ModelRef
+from resources.openai_backend import ChatAPIError, OpenAIBackend, _retry_after_s, image_mime
+from resources.tiny_models import TEXT_NAME, VL_NAME
+from resources.transformers_backend import TransformersBackend
+
+DIGITS = list("12345")
+GREEDY = Decoding(max_new_tokens=12)
+FAST = {"backoff_s": 0.01, "max_backoff_s": 5.0}
+
+Reply = tuple[int, dict[str, str], dict[str, Any]] | None  # None: drop the connection without answering
+Handler = Callable[[dict[str, Any]], Reply]
+
+
+class LoopbackServer:
+    """A threaded HTTP server on a free 127.0.0.1 port whose /v1/chat/completions answers through
+    `handler`; it counts calls, records when they came and how many were in flight at once."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.calls = 0
+        self.call_times: list[float] = []
+        self.headers: list[dict[str, str]] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._lock = threading.Lock()
+        owner = self
+
+        class RequestHandler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.path != "/v1/chat/completions":
+                    self._send(404, {}, {"error": {"message": f"no route {self.path}"}})
+                    return
+                reply = owner._handle(json.loads(body), dict(self.headers))
+                if reply is None:
+                    self.close_connection = True
+                    return
+                self._send(*reply)
+
+            def _send(self, status: int, headers: dict[str, str], payload: dict[str, Any]) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                for key, value in {"Content-Type": "application/json", **headers}.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), RequestHandler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+        self._thread.start()
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    def _handle(self, payload: dict[str, Any], headers: dict[str, str]) -> Reply:
+        with self._lock:
+            self.calls += 1
+            self.call_times.append(time.monotonic())
+            self.headers.append(headers)
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return self.handler(payload)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def completion(content: str, logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
+    choice: dict[str, Any] = {
+        "index": 0,
+        "message": {"role": "assistant", "content": content},
+        "finish_reason": "stop",
+        "logprobs": logprobs,
+    }
+    return {"id": "chatcmpl-test", "object": "chat.completion", "model": "tiny", "choices": [choice]}
+
+
+class ModelHandler:
+    """Serves chat completions from a TransformersBackend, the way `vllm serve` would: rebuilds each
+    request from the OpenAI messages (decoding data-URL images to files), generates, or reports the
+    top_logprobs over the whole vocabulary for the one next token after a continued prefix."""
+
+    def __init__(self, backend: TransformersBackend, image_dir: Path) -> None:
+        self.backend = backend
+        self.image_dir = image_dir
+        self.lock = threading.Lock()  # one model, one request at a time
+        self.images_seen = 0
+        self.mimes: list[str] = []
+        self.payloads: list[dict[str, Any]] = []
+        tokenizer = backend.tokenizer
+        texts = {token_id: tokenizer.decode([token_id]) for token_id in range(len(tokenizer))}
+        # Every token that is its own text's single-token encoding: the whole vocabulary, as strings.
+        self.vocab = sorted(
+            text
+            for token_id, text in texts.items()
+            if tokenizer.encode(text, add_special_tokens=False) == [token_id]
+        )
+
+    def __call__(self, payload: dict[str, Any]) -> Reply:
+        with self.lock:
+            self.payloads.append(payload)
+            try:
+                request, prefix = self._request(payload)
+            except ValueError as error:
+                return 400, {}, {"error": {"message": str(error), "type": "BadRequestError"}}
+            if not payload.get("logprobs"):
+                decoding = Decoding(
+                    max_new_tokens=payload["max_tokens"],
+                    temperature=payload["temperature"],
+                    top_p=payload["top_p"],
+                    seed=payload["seed"],
+                )
+                return 200, {}, completion(self.backend.generate([request], decoding)[0])
+            probs = self.backend.next_token_probs([request], [prefix], self.vocab)[0]
+            top = sorted(probs.items(), key=lambda item: -item[1])[: payload["top_logprobs"]]
+            entries = [{"token": token, "logprob": math.log(p), "bytes": None} for token, p in top]
+            content = [{**entries[0], "top_logprobs": entries}]
+            return 200, {}, completion(top[0][0], {"content": content})
+
+    def _request(self, payload: dict[str, Any]) -> tuple[ChatRequest, str]:
+        messages = list(payload["messages"])
+        prefix = ""
+        if messages[-1]["role"] == "assistant":
+            if not payload.get("continue_final_message") or payload.get("add_generation_prompt", True):
+                raise ValueError(
+                    "a final assistant message needs continue_final_message, no generation prompt"
+                )
+            prefix = messages.pop()["content"]
+        system = messages.pop(0)["content"] if messages[0]["role"] == "system" else None
+        (user,) = messages
+        content = user["content"]
+        if isinstance(content, str):
+            return ChatRequest(user=(content,), system=system), prefix
+        parts: list[str | ImagePart] = []
+        for part in content:
+            if part["type"] == "text":
+                parts.append(part["text"])
+            elif part["type"] == "image_url":
+                parts.append(self._image(part["image_url"]["url"]))
+            else:
+                raise ValueError(f"unknown content part {part['type']!r}")
+        return ChatRequest(user=tuple(parts), system=system), prefix
+
+    def _image(self, url: str) -> ImagePart:
+        header, data = url.split(",", 1)
+        if not (header.startswith("data:") and header.endswith(";base64")):
+            raise ValueError(f"not a base64 data URL: {header}")
+        self.mimes.append(header.removeprefix("data:").removesuffix(";base64"))
+        raw = base64.b64decode(data)
+        sha256 = hashlib.sha256(raw).hexdigest()
+        path = self.image_dir / f"{sha256}.img"
+        path.write_bytes(raw)
+        self.images_seen += 1
+        return ImagePart(path=path, sha256=sha256)
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[[Handler], LoopbackServer]]:
+    """Start loopback servers for a test; all are shut down after it."""
+    servers: list[LoopbackServer] = []
+
+    def start(handler: Handler) -> LoopbackServer:
+        servers.append(LoopbackServer(handler))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+@pytest.fixture(scope="module")
+def vl(tiny_models: dict[str, Path]) -> TransformersBackend:
+    return TransformersBackend(str(tiny_models[VL_NAME]))
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> list[ImagePart]:
+    folder = tmp_path_factory.mktemp("images")
+    parts = []
+    for index, (mode, size, color) in enumerate(
+        [("RGB", (64, 64), "red"), ("RGBA", (200, 120), "blue"), ("L", (48, 90), 128)]
+    ):
+        path = folder / f"{index}.png"
+        Image.new(mode, size, color).save(path)
+        parts.append(ImagePart(path=path, sha256=hashlib.sha256(path.read_bytes()).hexdigest()))
+    return parts
+
+
+@pytest.fixture(scope="module")
+def requests(images: list[ImagePart]) -> list[ChatRequest]:
+    """Four images over four requests, one of them text only."""
+    return [
+        ChatRequest(user=(images[0], "Rate the edit from 1 to 5."), system="You are a judge."),
+        ChatRequest(user=("Before:", images[1], "After:", images[2], "Compare.")),
+        ChatRequest(user=("Describe ", "a red car.")),
+        ChatRequest(user=(images[2], "What is this?")),
+    ]
+
+
+@pytest.fixture(scope="module")
+def model_server(
+    vl: TransformersBackend, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[LoopbackServer, ModelHandler]]:
+    handler = ModelHandler(vl, tmp_path_factory.mktemp("received"))
+    server = LoopbackServer(handler)
+    yield server, handler
+    server.close()
+
+
+Client = Callable[..., OpenAIBackend]
+
+
+@pytest.fixture
+def client() -> Iterator[Client]:
+    """Build OpenAIBackends for a test; all are closed after it (threads, sockets)."""
+    made: list[OpenAIBackend] = []
+
+    def make(*args: Any, **kwargs: Any) -> OpenAIBackend:
+        made.append(OpenAIBackend(*args, **kwargs))
+        return made[-1]
+
+    yield make
+    for backend in made:
+        backend.close()
+
+
+def test_model_ref_and_auth_header(
+    client: Client, serve: Callable[[Handler], LoopbackServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = serve(lambda payload: (200, {}, completion("ok")))
+    backend = client(server.base_url + "/", "served-name", api_key="secret")
+    assert backend.model == ModelRef("served-name", "api")
+    assert backend.model.backend == "openai"
+    assert client(server.base_url, "m", revision="v2").model.revision == "v2"
+    assert backend.generate([ChatRequest(user=("hi",))], GREEDY) == ["ok"]
+    monkeypatch.setenv("OPENAI_API_KEY", "from-env")
+    assert client(server.base_url, "m").generate([ChatRequest(user=("hi",))], GREEDY) == ["ok"]
+    monkeypatch.delenv("OPENAI_API_KEY")
+    assert client(server.base_url, "m").generate([ChatRequest(user=("hi",))], GREEDY) == ["ok"]
+    assert [headers["Authorization"] for headers in server.headers] == [
+        "Bearer secret",
+        "Bearer from-env",
+        "Bearer EMPTY",
+    ]
+
+
+def test_generate_matches_the_serving_model(
+    client: Client,
+    model_server: tuple[LoopbackServer, ModelHandler],
+    vl: TransformersBackend,
+    requests: list[ChatRequest],
+) -> None:
+    server, handler = model_server
+    backend = client(server.base_url, "tiny", max_concurrency=4)
+    seen_before = handler.images_seen
+    answers = backend.generate(requests, GREEDY)
+    assert answers == [vl.generate([request], GREEDY)[0] for request in requests]
+    assert handler.images_seen - seen_before == sum(len(request.images) for request in requests) == 4
+    assert set(handler.mimes) == {"image/png"}
+    sampled = Decoding(max_new_tokens=8, temperature=1.0, top_p=0.9, seed=3)
+    assert backend.generate(requests[:2], sampled) == [vl.generate([r], sampled)[0] for r in requests[:2]]
+    last = handler.payloads[-1]
+    assert (last["temperature"], last["top_p"], last["seed"], last["max_tokens"]) == (1.0, 0.9, 3, 8)
+
+
+def test_next_token_probs_match_the_serving_model(
+    client: Client,
+    model_server: tuple[LoopbackServer, ModelHandler],
+    vl: TransformersBackend,
+    requests: list[ChatRequest],
+) -> None:
+    """With top_logprobs covering the vocabulary every token is reported; the empty prefix is a plain
+    generation prompt and only non-empty prefixes ask the server to continue the assistant message."""
+    server, handler = model_server
+    backend = client(server.base_url, "tiny", top_logprobs=len(handler.vocab))
+    prefixes = ["Score: ", "", "The answer is", "Score:"]
+    count = len(handler.payloads)
+    probs = backend.next_token_probs(requests, prefixes, DIGITS)
+    expected = vl.next_token_probs(requests, prefixes, DIGITS)
+    for row, reference in zip(probs, expected, strict=True):
+        assert list(row) == DIGITS
+        assert row == pytest.approx(reference, abs=1e-4, rel=1e-4)
+        assert all(value > 0 for value in row.values())
+    sent = handler.payloads[count:]
+    continued = [payload.get("continue_final_message", False) for payload in sent]
+    assert sorted(continued) == [False, True, True, True]
+    assert all(payload["max_tokens"] == 1 and payload["logprobs"] is True for payload in sent)
+
+
+def test_tokens_outside_the_top_logprobs_are_zero(
+    client: Client,
+    model_server: tuple[LoopbackServer, ModelHandler],
+    vl: TransformersBackend,
+    requests: list[ChatRequest],
+) -> None:
+    server, handler = model_server
+    request, prefix = requests[0], "Score: "
+    (everything,) = vl.next_token_probs([request], [prefix], handler.vocab)
+    ranked = sorted(everything, key=lambda token: -everything[token])
+    tokens = [*ranked[:2], *DIGITS, ranked[-1]]
+    backend = client(server.base_url, "tiny")
+    assert backend.top_logprobs == 20
+    (row,) = backend.next_token_probs([request], [prefix], tokens)
+    assert handler.payloads[-1]["top_logprobs"] == 20
+    top20 = set(ranked[:20])
+    for token in tokens:
+        assert row[token] == pytest.approx(everything[token] if token in top20 else 0.0, abs=1e-4)
+    assert row[ranked[0]] > 0 and row[ranked[-1]] == 0.0
+
+
+def test_retries_transient_failures_then_succeeds(
+    client: Client, serve: Callable[[Handler], LoopbackServer]
+) -> None:
+    script: list[Reply] = [(503, {}, {"error": {"message": "warming up"}}), None, (502, {}, {})]
+
+    def handler(payload: dict[str, Any]) -> Reply:
+        return script.pop(0) if script else (200, {}, completion("fine"))
+
+    server = serve(handler)
+    backend = client(server.base_url, "m", max_retries=4, **FAST)
+    assert backend.generate([ChatRequest(user=("hi",))], GREEDY) == ["fine"]
+    assert server.calls == 4  # 503, dropped connection, 502, success
+
+
+def test_retry_after_is_honoured(client: Client, serve: Callable[[Handler], LoopbackServer]) -> None:
+    script: list[Reply] = [(429, {"Retry-After": "1"}, {"error": {"message": "slow down"}})]
+    server = serve(lambda payload: script.pop(0) if script else (200, {}, completion("ok")))
+    backend = client(server.base_url, "m", **FAST)
+    assert backend.generate([ChatRequest(user=("hi",))], GREEDY) == ["ok"]
+    assert server.calls == 2
+    assert server.call_times[1] - server.call_times[0] >= 0.95
+
+
+def test_retry_after_http_date() -> None:
+    later = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
+    wait = _retry_after_s(httpx.Response(503, headers={"Retry-After": later}))
+    assert wait is not None and 25 < wait <= 30
+    assert _retry_after_s(httpx.Response(503, headers={"Retry-After": "2.5"})) == 2.5
+    assert _retry_after_s(httpx.Response(503)) is None
+    assert _retry_after_s(httpx.Response(503, headers={"Retry-After": "soon"})) is None
+
+
+def test_client_errors_are_not_retried(client: Client, serve: Callable[[Handler], LoopbackServer]) -> None:
+    server = serve(lambda payload: (400, {}, {"error": {"message": "image could not be decoded"}}))
+    backend = client(server.base_url, "m", **FAST)
+    with pytest.raises(ChatAPIError, match="image could not be decoded") as caught:
+        backend.generate([ChatRequest(user=("hi",))], GREEDY)
+    assert caught.value.status_code == 400
+    assert server.calls == 1
+
+
+def test_retries_are_bounded(client: Client, serve: Callable[[Handler], LoopbackServer]) -> None:
+    server = serve(lambda payload: (503, {}, {"object": "error", "message": "overloaded"}))
+    backend = client(server.base_url, "m", max_retries=3, **FAST)
+    with pytest.raises(ChatAPIError, match="overloaded") as caught:
+        backend.generate([ChatRequest(user=("hi",))], GREEDY)
+    assert caught.value.status_code == 503
+    assert server.calls == 4
+
+
+def test_unreachable_server_raises_after_retries(client: Client) -> None:
+    probe = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
+    port = probe.server_address[1]
+    probe.server_close()  # nothing listens there now
+    backend = client(f"http://127.0.0.1:{port}/v1", "m", max_retries=2, **FAST)
+    with pytest.raises(ChatAPIError, match="ConnectError") as caught:
+        backend.generate([ChatRequest(user=("hi",))], GREEDY)
+    assert caught.value.status_code is None
+
+
+def test_concurrency_is_bounded_and_order_kept(
+    client: Client, serve: Callable[[Handler], LoopbackServer]
+) -> None:
+    def handler(payload: dict[str, Any]) -> Reply:
+        time.sleep(0.03)
+        return 200, {}, completion(payload["messages"][-1]["content"].upper())
+
+    server = serve(handler)
+    backend = client(server.base_url, "m", max_concurrency=3)
+    requests = [ChatRequest(user=(f"request {index}",)) for index in range(18)]
+    assert backend.generate(requests, GREEDY) == [f"REQUEST {index}" for index in range(18)]
+    assert server.max_in_flight == 3
+
+
+def test_image_mime_sniffs_bytes_then_extension(images: list[ImagePart]) -> None:
+    assert image_mime(images[0].path.read_bytes(), "x.bin") == "image/png"
+    assert image_mime(b"\xff\xd8\xff\xe0rest", "x.png") == "image/jpeg"
+    assert image_mime(b"RIFF\0\0\0\0WEBPVP8 ", "x") == "image/webp"
+    assert image_mime(b"????", "photo.jpg") == "image/jpeg"
+
+
+def test_vllm_backend_is_an_optional_import(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Importing the backends never imports vLLM; building VllmBackend without it names the extra."""
+    code = (
+        "import sys, resources.vllm_backend, resources.openai_backend, resources.messages; "
+        "assert 'vllm' not in sys.modules, 'vllm imported at module import'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
+    from resources.vllm_backend import VllmBackend
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # as if not installed, even where it is
+    with pytest.raises(ImportError, match=r"`gpu` extra"):
+        VllmBackend("tiny:tiny-qwen3-vl")
+
+
+class FakeVllm:
+    """Stands in for the `vllm` module to check what VllmBackend hands the engine and how it reads the
+    answers; it says nothing about vLLM itself (that needs a GPU)."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.init_kwargs: dict[str, Any] = {}
+        self.chats: list[dict[str, Any]] = []
+        fake = self
+
+        class SamplingParams:
+            def __init__(self, **kwargs: Any) -> None:
+                self.kwargs = kwargs
+
+        class LLM:
+            def __init__(self, **kwargs: Any) -> None:
+                fake.init_kwargs = kwargs
+
+            def get_tokenizer(self) -> Any:
+                return fake.tokenizer
+
+            def chat(self, messages: list[list[dict[str, Any]]], **kwargs: Any) -> list[Any]:
+                fake.chats.append({"messages": messages, **kwargs})
+                outputs = []
+                for conversation in messages:
+                    last = conversation[-1]["content"]
+                    text = (
+                        last
+                        if isinstance(last, str)
+                        else "|".join(p["text"] for p in last if p["type"] == "text")
+                    )
+                    # logprob of the token "1" encodes which conversation this was; "2" is never reported
+                    logprobs = [{fake.tokenizer.encode("1")[0]: SimpleNamespace(logprob=-len(text))}]
+                    completion = SimpleNamespace(text=f" {text.upper()} ", logprobs=logprobs)
+                    outputs.append(SimpleNamespace(outputs=[completion]))
+                return outputs
+
+        self.module = SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams)
+
+
+def test_vllm_backend_drives_the_engine(
+    tiny_models: dict[str, Path],
+    vl: TransformersBackend,
+    requests: list[ChatRequest],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from resources.vllm_backend import VllmBackend
+
+    fake = FakeVllm(vl.tokenizer)
+    monkeypatch.setitem(sys.modules, "vllm", fake.module)
+    backend = VllmBackend(str(tiny_models[VL_NAME]), dtype="float16", max_model_len=4096)
+    assert fake.init_kwargs["limit_mm_per_prompt"] == {"image": 4}
+    assert (fake.init_kwargs["dtype"], fake.init_kwargs["max_model_len"]) == ("float16", 4096)
+    assert backend.model.backend == "vllm" and backend.model.revision == vl.model.revision
+
+    answers = backend.generate(requests, Decoding(max_new_tokens=5, temperature=0.5, top_p=0.9, seed=4))
+    assert answers == [
+        "RATE THE EDIT FROM 1 TO 5.",
+        "BEFORE:|AFTER:|COMPARE.",
+        "DESCRIBE A RED CAR.",
+        "WHAT IS THIS?",
+    ]
+    (chat,) = fake.chats
+    assert chat["sampling_params"].kwargs == {"max_tokens": 5, "temperature": 0.5, "top_p": 0.9, "seed": 4}
+    contents = [c[-1]["content"] for c in chat["messages"]]
+    assert isinstance(contents[2], str)  # text only: one string, as for the server
+    images = [
+        part["image_pil"]
+        for content in contents[:2] + contents[3:]
+        for part in content
+        if "image_pil" in part
+    ]
+    assert [image.mode for image in images] == ["RGB"] * 4
+
+    probs = backend.next_token_probs(requests, ["Score: ", "", "The answer is", ""], ["1", "2"])
+    continued, fresh = fake.chats[1:]
+    assert (continued["add_generation_prompt"], continued["continue_final_message"]) == (False, True)
+    assert (fresh["add_generation_prompt"], fresh["continue_final_message"]) == (True, False)
+    assert [c[-1]["content"] for c in continued["messages"]] == ["Score: ", "The answer is"]
+    assert continued["sampling_params"].kwargs["logprobs"] == 20
+    # "Score: ", the user text of request 1, "The answer is", the user text of request 3: order is kept
+    assert [row["1"] for row in probs] == [math.exp(-7), math.exp(-23), math.exp(-13), math.exp(-13)]
+    assert all(row["2"] == 0.0 for row in probs)
+
+    fake.init_kwargs = {}
+    VllmBackend(str(tiny_models[TEXT_NAME]))
+    assert "limit_mm_per_prompt" not in fake.init_kwargs
