@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from firm_assets.curation.cache import CachedResult, CacheItem, CallSpec, Outcome, StageStats, run_cached
-from firm_assets.curation.images import StoredImage, save_generated
+from firm_assets.curation.images import save_generated
 from firm_assets.curation.records import record_images
 from resources.profiles import ImageModelConfig
 from warehouse.connection import Warehouse
@@ -48,10 +48,9 @@ def run_image_stage(
         CacheItem(job.sample_id, {"text": job.text, "seed": job.seed, "source": job.source_sha}, job)
         for job in jobs
     ]
-    stored: list[StoredImage] = []
 
     def compute(batch: list[ImageJob]) -> list[Outcome]:
-        outcomes = []
+        outcomes, stored = [], []
         for job in batch:
             started = time.perf_counter()
             try:
@@ -60,9 +59,9 @@ def run_image_stage(
                 outcomes.append(Outcome(None, None, f"{type(error).__name__}: {error}", 1, 0.0))
                 continue
             stored.append(image)
-            record_images(warehouse, [image])
             parsed = {"image_sha": image.sha256, "image_path": str(image.path)}
             outcomes.append(Outcome(image.sha256, parsed, None, 1, time.perf_counter() - started))
+        record_images(warehouse, stored)
         return outcomes
 
     decoding = {"steps": config.steps, "guidance": config.guidance, "size": config.size}
