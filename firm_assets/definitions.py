@@ -6,15 +6,31 @@ import os
 
 from dagster import Definitions, load_asset_checks_from_modules, load_assets_from_modules
 
-from firm_assets.edit import candidates, captions, checks, dataset, requests, scores
-from jobs.curation import edit_curation_job, main_job
+from firm_assets.edit import candidates, captions, dataset, requests, scores
+from firm_assets.edit import checks as edit_checks
+from firm_assets.gen import checklists, images, prompts
+from firm_assets.gen import checks as gen_checks
+from firm_assets.gen import dataset as gen_dataset
+from firm_assets.gen import scores as gen_scores
+from jobs.curation import edit_curation_job, gen_curation_job, main_job
 from resources.models import ModelsResource
 from resources.profiles import DEFAULT_PROFILE
 from resources.tracking import TrackingResource
 from resources.warehouse_resource import WarehouseIOManager, WarehouseResource
 from sensors.recuration import edit_requests_changed, nightly_edit_recuration
 
-ASSET_MODULES = [requests, candidates, captions, scores, dataset]
+ASSET_MODULES = [
+    requests,
+    candidates,
+    captions,
+    scores,
+    dataset,
+    prompts,
+    checklists,
+    images,
+    gen_scores,
+    gen_dataset,
+]
 
 
 def build_resources() -> dict:
@@ -28,12 +44,12 @@ def build_resources() -> dict:
 
 
 ASSETS = load_assets_from_modules(ASSET_MODULES)
-CHECKS = load_asset_checks_from_modules([checks])
+CHECKS = load_asset_checks_from_modules([edit_checks, gen_checks])
 
 defs = Definitions(
     assets=ASSETS,
     asset_checks=CHECKS,
-    jobs=[main_job, edit_curation_job],
+    jobs=[main_job, edit_curation_job, gen_curation_job],
     schedules=[nightly_edit_recuration],
     sensors=[edit_requests_changed],
     resources=build_resources(),

@@ -3,6 +3,7 @@
 from dagster import AssetSelection, define_asset_job, in_process_executor
 
 EDIT_GROUP = "edit"
+GEN_GROUP = "gen"
 
 main_job = define_asset_job(
     "main",
@@ -16,4 +17,11 @@ edit_curation_job = define_asset_job(
     selection=AssetSelection.groups(EDIT_GROUP),
     executor_def=in_process_executor,
     description="Re-curate the FIRM-Edit chain; unchanged samples come from the cache.",
+)
+
+gen_curation_job = define_asset_job(
+    "gen_curation",
+    selection=AssetSelection.groups(GEN_GROUP),
+    executor_def=in_process_executor,
+    description="Re-curate the FIRM-Gen chain; unchanged samples come from the cache.",
 )

@@ -31,19 +31,22 @@ class ChatRequest:
 
 @dataclass(frozen=True)
 class Decoding:
-    """Decoding parameters; part of every cache key."""
+    """Decoding parameters; part of every cache key. `regex`, when set, constrains the answer to
+    strings matching it in full (guided decoding), so a structured answer always parses."""
 
     max_new_tokens: int = 256
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
+    regex: str | None = None
 
-    def as_dict(self) -> dict[str, float | int]:
+    def as_dict(self) -> dict[str, float | int | str | None]:
         return {
             "max_new_tokens": self.max_new_tokens,
             "temperature": self.temperature,
             "top_p": self.top_p,
             "seed": self.seed,
+            "regex": self.regex,
         }
 
 

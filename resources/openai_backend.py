@@ -138,9 +138,16 @@ class OpenAIBackend:
         self._closed = threading.Event()
 
     def generate(self, requests: Sequence[ChatRequest], decoding: Decoding) -> list[str]:
-        """The assistant's answer for each request, stripped like the transformers backend's."""
-        payloads = [
-            {
+        """The assistant's answer for each request, stripped like the transformers backend's.
+
+        With decoding.regex the request carries vLLM's structured-output field,
+        `"structured_outputs": {"regex": ...}` (current vLLM; the older top-level `guided_regex` was
+        removed in v0.12, so older servers need an upgrade), and the answer is returned unstripped, as the
+        transformers backend does: the server guarantees a full match. Servers without that extension
+        (hosted APIs) reject or ignore the field."""
+        payloads: list[dict[str, Any]] = []
+        for request in requests:
+            payload: dict[str, Any] = {
                 "model": self.served_model,
                 "messages": chat_messages(request, None, _image_url_content),
                 "temperature": decoding.temperature,
@@ -148,11 +155,11 @@ class OpenAIBackend:
                 "max_tokens": decoding.max_new_tokens,
                 "seed": decoding.seed,
             }
-            for request in requests
-        ]
-        return [
-            (_first_choice(body)["message"].get("content") or "").strip() for body in self._post_all(payloads)
-        ]
+            if decoding.regex is not None:
+                payload["structured_outputs"] = {"regex": decoding.regex}
+            payloads.append(payload)
+        texts = [_first_choice(body)["message"].get("content") or "" for body in self._post_all(payloads)]
+        return texts if decoding.regex is not None else [text.strip() for text in texts]
 
     def next_token_probs(
         self, requests: Sequence[ChatRequest], assistant_prefixes: Sequence[str], tokens: Sequence[str]

@@ -50,6 +50,7 @@ class Profile:
     generators: tuple[ImageModelConfig, ...]
     seeds: tuple[int, ...]
     max_new_tokens: dict[str, int]
+    guided: bool
     score_reader: str
     max_attempts: int
 
@@ -64,6 +65,7 @@ def _profile(name: str, data: dict[str, Any]) -> Profile:
         generators=tuple(ImageModelConfig(**g) for g in data["generators"]),
         seeds=tuple(data["seeds"]),
         max_new_tokens=dict(data["max_new_tokens"]),
+        guided=bool(data["guided"]),
         score_reader=data["score_reader"],
         max_attempts=int(data["max_attempts"]),
     )

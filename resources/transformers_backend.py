@@ -18,11 +18,13 @@ from transformers import (
     AutoTokenizer,
     BatchEncoding,
     GenerationConfig,
+    LogitsProcessorList,
     PreTrainedModel,
     ProcessorMixin,
 )
 
 from resources.chat import ChatRequest, Decoding, ImagePart, ModelRef
+from resources.guided import RegexLogitsProcessor, TokenTable
 from resources.messages import Message, chat_messages
 
 T = TypeVar("T")
@@ -82,6 +84,7 @@ class TransformersBackend:
         self.net.generation_config = self._stopping_only(self.net.generation_config)
         resolved = revision or weights_revision(model_path) or getattr(config, "_commit_hash", None)
         self.model = ModelRef(model_id=model_path, revision=resolved or "unknown", backend="transformers")
+        self._token_table: TokenTable | None = None
 
     def _stopping_only(self, checkpoint: GenerationConfig) -> GenerationConfig:
         """Keep the checkpoint's stop and pad tokens but drop its sampling defaults (Qwen ships
@@ -155,19 +158,38 @@ class TransformersBackend:
 
     def generate(self, requests: Sequence[ChatRequest], decoding: Decoding) -> list[str]:
         """The assistant's answer for each request: new tokens only, special tokens dropped, stripped.
-        Each chunk is seeded from decoding.seed, so sampling repeats for the same inputs."""
+        Each chunk is seeded from decoding.seed, so sampling repeats for the same inputs. With
+        decoding.regex the answer is constrained to match it in full and is not stripped (the match is
+        the answer, whitespace included); it can fall short only if max_new_tokens runs out first."""
         config = self._generation_config(decoding)
         answers: list[str] = []
         for chunk in _chunks(requests, self.batch_size):
             inputs = self._encode(chunk, [self._render(request) for request in chunk])
+            prompt_length = inputs["input_ids"].shape[1]
+            guided = self._regex_processors(decoding, prompt_length)
             with torch.inference_mode(), torch.random.fork_rng(devices=self._rng_devices()):
                 torch.manual_seed(decoding.seed)
-                output = self.net.generate(**inputs, generation_config=config)
-            new_tokens = output[:, inputs["input_ids"].shape[1] :]
-            answers += [
-                text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-            ]
+                output = self.net.generate(**inputs, generation_config=config, logits_processor=guided)
+            texts = self.tokenizer.batch_decode(output[:, prompt_length:], skip_special_tokens=True)
+            answers += texts if decoding.regex else [text.strip() for text in texts]
         return answers
+
+    def _regex_processors(self, decoding: Decoding, prompt_length: int) -> LogitsProcessorList | None:
+        """The regex constraint for one generate() call, if asked for; the token table behind it is
+        built on first use and kept, as it depends on the tokenizer only."""
+        if decoding.regex is None:
+            return None
+        if self._token_table is None:
+            self._token_table = TokenTable(self.tokenizer, self._eos_token_ids())
+        processor = RegexLogitsProcessor(
+            decoding.regex, self._token_table, prompt_length, sample=decoding.temperature > 0
+        )
+        return LogitsProcessorList([processor])
+
+    def _eos_token_ids(self) -> list[int]:
+        """The ids that end generation (generate() stops a row on any of them)."""
+        eos = self.net.generation_config.eos_token_id
+        return [eos] if isinstance(eos, int) else list(eos or [])
 
     def next_token_probs(
         self, requests: Sequence[ChatRequest], assistant_prefixes: Sequence[str], tokens: Sequence[str]

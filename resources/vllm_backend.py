@@ -37,6 +37,7 @@ class VllmBackend:
     ) -> None:
         try:
             from vllm import LLM, SamplingParams
+            from vllm.sampling_params import StructuredOutputsParams
         except ImportError as error:
             raise ImportError(
                 "VllmBackend needs vLLM, which is not installed: install the `gpu` extra "
@@ -47,6 +48,7 @@ class VllmBackend:
         from resources.transformers_backend import weights_revision
 
         self._sampling_params = SamplingParams
+        self._structured_outputs = StructuredOutputsParams
         config = AutoConfig.from_pretrained(model_path, revision=revision)
         # Text-only models reject a multimodal limit, so it is set for vision-language models only.
         is_vision = getattr(config, "vision_config", None) is not None
@@ -65,16 +67,26 @@ class VllmBackend:
         self.model = ModelRef(model_id=model_path, revision=resolved or "unknown", backend="vllm")
 
     def generate(self, requests: Sequence[ChatRequest], decoding: Decoding) -> list[str]:
-        """The assistant's answer for each request, stripped; seeded per request so sampling repeats."""
+        """The assistant's answer for each request, stripped; seeded per request so sampling repeats.
+        With decoding.regex the engine's structured outputs constrain the answer
+        (`SamplingParams(structured_outputs=StructuredOutputsParams(regex=...))`, current vLLM; the older
+        `guided_decoding=GuidedDecodingParams(...)` was removed in v0.12), and it is returned unstripped."""
+        guided = (
+            {"structured_outputs": self._structured_outputs(regex=decoding.regex)}
+            if decoding.regex is not None
+            else {}
+        )
         params = self._sampling_params(
             max_tokens=decoding.max_new_tokens,
             temperature=decoding.temperature,
             top_p=decoding.top_p,
             seed=decoding.seed,
+            **guided,
         )
         conversations = [chat_messages(request, None, _pil_content) for request in requests]
         outputs = self.llm.chat(conversations, sampling_params=params, use_tqdm=False)
-        return [output.outputs[0].text.strip() for output in outputs]
+        texts = [output.outputs[0].text for output in outputs]
+        return texts if decoding.regex is not None else [text.strip() for text in texts]
 
     def next_token_probs(
         self, requests: Sequence[ChatRequest], assistant_prefixes: Sequence[str], tokens: Sequence[str]

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from firm_assets.edit.importer import EditRequest, Quarantined, read_edit_requests, request_id_for
+from firm_assets.curation.lines import Quarantined
+from firm_assets.edit.importer import EditRequest, read_edit_requests, request_id_for
 
 
 def _line(**record: object) -> bytes:

@@ -9,6 +9,7 @@ import base64
 import hashlib
 import json
 import math
+import re
 import subprocess
 import sys
 import threading
@@ -32,6 +33,7 @@ from resources.transformers_backend import TransformersBackend
 
 DIGITS = list("12345")
 GREEDY = Decoding(max_new_tokens=12)
+JUDGE = r'\{"reasoning": "[a-z ]{0,20}", "score": [1-5]\}'
 FAST = {"backoff_s": 0.01, "max_backoff_s": 5.0}
 
 Reply = tuple[int, dict[str, str], dict[str, Any]] | None  # None: drop the connection without answering
@@ -120,8 +122,9 @@ def completion(content: str, logprobs: dict[str, Any] | None = None) -> dict[str
 
 class ModelHandler:
     """Serves chat completions from a TransformersBackend, the way `vllm serve` would: rebuilds each
-    request from the OpenAI messages (decoding data-URL images to files), generates, or reports the
-    top_logprobs over the whole vocabulary for the one next token after a continued prefix."""
+    request from the OpenAI messages (decoding data-URL images to files), generates (honouring vLLM's
+    `structured_outputs.regex`), or reports the top_logprobs over the whole vocabulary for the one next
+    token after a continued prefix."""
 
     def __init__(self, backend: TransformersBackend, image_dir: Path) -> None:
         self.backend = backend
@@ -152,6 +155,7 @@ class ModelHandler:
                     temperature=payload["temperature"],
                     top_p=payload["top_p"],
                     seed=payload["seed"],
+                    regex=(payload.get("structured_outputs") or {}).get("regex"),
                 )
                 return 200, {}, completion(self.backend.generate([request], decoding)[0])
             probs = self.backend.next_token_probs([request], [prefix], self.vocab)[0]
@@ -304,6 +308,23 @@ def test_generate_matches_the_serving_model(
     assert backend.generate(requests[:2], sampled) == [vl.generate([r], sampled)[0] for r in requests[:2]]
     last = handler.payloads[-1]
     assert (last["temperature"], last["top_p"], last["seed"], last["max_tokens"]) == (1.0, 0.9, 3, 8)
+    assert "structured_outputs" not in last
+
+
+def test_regex_travels_as_structured_outputs(
+    client: Client,
+    model_server: tuple[LoopbackServer, ModelHandler],
+    vl: TransformersBackend,
+    requests: list[ChatRequest],
+) -> None:
+    """vLLM's current field carries the regex; answers equal the serving model's guided ones."""
+    server, handler = model_server
+    backend = client(server.base_url, "tiny", max_concurrency=4)
+    guided = Decoding(max_new_tokens=64, regex=JUDGE)
+    answers = backend.generate(requests, guided)
+    assert answers == [vl.generate([request], guided)[0] for request in requests]
+    assert all(re.fullmatch(JUDGE, answer) for answer in answers)
+    assert handler.payloads[-1]["structured_outputs"] == {"regex": JUDGE}
 
 
 def test_next_token_probs_match_the_serving_model(
@@ -460,6 +481,10 @@ class FakeVllm:
             def __init__(self, **kwargs: Any) -> None:
                 self.kwargs = kwargs
 
+        class StructuredOutputsParams:
+            def __init__(self, **kwargs: Any) -> None:
+                self.kwargs = kwargs
+
         class LLM:
             def __init__(self, **kwargs: Any) -> None:
                 fake.init_kwargs = kwargs
@@ -484,6 +509,7 @@ class FakeVllm:
                 return outputs
 
         self.module = SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams)
+        self.sampling_params = SimpleNamespace(StructuredOutputsParams=StructuredOutputsParams)
 
 
 def test_vllm_backend_drives_the_engine(
@@ -496,6 +522,7 @@ def test_vllm_backend_drives_the_engine(
 
     fake = FakeVllm(vl.tokenizer)
     monkeypatch.setitem(sys.modules, "vllm", fake.module)
+    monkeypatch.setitem(sys.modules, "vllm.sampling_params", fake.sampling_params)
     backend = VllmBackend(str(tiny_models[VL_NAME]), dtype="float16", max_model_len=4096)
     assert fake.init_kwargs["limit_mm_per_prompt"] == {"image": 4}
     assert (fake.init_kwargs["dtype"], fake.init_kwargs["max_model_len"]) == ("float16", 4096)
@@ -519,6 +546,14 @@ def test_vllm_backend_drives_the_engine(
         if "image_pil" in part
     ]
     assert [image.mode for image in images] == ["RGB"] * 4
+
+    # A regex goes to the engine as structured outputs, and the (matching) answer is not stripped.
+    assert backend.generate(requests[2:3], Decoding(max_new_tokens=64, regex="[A-Z .]+")) == [
+        " DESCRIBE A RED CAR. "
+    ]
+    guided = fake.chats.pop()["sampling_params"].kwargs
+    assert guided.pop("structured_outputs").kwargs == {"regex": "[A-Z .]+"}
+    assert guided == {"max_tokens": 64, "temperature": 0.0, "top_p": 1.0, "seed": 0}
 
     probs = backend.next_token_probs(requests, ["Score: ", "", "The answer is", ""], ["1", "2"])
     continued, fresh = fake.chats[1:]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dagster import ExecuteInProcessResult
+from dagster import AssetCheckSeverity, ExecuteInProcessResult
 
 from resources.home import firm_home
 from resources.tracking import default_tracking_uri
@@ -29,7 +29,10 @@ def print_summary(result: ExecuteInProcessResult, dagster_home: str) -> None:
         key = materialization.asset_key.to_user_string()
         print(f"  {key:24} rows={rows}" + (f" model_calls={calls}" if calls != "" else ""))
     for check in result.get_asset_check_evaluations():
-        print(f"  check {check.check_name:32} {'passed' if check.passed else 'FAILED'}")
+        verdict = (
+            "passed" if check.passed else ("warn" if check.severity == AssetCheckSeverity.WARN else "FAILED")
+        )
+        print(f"  check {check.check_name:32} {verdict}")
     for label, sql in COUNTS.items():
         print(f"  {label:24} {warehouse.rows(sql)[0][0]}")
     print(f"FIRM_HOME:        {firm_home()}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,14 +30,40 @@ IMAGE_TOKEN = "<image>"
 @dataclass(frozen=True)
 class SftTask:
     """One supervised task exported from a dataset: which critic prompt, which columns fill it, and
-    which columns hold the target reasoning and score."""
+    how a row becomes the assistant's target answer."""
 
     name: str
     template_id: str
     image_columns: tuple[str, ...]
     variable_columns: dict[str, str]
-    reasoning_column: str
-    score_column: str
+    target: Callable[[dict], str]
+
+
+def json_score_target(reasoning_column: str, score_column: str) -> Callable[[dict], str]:
+    """`{"reasoning": ..., "score": N}` — the edit critic's answer format."""
+
+    def target(row: dict) -> str:
+        return json.dumps({"reasoning": row[reasoning_column] or "", "score": round(row[score_column])})
+
+    return target
+
+
+def quality_target(scores_column: str, reasoning_column: str) -> Callable[[dict], str]:
+    """`{"score": [aesthetics, technical, structure], "reasoning": ...}` — the quality answer format."""
+
+    def target(row: dict) -> str:
+        return json.dumps({"score": list(row[scores_column]), "reasoning": row[reasoning_column] or ""})
+
+    return target
+
+
+def boxed_score_target(reasoning_column: str, score_column: str) -> Callable[[dict], str]:
+    """Analysis text ending in `\\boxed{N}` — the generation critic's instruction-following format."""
+
+    def target(row: dict) -> str:
+        return f"{row[reasoning_column] or ''}\n\\boxed{{{round(row[score_column])}}}".lstrip()
+
+    return target
 
 
 @dataclass(frozen=True)
@@ -71,11 +97,10 @@ def _sharegpt_record(task: SftTask, row: dict, image_names: dict[str, str]) -> d
     }
     request = template.render(variables, images)
     text = next(part for part in request.user if isinstance(part, str))
-    target = {"reasoning": row[task.reasoning_column] or "", "score": round(row[task.score_column])}
     messages = [{"role": "user", "content": IMAGE_TOKEN * len(images) + text}]
     if request.system:
         messages.insert(0, {"role": "system", "content": request.system})
-    messages.append({"role": "assistant", "content": json.dumps(target)})
+    messages.append({"role": "assistant", "content": task.target(row)})
     return {"messages": messages, "images": [f"images/{image_names[row[c]]}" for c in task.image_columns]}
 
 

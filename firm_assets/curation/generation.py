@@ -9,12 +9,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from PIL import Image
 
 from firm_assets.curation.cache import CachedResult, CacheItem, CallSpec, Outcome, StageStats, run_cached
 from firm_assets.curation.images import save_generated
 from firm_assets.curation.records import record_images
+from firm_assets.curation.versioning import short_hash
+from resources.home import firm_home
 from resources.profiles import ImageModelConfig
 from warehouse.connection import Warehouse
 
@@ -39,7 +42,7 @@ def run_image_stage(
     backend,
     jobs: Sequence[ImageJob],
     warehouse: Warehouse,
-    store,
+    store: Path,
     run_id: str | None,
 ) -> tuple[dict[str, CachedResult], StageStats]:
     """Render every cache-missing job one at a time (diffusion batches are per-image anyway)."""
@@ -84,3 +87,80 @@ def _generator(backend, config: ImageModelConfig) -> Callable[[ImageJob], Image.
         return backend.generate(job.text, job.seed, config.steps, config.guidance, config.size)
 
     return render
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """One image made (or found in the cache) for an owner (a request or a prompt)."""
+
+    image_id: str
+    owner_id: str
+    model_id: str
+    revision: str
+    seed: int
+    image_sha: str
+    image_path: str
+    cache_key: str
+
+
+@dataclass(frozen=True)
+class Owner:
+    """What images are made for: id, text (instruction or prompt), and a source image for edits."""
+
+    owner_id: str
+    text: str
+    source_path: str | None = None
+    source_sha: str | None = None
+
+
+def render_for_all(
+    stage: str,
+    template_ref: str,
+    configs: Sequence[ImageModelConfig],
+    seeds: Sequence[int],
+    owners: Sequence[Owner],
+    models,
+    warehouse: Warehouse,
+    run_id: str | None,
+) -> tuple[list[Rendered], dict[str, float]]:
+    """Every config x seed for every owner through the cache; failed renders are left out (counted)."""
+    rendered: list[Rendered] = []
+    metadata: dict[str, float] = {}
+    for config in configs:
+        backend = models.image_backend(config)
+        jobs = {}
+        for owner in owners:
+            for seed in seeds:
+                image_id = short_hash(owner.owner_id, config.model, seed)
+                jobs[image_id] = (
+                    ImageJob(image_id, owner.text, seed, owner.source_path, owner.source_sha),
+                    owner,
+                )
+        results, stats = run_image_stage(
+            stage,
+            template_ref,
+            config,
+            backend,
+            [job for job, _ in jobs.values()],
+            warehouse,
+            firm_home() / "images",
+            run_id,
+        )
+        for key, value in stats.as_metadata().items():
+            metadata[key] = metadata.get(key, 0) + value
+        for image_id, result in results.items():
+            if result.outcome.ok:
+                job, owner = jobs[image_id]
+                rendered.append(
+                    Rendered(
+                        image_id,
+                        owner.owner_id,
+                        backend.model.model_id,
+                        backend.model.revision,
+                        job.seed,
+                        result.outcome.parsed["image_sha"],
+                        result.outcome.parsed["image_path"],
+                        result.cache_key,
+                    )
+                )
+    return rendered, metadata

@@ -25,11 +25,14 @@ class ParseError(ValueError):
 
 @dataclass(frozen=True)
 class Parser:
-    """A named, versioned parse function; the version enters cache keys and code versions."""
+    """A named, versioned parse function; the version enters cache keys and code versions.
+    `guide(max_chars)`, when present, is a regex of the answers this parser accepts whose longest
+    match fits in max_chars: with guided decoding the model can only write parseable answers."""
 
     id: str
     version: str
     parse: Callable[[str], dict[str, Any]]
+    guide: Callable[[int], str] | None = None
 
     @property
     def ref(self) -> str:
@@ -112,5 +115,210 @@ def parse_caption(text: str) -> dict[str, Any]:
     return {"caption": caption}
 
 
-SCORE_JSON = Parser("score_json", "1", parse_score_json)
+def free_text(max_chars: int, min_chars: int = 0, stop: str = r'"\\\x00-\x1f') -> str:
+    """A regex for up to max_chars characters that cannot close a JSON string (no quote, backslash
+    or control character, all of which a JSON string would need escaped)."""
+    return f"[^{stop}]{{{min_chars},{max(max_chars, min_chars)}}}"
+
+
+def guide_score_json(max_chars: int) -> str:
+    skeleton = len('{"reasoning": "", "score": 5}')
+    return r'\{"reasoning": "' + free_text(max_chars - skeleton) + r'", "score": [1-5]\}'
+
+
+SCORE_JSON = Parser("score_json", "1", parse_score_json, guide_score_json)
 CAPTION_TEXT = Parser("caption_text", "1", parse_caption)
+
+
+def _first_valid(text: str, validate: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+    """Strict whole-answer JSON first, then the last JSON object in fences or prose that validates."""
+    stripped = text.strip()
+    try:
+        obj = json.loads(stripped)
+        if isinstance(obj, dict):
+            return {**validate(obj), "parse": "strict"}
+    except (json.JSONDecodeError, ParseError):
+        pass
+    for chunk in [m.group(1) for m in _FENCE.finditer(stripped)] + [stripped]:
+        for obj in reversed(_json_objects(chunk)):
+            try:
+                return {**validate(obj), "parse": "tolerant"}
+            except ParseError:
+                continue
+    raise ParseError("no valid object in the answer")
+
+
+# --- checklists (FIRM-Gen planning) ---------------------------------------------------------------
+
+CHECKLIST_CATEGORIES = (
+    "object",
+    "count",
+    "attribute",
+    "relation",
+    "text",
+    "style",
+    "composition",
+    "negation",
+)
+MAX_CHECKLIST_ITEMS = 12
+MIN_FIELD_CHARS = 8
+
+
+def _text_field(obj: dict[str, Any], key: str, max_chars: int = 300) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise ParseError(f"item has no {key!r} text")
+    if len(value) > max_chars:
+        raise ParseError(f"{key!r} longer than {max_chars} characters")
+    return value.strip()
+
+
+def _checklist(obj: dict[str, Any]) -> dict[str, Any]:
+    items = obj.get("items")
+    if not isinstance(items, list) or not items:
+        raise ParseError("'items' is not a non-empty list")
+    if len(items) > MAX_CHECKLIST_ITEMS:
+        raise ParseError(f"{len(items)} items > {MAX_CHECKLIST_ITEMS}")
+    clean, seen = [], set()
+    for raw in items:
+        if not isinstance(raw, dict):
+            raise ParseError("an item is not an object")
+        category = raw.get("category")
+        if category not in CHECKLIST_CATEGORIES:
+            raise ParseError(f"unknown category {category!r}")
+        question = _text_field(raw, "question")
+        if not question.endswith("?"):
+            raise ParseError(f"question {question!r} is not a question")
+        key = " ".join(question.lower().split())
+        if key in seen:
+            continue
+        seen.add(key)
+        clean.append({"category": category, "item": _text_field(raw, "item"), "question": question})
+    return {"items": clean}
+
+
+def parse_checklist(text: str) -> dict[str, Any]:
+    """`{"items": [{"category", "item", "question"}]}`: known categories, yes/no questions, no duplicates."""
+    return _first_valid(text, _checklist)
+
+
+def _items_regex(item: str, n_max: int) -> str:
+    return item + (f"(, {item}){{0,{n_max - 1}}}" if n_max > 1 else "")
+
+
+def _fit(max_chars: int, per_item: int, fields: int, n_cap: int) -> tuple[int, int]:
+    """How many items and how many characters per free-text field fit in max_chars."""
+    n_items = max(1, min(n_cap, max_chars // (per_item + fields * 40)))
+    return n_items, max(MIN_FIELD_CHARS, (max_chars // n_items - per_item) // fields)
+
+
+def guide_checklist(max_chars: int) -> str:
+    skeleton = len('{"category": "composition", "item": "", "question": "?"}, ')
+    n_items, chars = _fit(max_chars - len('{"items": []}'), skeleton, 2, 10)
+    text = free_text(chars, min_chars=1)
+    item = r'\{"category": "(' + "|".join(CHECKLIST_CATEGORIES) + r')", "item": "' + text
+    item += r'", "question": "' + text + r'\?"\}'
+    return r'\{"items": \[' + _items_regex(item, n_items) + r"\]\}"
+
+
+CHECKLIST_JSON = Parser("checklist_json", "1", parse_checklist, guide_checklist)
+
+
+# --- instruction-following against a checklist --------------------------------------------------
+
+_VERDICT_LINE = re.compile(r"^\s*(\d{1,2})[.)]\s*(yes|no)\b[:\s-]*(.*)$", re.IGNORECASE | re.MULTILINE)
+
+
+def _verdicts(raw: Any) -> list[dict[str, Any]]:
+    if not isinstance(raw, list):
+        raise ParseError("'verdicts' is not a list")
+    verdicts = []
+    for entry in raw:
+        if not isinstance(entry, dict) or entry.get("verdict") not in ("yes", "no"):
+            raise ParseError("a verdict is not yes/no")
+        item = entry.get("item")
+        if isinstance(item, bool) or not isinstance(item, int):
+            raise ParseError("a verdict has no item number")
+        verdicts.append(
+            {"item": item, "verdict": entry["verdict"], "analysis": str(entry.get("analysis", ""))}
+        )
+    return verdicts
+
+
+def _instruction_following(obj: dict[str, Any]) -> dict[str, Any]:
+    analysis = obj.get("analysis", "")
+    if not isinstance(analysis, str):
+        raise ParseError("'analysis' is not a string")
+    return {
+        "verdicts": _verdicts(obj.get("verdicts", [])),
+        "reasoning": analysis.strip(),
+        "score": _score_value(obj.get("score")),
+    }
+
+
+def parse_instruction_following(text: str) -> dict[str, Any]:
+    """JSON `{"verdicts": [{"item", "verdict", "analysis"}], "analysis", "score"}`, or numbered
+    "N. yes|no: ..." lines and an answer ending in \\boxed{N}."""
+    try:
+        return _first_valid(text, _instruction_following)
+    except ParseError:
+        pass
+    stripped = text.strip()
+    boxed = _BOXED.findall(stripped)
+    if not boxed or not stripped.endswith("}"):
+        raise ParseError("no score object and no final \\boxed{N}")
+    verdicts = [
+        {"item": int(n), "verdict": verdict.lower(), "analysis": rest.strip()}
+        for n, verdict, rest in _VERDICT_LINE.findall(stripped)
+    ]
+    reasoning = _BOXED.sub("", _VERDICT_LINE.sub("", stripped)).strip()
+    return {"verdicts": verdicts, "reasoning": reasoning, "score": _score_value(boxed[-1]), "parse": "boxed"}
+
+
+def guide_instruction_following(max_chars: int) -> str:
+    skeleton = len('{"item": 10, "verdict": "yes", "analysis": ""}, ')
+    tail = len('], "analysis": "", "score": 5}')
+    n_items, chars = _fit(max_chars - tail - len('{"verdicts": [') - 40, skeleton, 1, 10)
+    text = free_text(chars)
+    verdict = r'\{"item": [0-9]{1,2}, "verdict": "(yes|no)", "analysis": "' + text + r'"\}'
+    return (
+        r'\{"verdicts": \['
+        + _items_regex(verdict, n_items)
+        + r'\], "analysis": "'
+        + free_text(40)
+        + r'", "score": [1-5]\}'
+    )
+
+
+INSTRUCTION_FOLLOWING = Parser(
+    "instruction_following", "1", parse_instruction_following, guide_instruction_following
+)
+
+
+# --- prompt-free quality ---------------------------------------------------------------------------
+
+QUALITY_ASPECTS = ("aesthetics", "technical", "structure")
+
+
+def _quality(obj: dict[str, Any]) -> dict[str, Any]:
+    scores = obj.get("score")
+    if not isinstance(scores, list) or len(scores) != len(QUALITY_ASPECTS):
+        raise ParseError(f"'score' is not a list of {len(QUALITY_ASPECTS)} numbers")
+    values = [_score_value(value) for value in scores]
+    reasoning = obj.get("reasoning", "")
+    if not isinstance(reasoning, str):
+        raise ParseError("'reasoning' is not a string")
+    return {"scores": values, "score": min(values), "reasoning": reasoning.strip()}
+
+
+def parse_quality(text: str) -> dict[str, Any]:
+    """`{"score": [aesthetics, technical, structure], "reasoning"}`; the quality is the minimum."""
+    return _first_valid(text, _quality)
+
+
+def guide_quality(max_chars: int) -> str:
+    skeleton = len('{"score": [5, 5, 5], "reasoning": ""}')
+    return r'\{"score": \[[1-5], [1-5], [1-5]\], "reasoning": "' + free_text(max_chars - skeleton) + r'"\}'
+
+
+QUALITY_JSON = Parser("quality_json", "1", parse_quality, guide_quality)

@@ -3,9 +3,8 @@
 import polars as pl
 from dagster import AssetExecutionContext, DataVersion, Output, asset
 
-from firm_assets.curation.generation import ImageJob, run_image_stage
+from firm_assets.curation.generation import Owner, render_for_all
 from firm_assets.curation.versioning import frame_version, short_hash
-from resources.home import firm_home
 from resources.models import ModelsResource
 from resources.warehouse_resource import WarehouseResource
 
@@ -56,52 +55,34 @@ def edit_candidates(
     warehouse: WarehouseResource,
 ) -> Output[pl.DataFrame]:
     profile = models.settings()
-    rows = _imported(source_images)
-    metadata: dict[str, float | int] = {"imported": len(rows)}
-    for config in profile.editors:
-        backend = models.image_backend(config)
-        jobs = {
-            short_hash(row["request_id"], config.model, seed): (
-                ImageJob(
-                    short_hash(row["request_id"], config.model, seed),
-                    row["instruction"],
-                    seed,
-                    row["source_path"],
-                    row["source_sha"],
-                ),
-                row["request_id"],
-            )
-            for row in source_images.iter_rows(named=True)
-            for seed in profile.seeds
+    owners = [
+        Owner(row["request_id"], row["instruction"], row["source_path"], row["source_sha"])
+        for row in source_images.iter_rows(named=True)
+    ]
+    rendered, metadata = render_for_all(
+        "edit_candidates",
+        EDIT_TEMPLATE,
+        profile.editors,
+        profile.seeds,
+        owners,
+        models,
+        warehouse.get(),
+        context.run_id,
+    )
+    rows = _imported(source_images) + [
+        {
+            "candidate_id": r.image_id,
+            "request_id": r.owner_id,
+            "editor": r.model_id,
+            "editor_revision": r.revision,
+            "seed": r.seed,
+            "image_sha": r.image_sha,
+            "image_path": r.image_path,
+            "cache_key": r.cache_key,
         }
-        results, stats = run_image_stage(
-            "edit_candidates",
-            EDIT_TEMPLATE,
-            config,
-            backend,
-            [job for job, _ in jobs.values()],
-            warehouse.get(),
-            firm_home() / "images",
-            context.run_id,
-        )
-        for key, value in stats.as_metadata().items():
-            metadata[key] = metadata.get(key, 0) + value
-        for sample_id, result in results.items():
-            if not result.outcome.ok:
-                continue
-            job, request_id = jobs[sample_id]
-            rows.append(
-                {
-                    "candidate_id": sample_id,
-                    "request_id": request_id,
-                    "editor": backend.model.model_id,
-                    "editor_revision": backend.model.revision,
-                    "seed": job.seed,
-                    "image_sha": result.outcome.parsed["image_sha"],
-                    "image_path": result.outcome.parsed["image_path"],
-                    "cache_key": result.cache_key,
-                }
-            )
+        for r in rendered
+    ]
+    metadata["imported"] = len(rows) - len(rendered)
     frame = pl.DataFrame(rows, schema=CANDIDATE_SCHEMA).sort("candidate_id")
     version = frame_version(frame.drop("image_path"))
     context.log.info(f"edit_candidates: {frame.height} candidates, {metadata}")

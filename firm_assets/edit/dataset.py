@@ -4,7 +4,7 @@ import polars as pl
 from dagster import AssetExecutionContext, Config, DataVersion, MetadataValue, Output, asset
 from pydantic import Field
 
-from firm_assets.curation.dataset import SftTask, balance_by_bin, publish_dataset
+from firm_assets.curation.dataset import SftTask, balance_by_bin, json_score_target, publish_dataset
 from firm_assets.curation.versioning import frame_version
 from resources.tracking import TrackingResource, dagster_tags
 from resources.warehouse_resource import WarehouseResource
@@ -17,8 +17,7 @@ TASKS = tuple(
         template_id=f"critic_edit_{dimension}",
         image_columns=("source_path", "edited_path"),
         variable_columns={"instruction": "instruction", "requirement": "requirement"},
-        reasoning_column=f"{dimension}_reasoning",
-        score_column=f"{dimension}_score",
+        target=json_score_target(f"{dimension}_reasoning", f"{dimension}_score"),
     )
     for dimension in ("execution", "consistency")
 )

@@ -13,9 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-MAX_TEXT_CHARS = 2000
-MAX_RAW_CHARS = 2000
-_UTF8_BOM = b"\xef\xbb\xbf"
+from firm_assets.curation.lines import (
+    BadLine,
+    Quarantined,
+    clean_text,
+    decode_line,
+    load_json_object,
+    quarantined,
+    raw_lines,
+)
 
 
 @dataclass(frozen=True)
@@ -29,45 +35,24 @@ class EditRequest:
     edited_images: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class Quarantined:
-    """A line that could not be imported, kept with its raw text so a person can fix it."""
-
-    source: str
-    locator: str
-    raw: str
-    reason: str
-
-
-class _BadLine(Exception):
-    """Internal signal: this line is quarantined for `reason`."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
 def read_edit_requests(jsonl: Path) -> tuple[list[EditRequest], list[Quarantined]]:
     """Parse every line of `jsonl`; raises only if the file itself cannot be read."""
-    data = jsonl.read_bytes().removeprefix(_UTF8_BOM)
     requests: list[EditRequest] = []
-    quarantined: list[Quarantined] = []
+    bad: list[Quarantined] = []
     first_line_of: dict[str, int] = {}
-    for number, line in enumerate(data.split(b"\n"), start=1):
-        line = line.removesuffix(b"\r")
+    for number, line in raw_lines(jsonl):
         try:
             request = _parse_line(line)
             if request is None:
                 continue
             if request.request_id in first_line_of:
-                raise _BadLine(f"duplicate of line {first_line_of[request.request_id]}")
-        except _BadLine as bad:
-            raw = line.decode("utf-8", errors="replace")[:MAX_RAW_CHARS]
-            quarantined.append(Quarantined(str(jsonl), f"line {number}", raw, bad.reason))
+                raise BadLine(f"duplicate of line {first_line_of[request.request_id]}")
+        except BadLine as error:
+            bad.append(quarantined(jsonl, f"line {number}", line, error.reason))
             continue
         first_line_of[request.request_id] = number
         requests.append(request)
-    return requests, quarantined
+    return requests, bad
 
 
 def request_id_for(
@@ -81,14 +66,11 @@ def request_id_for(
 
 
 def _parse_line(line: bytes) -> EditRequest | None:
-    """Turn one line into a request; None for blank lines, `_BadLine` for anything wrong."""
-    try:
-        text = line.decode("utf-8")
-    except UnicodeDecodeError:
-        raise _BadLine("not valid UTF-8") from None
+    """Turn one line into a request; None for blank lines, `BadLine` for anything wrong."""
+    text = decode_line(line)
     if not text.strip():
         return None
-    record = _load_json(text)
+    record = load_json_object(text)
     instruction = _instruction(record)
     requirement = _optional_text(record, "requirement")
     image = _path(record.get("image"), "image")
@@ -102,29 +84,17 @@ def _parse_line(line: bytes) -> EditRequest | None:
     )
 
 
-def _load_json(text: str) -> dict[str, Any]:
-    try:
-        record = json.loads(text)
-    except ValueError as exc:
-        raise _BadLine(f"malformed JSON: {exc}") from None
-    except RecursionError:
-        raise _BadLine("malformed JSON: nested too deeply") from None
-    if not isinstance(record, dict):
-        raise _BadLine(f"not a JSON object (got {type(record).__name__})")
-    return record
-
-
 def _instruction(record: dict[str, Any]) -> str:
     """`prompt` is the documented key; `instruction` is accepted as an alias."""
     prompt, alias = record.get("prompt"), record.get("instruction")
     if prompt is not None and alias is not None and prompt != alias:
-        raise _BadLine("both 'prompt' and 'instruction' given, with different values")
+        raise BadLine("both 'prompt' and 'instruction' given, with different values")
     value = prompt if prompt is not None else alias
     if value is None:
-        raise _BadLine("missing instruction ('prompt')")
-    instruction = _text(value, "instruction")
+        raise BadLine("missing instruction ('prompt')")
+    instruction = clean_text(value, "instruction")
     if not instruction:
-        raise _BadLine("empty instruction")
+        raise BadLine("empty instruction")
     return instruction
 
 
@@ -133,25 +103,16 @@ def _optional_text(record: dict[str, Any], key: str) -> str | None:
     value = record.get(key)
     if value is None:
         return None
-    return _text(value, key) or None
-
-
-def _text(value: object, name: str) -> str:
-    if not isinstance(value, str):
-        raise _BadLine(f"{name} must be a string, got {type(value).__name__}")
-    text = value.strip()
-    if len(text) > MAX_TEXT_CHARS:
-        raise _BadLine(f"{name} too long: {len(text)} chars > {MAX_TEXT_CHARS}")
-    return text
+    return clean_text(value, key) or None
 
 
 def _path(value: object, name: str) -> str:
     if value is None:
-        raise _BadLine(f"missing {name}")
+        raise BadLine(f"missing {name}")
     if not isinstance(value, str):
-        raise _BadLine(f"{name} must be a string path, got {type(value).__name__}")
+        raise BadLine(f"{name} must be a string path, got {type(value).__name__}")
     if not value.strip():
-        raise _BadLine(f"empty {name} path")
+        raise BadLine(f"empty {name} path")
     return value
 
 
@@ -159,11 +120,11 @@ def _edited_images(record: dict[str, Any]) -> tuple[str, ...]:
     """Candidates come as a list under `edited_images` or a single path under `edited_image`."""
     many, one = record.get("edited_images"), record.get("edited_image")
     if many is not None and one is not None:
-        raise _BadLine("both 'edited_images' and 'edited_image' given")
+        raise BadLine("both 'edited_images' and 'edited_image' given")
     if one is not None:
         return (_path(one, "edited_image"),)
     if many is None:
         return ()
     if not isinstance(many, list):
-        raise _BadLine(f"edited_images must be a list of paths, got {type(many).__name__}")
+        raise BadLine(f"edited_images must be a list of paths, got {type(many).__name__}")
     return tuple(_path(item, "edited_images item") for item in many)

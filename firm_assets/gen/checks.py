@@ -1,0 +1,71 @@
+"""Gates on the gen chain: score ranges, failure rates, checklist sizes and GenEval coverage."""
+
+import polars as pl
+from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, asset_check
+
+from firm_assets.curation.gates import MAX_FAILURE_RATE, failure_rate, quarantine_rate, scores_in_range
+from firm_assets.curation.parsers import MAX_CHECKLIST_ITEMS
+from firm_assets.gen.checklists import gen_checklists
+from firm_assets.gen.dataset import firm_gen_dataset
+from firm_assets.gen.prompts import gen_prompts
+from firm_assets.gen.scores import gen_scores
+from resources.warehouse_resource import WarehouseResource
+
+MIN_GENEVAL_COVERAGE = 0.5
+
+
+@asset_check(
+    asset=gen_scores, description="Instruction-following and quality scores lie in 1-5.", blocking=True
+)
+def gen_scores_in_range(gen_scores: pl.DataFrame) -> AssetCheckResult:
+    return scores_in_range(gen_scores, ["if_score", "quality_score", "quality_scores"])
+
+
+@asset_check(asset=gen_scores, description=f"At most {MAX_FAILURE_RATE:.0%} of scores failed.", blocking=True)
+def gen_scores_failure_rate(gen_scores: pl.DataFrame) -> AssetCheckResult:
+    return failure_rate(gen_scores, ["if_score", "quality_score"])
+
+
+@asset_check(
+    asset=gen_checklists, description=f"At most {MAX_FAILURE_RATE:.0%} of plans failed.", blocking=True
+)
+def gen_checklists_failure_rate(gen_checklists: pl.DataFrame) -> AssetCheckResult:
+    return failure_rate(gen_checklists, ["items"])
+
+
+@asset_check(asset=gen_checklists, description=f"Every checklist has 1-{MAX_CHECKLIST_ITEMS} items.")
+def gen_checklists_size(gen_checklists: pl.DataFrame) -> AssetCheckResult:
+    sizes = gen_checklists["n_items"].drop_nulls()
+    bad = int((~sizes.is_between(1, MAX_CHECKLIST_ITEMS)).sum())
+    return AssetCheckResult(
+        passed=bad == 0,
+        metadata={"out_of_bounds": bad, "min_items": sizes.min() or 0, "max_items": sizes.max() or 0},
+    )
+
+
+@asset_check(
+    asset=gen_checklists,
+    description=f"GenEval checklists cover at least {MIN_GENEVAL_COVERAGE:.0%} of the ground truth.",
+)
+def gen_checklists_geneval_coverage(gen_checklists: pl.DataFrame) -> AssetCheckResult:
+    coverage = gen_checklists["geneval_coverage"].drop_nulls()
+    mean = float(coverage.mean()) if coverage.len() else None
+    return AssetCheckResult(
+        passed=mean is None or mean >= MIN_GENEVAL_COVERAGE,
+        severity=AssetCheckSeverity.WARN,
+        metadata={"mean_coverage": mean, "geneval_prompts": coverage.len()},
+    )
+
+
+@asset_check(
+    asset=gen_prompts, description="Share of prompt entries quarantined in this run (warn above half)."
+)
+def gen_prompts_quarantine(
+    context: AssetCheckExecutionContext, gen_prompts: pl.DataFrame, warehouse: WarehouseResource
+) -> AssetCheckResult:
+    return quarantine_rate("gen_prompts", gen_prompts.height, warehouse, context.run.run_id)
+
+
+@asset_check(asset=firm_gen_dataset, description="The published dataset has samples.")
+def firm_gen_dataset_not_empty(firm_gen_dataset: pl.DataFrame) -> AssetCheckResult:
+    return AssetCheckResult(passed=firm_gen_dataset.height > 0, metadata={"rows": firm_gen_dataset.height})

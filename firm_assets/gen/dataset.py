@@ -1,0 +1,145 @@
+"""`firm_gen_dataset`: the versioned, content-hashed scored generation dataset and its exports."""
+
+import polars as pl
+from dagster import AssetExecutionContext, Config, DataVersion, MetadataValue, Output, asset
+from pydantic import Field
+
+from firm_assets.curation.dataset import (
+    SftTask,
+    balance_by_bin,
+    boxed_score_target,
+    publish_dataset,
+    quality_target,
+)
+from firm_assets.curation.versioning import frame_version
+from resources.tracking import TrackingResource, dagster_tags
+from resources.warehouse_resource import WarehouseResource
+
+GROUP = "gen"
+DATASET = "firm_gen"
+TASKS = (
+    SftTask(
+        name="gen_instruction",
+        template_id="critic_gen_instruction",
+        image_columns=("image_path",),
+        variable_columns={"prompt": "prompt"},
+        target=boxed_score_target("if_reasoning", "if_score"),
+    ),
+    SftTask(
+        name="gen_quality",
+        template_id="critic_gen_quality",
+        image_columns=("image_path",),
+        variable_columns={},
+        target=quality_target("quality_scores", "quality_reasoning"),
+    ),
+)
+
+
+class GenDatasetConfig(Config):
+    min_verdict_coverage: float = Field(
+        default=0.0, description="Drop rows whose judge answered fewer checklist items than this share."
+    )
+    max_per_bin: int = Field(
+        default=0, description="Keep at most this many rows per instruction score (0: all)."
+    )
+    seed: int = Field(default=42, description="Seed of the stable per-bin selection.")
+
+
+def assemble(
+    gen_prompts: pl.DataFrame,
+    gen_checklists: pl.DataFrame,
+    generated_images: pl.DataFrame,
+    gen_scores: pl.DataFrame,
+) -> pl.DataFrame:
+    """One row per image with both scores, everything a critic trains on, and its lineage keys."""
+    scored = gen_scores.filter(pl.col("if_score").is_not_null() & pl.col("quality_score").is_not_null())
+    return (
+        scored.join(
+            generated_images.select("image_id", "generator", "seed", "image_sha", "image_path", "cache_key"),
+            on="image_id",
+        )
+        .join(gen_checklists.select("prompt_id", "items", "checklist_key"), on="prompt_id")
+        .join(gen_prompts.select("prompt_id", "prompt", "tag"), on="prompt_id")
+        .select(
+            pl.col("image_id").alias("sample_id"),
+            "prompt_id",
+            pl.col("generator").alias("source"),
+            "prompt",
+            "tag",
+            pl.col("items").alias("checklist"),
+            "image_sha",
+            "image_path",
+            "if_score",
+            "if_reasoning",
+            "verdicts",
+            "verdict_coverage",
+            "quality_scores",
+            "quality_score",
+            "quality_reasoning",
+            pl.concat_list("cache_key", "checklist_key", "if_key", "quality_key")
+            .list.drop_nulls()
+            .alias("cache_keys"),
+        )
+    )
+
+
+@asset(
+    group_name=GROUP,
+    code_version="gen_dataset@1",
+    kinds={"duckdb", "parquet", "mlflow"},
+    description="Versioned scored generation dataset: Parquet + LLaMA-Factory ShareGPT exports "
+    "(instruction-following and quality tasks) with images; membership, lineage and MLflow digest.",
+)
+def firm_gen_dataset(
+    context: AssetExecutionContext,
+    config: GenDatasetConfig,
+    gen_prompts: pl.DataFrame,
+    gen_checklists: pl.DataFrame,
+    generated_images: pl.DataFrame,
+    gen_scores: pl.DataFrame,
+    warehouse: WarehouseResource,
+    tracking: TrackingResource,
+) -> Output[pl.DataFrame]:
+    frame = assemble(gen_prompts, gen_checklists, generated_images, gen_scores)
+    frame = frame.filter(pl.col("verdict_coverage") >= config.min_verdict_coverage)
+    frame = balance_by_bin(frame, "if_score", config.max_per_bin, config.seed)
+    params = config.model_dump()
+    inputs = [
+        (name, frame_version(upstream))
+        for name, upstream in (
+            ("gen_prompts", gen_prompts),
+            ("gen_checklists", gen_checklists),
+            ("generated_images", generated_images),
+            ("gen_scores", gen_scores),
+        )
+    ]
+
+    def log_mlflow(version: str, folder) -> str:
+        return tracking.log_run(
+            experiment="firm-curation",
+            run_name=f"{DATASET}-{version[:8]}",
+            tags=dagster_tags(context, version),
+            params=params,
+            metrics={
+                "n_samples": frame.height,
+                "mean_instruction_following": frame["if_score"].mean() or 0.0,
+                "mean_quality": frame["quality_score"].mean() or 0.0,
+            },
+            dataset={"name": DATASET, "digest": version, "source": str(folder)},
+        )
+
+    published = publish_dataset(
+        DATASET, frame, TASKS, params, inputs, warehouse.get(), context.run_id, log_mlflow
+    )
+    return Output(
+        frame,
+        data_version=DataVersion(published.version),
+        metadata={
+            "rows": frame.height,
+            "dataset_version": published.version,
+            "export_folder": MetadataValue.path(str(published.folder)),
+            "score_bins": MetadataValue.json(
+                {str(k): v for k, v in frame["if_score"].round(0).value_counts().rows()}
+            ),
+        },
+    )

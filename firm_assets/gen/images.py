@@ -1,0 +1,74 @@
+"""`generated_images`: every configured text-to-image generator x seed, per prompt, content-hashed.
+
+Images depend on the prompts only, so re-planning checklists never re-renders an image.
+"""
+
+import polars as pl
+from dagster import AssetExecutionContext, DataVersion, Output, asset
+
+from firm_assets.curation.generation import Owner, render_for_all
+from firm_assets.curation.versioning import frame_version
+from resources.models import ModelsResource
+from resources.warehouse_resource import WarehouseResource
+
+GROUP = "gen"
+PROMPT_TEMPLATE = "t2i_prompt@1"
+
+IMAGE_SCHEMA = {
+    "image_id": pl.String,
+    "prompt_id": pl.String,
+    "generator": pl.String,
+    "generator_revision": pl.String,
+    "seed": pl.Int64,
+    "steps": pl.Int64,
+    "guidance": pl.Float64,
+    "image_sha": pl.String,
+    "image_path": pl.String,
+    "cache_key": pl.String,
+}
+
+
+@asset(
+    group_name=GROUP,
+    code_version=f"{PROMPT_TEMPLATE}+generated@1",
+    kinds={"duckdb", "diffusers"},
+    description="Generated images per prompt: each generator config (diffusers) x seed, with model id, "
+    "revision, seed, steps and guidance.",
+)
+def generated_images(
+    context: AssetExecutionContext,
+    gen_prompts: pl.DataFrame,
+    models: ModelsResource,
+    warehouse: WarehouseResource,
+) -> Output[pl.DataFrame]:
+    profile = models.settings()
+    owners = [Owner(row["prompt_id"], row["prompt"]) for row in gen_prompts.iter_rows(named=True)]
+    rendered, metadata = render_for_all(
+        "generated_images",
+        PROMPT_TEMPLATE,
+        profile.generators,
+        profile.seeds,
+        owners,
+        models,
+        warehouse.get(),
+        context.run_id,
+    )
+    settings = {config.model: config for config in profile.generators}
+    rows = [
+        {
+            "image_id": r.image_id,
+            "prompt_id": r.owner_id,
+            "generator": r.model_id,
+            "generator_revision": r.revision,
+            "seed": r.seed,
+            "steps": settings[r.model_id].steps,
+            "guidance": settings[r.model_id].guidance,
+            "image_sha": r.image_sha,
+            "image_path": r.image_path,
+            "cache_key": r.cache_key,
+        }
+        for r in rendered
+    ]
+    frame = pl.DataFrame(rows, schema=IMAGE_SCHEMA).sort("image_id")
+    version = frame_version(frame.drop("image_path"))
+    return Output(frame, data_version=DataVersion(version), metadata={**metadata, "rows": frame.height})

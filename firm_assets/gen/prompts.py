@@ -1,0 +1,80 @@
+"""`gen_prompts`: text-to-image prompts from JSON lists, plain text and GenEval metadata files."""
+
+import os
+from pathlib import Path
+
+import polars as pl
+from dagster import AssetExecutionContext, Config, DataVersion, Output, asset
+from pydantic import Field
+
+from firm_assets.curation.records import record_quarantine
+from firm_assets.curation.versioning import frame_version
+from firm_assets.gen.importers import read_prompts
+from resources.warehouse_resource import WarehouseResource
+
+GROUP = "gen"
+PROMPTS_ENV = "FIRM_GEN_PROMPTS"
+DEMO_DIR = Path(__file__).parent / "demo"
+DEMO_FILES = (DEMO_DIR / "geneval_style.jsonl", DEMO_DIR / "free_form.txt")
+
+PROMPT_SCHEMA = {
+    "prompt_id": pl.String,
+    "prompt": pl.String,
+    "source": pl.String,
+    "locator": pl.String,
+    "tag": pl.String,
+    "geneval": pl.String,
+}
+
+
+class GenPromptsConfig(Config):
+    prompt_files: list[str] = Field(
+        default=[],
+        description=f"Prompt files (.json list, .jsonl GenEval metadata, text); empty: ${PROMPTS_ENV} "
+        "(paths joined by ':'), else the built-in demo prompts.",
+    )
+
+
+def prompt_files(config: GenPromptsConfig) -> list[Path]:
+    """Explicit config, then the environment, then the demo prompts shipped with the project."""
+    if config.prompt_files:
+        return [Path(p) for p in config.prompt_files]
+    if os.environ.get(PROMPTS_ENV):
+        return [Path(p) for p in os.environ[PROMPTS_ENV].split(os.pathsep) if p]
+    return list(DEMO_FILES)
+
+
+@asset(
+    group_name=GROUP,
+    code_version="gen_importer@1",
+    kinds={"duckdb"},
+    description="Text-to-image prompts, deduplicated by normalised text across files; GenEval metadata "
+    "kept as a ground-truth checklist; bad entries quarantined with a reason.",
+)
+def gen_prompts(
+    context: AssetExecutionContext, config: GenPromptsConfig, warehouse: WarehouseResource
+) -> Output[pl.DataFrame]:
+    rows, bad, duplicates, seen = [], [], 0, set()
+    for path in prompt_files(config):
+        prompts, quarantined, file_duplicates = read_prompts(path)
+        bad.extend(quarantined)
+        duplicates += file_duplicates
+        for prompt in prompts:
+            if prompt.prompt_id in seen:
+                duplicates += 1
+                continue
+            seen.add(prompt.prompt_id)
+            rows.append(prompt.__dict__)
+    count = record_quarantine(warehouse.get(), "gen_prompts", [q.as_row() for q in bad], context.run_id)
+    frame = pl.DataFrame(rows, schema=PROMPT_SCHEMA).sort("prompt_id")
+    version = frame_version(frame.drop("source", "locator"))
+    return Output(
+        frame,
+        data_version=DataVersion(version),
+        metadata={
+            "rows": frame.height,
+            "quarantined": count,
+            "duplicates": duplicates,
+            "data_version": version,
+        },
+    )

@@ -1,0 +1,158 @@
+"""`gen_scores`: instruction following checked item by item against the checklist (1-5, per-item
+verdicts kept), and prompt-free quality as three 1-5 sub-scores whose minimum is the quality."""
+
+import json
+from pathlib import Path
+
+import polars as pl
+from dagster import AssetExecutionContext, DataVersion, Output, asset
+
+from firm_assets.curation.cache import CachedResult
+from firm_assets.curation.parsers import INSTRUCTION_FOLLOWING, QUALITY_JSON
+from firm_assets.curation.prompts import load_template
+from firm_assets.curation.roles import chat_stage, static_code_version
+from firm_assets.curation.stage import StageInput, run_chat_stage
+from firm_assets.curation.versioning import frame_version
+from firm_assets.gen.checklists import numbered_checklist
+from resources.chat import ImagePart
+from resources.models import ModelsResource
+from resources.warehouse_resource import WarehouseResource
+
+GROUP = "gen"
+IF_TEMPLATE = "gen_instruction_score"
+QUALITY_TEMPLATE = "gen_quality_score"
+
+SCORE_SCHEMA = {
+    "image_id": pl.String,
+    "prompt_id": pl.String,
+    "if_score": pl.Float64,
+    "if_reasoning": pl.String,
+    "verdicts": pl.String,  # JSON list aligned with the checklist: {"item", "question", "verdict"|null}
+    "verdict_coverage": pl.Float64,
+    "if_key": pl.String,
+    "if_failure": pl.String,
+    "quality_scores": pl.List(pl.Int64),
+    "quality_score": pl.Float64,
+    "quality_reasoning": pl.String,
+    "quality_key": pl.String,
+    "quality_failure": pl.String,
+}
+
+
+def aligned_verdicts(items_json: str, verdicts: list[dict]) -> list[dict]:
+    """One entry per checklist item; the judge's verdict for it, or None if it skipped that item.
+    Verdicts for item numbers the checklist does not have are dropped."""
+    by_number = {v["item"]: v["verdict"] for v in verdicts}
+    return [
+        {"item": i, "question": item["question"], "verdict": by_number.get(i)}
+        for i, item in enumerate(json.loads(items_json), start=1)
+    ]
+
+
+def _if_fields(result: CachedResult, items_json: str) -> dict:
+    outcome = result.outcome
+    fields = {"if_key": result.cache_key, "if_failure": outcome.failure}
+    if not outcome.ok:
+        return {**fields, "if_score": None, "if_reasoning": None, "verdicts": None, "verdict_coverage": None}
+    verdicts = aligned_verdicts(items_json, outcome.parsed.get("verdicts", []))
+    covered = sum(v["verdict"] is not None for v in verdicts) / max(len(verdicts), 1)
+    return {
+        **fields,
+        "if_score": float(outcome.parsed["score"]),
+        "if_reasoning": outcome.parsed["reasoning"],
+        "verdicts": json.dumps(verdicts),
+        "verdict_coverage": covered,
+    }
+
+
+def _quality_fields(result: CachedResult) -> dict:
+    parsed = result.outcome.parsed if result.outcome.ok else {}
+    return {
+        "quality_scores": parsed.get("scores"),
+        "quality_score": float(parsed["score"]) if parsed else None,
+        "quality_reasoning": parsed.get("reasoning"),
+        "quality_key": result.cache_key,
+        "quality_failure": result.outcome.failure,
+    }
+
+
+@asset(
+    group_name=GROUP,
+    code_version=static_code_version(
+        load_template(IF_TEMPLATE).ref,
+        INSTRUCTION_FOLLOWING.ref,
+        load_template(QUALITY_TEMPLATE).ref,
+        QUALITY_JSON.ref,
+    ),
+    kinds={"duckdb", "transformers"},
+    description="Per generated image (judge role): checklist verdicts + instruction-following 1-5, and "
+    "prompt-free quality [aesthetics, technical, structure]; failures recorded, never numbers.",
+)
+def gen_scores(
+    context: AssetExecutionContext,
+    gen_prompts: pl.DataFrame,
+    gen_checklists: pl.DataFrame,
+    generated_images: pl.DataFrame,
+    models: ModelsResource,
+    warehouse: WarehouseResource,
+) -> Output[pl.DataFrame]:
+    profile = models.settings()
+    prompts = dict(zip(gen_prompts["prompt_id"], gen_prompts["prompt"], strict=True))
+    checklists = {
+        row["prompt_id"]: row["items"]
+        for row in gen_checklists.iter_rows(named=True)
+        if row["items"] is not None
+    }
+    images = [row for row in generated_images.iter_rows(named=True) if row["prompt_id"] in checklists]
+    parts = {
+        row["image_id"]: {"image": ImagePart(Path(row["image_path"]), row["image_sha"])} for row in images
+    }
+    judge = models.chat("judge")
+    wh = warehouse.get()
+
+    if_stage = chat_stage(
+        profile, "gen_instruction_following", IF_TEMPLATE, INSTRUCTION_FOLLOWING, "instruction", scored=True
+    )
+    if_inputs = [
+        StageInput(
+            row["image_id"],
+            {
+                "prompt": prompts[row["prompt_id"]],
+                "checklist": numbered_checklist(checklists[row["prompt_id"]]),
+            },
+            parts[row["image_id"]],
+        )
+        for row in images
+    ]
+    if_results, if_stats = run_chat_stage(
+        if_stage, judge, if_inputs, wh, profile.judge.batch_size, context.run_id
+    )
+
+    quality_stage = chat_stage(
+        profile, "gen_quality", QUALITY_TEMPLATE, QUALITY_JSON, "quality", scored=False
+    )
+    quality_inputs = [StageInput(row["image_id"], {}, parts[row["image_id"]]) for row in images]
+    quality_results, quality_stats = run_chat_stage(
+        quality_stage, judge, quality_inputs, wh, profile.judge.batch_size, context.run_id
+    )
+
+    rows = [
+        {
+            "image_id": row["image_id"],
+            "prompt_id": row["prompt_id"],
+            **_if_fields(if_results[row["image_id"]], checklists[row["prompt_id"]]),
+            **_quality_fields(quality_results[row["image_id"]]),
+        }
+        for row in images
+    ]
+    frame = pl.DataFrame(rows, schema=SCORE_SCHEMA).sort("image_id")
+    version = frame_version(frame)
+    metadata = {f"if_{k}": v for k, v in if_stats.as_metadata().items()}
+    metadata.update({f"quality_{k}": v for k, v in quality_stats.as_metadata().items()})
+    coverage = frame["verdict_coverage"].drop_nulls()
+    metadata["verdict_coverage"] = float(coverage.mean()) if coverage.len() else None
+    return Output(
+        frame,
+        data_version=DataVersion(version),
+        metadata={**metadata, "rows": frame.height, "data_version": version},
+    )
