@@ -10,15 +10,6 @@ from dagster import AssetSelection, ExecuteInProcessResult, materialize
 
 from firm_assets.definitions import ASSETS, CHECKS, build_resources
 
-EDIT_ASSETS = [
-    "edit_requests",
-    "source_images",
-    "edit_candidates",
-    "difference_captions",
-    "edit_scores",
-    "firm_edit_dataset",
-]
-
 
 def materialize_group(group: str, run_config: dict[str, Any] | None = None) -> ExecuteInProcessResult:
     """Materialize one asset group and its checks, with resources built from the current environment."""
@@ -34,6 +25,10 @@ def edit_config(requests: Path) -> dict[str, Any]:
     return {"ops": {"edit_requests": {"config": {"requests_path": str(requests)}}}}
 
 
+def gen_config(*prompt_files: Path) -> dict[str, Any]:
+    return {"ops": {"gen_prompts": {"config": {"prompt_files": [str(p) for p in prompt_files]}}}}
+
+
 def metadata(result: ExecuteInProcessResult, asset: str) -> dict[str, Any]:
     """The metadata values of an asset's materialization in this run."""
     for event in result.get_asset_materialization_events():
@@ -44,13 +39,16 @@ def metadata(result: ExecuteInProcessResult, asset: str) -> dict[str, Any]:
 
 
 def model_calls(result: ExecuteInProcessResult) -> dict[str, int]:
-    """Model calls per stage in this run, read from asset metadata."""
+    """Model calls per stage in this run, read from asset metadata: `model_calls` counts under the
+    asset's name, `<stage>_model_calls` (assets running several stages) under the stage prefix."""
     calls = {}
-    for asset in ("edit_candidates", "difference_captions"):
-        calls[asset] = metadata(result, asset)["model_calls"]
-    scores = metadata(result, "edit_scores")
-    calls["execution"] = scores["execution_model_calls"]
-    calls["consistency"] = scores["consistency_model_calls"]
+    for event in result.get_asset_materialization_events():
+        materialization = event.step_materialization_data.materialization
+        for key, value in materialization.metadata.items():
+            if key == "model_calls":
+                calls[materialization.asset_key.to_user_string()] = value.value
+            elif key.endswith("_model_calls"):
+                calls[key.removesuffix("_model_calls")] = value.value
     return calls
 
 

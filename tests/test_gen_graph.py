@@ -1,0 +1,124 @@
+"""The FIRM-Gen chain materialized end to end on tiny real models, real DuckDB and real MLflow."""
+
+import json
+import re
+from pathlib import Path
+
+import polars as pl
+from graph_runs import gen_config, materialize_group, metadata, model_calls
+from mlflow import MlflowClient
+
+from firm_assets.curation.parsers import CHECKLIST_CATEGORIES
+from firm_assets.gen.prompts import DEMO_FILES
+from resources.tracking import default_tracking_uri
+from resources.warehouse_resource import default_warehouse_path
+from warehouse.connection import Warehouse
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "firm_assets" / "curation" / "templates"
+
+
+def _warehouse() -> Warehouse:
+    return Warehouse(Path(default_warehouse_path()))
+
+
+def test_demo_gen_chain_end_to_end(firm_home: Path) -> None:
+    result = materialize_group("gen")
+    assert result.success
+    checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+    assert all(passed for name, passed in checks.items() if name != "gen_checklists_geneval_coverage"), checks
+    wh = _warehouse()
+    prompts = wh.query("SELECT * FROM assets.gen_prompts")
+    assert prompts.height == 10 and prompts["geneval"].drop_nulls().len() == 6
+
+    checklists = wh.query("SELECT * FROM assets.gen_checklists")
+    assert checklists.height == 10 and checklists["items"].null_count() == 0
+    for row in checklists.iter_rows(named=True):
+        items = json.loads(row["items"])
+        assert len(items) == row["n_items"] >= 1
+        assert all(i["category"] in CHECKLIST_CATEGORIES and i["question"].endswith("?") for i in items)
+    geneval_ids = set(prompts.filter(pl.col("geneval").is_not_null())["prompt_id"])
+    covered = checklists.filter(pl.col("geneval_coverage").is_not_null())
+    assert set(covered["prompt_id"]) == geneval_ids
+    assert covered["geneval_coverage"].is_between(0, 1).all()
+
+    images = wh.query("SELECT * FROM assets.generated_images")
+    assert images.height == 10 * 2
+    assert set(images["generator"]) == {"tiny:tiny-sd3"} and sorted(set(images["seed"])) == [0, 1]
+    assert images["image_sha"].n_unique() == 20  # every seed and prompt gives a different image
+
+    scores = wh.query("SELECT * FROM assets.gen_scores")
+    assert scores.height == 20
+    assert scores["if_score"].is_in([1.0, 2.0, 3.0, 4.0, 5.0]).all()
+    for row in scores.join(checklists, on="prompt_id").iter_rows(named=True):
+        verdicts = json.loads(row["verdicts"])
+        assert [v["item"] for v in verdicts] == list(range(1, row["n_items"] + 1))
+        assert all(v["verdict"] in ("yes", "no", None) for v in verdicts)
+        assert len(row["quality_scores"]) == 3 and row["quality_score"] == min(row["quality_scores"])
+
+    dataset = wh.query("SELECT * FROM dataset_versions WHERE dataset = 'firm_gen'")
+    assert dataset.height == 1 and dataset["n_samples"][0] == 20
+    folder = Path(dataset["export_path"][0])
+    instruction = json.loads((folder / "gen_instruction.json").read_text())
+    quality = json.loads((folder / "gen_quality.json").read_text())
+    assert len(instruction) == len(quality) == 20
+    assert all(re.search(r"\\boxed\{[1-5]\}$", r["messages"][-1]["content"]) for r in instruction)
+    assert all(len(json.loads(r["messages"][-1]["content"])["score"]) == 3 for r in quality)
+    assert all(
+        (folder / r["images"][0]).is_file() and r["messages"][1]["content"].startswith("<image>")
+        for r in instruction
+    )
+    members = wh.query("SELECT * FROM dataset_members WHERE dataset = 'firm_gen'")
+    keys = wh.query("SELECT cache_key, stage FROM inference_cache")
+    stages = members.explode("cache_keys").join(keys, left_on="cache_keys", right_on="cache_key")
+    assert set(stages["stage"]) == {
+        "generated_images",
+        "gen_checklists",
+        "gen_instruction_following",
+        "gen_quality",
+    }
+    run = MlflowClient(default_tracking_uri()).get_run(dataset["mlflow_run_id"][0])
+    assert [d.dataset.digest for d in run.inputs.dataset_inputs] == [dataset["version"][0]]
+    assert metadata(result, "firm_gen_dataset")["dataset_version"] == dataset["version"][0]
+
+
+def test_editing_one_prompt_recomputes_only_that_prompt(firm_home: Path, tmp_path: Path) -> None:
+    jsonl, text = (tmp_path / DEMO_FILES[0].name, tmp_path / DEMO_FILES[1].name)
+    jsonl.write_text(DEMO_FILES[0].read_text())
+    text.write_text(DEMO_FILES[1].read_text())
+    materialize_group("gen", gen_config(jsonl, text))
+    unchanged = materialize_group("gen", gen_config(jsonl, text))
+    assert set(model_calls(unchanged).values()) == {0}
+
+    lines = text.read_text().splitlines()
+    lines[0] = lines[0] + " under a full moon"
+    text.write_text("\n".join(lines) + "\n")
+    result = materialize_group("gen", gen_config(jsonl, text))
+    seeds = 2
+    assert model_calls(result) == {
+        "gen_checklists": 1,
+        "generated_images": seeds,
+        "if": seeds,
+        "quality": seeds,
+    }
+
+
+def test_changing_the_checklist_template_replans_but_never_rerenders(
+    firm_home: Path, tmp_path: Path, monkeypatch
+) -> None:
+    first = materialize_group("gen")
+    before = _warehouse().query("SELECT prompt_id, items FROM assets.gen_checklists")
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    text = (TEMPLATES / "checklist_plan.yaml").read_text().replace("version: 1", "version: 2")
+    (templates / "checklist_plan.yaml").write_text(text.replace("atomic requirement", "single requirement"))
+    monkeypatch.setenv("FIRM_TEMPLATE_DIR", str(templates))
+    second = materialize_group("gen")
+    calls = model_calls(second)
+    assert calls["gen_checklists"] == metadata(first, "gen_checklists")["rows"] == 10
+    assert calls["generated_images"] == 0 and calls["quality"] == 0
+    # images whose checklist text changed are re-scored (a random planner may write the same plan);
+    # prompt-free quality is not
+    after = _warehouse().query("SELECT prompt_id, items FROM assets.gen_checklists")
+    changed = before.join(after, on="prompt_id").filter(pl.col("items") != pl.col("items_right"))["prompt_id"]
+    images = _warehouse().query("SELECT prompt_id FROM assets.gen_scores")
+    assert calls["if"] == images.filter(pl.col("prompt_id").is_in(changed.implode())).height > 0
