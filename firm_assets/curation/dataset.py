@@ -149,6 +149,27 @@ def _write_folder(folder: Path, frame: pl.DataFrame, tasks: Sequence[SftTask]) -
         os.replace(tmp, folder)
 
 
+def record_provenance(con, dataset: str, version: str) -> None:
+    """Summarise, once, which stages, models, templates and runs produced a version's samples."""
+    con.execute(
+        """
+        INSERT INTO dataset_provenance
+        SELECT m.dataset, m.version, c.stage, c.model_id, c.model_revision, c.template_id, c.template_version,
+               count(DISTINCT m.sample_id), count(DISTINCT c.cache_key), list(DISTINCT c.dagster_run_id)
+        FROM (SELECT dataset, version, sample_id, unnest(cache_keys) AS cache_key
+              FROM dataset_members WHERE dataset = $1 AND version = $2) m
+        JOIN inference_cache c USING (cache_key)
+        GROUP BY ALL
+        """,
+        [dataset, version],
+    )
+    con.execute(
+        "INSERT INTO dataset_sources SELECT dataset, version, source, count(*) FROM dataset_members"
+        " WHERE dataset = $1 AND version = $2 GROUP BY ALL",
+        [dataset, version],
+    )
+
+
 def publish_dataset(
     name: str,
     frame: pl.DataFrame,
@@ -199,5 +220,6 @@ def publish_dataset(
             con.register("members_frame", members.to_arrow())
             con.execute("INSERT INTO dataset_members SELECT * FROM members_frame")
             con.unregister("members_frame")
+            record_provenance(con, name, version)
     record_lineage(warehouse, (name, version), inputs, run_id, mlflow_run_id)
     return PublishedDataset(name, version, folder, frame.height)

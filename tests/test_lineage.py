@@ -1,0 +1,53 @@
+"""Lineage audits through the real `firm` command against a materialized warehouse."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from graph_runs import materialize_group
+
+from resources.warehouse_resource import default_warehouse_path
+from warehouse.connection import Warehouse
+from warehouse.lineage import find_dataset_versions
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _firm(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "firm_assets.cli", *args],
+        cwd=REPO,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_dataset_and_sample_audits(firm_home: Path) -> None:
+    result = materialize_group("edit")
+    wh = Warehouse(Path(default_warehouse_path()))
+    row = find_dataset_versions(wh, "firm_edit").row(0, named=True)
+    assert row["published_by_dagster_run"] == result.run_id
+    assert row["n_samples"] == sum(s["samples"] for s in row["sources"])
+    assert {t.split(": ")[0] for t in row["templates"]} == {
+        "edit_candidates",
+        "difference_captions",
+        "execution_scores",
+        "consistency_scores",
+    }
+    assert any(m.startswith("difference_captions: tiny:tiny-qwen3-vl@") for m in row["models"])
+    assert result.run_id in row["curation_dagster_runs"]
+
+    audit = _firm("audit", "dataset", f"firm_edit@{row['version'][:8]}")
+    assert audit.returncode == 0, audit.stderr
+    assert f"version {row['version']}" in audit.stdout
+    assert "execution_scores: execution_score@1#" in audit.stdout
+    assert f"MLflow run {row['mlflow_run_id']}" in audit.stdout
+
+    sample = wh.rows("SELECT sample_id FROM dataset_members LIMIT 1")[0][0]
+    memberships = _firm("audit", "sample", sample)
+    assert memberships.returncode == 0 and f"firm_edit {row['version']}" in memberships.stdout
+    assert _firm("audit", "sample", "no-such-sample").returncode == 1
+    assert _firm("audit", "dataset", "no-such-dataset").returncode == 1
