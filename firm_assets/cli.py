@@ -42,20 +42,37 @@ def run_job(args: argparse.Namespace) -> int:
 
 def audit(args: argparse.Namespace) -> int:
     """Answer a lineage question from the warehouse; exit 1 when nothing matches."""
-    from resources.warehouse_resource import default_warehouse_path
+    from resources.home import warehouse_path
     from warehouse.connection import Warehouse
-    from warehouse.lineage import dataset_report, find_dataset_versions, sample_memberships
+    from warehouse.lineage import (
+        critic_report,
+        dataset_report,
+        find_critic_versions,
+        find_dataset_versions,
+        sample_critics,
+        sample_memberships,
+    )
 
-    warehouse = Warehouse(default_warehouse_path())
+    warehouse = Warehouse(warehouse_path())
     if args.kind == "dataset":
         versions = find_dataset_versions(warehouse, args.ref)
         for row in versions.iter_rows(named=True):
             print(dataset_report(row))
         return 0 if versions.height else 1
+    if args.kind == "critic":
+        critics = find_critic_versions(warehouse, args.ref)
+        for row in critics.iter_rows(named=True):
+            print(critic_report(row))
+        return 0 if critics.height else 1
     memberships = sample_memberships(warehouse, args.ref)
     print(f"sample {args.ref}: in {memberships.height} dataset version(s)")
     for row in memberships.iter_rows(named=True):
         print(f"  {row['dataset']} {row['version']} (source {row['source']}, {row['created_at']})")
+    critics = sample_critics(warehouse, args.ref)
+    print(f"  trained {critics.height} critic version(s)")
+    for row in critics.iter_rows(named=True):
+        trained_on = f"dataset {row['dataset']} {row['dataset_version']}"
+        print(f"  critic {row['critic']} {row['version']} ({trained_on}, {row['created_at']})")
     return 0 if memberships.height else 1
 
 
@@ -68,10 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     run = commands.add_parser("run", help="materialize a job (default: main, every asset)")
     run.add_argument("job", nargs="?", default="main")
     run.set_defaults(func=run_job)
-    audit_parser = commands.add_parser("audit", help="lineage: what produced a dataset; where a sample went")
-    audit_parser.add_argument("kind", choices=("dataset", "sample"))
+    audit_parser = commands.add_parser(
+        "audit", help="lineage: what produced a dataset or a critic; where a sample went"
+    )
+    audit_parser.add_argument("kind", choices=("dataset", "critic", "sample"))
     audit_parser.add_argument(
-        "ref", help="dataset name, name@version-prefix or version prefix; or a sample id"
+        "ref", help="dataset or critic name, name@version-prefix or version prefix; or a sample id"
     )
     audit_parser.set_defaults(func=audit)
     args = parser.parse_args(argv)

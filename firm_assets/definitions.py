@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import os
 
-from dagster import Definitions, load_asset_checks_from_modules, load_assets_from_modules
+from dagster import (
+    Definitions,
+    PipesSubprocessClient,
+    load_asset_checks_from_modules,
+    load_assets_from_modules,
+)
 
+from firm_assets.benchmark import checks as bench_checks
+from firm_assets.benchmark import items as bench_items
+from firm_assets.benchmark import results as bench_results
+from firm_assets.critics import assets as critic_assets
 from firm_assets.edit import candidates, captions, dataset, requests, scores
 from firm_assets.edit import checks as edit_checks
 from firm_assets.gen import checklists, images, prompts
@@ -30,6 +39,9 @@ ASSET_MODULES = [
     images,
     gen_scores,
     gen_dataset,
+    critic_assets,
+    bench_items,
+    bench_results,
 ]
 
 
@@ -40,11 +52,12 @@ def build_resources() -> dict:
         "warehouse": WarehouseResource(),
         "tracking": TrackingResource(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", "")),
         "io_manager": WarehouseIOManager(),
+        "pipes_subprocess_client": PipesSubprocessClient(),
     }
 
 
 ASSETS = load_assets_from_modules(ASSET_MODULES)
-CHECKS = load_asset_checks_from_modules([edit_checks, gen_checks])
+CHECKS = load_asset_checks_from_modules([edit_checks, gen_checks, bench_checks])
 
 defs = Definitions(
     assets=ASSETS,

@@ -18,3 +18,8 @@ def home_path(*parts: str) -> Path:
     path = firm_home().joinpath(*parts)
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def warehouse_path() -> str:
+    """The DuckDB warehouse file under FIRM_HOME (kept free of Dagster imports: the CLI audits use it)."""
+    return str(home_path("warehouse.duckdb"))

@@ -100,6 +100,7 @@ class ModelsResource(ConfigurableResource):
     planner_model: str | None = None
     chat_backend: str | None = None
     base_url: str | None = None
+    critic_base: str | None = None
 
     def settings(self) -> Profile:
         """The profile with this resource's overrides applied."""
@@ -117,6 +118,8 @@ class ModelsResource(ConfigurableResource):
                 if value
             }
             changes[role] = dataclasses.replace(config, **override)
+        if self.critic_base:
+            changes["critic"] = dataclasses.replace(profile.critic, base=self.critic_base)
         return dataclasses.replace(profile, **changes)
 
     def chat(self, role: str) -> ChatBackend:

@@ -41,6 +41,15 @@ class ImageModelConfig:
 
 
 @dataclass(frozen=True)
+class CriticConfig:
+    """The critic's base model, its answer budget at inference, and recipe overrides for this profile."""
+
+    base: str
+    max_new_tokens: int
+    recipe: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     captioner: ChatModelConfig
@@ -53,6 +62,7 @@ class Profile:
     guided: bool
     score_reader: str
     max_attempts: int
+    critic: CriticConfig
 
 
 def _profile(name: str, data: dict[str, Any]) -> Profile:
@@ -68,6 +78,7 @@ def _profile(name: str, data: dict[str, Any]) -> Profile:
         guided=bool(data["guided"]),
         score_reader=data["score_reader"],
         max_attempts=int(data["max_attempts"]),
+        critic=CriticConfig(**data["critic"]),
     )
 
 

@@ -7,8 +7,10 @@ and data version as tags, so either UI leads to the other.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -56,6 +58,55 @@ class TrackingResource(ConfigurableResource):
         artifacts = home_path("mlflow", "artifacts", name, ".keep").parent
         return client.create_experiment(name, artifact_location=artifacts.as_uri())
 
+    def create_run(self, experiment: str, run_name: str, tags: dict[str, str]) -> str:
+        with self._store_lock():
+            client = self.client()
+            return client.create_run(self.experiment_id(experiment), run_name=run_name, tags=tags).info.run_id
+
+    def log_values(
+        self, run_id: str, params: dict[str, Any], metrics: dict[str, float], step: int = 0
+    ) -> None:
+        from mlflow.entities import Metric, Param
+
+        now = int(time.time() * 1000)
+        with self._store_lock():
+            self.client().log_batch(
+                run_id,
+                metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()],
+                params=[Param(k, str(v)) for k, v in params.items()],
+            )
+
+    def log_dataset_input(self, run_id: str, name: str, digest: str, source: str, context: str) -> None:
+        """The dataset version as an MLflow dataset input, identified by its content digest."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        dataset = Dataset(name=name, digest=digest, source_type="local", source=source)
+        with self._store_lock():
+            self.client().log_inputs(
+                run_id, [DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])]
+            )
+
+    def log_artifacts(self, run_id: str, folder: str, artifact_path: str) -> str:
+        """Copy a folder into the run's artifacts; returns its artifact URI."""
+        with self._store_lock():
+            client = self.client()
+            client.log_artifacts(run_id, folder, artifact_path)
+            return f"{client.get_run(run_id).info.artifact_uri}/{artifact_path}"
+
+    def register_model(self, name: str, source: str, run_id: str, tags: dict[str, str]) -> str:
+        """A new version of registered model `name` pointing at `source`; returns the version number."""
+        from mlflow.exceptions import MlflowException
+
+        with self._store_lock():
+            client = self.client()
+            with contextlib.suppress(MlflowException):  # already registered: add a version to it
+                client.create_registered_model(name)
+            return str(client.create_model_version(name, source, run_id=run_id, tags=tags).version)
+
+    def finish(self, run_id: str, status: str = "FINISHED") -> None:
+        with self._store_lock():
+            self.client().set_terminated(run_id, status)
+
     def log_run(
         self,
         experiment: str,
@@ -65,34 +116,19 @@ class TrackingResource(ConfigurableResource):
         metrics: dict[str, float],
         dataset: dict[str, str] | None = None,
     ) -> str:
-        """One finished MLflow run with params, metrics, tags and optionally a dataset input
-        (name, digest, source); returns its run id."""
-        from mlflow.entities import Dataset, DatasetInput, InputTag
-
-        with self._store_lock():
-            client = self.client()
-            run = client.create_run(self.experiment_id(experiment), run_name=run_name, tags=tags)
-            run_id = run.info.run_id
-            for key, value in params.items():
-                client.log_param(run_id, key, value)
-            for key, value in metrics.items():
-                client.log_metric(run_id, key, float(value))
-            if dataset:
-                client.log_inputs(
-                    run_id,
-                    [
-                        DatasetInput(
-                            Dataset(
-                                name=dataset["name"],
-                                digest=dataset["digest"],
-                                source_type="local",
-                                source=dataset["source"],
-                            ),
-                            tags=[InputTag("mlflow.data.context", dataset.get("context", "curation"))],
-                        )
-                    ],
-                )
-            client.set_terminated(run_id)
+        """One finished run with params, metrics, tags and optionally a dataset input (name, digest,
+        source, context); returns its run id."""
+        run_id = self.create_run(experiment, run_name, tags)
+        self.log_values(run_id, params, metrics)
+        if dataset:
+            self.log_dataset_input(
+                run_id,
+                dataset["name"],
+                dataset["digest"],
+                dataset["source"],
+                dataset.get("context", "curation"),
+            )
+        self.finish(run_id)
         return run_id
 
 

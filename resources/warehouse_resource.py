@@ -7,14 +7,10 @@ import re
 import polars as pl
 from dagster import ConfigurableIOManager, ConfigurableResource, InputContext, OutputContext
 
-from resources.home import home_path
+from resources.home import warehouse_path
 from warehouse.connection import Warehouse
 
 _TABLE_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
-
-
-def default_warehouse_path() -> str:
-    return str(home_path("warehouse.duckdb"))
 
 
 class WarehouseResource(ConfigurableResource):
@@ -23,7 +19,7 @@ class WarehouseResource(ConfigurableResource):
     path: str = ""
 
     def get(self) -> Warehouse:
-        return Warehouse(self.path or default_warehouse_path())
+        return Warehouse(self.path or warehouse_path())
 
 
 class WarehouseIOManager(ConfigurableIOManager):
@@ -33,7 +29,7 @@ class WarehouseIOManager(ConfigurableIOManager):
     path: str = ""
 
     def _warehouse(self) -> Warehouse:
-        return Warehouse(self.path or default_warehouse_path())
+        return Warehouse(self.path or warehouse_path())
 
     @staticmethod
     def _table(asset_key) -> str:

@@ -9,13 +9,13 @@ from mlflow import MlflowClient
 
 from firm_assets.edit.demo import write_demo_edit_dataset
 from firm_assets.edit.importer import read_edit_requests
+from resources.home import warehouse_path
 from resources.tracking import default_tracking_uri
-from resources.warehouse_resource import default_warehouse_path
 from warehouse.connection import Warehouse
 
 
 def _warehouse() -> Warehouse:
-    return Warehouse(Path(default_warehouse_path()))
+    return Warehouse(Path(warehouse_path()))
 
 
 def test_demo_chain_end_to_end(firm_home: Path) -> None:

@@ -9,7 +9,7 @@ import polars as pl
 from graph_runs import edit_config, materialize_group, write_requests
 from PIL import Image
 
-from resources.warehouse_resource import default_warehouse_path
+from resources.home import warehouse_path
 from warehouse.connection import Warehouse
 
 SHARED_PAIRS = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "edit_pairs"
@@ -46,7 +46,7 @@ def test_bad_inputs_are_quarantined_and_the_run_succeeds(firm_home: Path, tmp_pa
 
     result = materialize_group("edit", edit_config(requests))
     assert result.success
-    wh = Warehouse(Path(default_warehouse_path()))
+    wh = Warehouse(Path(warehouse_path()))
     assert wh.query("SELECT * FROM assets.source_images").height == 1
     reasons = wh.query("SELECT asset, locator, reason FROM quarantine ORDER BY asset, locator")
     by_asset = reasons.group_by("asset").len().sort("asset")
@@ -80,7 +80,7 @@ def test_shared_real_edit_pairs_go_through_ingestion_and_captioning(firm_home: P
     ]
     result = materialize_group("edit", edit_config(write_requests(root / "requests.jsonl", rows)))
     assert result.success
-    wh = Warehouse(Path(default_warehouse_path()))
+    wh = Warehouse(Path(warehouse_path()))
     sources = wh.query("SELECT * FROM assets.source_images")
     assert sources.height == len(groups) == 3
     formats = wh.query("SELECT format, count(*) AS n FROM images GROUP BY format ORDER BY format")

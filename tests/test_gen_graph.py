@@ -10,15 +10,15 @@ from mlflow import MlflowClient
 
 from firm_assets.curation.parsers import CHECKLIST_CATEGORIES
 from firm_assets.gen.prompts import DEMO_FILES
+from resources.home import warehouse_path
 from resources.tracking import default_tracking_uri
-from resources.warehouse_resource import default_warehouse_path
 from warehouse.connection import Warehouse
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "firm_assets" / "curation" / "templates"
 
 
 def _warehouse() -> Warehouse:
-    return Warehouse(Path(default_warehouse_path()))
+    return Warehouse(Path(warehouse_path()))
 
 
 def test_demo_gen_chain_end_to_end(firm_home: Path) -> None:

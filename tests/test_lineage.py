@@ -7,7 +7,7 @@ from pathlib import Path
 
 from graph_runs import materialize_group
 
-from resources.warehouse_resource import default_warehouse_path
+from resources.home import warehouse_path
 from warehouse.connection import Warehouse
 from warehouse.lineage import find_dataset_versions
 
@@ -27,7 +27,7 @@ def _firm(*args: str) -> subprocess.CompletedProcess:
 
 def test_dataset_and_sample_audits(firm_home: Path) -> None:
     result = materialize_group("edit")
-    wh = Warehouse(Path(default_warehouse_path()))
+    wh = Warehouse(Path(warehouse_path()))
     row = find_dataset_versions(wh, "firm_edit").row(0, named=True)
     assert row["published_by_dagster_run"] == result.run_id
     assert row["n_samples"] == sum(s["samples"] for s in row["sources"])

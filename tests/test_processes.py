@@ -9,7 +9,7 @@ from pathlib import Path
 
 from graph_runs import materialize_group, model_calls
 
-from resources.warehouse_resource import default_warehouse_path
+from resources.home import warehouse_path
 from warehouse.connection import Warehouse
 
 REPO = Path(__file__).resolve().parent.parent
@@ -59,7 +59,7 @@ def test_two_concurrent_materializations(firm_home: Path) -> None:
     outputs = [run.communicate(timeout=600)[0] for run in runs]
     assert [run.returncode for run in runs] == [0, 0], outputs
     assert all("success" in output for output in outputs)
-    wh = Warehouse(Path(default_warehouse_path()))
+    wh = Warehouse(Path(warehouse_path()))
     duplicates = wh.rows("SELECT count(*) - count(DISTINCT cache_key) FROM inference_cache")[0][0]
     assert duplicates == 0
     candidates = wh.query("SELECT * FROM assets.edit_candidates")

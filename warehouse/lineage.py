@@ -1,5 +1,5 @@
-"""Lineage questions answered from the warehouse: what produced a dataset version, and where a
-sample went. Reads views and tables only; every answer is exact (no "latest file" guessing)."""
+"""Lineage questions answered from the warehouse: what produced a dataset version or a critic, and
+where a sample went. Reads views and tables only; every answer is exact (no "latest file" guessing)."""
 
 from typing import Any
 
@@ -8,17 +8,29 @@ import polars as pl
 from warehouse.connection import Warehouse
 
 
-def find_dataset_versions(warehouse: Warehouse, ref: str) -> pl.DataFrame:
-    """Versions matching `ref`: a dataset name (all its versions), `name@version-prefix`, or a prefix."""
+def _ref_filter(name_column: str, ref: str) -> tuple[str, list[str]]:
+    """WHERE clause for `ref`: a name (all its versions), `name@version-prefix`, or a version prefix."""
     name, _, prefix = ref.partition("@")
     if prefix:
-        sql, params = "WHERE dataset = ? AND starts_with(version, ?)", [name, prefix]
-    else:
-        sql, params = "WHERE dataset = ? OR starts_with(version, ?)", [ref, ref]
+        return f"WHERE {name_column} = ? AND starts_with(version, ?)", [name, prefix]
+    return f"WHERE {name_column} = ? OR starts_with(version, ?)", [ref, ref]
+
+
+def find_dataset_versions(warehouse: Warehouse, ref: str) -> pl.DataFrame:
+    """Versions matching `ref`: a dataset name (all its versions), `name@version-prefix`, or a prefix."""
+    sql, params = _ref_filter("dataset", ref)
     return warehouse.query(f"SELECT * FROM dataset_audit {sql} ORDER BY created_at", params)
 
 
+def find_critic_versions(warehouse: Warehouse, ref: str) -> pl.DataFrame:
+    """Critic versions matching `ref` (a critic name, `name@version-prefix`, or a version prefix), each
+    with the provenance of the dataset version it trained on, from the `critic_audit` view."""
+    sql, params = _ref_filter("critic", ref)
+    return warehouse.query(f"SELECT * FROM critic_audit {sql} ORDER BY created_at", params)
+
+
 def dataset_report(row: dict[str, Any]) -> str:
+    """A dataset_audit row as text for `firm audit dataset`."""
     lines = [
         f"dataset {row['dataset']} version {row['version']}",
         f"  samples: {row['n_samples']}   created: {row['created_at']}",
@@ -38,5 +50,39 @@ def sample_memberships(warehouse: Warehouse, sample_id: str) -> pl.DataFrame:
     return warehouse.query(
         "SELECT m.dataset, m.version, m.source, v.created_at FROM dataset_members m"
         " JOIN dataset_versions v USING (dataset, version) WHERE m.sample_id = ? ORDER BY v.created_at",
+        [sample_id],
+    )
+
+
+def critic_report(row: dict[str, Any]) -> str:
+    """A critic_audit row as text for `firm audit critic`: the model, the exact dataset version it
+    trained on and that version's curation provenance, and the runs and registry entry it came from."""
+    lines = [
+        f"critic {row['critic']} version {row['version']}",
+        f"  base model: {row['base_model']} @ {row['base_revision']}",
+        f"  path: {row['path']}   created: {row['created_at']}",
+        f"  trained on dataset {row['dataset']} version {row['dataset_version']}",
+        f"  samples: {row['n_samples']}",
+        "  sources: " + ", ".join(f"{s['source']}={s['samples']}" for s in row["sources"] or []),
+        "  prompt templates:",
+        *(f"    {t}" for t in row["templates"] or []),
+        "  curation models:",
+        *(f"    {m}" for m in row["curation_models"] or []),
+        "  curation Dagster runs: " + ", ".join(r for r in row["curation_dagster_runs"] or [] if r),
+        f"  dataset published by Dagster run {row['dataset_published_by_dagster_run']},"
+        f" MLflow run {row['dataset_mlflow_run_id']}",
+        f"  trained by Dagster run {row['trained_by_dagster_run']}",
+        f"  MLflow run {row['mlflow_run_id']}",
+        f"  registered model {row['registered_model']} version {row['model_version']}",
+    ]
+    return "\n".join(lines)
+
+
+def sample_critics(warehouse: Warehouse, sample_id: str) -> pl.DataFrame:
+    """Every critic version whose training dataset version held the sample."""
+    return warehouse.query(
+        "SELECT c.critic, c.version, c.dataset, c.dataset_version, m.source, c.created_at"
+        " FROM dataset_members m JOIN critics c ON c.dataset = m.dataset AND c.dataset_version = m.version"
+        " WHERE m.sample_id = ? ORDER BY c.created_at, c.critic, c.version",
         [sample_id],
     )

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dagster import AssetCheckSeverity, ExecuteInProcessResult
 
-from resources.home import firm_home
+from resources.home import firm_home, warehouse_path
 from resources.tracking import default_tracking_uri
-from resources.warehouse_resource import default_warehouse_path
 from warehouse.connection import Warehouse
 
 COUNTS = {
@@ -19,7 +18,7 @@ COUNTS = {
 
 
 def print_summary(result: ExecuteInProcessResult, dagster_home: str) -> None:
-    warehouse = Warehouse(default_warehouse_path())
+    warehouse = Warehouse(warehouse_path())
     print(f"run {result.run_id}: {'success' if result.success else 'FAILED'}")
     for event in result.get_asset_materialization_events():
         materialization = event.step_materialization_data.materialization
@@ -36,7 +35,7 @@ def print_summary(result: ExecuteInProcessResult, dagster_home: str) -> None:
     for label, sql in COUNTS.items():
         print(f"  {label:24} {warehouse.rows(sql)[0][0]}")
     print(f"FIRM_HOME:        {firm_home()}")
-    print(f"DuckDB warehouse: {default_warehouse_path()}")
+    print(f"DuckDB warehouse: {warehouse_path()}")
     print(f"MLflow store:     {default_tracking_uri()}")
     print(f"Dagster UI:       DAGSTER_HOME={dagster_home} .venv/bin/dagster dev   (http://127.0.0.1:3000)")
     print(f"MLflow UI:        .venv/bin/mlflow ui --backend-store-uri {default_tracking_uri()} --workers 1")

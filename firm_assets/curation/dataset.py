@@ -170,6 +170,67 @@ def record_provenance(con, dataset: str, version: str) -> None:
     )
 
 
+def dataset_version_id(frame: pl.DataFrame, params: dict) -> str:
+    """The content hash of a version: its rows (paths aside: they depend on FIRM_HOME) and params."""
+    path_columns = [c for c in frame.columns if c.endswith("_path")]
+    return frame_version(
+        frame.drop(path_columns).with_columns(pl.lit(json.dumps(params)).alias("_p")), "sample_id"
+    )
+
+
+def register_version(
+    warehouse: Warehouse,
+    name: str,
+    version: str,
+    frame: pl.DataFrame,
+    params: dict,
+    folder: Path,
+    run_id: str | None,
+    mlflow_run_id: str | None,
+) -> None:
+    """Membership, sources and provenance of a new version, in one transaction; a version another
+    run registered meanwhile is left as it is (same content, same rows)."""
+    with warehouse.transaction() as con:
+        exists = con.execute(
+            "SELECT count(*) FROM dataset_versions WHERE dataset = ? AND version = ?", [name, version]
+        ).fetchone()[0]
+        if exists:
+            return
+        con.execute(
+            "INSERT INTO dataset_versions (dataset, version, n_samples, params, parquet_path,"
+            " export_path, dagster_run_id, mlflow_run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                name,
+                version,
+                frame.height,
+                json.dumps(params),
+                str(folder / "data.parquet"),
+                str(folder),
+                run_id,
+                mlflow_run_id,
+            ],
+        )
+        members = frame.select(
+            pl.lit(name).alias("dataset"),
+            pl.lit(version).alias("version"),
+            "sample_id",
+            "source",
+            "cache_keys",
+        )
+        con.register("members_frame", members.to_arrow())
+        con.execute("INSERT INTO dataset_members SELECT * FROM members_frame")
+        con.unregister("members_frame")
+        record_provenance(con, name, version)
+
+
+def known_version(warehouse: Warehouse, name: str, version: str) -> tuple[str | None] | None:
+    """(mlflow run id,) of an already published version, else None."""
+    rows = warehouse.rows(
+        "SELECT mlflow_run_id FROM dataset_versions WHERE dataset = ? AND version = ?", [name, version]
+    )
+    return rows[0] if rows else None
+
+
 def publish_dataset(
     name: str,
     frame: pl.DataFrame,
@@ -178,48 +239,21 @@ def publish_dataset(
     inputs: Sequence[tuple[str, str]],
     warehouse: Warehouse,
     run_id: str | None,
-    log_mlflow,
+    log_mlflow: Callable[[str, Path], str],
 ) -> PublishedDataset:
     """`frame` needs `sample_id`, `source` and `cache_keys` (the calls that produced the row) columns.
-    `log_mlflow(version, folder) -> mlflow run id` logs the version; `inputs` are upstream versions."""
-    path_columns = [c for c in frame.columns if c.endswith("_path")]
-    version = frame_version(
-        frame.drop(path_columns).with_columns(pl.lit(json.dumps(params)).alias("_p")), "sample_id"
-    )
+    A version already published is not written or logged again; its lineage edge is still recorded.
+    `log_mlflow(version, folder) -> mlflow run id` logs a new version; `inputs` are upstream versions."""
+    version = dataset_version_id(frame, params)
     folder = firm_home() / "datasets" / name / version
-    if not folder.exists():
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        _write_folder(folder, frame.sort("sample_id"), tasks)
-    mlflow_run_id = log_mlflow(version, folder)
-    with warehouse.transaction() as con:
-        known = con.execute(
-            "SELECT count(*) FROM dataset_versions WHERE dataset = ? AND version = ?", [name, version]
-        ).fetchone()[0]
-        if not known:
-            con.execute(
-                "INSERT INTO dataset_versions (dataset, version, n_samples, params, parquet_path,"
-                " export_path, dagster_run_id, mlflow_run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    name,
-                    version,
-                    frame.height,
-                    json.dumps(params),
-                    str(folder / "data.parquet"),
-                    str(folder),
-                    run_id,
-                    mlflow_run_id,
-                ],
-            )
-            members = frame.select(
-                pl.lit(name).alias("dataset"),
-                pl.lit(version).alias("version"),
-                "sample_id",
-                "source",
-                "cache_keys",
-            )
-            con.register("members_frame", members.to_arrow())
-            con.execute("INSERT INTO dataset_members SELECT * FROM members_frame")
-            con.unregister("members_frame")
-            record_provenance(con, name, version)
+    known = known_version(warehouse, name, version)
+    if known is None:
+        if not folder.exists():
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            _write_folder(folder, frame.sort("sample_id"), tasks)
+        mlflow_run_id = log_mlflow(version, folder)
+        register_version(warehouse, name, version, frame, params, folder, run_id, mlflow_run_id)
+    else:
+        (mlflow_run_id,) = known
     record_lineage(warehouse, (name, version), inputs, run_id, mlflow_run_id)
     return PublishedDataset(name, version, folder, frame.height)

@@ -27,12 +27,15 @@ class ParseError(ValueError):
 class Parser:
     """A named, versioned parse function; the version enters cache keys and code versions.
     `guide(max_chars)`, when present, is a regex of the answers this parser accepts whose longest
-    match fits in max_chars: with guided decoding the model can only write parseable answers."""
+    match fits in max_chars: with guided decoding the model can only write parseable answers.
+    `score_prefix(reasoning)`, when present, is the answer up to the score digit, for reading the
+    score as an expectation over the digit's next-token probabilities."""
 
     id: str
     version: str
     parse: Callable[[str], dict[str, Any]]
     guide: Callable[[int], str] | None = None
+    score_prefix: Callable[[str], str] | None = None
 
     @property
     def ref(self) -> str:
@@ -126,7 +129,31 @@ def guide_score_json(max_chars: int) -> str:
     return r'\{"reasoning": "' + free_text(max_chars - skeleton) + r'", "score": [1-5]\}'
 
 
-SCORE_JSON = Parser("score_json", "1", parse_score_json, guide_score_json)
+def score_json_prefix(reasoning: str) -> str:
+    return '{"reasoning": ' + json.dumps(reasoning) + ', "score": '
+
+
+SCORE_JSON = Parser("score_json", "1", parse_score_json, guide_score_json, score_json_prefix)
+
+
+def parse_boxed_score(text: str) -> dict[str, Any]:
+    """Free analysis ending in \\boxed{N} (the generation critic's answer format)."""
+    stripped = text.strip()
+    boxed = _BOXED.findall(stripped)
+    if not boxed or not stripped.endswith("}"):
+        raise ParseError("the answer does not end in \\boxed{N}")
+    return {"reasoning": _BOXED.sub("", stripped).strip(), "score": _score_value(boxed[-1])}
+
+
+def boxed_prefix(reasoning: str) -> str:
+    return f"{reasoning}\n\\boxed{{"
+
+
+def guide_boxed_score(max_chars: int) -> str:
+    return f"[^\\x00-\\x09\\x0b-\\x1f\\\\]{{0,{max(max_chars - 11, 0)}}}\\n\\\\boxed\\{{[1-5]\\}}"
+
+
+BOXED_SCORE = Parser("boxed_score", "1", parse_boxed_score, guide_boxed_score, boxed_prefix)
 CAPTION_TEXT = Parser("caption_text", "1", parse_caption)
 
 

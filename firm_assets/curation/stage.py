@@ -7,7 +7,6 @@ parse strictly then tolerantly, retry a bounded number of times with sampling, r
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -84,12 +83,17 @@ def _answer(stage: ChatStage, backend: ChatBackend, requests: list[ChatRequest])
     return [outcome for outcome in outcomes if outcome is not None]
 
 
-def _expectation(backend: ChatBackend, requests: list[ChatRequest], outcomes: list[Outcome]) -> None:
-    """Read the score as E[digit] after the model's own reasoning; replaces text-parse failures."""
+def _expectation(
+    parser: Parser, backend: ChatBackend, requests: list[ChatRequest], outcomes: list[Outcome]
+) -> None:
+    """Read the score as E[digit] after the model's own reasoning, in the parser's answer format;
+    replaces text-parse failures (the text score is kept beside it)."""
+    if parser.score_prefix is None:
+        raise ValueError(f"parser {parser.ref} has no score prefix for expectation scoring")
     prefixes = []
     for outcome in outcomes:
         reasoning = (outcome.parsed or {}).get("reasoning", outcome.output_text or "")
-        prefixes.append('{"reasoning": ' + json.dumps(reasoning) + ', "score": ')
+        prefixes.append(parser.score_prefix(reasoning))
     started = time.perf_counter()
     probs = backend.next_token_probs(requests, prefixes, SCORE_TOKENS)
     share = (time.perf_counter() - started) / max(len(requests), 1)
@@ -132,7 +136,7 @@ def run_chat_stage(
     def compute(requests: list[ChatRequest]) -> list[Outcome]:
         outcomes = _answer(stage, backend, requests)
         if stage.score_reader == "expectation":
-            _expectation(backend, requests, outcomes)
+            _expectation(stage.parser, backend, requests, outcomes)
         return outcomes
 
     decoding = {**stage.decoding.as_dict(), "max_attempts": stage.max_attempts, "reader": stage.score_reader}

@@ -98,10 +98,10 @@ def _write_item(
     dest: Path, index: int, rng: random.Random
 ) -> tuple[dict[str, object], list[dict[str, object]]]:
     """Draw one scene, plan an edit, render candidates; returns the request and its labels."""
-    scene = _random_scene(rng)
-    edit = _plan_edit(scene, rng)
+    scene = random_scene(rng)
+    edit = plan_edit(scene, rng)
     source = f"images/{index:05d}.png"
-    _write_if_changed(dest / source, _render(scene))
+    _write_if_changed(dest / source, render_scene(scene))
     request: dict[str, object] = {"prompt": edit.instruction, "image": source}
     if rng.random() < 0.4:
         shapes_kept = edit.result.shapes == scene.shapes
@@ -110,12 +110,12 @@ def _write_item(
         return request, []
     candidates: list[tuple[Scene, str | None]] = [(edit.result, None)]
     if rng.random() < 0.5:
-        candidates.append(_flawed(scene, edit, rng))
+        candidates.append(flawed_result(scene, edit, rng))
     rng.shuffle(candidates)
     edited, labels = [], []
     for number, (candidate, flaw) in enumerate(candidates, start=1):
         path = f"images/{index:05d}_edit{number}.png"
-        _write_if_changed(dest / path, _render(candidate))
+        _write_if_changed(dest / path, render_scene(candidate))
         edited.append(path)
         labels.append(
             {"image": source, "edited_image": path, "follows_instruction": flaw is None, "flaw": flaw}
@@ -124,7 +124,8 @@ def _write_item(
     return request, labels
 
 
-def _random_scene(rng: random.Random) -> Scene:
+def random_scene(rng: random.Random) -> Scene:
+    """A coloured background with one to three distinct shapes on distinct grid cells."""
     background = rng.choice(list(COLOURS))
     palette = [colour for colour in COLOURS if colour != background]
     cells = rng.sample(_CELLS, rng.randint(1, 3))
@@ -135,7 +136,8 @@ def _random_scene(rng: random.Random) -> Scene:
     )
 
 
-def _plan_edit(scene: Scene, rng: random.Random) -> Edit:
+def plan_edit(scene: Scene, rng: random.Random) -> Edit:
+    """One random edit of `scene`: recolour, remove, move, reshape, add or background."""
     planner: Callable[[Scene, random.Random], Edit] = rng.choice(_PLANNERS)
     return planner(scene, rng)
 
@@ -227,7 +229,7 @@ _PLANNERS: tuple[Callable[[Scene, random.Random], Edit], ...] = (
 )
 
 
-def _flawed(source: Scene, edit: Edit, rng: random.Random) -> tuple[Scene, str]:
+def flawed_result(source: Scene, edit: Edit, rng: random.Random) -> tuple[Scene, str]:
     """A wrong candidate: edit the wrong thing, do nothing, or also disturb an untouched shape."""
     options: list[tuple[Scene, str]] = [(source, "not executed")]
     if edit.wrong_target is not None:
@@ -274,7 +276,7 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def _render(scene: Scene) -> bytes:
+def render_scene(scene: Scene) -> bytes:
     """Draw the scene and encode it as a PNG with no metadata, so bytes depend only on pixels."""
     image = Image.new("RGB", (CANVAS, CANVAS), COLOURS[scene.background])
     draw = ImageDraw.Draw(image)

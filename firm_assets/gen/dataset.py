@@ -131,8 +131,9 @@ def firm_gen_dataset(
     published = publish_dataset(
         DATASET, frame, TASKS, params, inputs, warehouse.get(), context.run_id, log_mlflow
     )
+    # the version travels with the rows, so a critic names exactly the version it trained on
     return Output(
-        frame,
+        frame.with_columns(pl.lit(published.version).alias("dataset_version")),
         data_version=DataVersion(published.version),
         metadata={
             "rows": frame.height,

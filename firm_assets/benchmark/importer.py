@@ -1,0 +1,262 @@
+"""Import FIRM-Bench (items + human labels) for one side, never crashing on content.
+
+A benchmark is only worth its labels: an item whose label is missing, out of range or given
+twice with different values would silently bias every metric, so such items are set aside with a
+reason (`Quarantined`) or reported (`LabelConflict`) instead of being guessed at. Images are
+validated by ingesting them (`firm_assets.curation.images`), which also yields their sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from firm_assets.benchmark import fields
+from firm_assets.curation.images import ImageRejected, ingest_image, resolve_under
+from firm_assets.curation.lines import (
+    BadLine,
+    Quarantined,
+    decode_line,
+    load_json_object,
+    quarantined,
+    raw_lines,
+)
+
+ITEMS_FILE = "bench_v1.jsonl"
+LABELS_FILE = "result/human_bench_v1.jsonl"
+# `edit`/`gen` is this project's layout; the published dataset names its folders differently.
+SIDE_DIRS: dict[str, tuple[str, ...]] = {
+    "edit": ("edit", "FIRM-Bench-Edit"),
+    "gen": ("gen", "FIRM-Bench-Gen"),
+}
+
+
+@dataclass(frozen=True)
+class BenchItem:
+    """One human-labelled benchmark item; `images` is (source, edited) for edit, (image,) for gen."""
+
+    item_id: str
+    side: str
+    text: str
+    images: tuple[str, ...]
+    image_shas: tuple[str, ...]
+    category: str
+    editor: str | None
+    human: dict[str, float]
+
+
+@dataclass(frozen=True)
+class LabelConflict:
+    """An item labelled more than once with different values: excluded, since no value is right."""
+
+    item_id: str
+    dimension: str
+    values: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    """An item line that parsed, kept with its line so a later rejection can quote it."""
+
+    item_id: str
+    text: str
+    images: tuple[str, ...]
+    category: str
+    editor: str | None
+    locator: str
+    raw: bytes
+
+
+def read_firm_bench(
+    root: Path, side: str, *, store: Path | None = None
+) -> tuple[list[BenchItem], list[Quarantined], list[LabelConflict]]:
+    """Items of `root/<side>/bench_v1.jsonl` joined by id to `root/<side>/result/human_bench_v1.jsonl`.
+
+    With `store`, images are ingested there and items point at the stored copies (stable,
+    content-addressed); without it they are validated in a throwaway store and items point at
+    the originals. Raises only when the files themselves are missing or unreadable.
+    """
+    if side not in SIDE_DIRS:
+        raise ValueError(f"side must be one of {sorted(SIDE_DIRS)}, got {side!r}")
+    side_dir = _side_dir(root, side)
+    items_path, labels_path = side_dir / ITEMS_FILE, side_dir / LABELS_FILE
+    if not labels_path.is_file():
+        raise FileNotFoundError(f"no human labels at {labels_path} (expected <side>/{LABELS_FILE})")
+    bad: list[Quarantined] = []
+    parsed = _read_items(items_path, side, bad)
+    labels = _read_labels(labels_path, side, parsed, bad)
+    conflicts = _conflicts(labels)
+    conflicted = {conflict.item_id for conflict in conflicts}
+    items: list[BenchItem] = []
+    with _image_store(store) as image_store:
+        for entry in parsed.values():
+            if entry.item_id in conflicted:
+                continue
+            if entry.item_id not in labels:
+                bad.append(quarantined(items_path, entry.locator, entry.raw, "no valid human label"))
+                continue
+            try:
+                originals = [resolve_under(side_dir, path) for path in entry.images]
+                stored = [ingest_image(path, image_store) for path in originals]
+            except ImageRejected as error:
+                bad.append(quarantined(items_path, entry.locator, entry.raw, error.reason))
+                continue
+            items.append(
+                BenchItem(
+                    item_id=entry.item_id,
+                    side=side,
+                    text=entry.text,
+                    images=tuple(
+                        str(path) for path in ([s.path for s in stored] if store is not None else originals)
+                    ),
+                    image_shas=tuple(s.sha256 for s in stored),
+                    category=entry.category,
+                    editor=entry.editor,
+                    human=labels[entry.item_id][0],
+                )
+            )
+    return items, bad, conflicts
+
+
+def bench_version(items: Iterable[BenchItem]) -> str:
+    """Content hash of everything a score depends on; independent of item order and file location."""
+    rows = [
+        (
+            item.side,
+            item.item_id,
+            item.text,
+            item.image_shas,
+            item.category,
+            item.editor,
+            sorted(item.human.items()),
+        )
+        for item in sorted(items, key=lambda item: (item.side, item.item_id))
+    ]
+    canonical = json.dumps(rows, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:32]
+
+
+def _side_dir(root: Path, side: str) -> Path:
+    for name in SIDE_DIRS[side]:
+        if (root / name / ITEMS_FILE).is_file():
+            return root / name
+    expected = " or ".join(f"{root / name / ITEMS_FILE}" for name in SIDE_DIRS[side])
+    raise FileNotFoundError(
+        f"no FIRM-Bench {side} items: expected {expected}, with human labels in <side>/{LABELS_FILE}"
+    )
+
+
+def _records(path: Path, bad: list[Quarantined]) -> Iterator[tuple[str, bytes, dict[str, Any]]]:
+    """(locator, raw line, JSON object) for each non-blank line; malformed lines are quarantined."""
+    for number, line in raw_lines(path):
+        try:
+            text = decode_line(line)
+            if not text.strip():
+                continue
+            record = load_json_object(text)
+        except BadLine as error:
+            bad.append(quarantined(path, f"line {number}", line, error.reason))
+            continue
+        yield f"line {number}", line, record
+
+
+def _read_items(path: Path, side: str, bad: list[Quarantined]) -> dict[str, _Parsed]:
+    parsed: dict[str, _Parsed] = {}
+    for locator, line, record in _records(path, bad):
+        try:
+            item_id = fields.item_id(record)
+            if item_id in parsed:
+                raise BadLine(f"duplicate item id {item_id!r} (first on {parsed[item_id].locator})")
+            parsed[item_id] = _Parsed(
+                item_id=item_id,
+                text=fields.required_text(record, fields.TEXT_KEYS, "instruction or prompt"),
+                images=_edit_images(record) if side == "edit" else _gen_images(record),
+                category=fields.optional_text(record, fields.CATEGORY_KEYS) or "all",
+                editor=fields.optional_text(record, fields.EDITOR_KEYS),
+                locator=locator,
+                raw=line,
+            )
+        except BadLine as error:
+            bad.append(quarantined(path, locator, line, error.reason))
+    return parsed
+
+
+def _edit_images(record: dict[str, Any]) -> tuple[str, str]:
+    """Named source/edited keys, or a two-entry image list read as [source, edited]."""
+    edited = fields.pick(record, fields.EDITED_KEYS)
+    if edited is not None:
+        source = fields.pick(record, fields.SOURCE_KEYS)
+        if source is None:
+            raise BadLine(f"missing source image (one of {', '.join(fields.SOURCE_KEYS)})")
+        return fields.image_path(source[1], source[0]), fields.image_path(edited[1], edited[0])
+    listed = fields.pick(record, fields.IMAGE_LIST_KEYS)
+    if listed is not None and isinstance(listed[1], list) and len(listed[1]) == 2:
+        return fields.image_path(listed[1][0], listed[0]), fields.image_path(listed[1][1], listed[0])
+    raise BadLine(
+        f"missing edited image (one of {', '.join(fields.EDITED_KEYS)}, "
+        "or a two-entry [source, edited] 'image' list)"
+    )
+
+
+def _gen_images(record: dict[str, Any]) -> tuple[str]:
+    found = fields.pick(record, fields.GEN_IMAGE_KEYS)
+    if found is None:
+        raise BadLine(f"missing image (one of {', '.join(fields.GEN_IMAGE_KEYS)})")
+    key, value = found
+    if isinstance(value, list):
+        if len(value) != 1:
+            raise BadLine(f"{key} must hold exactly one image, got {len(value)}")
+        value = value[0]
+    return (fields.image_path(value, key),)
+
+
+def _read_labels(
+    path: Path, side: str, items: dict[str, _Parsed], bad: list[Quarantined]
+) -> dict[str, list[dict[str, float]]]:
+    """Every valid label line per known item id, in file order (duplicates kept for conflicts)."""
+    labels: dict[str, list[dict[str, float]]] = {}
+    for locator, line, record in _records(path, bad):
+        try:
+            item_id = fields.item_id(record)
+            if item_id not in items:
+                raise BadLine(f"label for unknown item id {item_id!r}")
+            label = _label(record, side)
+            labels.setdefault(item_id, []).append(label)
+        except BadLine as error:
+            bad.append(quarantined(path, locator, line, error.reason))
+    return labels
+
+
+def _label(record: dict[str, Any], side: str) -> dict[str, float]:
+    label: dict[str, float] = {}
+    for dimension, keys in fields.LABEL_KEYS[side].items():
+        found = fields.pick(record, keys)
+        if found is None:
+            raise BadLine(f"missing {dimension} label (one of {', '.join(keys)})")
+        label[dimension] = fields.score(found[1], found[0])
+    return label
+
+
+def _conflicts(labels: dict[str, list[dict[str, float]]]) -> list[LabelConflict]:
+    conflicts: list[LabelConflict] = []
+    for item_id, given in labels.items():
+        for dimension in given[0]:
+            values = tuple(dict.fromkeys(label[dimension] for label in given))
+            if len(values) > 1:
+                conflicts.append(LabelConflict(item_id, dimension, values))
+    return conflicts
+
+
+@contextmanager
+def _image_store(store: Path | None) -> Iterator[Path]:
+    if store is not None:
+        yield store
+        return
+    with tempfile.TemporaryDirectory(prefix="firm-bench-") as scratch:
+        yield Path(scratch)

@@ -1,0 +1,111 @@
+"""`firm_bench_edit` and `firm_bench_gen`: FIRM-Bench items with human labels, imported from the
+published layout (a local path) or, by default, the demo bench drawn by the project."""
+
+import os
+from pathlib import Path
+
+import polars as pl
+from dagster import AssetExecutionContext, Config, DataVersion, Output, asset
+from pydantic import Field
+
+from firm_assets.benchmark.demo import write_demo_bench
+from firm_assets.benchmark.importer import BenchItem, LabelConflict, bench_version, read_firm_bench
+from firm_assets.curation.records import record_quarantine
+from resources.home import firm_home
+from resources.warehouse_resource import WarehouseResource
+
+GROUP = "bench"
+BENCH_ENV = "FIRM_BENCH_ROOT"
+CONFLICT_REASON = "conflicting human labels"
+HUMAN_DIMENSIONS = {"edit": ("execution", "consistency"), "gen": ("instruction",)}
+
+
+class BenchConfig(Config):
+    root: str = Field(
+        default="",
+        description=f"FIRM-Bench folder (<root>/edit, <root>/gen); empty: ${BENCH_ENV}, else the demo.",
+    )
+
+
+def bench_root(config: BenchConfig) -> Path:
+    chosen = config.root or os.environ.get(BENCH_ENV, "")
+    return Path(chosen) if chosen else write_demo_bench(firm_home() / "demo" / "bench")
+
+
+def _frame(side: str, items: list[BenchItem], version: str) -> pl.DataFrame:
+    schema = {
+        "item_id": pl.String,
+        "text": pl.String,
+        "images": pl.List(pl.String),
+        "image_shas": pl.List(pl.String),
+        "category": pl.String,
+        "editor": pl.String,
+        **{f"human_{d}": pl.Float64 for d in HUMAN_DIMENSIONS[side]},
+        "bench_version": pl.String,
+    }
+    rows = [
+        {
+            "item_id": item.item_id,
+            "text": item.text,
+            "images": list(item.images),
+            "image_shas": list(item.image_shas),
+            "category": item.category,
+            "editor": item.editor,
+            **{f"human_{d}": item.human[d] for d in HUMAN_DIMENSIONS[side]},
+            "bench_version": version,
+        }
+        for item in items
+    ]
+    return pl.DataFrame(rows, schema=schema).sort("item_id")
+
+
+def import_side(
+    context: AssetExecutionContext, side: str, config: BenchConfig, warehouse: WarehouseResource
+) -> Output[pl.DataFrame]:
+    root = bench_root(config)
+    items, bad, conflicts = read_firm_bench(root, side, store=firm_home() / "images")
+    rows = [q.as_row() for q in bad] + [_conflict_row(root, c) for c in conflicts]
+    quarantined = record_quarantine(warehouse.get(), f"firm_bench_{side}", rows, context.run_id)
+    version = bench_version(items)
+    frame = _frame(side, items, version)
+    return Output(
+        frame,
+        data_version=DataVersion(version),
+        metadata={
+            "rows": frame.height,
+            "quarantined": quarantined,
+            "label_conflicts": len(conflicts),
+            "bench_version": version,
+            "root": str(root),
+        },
+    )
+
+
+def _conflict_row(root: Path, conflict: LabelConflict) -> tuple[str, str, str, str]:
+    values = ", ".join(str(v) for v in conflict.values)
+    return (str(root), f"item {conflict.item_id}", f"{conflict.dimension}: {values}", CONFLICT_REASON)
+
+
+@asset(
+    group_name=GROUP,
+    code_version="firm_bench_importer@1",
+    kinds={"duckdb"},
+    description="FIRM-Bench edit items (source, instruction, edited image) with human execution and "
+    "consistency scores; bad items quarantined, conflicting labels excluded and reported.",
+)
+def firm_bench_edit(
+    context: AssetExecutionContext, config: BenchConfig, warehouse: WarehouseResource
+) -> Output[pl.DataFrame]:
+    return import_side(context, "edit", config, warehouse)
+
+
+@asset(
+    group_name=GROUP,
+    code_version="firm_bench_importer@1",
+    kinds={"duckdb"},
+    description="FIRM-Bench generation items (prompt, image) with human instruction-following scores.",
+)
+def firm_bench_gen(
+    context: AssetExecutionContext, config: BenchConfig, warehouse: WarehouseResource
+) -> Output[pl.DataFrame]:
+    return import_side(context, "gen", config, warehouse)

@@ -1,0 +1,167 @@
+"""Train one critic version through Dagster Pipes, log it to MLflow and register it; skip the work
+when the same version (same dataset version, base weights and recipe) already exists."""
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+from dagster import AssetExecutionContext, PipesSubprocessClient
+
+from firm_assets.critics.recipe import CriticTrainingConfig, effective_recipe
+from firm_assets.curation.versioning import short_hash
+from resources.home import firm_home
+from resources.models import ModelsResource, resolve_model_path
+from resources.tracking import TrackingResource, dagster_tags
+from resources.transformers_backend import weights_revision
+from resources.warehouse_resource import WarehouseResource
+from warehouse.connection import Warehouse
+
+TRAIN_MODULE = "firm_assets.critics.train"
+TRAINING_CODE_VERSION = "sft@1"
+
+CRITIC_SCHEMA = {
+    "critic": pl.String,
+    "version": pl.String,
+    "base_model": pl.String,
+    "base_revision": pl.String,
+    "dataset": pl.String,
+    "dataset_version": pl.String,
+    "path": pl.String,
+    "revision": pl.String,
+    "final_loss": pl.Float64,
+    "mlflow_run_id": pl.String,
+    "registered_model": pl.String,
+    "model_version": pl.String,
+}
+
+
+@dataclass(frozen=True)
+class CriticSpec:
+    """What differs between the edit and the generation critic: name, dataset and its SFT tasks."""
+
+    name: str
+    dataset: str
+    tasks: tuple[str, ...]
+
+
+def _dataset_folder(warehouse: Warehouse, dataset: str, version: str) -> Path:
+    rows = warehouse.rows(
+        "SELECT export_path FROM dataset_versions WHERE dataset = ? AND version = ?", [dataset, version]
+    )
+    if not rows:
+        raise ValueError(f"dataset {dataset} version {version} is not in the warehouse")
+    return Path(rows[0][0])
+
+
+def _existing(warehouse: Warehouse, critic: str, version: str) -> pl.DataFrame:
+    columns = ", ".join(CRITIC_SCHEMA)
+    return warehouse.query(
+        f"SELECT {columns} FROM critics WHERE critic = ? AND version = ?", [critic, version]
+    )
+
+
+def train_critic(
+    context: AssetExecutionContext,
+    spec: CriticSpec,
+    dataset_frame: pl.DataFrame,
+    config: CriticTrainingConfig,
+    models: ModelsResource,
+    warehouse: WarehouseResource,
+    tracking: TrackingResource,
+    pipes: PipesSubprocessClient,
+) -> tuple[pl.DataFrame, dict]:
+    """The critic row (trained now or found) and metadata for the materialization."""
+    if dataset_frame.is_empty():
+        raise ValueError(f"{spec.dataset} is empty: nothing to train {spec.name} on")
+    dataset_version = dataset_frame["dataset_version"][0]
+    profile = models.settings()
+    recipe = effective_recipe(profile.critic.recipe, config)
+    base_path = resolve_model_path(profile.critic.base)
+    base_revision = weights_revision(base_path) or "unknown"
+    version = short_hash(
+        dataset_version,
+        profile.critic.base,
+        base_revision,
+        json.dumps(recipe, sort_keys=True),
+        spec.tasks,
+        TRAINING_CODE_VERSION,
+    )
+    wh = warehouse.get()
+    existing = _existing(wh, spec.name, version)
+    if existing.height and Path(existing["path"][0]).exists():
+        context.log.info(f"{spec.name} {version} already trained on {dataset_version}; not retraining")
+        return existing, {"trained": False}
+
+    output = firm_home() / "critics" / spec.name / version
+    output.parent.mkdir(parents=True, exist_ok=True)
+    params = {
+        "base_model": base_path,
+        "dataset_folder": str(_dataset_folder(wh, spec.dataset, dataset_version)),
+        "tasks": list(spec.tasks),
+        "output_dir": str(output),
+        "recipe": recipe,
+    }
+    params_file = output.with_name(f"{version}.params.json")
+    params_file.write_text(json.dumps(params, indent=1))
+    run_id = tracking.create_run("firm-critics", f"{spec.name}-{version[:8]}", dagster_tags(context, version))
+    tracking.log_values(
+        run_id,
+        {
+            **recipe,
+            "base_model": profile.critic.base,
+            "base_revision": base_revision,
+            "dataset_version": dataset_version,
+            "tasks": ",".join(spec.tasks),
+        },
+        {},
+    )
+    tracking.log_dataset_input(run_id, spec.dataset, dataset_version, params["dataset_folder"], "training")
+    launcher = config.launcher or [sys.executable, "-m"]
+    try:
+        invocation = pipes.run(
+            context=context, command=[*launcher, TRAIN_MODULE, "--params", str(params_file)]
+        )
+    except Exception:
+        tracking.finish(run_id, "FAILED")
+        raise
+    summary = invocation.get_custom_messages()[-1]
+    for step, loss in enumerate(summary["losses"], start=1):
+        tracking.log_values(run_id, {}, {"train_loss": loss}, step=step)
+    tracking.log_values(
+        run_id, {}, {"final_loss": summary["final_loss"], "train_seconds": summary["train_seconds"]}
+    )
+    artifact_uri = tracking.log_artifacts(run_id, str(output), "model")
+    model_version = tracking.register_model(
+        spec.name, artifact_uri, run_id, {"dataset_version": dataset_version, "critic_version": version}
+    )
+    tracking.finish(run_id)
+    row = {
+        "critic": spec.name,
+        "version": version,
+        "base_model": profile.critic.base,
+        "base_revision": base_revision,
+        "dataset": spec.dataset,
+        "dataset_version": dataset_version,
+        "path": str(output),
+        "revision": weights_revision(str(output)) or "unknown",
+        "final_loss": summary["final_loss"],
+        "mlflow_run_id": run_id,
+        "registered_model": spec.name,
+        "model_version": model_version,
+    }
+    with wh.transaction() as con:
+        con.execute(
+            f"INSERT INTO critics ({', '.join(row)}, recipe, dagster_run_id) VALUES"
+            f" ({', '.join('?' * len(row))}, ?, ?) ON CONFLICT DO NOTHING",
+            [*row.values(), json.dumps(recipe, sort_keys=True), context.run_id],
+        )
+    metadata = {
+        "trained": True,
+        "first_loss": summary["first_loss"],
+        "updates": summary["updates"],
+        "examples": summary["examples"],
+        "train_seconds": summary["train_seconds"],
+    }
+    return pl.DataFrame([row], schema=CRITIC_SCHEMA), metadata
