@@ -51,7 +51,7 @@ def test_main_job_succeeds_with_every_gate(main_run) -> None:
 
 
 def test_critics_train_on_exact_dataset_versions_and_are_registered(main_run) -> None:
-    home, result, wh = main_run
+    _, result, wh = main_run
     critics = wh.query("SELECT * FROM critics ORDER BY critic")
     assert critics["critic"].to_list() == ["firm_edit_critic", "firm_gen_critic"]
     datasets = dict(wh.rows("SELECT dataset, version FROM dataset_versions"))
