@@ -1,12 +1,12 @@
 """`firm_edit_dataset`: the versioned, content-hashed scored edit dataset and its training exports."""
 
 import polars as pl
-from dagster import AssetExecutionContext, Config, DataVersion, MetadataValue, Output, asset
+from dagster import AssetExecutionContext, Config, Output, asset
 from pydantic import Field
 
-from firm_assets.curation.dataset import SftTask, balance_by_bin, json_score_target, publish_dataset
-from firm_assets.curation.versioning import frame_version
-from resources.tracking import TrackingResource, dagster_tags
+from firm_assets.curation.dataset import SftTask, balance_by_bin, json_score_target
+from firm_assets.curation.publishing import publish_output
+from resources.tracking import TrackingResource
 from resources.warehouse_resource import WarehouseResource
 
 GROUP = "edit"
@@ -103,44 +103,20 @@ def firm_edit_dataset(
             pl.col("execution_text_score").is_not_null() & pl.col("consistency_text_score").is_not_null()
         )
     frame = balance_by_bin(frame, "execution_score", config.max_per_bin, config.seed)
-    params = config.model_dump()
-    inputs = [
-        (name, frame_version(upstream))
-        for name, upstream in (
-            ("source_images", source_images),
-            ("edit_candidates", edit_candidates),
-            ("difference_captions", difference_captions),
-            ("edit_scores", edit_scores),
-        )
-    ]
-
-    def log_mlflow(version: str, folder) -> str:
-        return tracking.log_run(
-            experiment="firm-curation",
-            run_name=f"{DATASET}-{version[:8]}",
-            tags=dagster_tags(context, version),
-            params=params,
-            metrics={
-                "n_samples": frame.height,
-                "mean_execution": frame["execution_score"].mean() or 0.0,
-                "mean_consistency": frame["consistency_score"].mean() or 0.0,
-            },
-            dataset={"name": DATASET, "digest": version, "source": str(folder)},
-        )
-
-    published = publish_dataset(
-        DATASET, frame, TASKS, params, inputs, warehouse.get(), context.run_id, log_mlflow
-    )
-    # the version travels with the rows, so a critic names exactly the version it trained on
-    return Output(
-        frame.with_columns(pl.lit(published.version).alias("dataset_version")),
-        data_version=DataVersion(published.version),
-        metadata={
-            "rows": frame.height,
-            "dataset_version": published.version,
-            "export_folder": MetadataValue.path(str(published.folder)),
-            "score_bins": MetadataValue.json(
-                {str(k): v for k, v in frame["execution_score"].round(0).value_counts().rows()}
-            ),
+    return publish_output(
+        context,
+        DATASET,
+        frame,
+        TASKS,
+        config.model_dump(),
+        {
+            "source_images": source_images,
+            "edit_candidates": edit_candidates,
+            "difference_captions": difference_captions,
+            "edit_scores": edit_scores,
         },
+        {"mean_execution": "execution_score", "mean_consistency": "consistency_score"},
+        "execution_score",
+        warehouse,
+        tracking,
     )

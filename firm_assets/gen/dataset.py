@@ -1,18 +1,17 @@
 """`firm_gen_dataset`: the versioned, content-hashed scored generation dataset and its exports."""
 
 import polars as pl
-from dagster import AssetExecutionContext, Config, DataVersion, MetadataValue, Output, asset
+from dagster import AssetExecutionContext, Config, Output, asset
 from pydantic import Field
 
 from firm_assets.curation.dataset import (
     SftTask,
     balance_by_bin,
     boxed_score_target,
-    publish_dataset,
     quality_target,
 )
-from firm_assets.curation.versioning import frame_version
-from resources.tracking import TrackingResource, dagster_tags
+from firm_assets.curation.publishing import publish_output
+from resources.tracking import TrackingResource
 from resources.warehouse_resource import WarehouseResource
 
 GROUP = "gen"
@@ -103,44 +102,20 @@ def firm_gen_dataset(
     frame = assemble(gen_prompts, gen_checklists, generated_images, gen_scores)
     frame = frame.filter(pl.col("verdict_coverage") >= config.min_verdict_coverage)
     frame = balance_by_bin(frame, "if_score", config.max_per_bin, config.seed)
-    params = config.model_dump()
-    inputs = [
-        (name, frame_version(upstream))
-        for name, upstream in (
-            ("gen_prompts", gen_prompts),
-            ("gen_checklists", gen_checklists),
-            ("generated_images", generated_images),
-            ("gen_scores", gen_scores),
-        )
-    ]
-
-    def log_mlflow(version: str, folder) -> str:
-        return tracking.log_run(
-            experiment="firm-curation",
-            run_name=f"{DATASET}-{version[:8]}",
-            tags=dagster_tags(context, version),
-            params=params,
-            metrics={
-                "n_samples": frame.height,
-                "mean_instruction_following": frame["if_score"].mean() or 0.0,
-                "mean_quality": frame["quality_score"].mean() or 0.0,
-            },
-            dataset={"name": DATASET, "digest": version, "source": str(folder)},
-        )
-
-    published = publish_dataset(
-        DATASET, frame, TASKS, params, inputs, warehouse.get(), context.run_id, log_mlflow
-    )
-    # the version travels with the rows, so a critic names exactly the version it trained on
-    return Output(
-        frame.with_columns(pl.lit(published.version).alias("dataset_version")),
-        data_version=DataVersion(published.version),
-        metadata={
-            "rows": frame.height,
-            "dataset_version": published.version,
-            "export_folder": MetadataValue.path(str(published.folder)),
-            "score_bins": MetadataValue.json(
-                {str(k): v for k, v in frame["if_score"].round(0).value_counts().rows()}
-            ),
+    return publish_output(
+        context,
+        DATASET,
+        frame,
+        TASKS,
+        config.model_dump(),
+        {
+            "gen_prompts": gen_prompts,
+            "gen_checklists": gen_checklists,
+            "generated_images": generated_images,
+            "gen_scores": gen_scores,
         },
+        {"mean_instruction_following": "if_score", "mean_quality": "quality_score"},
+        "if_score",
+        warehouse,
+        tracking,
     )

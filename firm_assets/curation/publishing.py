@@ -1,0 +1,60 @@
+"""The end of both chains: publish a dataset asset's rows as a version (exports, warehouse rows,
+MLflow run with its digest) and hand Dagster the output, with the version travelling in the rows so
+a critic names exactly the version it trained on."""
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import polars as pl
+from dagster import AssetExecutionContext, DataVersion, MetadataValue, Output
+
+from firm_assets.curation.dataset import SftTask, publish_dataset
+from firm_assets.curation.versioning import frame_version
+from resources.tracking import TrackingResource, dagster_tags
+from resources.warehouse_resource import WarehouseResource
+
+EXPERIMENT = "firm-curation"
+
+
+def publish_output(
+    context: AssetExecutionContext,
+    dataset: str,
+    frame: pl.DataFrame,
+    tasks: Sequence[SftTask],
+    params: dict,
+    upstream: dict[str, pl.DataFrame],
+    mean_columns: dict[str, str],
+    bin_column: str,
+    warehouse: WarehouseResource,
+    tracking: TrackingResource,
+) -> Output[pl.DataFrame]:
+    """`mean_columns` maps an MLflow metric name to the column it averages; `bin_column` is the score
+    whose histogram the metadata shows."""
+    inputs = [(name, frame_version(rows)) for name, rows in upstream.items()]
+
+    def log_mlflow(version: str, folder: Path) -> str:
+        metrics = {"n_samples": frame.height}
+        metrics.update({name: frame[column].mean() or 0.0 for name, column in mean_columns.items()})
+        return tracking.log_run(
+            experiment=EXPERIMENT,
+            run_name=f"{dataset}-{version[:8]}",
+            tags=dagster_tags(context, version),
+            params=params,
+            metrics=metrics,
+            dataset={"name": dataset, "digest": version, "source": str(folder)},
+        )
+
+    published = publish_dataset(
+        dataset, frame, tasks, params, inputs, warehouse.get(), context.run_id, log_mlflow
+    )
+    bins = {str(k): v for k, v in frame[bin_column].round(0).value_counts().sort(bin_column).rows()}
+    return Output(
+        frame.with_columns(pl.lit(published.version).alias("dataset_version")),
+        data_version=DataVersion(published.version),
+        metadata={
+            "rows": frame.height,
+            "dataset_version": published.version,
+            "export_folder": MetadataValue.path(str(published.folder)),
+            "score_bins": MetadataValue.json(bins),
+        },
+    )
