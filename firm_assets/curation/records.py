@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 from warehouse.connection import Warehouse
 
@@ -48,7 +47,3 @@ def record_lineage(
             " dagster_run_id, mlflow_run_id) VALUES (?, ?, ?, ?, ?, ?)",
             [(*output, asset, version, run_id, mlflow_run_id) for asset, version in inputs],
         )
-
-
-def relative_to(path: Path, root: Path) -> str:
-    return str(path.resolve().relative_to(root.resolve()))

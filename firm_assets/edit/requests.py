@@ -77,7 +77,7 @@ def edit_requests(
     quarantined = record_quarantine(
         warehouse.get(),
         "edit_requests",
-        [(q.source, q.locator, q.raw, q.reason) for q in bad],
+        [q.as_row() for q in bad],
         context.run_id,
     )
     frame = pl.DataFrame(

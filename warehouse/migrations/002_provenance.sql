@@ -31,9 +31,11 @@ SELECT
     v.mlflow_run_id,
     (SELECT list(struct_pack(source := s.source, samples := s.samples) ORDER BY s.source)
        FROM dataset_sources s WHERE s.dataset = v.dataset AND s.version = v.version) AS sources,
-    (SELECT list(DISTINCT p.stage || ': ' || p.template_id || '@' || p.template_version ORDER BY 1)
+    (SELECT list(DISTINCT p.stage || ': ' || p.template_id || '@' || p.template_version
+                  ORDER BY p.stage || ': ' || p.template_id || '@' || p.template_version)
        FROM dataset_provenance p WHERE p.dataset = v.dataset AND p.version = v.version) AS templates,
-    (SELECT list(DISTINCT p.stage || ': ' || p.model_id || '@' || p.model_revision ORDER BY 1)
+    (SELECT list(DISTINCT p.stage || ': ' || p.model_id || '@' || p.model_revision
+                  ORDER BY p.stage || ': ' || p.model_id || '@' || p.model_revision)
        FROM dataset_provenance p WHERE p.dataset = v.dataset AND p.version = v.version) AS models,
     (SELECT list(DISTINCT r ORDER BY r)
        FROM dataset_provenance p, unnest(p.dagster_run_ids) AS t(r)
