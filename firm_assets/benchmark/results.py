@@ -22,6 +22,7 @@ from resources.models import ModelsResource, load_chat_backend
 from resources.profiles import ChatModelConfig
 from resources.tracking import TrackingResource, dagster_tags
 from resources.warehouse_resource import WarehouseResource
+from warehouse.connection import Warehouse
 
 GROUP = "bench"
 LEADERBOARD_COLUMNS = (
@@ -52,13 +53,23 @@ class Judge:
     expectation: bool  # hosted APIs cannot score a continued prefix
 
 
+def critic_versions(warehouse: Warehouse, critic: pl.DataFrame) -> pl.DataFrame:
+    """Every trained version of this side's critic whose weights are still on disk, oldest first
+    (re-scoring an unchanged version is a cache hit)."""
+    versions = warehouse.query(
+        "SELECT critic, version, path, revision FROM critics WHERE critic = ? ORDER BY created_at",
+        [critic["critic"][0]],
+    )
+    return versions.filter(pl.col("path").map_elements(lambda p: Path(p).is_dir(), return_dtype=pl.Boolean))
+
+
 def judges(
-    side: str, critic: pl.DataFrame, models: ModelsResource, config: BenchResultsConfig
+    side: str, critics: pl.DataFrame, models: ModelsResource, config: BenchResultsConfig
 ) -> Iterator[Judge]:
     """The trained critic versions of this side, the untrained base, and the optional API judge."""
     profile = models.settings()
     local = profile.judge
-    for row in critic.iter_rows(named=True):
+    for row in critics.iter_rows(named=True):
         trained = dataclasses.replace(local, model=row["path"], revision=row["revision"])
         yield Judge(f"{row['critic']}@{row['version'][:8]}", "trained", trained, True)
     yield Judge(
@@ -228,7 +239,7 @@ def bench_results(
     frames, rows, plots = [], [], []
     sides = (("edit", firm_bench_edit, firm_edit_critic), ("gen", firm_bench_gen, firm_gen_critic))
     for side, items, critic in sides:
-        for judge in judges(side, critic, models, config):
+        for judge in judges(side, critic_versions(warehouse.get(), critic), models, config):
             backend = load_chat_backend(judge.config)
             predictions, judge_rows = _score_side(
                 context, side, items, judge, backend, models, warehouse, config.bootstrap
