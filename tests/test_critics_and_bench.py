@@ -9,13 +9,16 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from dagster import materialize
+from dagster import AssetSelection, materialize
+from loopback import LoopbackServer, ModelHandler
 from mlflow import MlflowClient
 
 from firm_assets.benchmark.checks import beats, contaminated_items
 from firm_assets.definitions import ASSETS, CHECKS, build_resources
 from resources.home import warehouse_path
+from resources.tiny_models import VL_NAME
 from resources.tracking import default_tracking_uri
+from resources.transformers_backend import TransformersBackend
 from warehouse.connection import Warehouse
 from warehouse.lineage import find_critic_versions
 
@@ -121,3 +124,28 @@ def test_critic_audit_names_dataset_templates_models_and_runs(main_run) -> None:
     )
     assert audit.returncode == 0, audit.stderr
     assert row["dataset_version"] in audit.stdout and row["mlflow_run_id"] in audit.stdout
+
+
+def test_an_openai_compatible_judge_joins_the_leaderboard(main_run, tiny_models, tmp_path: Path) -> None:
+    """A judge behind real HTTP (a loopback server answering from the tiny VLM) is scored like the
+    critics; it is read from its text only (hosted APIs cannot score a continued prefix)."""
+    home, _, wh = main_run
+    server = LoopbackServer(ModelHandler(TransformersBackend(str(tiny_models[VL_NAME])), tmp_path))
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("FIRM_HOME", str(home))
+            config = {"api_base_url": server.base_url, "api_model": "served-tiny", "bootstrap": 100}
+            result = materialize(
+                [*ASSETS, *CHECKS],
+                resources=build_resources(),
+                selection=AssetSelection.assets("bench_results"),
+                run_config={"ops": {"bench_results": {"config": config}}},
+            )
+    finally:
+        server.close()
+    assert result.success
+    board = wh.query("SELECT * FROM bench_leaderboard WHERE dagster_run_id = ?", [result.run_id])
+    api = board.filter(pl.col("judge_kind") == "api")
+    assert set(api["bench"]) == {"edit", "gen"} and set(api["judge"]) == {"api:served-tiny"}
+    assert api["mae_expectation"].null_count() == api.height
+    assert server.calls >= api.filter(pl.col("dimension") != "overall")["n_items"].sum()

@@ -14,7 +14,14 @@ COUNTS = {
     "failed calls": "SELECT count(*) FROM inference_cache WHERE NOT ok",
     "quarantined inputs": "SELECT count(*) FROM quarantine",
     "dataset versions": "SELECT count(*) FROM dataset_versions",
+    "critic versions": "SELECT count(*) FROM critics",
 }
+HEADLINE = """
+SELECT bench, judge, judge_kind, dimension, mae, mae_expectation, parse_failure_rate
+FROM bench_leaderboard
+WHERE dagster_run_id = ? AND dimension IN ('overall', 'instruction')
+ORDER BY bench, judge_kind DESC, judge
+"""
 
 
 def print_summary(result: ExecuteInProcessResult, dagster_home: str) -> None:
@@ -24,7 +31,8 @@ def print_summary(result: ExecuteInProcessResult, dagster_home: str) -> None:
         materialization = event.step_materialization_data.materialization
         meta = materialization.metadata
         rows = meta["rows"].value if "rows" in meta else "?"
-        calls = meta["model_calls"].value if "model_calls" in meta else ""
+        stage_calls = [value.value for key, value in meta.items() if key.endswith("model_calls")]
+        calls = sum(stage_calls) if stage_calls else ""
         key = materialization.asset_key.to_user_string()
         print(f"  {key:24} rows={rows}" + (f" model_calls={calls}" if calls != "" else ""))
     for check in result.get_asset_check_evaluations():
@@ -34,6 +42,15 @@ def print_summary(result: ExecuteInProcessResult, dagster_home: str) -> None:
         print(f"  check {check.check_name:32} {verdict}")
     for label, sql in COUNTS.items():
         print(f"  {label:24} {warehouse.rows(sql)[0][0]}")
+    board = warehouse.rows(HEADLINE, [result.run_id])
+    if board:
+        print("FIRM-Bench (tiny models: these numbers prove the machinery, not quality)")
+    for bench, judge, kind, dimension, mae, mae_expectation, failures in board:
+        text = "-" if mae is None else f"{mae:.3f}"
+        print(
+            f"  {bench:4} {dimension:11} {kind:7} {judge:32} MAE={text}"
+            f" MAE(expectation)={mae_expectation:.3f} parse_failures={failures:.0%}"
+        )
     print(f"FIRM_HOME:        {firm_home()}")
     print(f"DuckDB warehouse: {warehouse_path()}")
     print(f"MLflow store:     {default_tracking_uri()}")

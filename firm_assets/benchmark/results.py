@@ -285,6 +285,7 @@ def bench_results(
         frame,
         data_version=DataVersion(frame_version(frame)),
         metadata={
+            "rows": frame.height,
             "leaderboard": MetadataValue.md(_markdown(rows, plots)),
             "per_category": MetadataValue.json(
                 {f"{r['bench']}/{r['judge']}/{r['dimension']}": r["per_category"] for r in rows}

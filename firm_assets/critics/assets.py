@@ -21,6 +21,7 @@ def _output(critic: pl.DataFrame, metadata: dict) -> Output[pl.DataFrame]:
         data_version=DataVersion(row["version"]),
         metadata={
             **metadata,
+            "rows": critic.height,
             "critic_version": row["version"],
             "dataset_version": row["dataset_version"],
             "final_loss": row["final_loss"],

@@ -1,0 +1,182 @@
+"""A real OpenAI-compatible HTTP server on 127.0.0.1 for tests, answering from a ChatBackend (or any
+handler): the OpenAI-compatible client is tested over real HTTP, never against a mocked client."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from resources.chat import ChatRequest, Decoding, ImagePart
+from resources.transformers_backend import TransformersBackend
+
+Reply = tuple[int, dict[str, str], dict[str, Any]] | None  # None: drop the connection without answering
+Handler = Callable[[dict[str, Any]], Reply]
+
+
+class LoopbackServer:
+    """A threaded HTTP server on a free 127.0.0.1 port whose /v1/chat/completions answers through
+    `handler`; it counts calls, records when they came and how many were in flight at once."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.calls = 0
+        self.call_times: list[float] = []
+        self.headers: list[dict[str, str]] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._lock = threading.Lock()
+        owner = self
+
+        class RequestHandler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.path != "/v1/chat/completions":
+                    self._send(404, {}, {"error": {"message": f"no route {self.path}"}})
+                    return
+                reply = owner._handle(json.loads(body), dict(self.headers))
+                if reply is None:
+                    self.close_connection = True
+                    return
+                self._send(*reply)
+
+            def _send(self, status: int, headers: dict[str, str], payload: dict[str, Any]) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                for key, value in {"Content-Type": "application/json", **headers}.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), RequestHandler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+        self._thread.start()
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    def _handle(self, payload: dict[str, Any], headers: dict[str, str]) -> Reply:
+        with self._lock:
+            self.calls += 1
+            self.call_times.append(time.monotonic())
+            self.headers.append(headers)
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return self.handler(payload)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def completion(content: str, logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
+    choice: dict[str, Any] = {
+        "index": 0,
+        "message": {"role": "assistant", "content": content},
+        "finish_reason": "stop",
+        "logprobs": logprobs,
+    }
+    return {"id": "chatcmpl-test", "object": "chat.completion", "model": "tiny", "choices": [choice]}
+
+
+class ModelHandler:
+    """Serves chat completions from a TransformersBackend, the way `vllm serve` would: rebuilds each
+    request from the OpenAI messages (decoding data-URL images to files), generates (honouring vLLM's
+    `structured_outputs.regex`), or reports the top_logprobs over the whole vocabulary for the one next
+    token after a continued prefix."""
+
+    def __init__(self, backend: TransformersBackend, image_dir: Path) -> None:
+        self.backend = backend
+        self.image_dir = image_dir
+        self.lock = threading.Lock()  # one model, one request at a time
+        self.images_seen = 0
+        self.mimes: list[str] = []
+        self.payloads: list[dict[str, Any]] = []
+        tokenizer = backend.tokenizer
+        texts = {token_id: tokenizer.decode([token_id]) for token_id in range(len(tokenizer))}
+        # Every token that is its own text's single-token encoding: the whole vocabulary, as strings.
+        self.vocab = sorted(
+            text
+            for token_id, text in texts.items()
+            if tokenizer.encode(text, add_special_tokens=False) == [token_id]
+        )
+
+    def __call__(self, payload: dict[str, Any]) -> Reply:
+        with self.lock:
+            self.payloads.append(payload)
+            try:
+                request, prefix = self._request(payload)
+            except ValueError as error:
+                return 400, {}, {"error": {"message": str(error), "type": "BadRequestError"}}
+            if not payload.get("logprobs"):
+                decoding = Decoding(
+                    max_new_tokens=payload["max_tokens"],
+                    temperature=payload["temperature"],
+                    top_p=payload["top_p"],
+                    seed=payload["seed"],
+                    regex=(payload.get("structured_outputs") or {}).get("regex"),
+                )
+                return 200, {}, completion(self.backend.generate([request], decoding)[0])
+            probs = self.backend.next_token_probs([request], [prefix], self.vocab)[0]
+            top = sorted(probs.items(), key=lambda item: -item[1])[: payload["top_logprobs"]]
+            entries = [{"token": token, "logprob": math.log(p), "bytes": None} for token, p in top]
+            content = [{**entries[0], "top_logprobs": entries}]
+            return 200, {}, completion(top[0][0], {"content": content})
+
+    def _request(self, payload: dict[str, Any]) -> tuple[ChatRequest, str]:
+        messages = list(payload["messages"])
+        prefix = ""
+        if messages[-1]["role"] == "assistant":
+            if not payload.get("continue_final_message") or payload.get("add_generation_prompt", True):
+                raise ValueError(
+                    "a final assistant message needs continue_final_message, no generation prompt"
+                )
+            prefix = messages.pop()["content"]
+        system = messages.pop(0)["content"] if messages[0]["role"] == "system" else None
+        (user,) = messages
+        content = user["content"]
+        if isinstance(content, str):
+            return ChatRequest(user=(content,), system=system), prefix
+        parts: list[str | ImagePart] = []
+        for part in content:
+            if part["type"] == "text":
+                parts.append(part["text"])
+            elif part["type"] == "image_url":
+                parts.append(self._image(part["image_url"]["url"]))
+            else:
+                raise ValueError(f"unknown content part {part['type']!r}")
+        return ChatRequest(user=tuple(parts), system=system), prefix
+
+    def _image(self, url: str) -> ImagePart:
+        header, data = url.split(",", 1)
+        if not (header.startswith("data:") and header.endswith(";base64")):
+            raise ValueError(f"not a base64 data URL: {header}")
+        self.mimes.append(header.removeprefix("data:").removesuffix(";base64"))
+        raw = base64.b64decode(data)
+        sha256 = hashlib.sha256(raw).hexdigest()
+        path = self.image_dir / f"{sha256}.img"
+        path.write_bytes(raw)
+        self.images_seen += 1
+        return ImagePart(path=path, sha256=sha256)
