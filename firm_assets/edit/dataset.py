@@ -71,9 +71,7 @@ def assemble(
             "consistency_score",
             "consistency_text_score",
             "consistency_reasoning",
-            pl.concat_list(
-                pl.col("cache_key").fill_null(pl.lit(None)), "caption_key", "execution_key", "consistency_key"
-            )
+            pl.concat_list("cache_key", "caption_key", "execution_key", "consistency_key")
             .list.drop_nulls()
             .alias("cache_keys"),
         )
