@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import duckdb
 import polars as pl
 from dagster import ConfigurableIOManager, ConfigurableResource, InputContext, OutputContext
 
@@ -11,6 +12,8 @@ from resources.home import warehouse_path
 from warehouse.connection import Warehouse
 
 _TABLE_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
+RUN_COLUMN = "_dagster_run_id"
+RUNS_KEPT = 8
 
 
 class WarehouseResource(ConfigurableResource):
@@ -23,8 +26,10 @@ class WarehouseResource(ConfigurableResource):
 
 
 class WarehouseIOManager(ConfigurableIOManager):
-    """Each asset's output frame becomes table `assets.<asset name>`, replaced whole; downstream
-    assets read it back. One store for rows, queryable with plain SQL next to the lineage tables."""
+    """Each asset's output rows go to `asset_rows.<asset>`, tagged with the Dagster run that made
+    them, and each step loads exactly the rows of the run that produced its input — so two runs at
+    the same time never read each other's outputs. `assets.<asset>` is a view of the latest written
+    run's rows, for people and SQL. The last RUNS_KEPT runs per asset are kept."""
 
     path: str = ""
 
@@ -32,21 +37,52 @@ class WarehouseIOManager(ConfigurableIOManager):
         return Warehouse(self.path or warehouse_path())
 
     @staticmethod
-    def _table(asset_key) -> str:
+    def _name(asset_key) -> str:
         name = asset_key.path[-1]
         if not _TABLE_NAME.match(name):
             raise ValueError(f"asset name {name!r} is not a valid table name")
-        return f"assets.{name}"
+        return name
 
     def handle_output(self, context: OutputContext, obj: pl.DataFrame) -> None:
-        table = self._table(context.asset_key)
-        arrow = obj.to_arrow()
+        name, run_id = self._name(context.asset_key), context.run_id
+        rows = obj.with_columns(pl.lit(run_id).alias(RUN_COLUMN)).to_arrow()
         with self._warehouse().transaction() as con:
-            con.register("asset_frame", arrow)
-            con.execute(f"CREATE OR REPLACE TABLE {table} AS SELECT * FROM asset_frame")
+            con.register("asset_frame", rows)
+            _append(con, name, run_id)
             con.unregister("asset_frame")
+            con.execute(
+                f"CREATE OR REPLACE VIEW assets.{name} AS SELECT * EXCLUDE ({RUN_COLUMN})"
+                f" FROM asset_rows.{name} WHERE {RUN_COLUMN} = '{run_id}'"
+            )
+            _prune(con, name)
 
     def load_input(self, context: InputContext) -> pl.DataFrame:
-        table = self._table(context.asset_key)
+        name = self._name(context.asset_key)
+        run_id = context.upstream_output.run_id
         with self._warehouse().transaction() as con:
-            return con.sql(f"SELECT * FROM {table}").pl()
+            return con.sql(
+                f"SELECT * EXCLUDE ({RUN_COLUMN}) FROM asset_rows.{name} WHERE {RUN_COLUMN} = ?",
+                params=[run_id],
+            ).pl()
+
+
+def _append(con: duckdb.DuckDBPyConnection, name: str, run_id: str) -> None:
+    """Add this run's rows; a changed schema (new code) starts the table afresh."""
+    con.execute(f"CREATE TABLE IF NOT EXISTS asset_rows.{name} AS SELECT * FROM asset_frame LIMIT 0")
+    current = con.execute(f"DESCRIBE asset_rows.{name}").fetchall()
+    incoming = con.execute("DESCRIBE asset_frame").fetchall()
+    if [row[:2] for row in current] != [row[:2] for row in incoming]:
+        con.execute(f"CREATE OR REPLACE TABLE asset_rows.{name} AS SELECT * FROM asset_frame LIMIT 0")
+    con.execute(f"DELETE FROM asset_rows.{name} WHERE {RUN_COLUMN} = ?", [run_id])
+    con.execute(f"INSERT INTO asset_rows.{name} SELECT * FROM asset_frame")
+    con.execute("INSERT INTO asset_runs (asset, run_id) VALUES (?, ?) ON CONFLICT DO NOTHING", [name, run_id])
+
+
+def _prune(con: duckdb.DuckDBPyConnection, name: str) -> None:
+    """Keep the rows of the latest RUNS_KEPT runs (by first write) of this asset."""
+    stale = con.execute(
+        "SELECT run_id FROM asset_runs WHERE asset = ? ORDER BY written_at DESC OFFSET ?", [name, RUNS_KEPT]
+    ).fetchall()
+    for (run_id,) in stale:
+        con.execute(f"DELETE FROM asset_rows.{name} WHERE {RUN_COLUMN} = ?", [run_id])
+        con.execute("DELETE FROM asset_runs WHERE asset = ? AND run_id = ?", [name, run_id])

@@ -37,7 +37,9 @@ def edit_requests_changed(context: SensorEvaluationContext):
     if not path or not Path(path).is_file():
         return SkipReason(f"${REQUESTS_ENV} does not name a file")
     digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    if digest == context.cursor:
+    previous = context.cursor
+    if digest == previous:
         return SkipReason("requests file unchanged")
     context.update_cursor(digest)
-    return RunRequest(run_key=digest, tags={"firm/requests_sha256": digest})
+    # keyed by the transition, so going back to earlier content (A -> B -> A) still runs
+    return RunRequest(run_key=f"{previous}->{digest}", tags={"firm/requests_sha256": digest})

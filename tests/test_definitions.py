@@ -49,8 +49,12 @@ def test_sensor_fires_once_per_content_change(tmp_path: Path, monkeypatch) -> No
     requests.write_text('{"prompt": "a", "image": "x.png"}\n')
     first = edit_requests_changed(build_sensor_context())
     assert isinstance(first, RunRequest)
-    unchanged = edit_requests_changed(build_sensor_context(cursor=first.run_key))
-    assert isinstance(unchanged, SkipReason)
+    first_digest = first.tags["firm/requests_sha256"]
+    assert isinstance(edit_requests_changed(build_sensor_context(cursor=first_digest)), SkipReason)
     requests.write_text('{"prompt": "b", "image": "x.png"}\n')
-    changed = edit_requests_changed(build_sensor_context(cursor=first.run_key))
+    changed = edit_requests_changed(build_sensor_context(cursor=first_digest))
     assert isinstance(changed, RunRequest) and changed.run_key != first.run_key
+    # going back to the first content is a change too (A -> B -> A)
+    requests.write_text('{"prompt": "a", "image": "x.png"}\n')
+    back = edit_requests_changed(build_sensor_context(cursor=changed.tags["firm/requests_sha256"]))
+    assert isinstance(back, RunRequest) and back.run_key not in {first.run_key, changed.run_key}

@@ -84,13 +84,18 @@ def test_demo_chain_end_to_end(firm_home: Path) -> None:
     assert run.data.tags["dagster.asset_key"] == "firm_edit_dataset"
     assert run.data.tags["dagster.data_version"] == version
     assert [d.dataset.digest for d in run.inputs.dataset_inputs] == [version]
-    edges = wh.query("SELECT input_asset FROM lineage_edges WHERE output_version = ?", [version])
+    edges = wh.query(
+        "SELECT input_asset, input_version FROM lineage_edges WHERE output_version = ?", [version]
+    )
     assert set(edges["input_asset"]) == {
         "source_images",
         "edit_candidates",
         "difference_captions",
         "edit_scores",
     }
+    for asset, input_version in edges.iter_rows():
+        recorded = result.asset_materializations_for_node(asset)[0].tags["dagster/data_version"]
+        assert input_version == recorded, asset  # lineage names the versions Dagster shows
 
 
 def test_no_change_rerun_makes_no_model_calls_and_keeps_versions(firm_home: Path) -> None:

@@ -47,9 +47,10 @@ def print_summary(result: ExecuteInProcessResult, dagster_home: str) -> None:
         print("FIRM-Bench (tiny models: these numbers prove the machinery, not quality)")
     for bench, judge, kind, dimension, mae, mae_expectation, failures in board:
         text = "-" if mae is None else f"{mae:.3f}"
+        expected = "-" if mae_expectation is None else f"{mae_expectation:.3f}"
         print(
             f"  {bench:4} {dimension:11} {kind:7} {judge:32} MAE={text}"
-            f" MAE(expectation)={mae_expectation:.3f} parse_failures={failures:.0%}"
+            f" MAE(expectation)={expected} parse_failures={failures:.0%}"
         )
     print(f"FIRM_HOME:        {firm_home()}")
     print(f"DuckDB warehouse: {warehouse_path()}")

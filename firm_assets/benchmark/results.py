@@ -248,7 +248,7 @@ def bench_results(
             rows.extend(judge_rows)
             plots.extend(_plots(side, judge, items, predictions, folder))
     metrics = {
-        f"{r['bench']}.{r['judge_kind']}.{r['dimension']}.{name}": r[name]
+        f"{r['bench']}.{r['judge']}.{r['dimension']}.{name}".replace(":", "_").replace("@", "_"): r[name]
         for r in rows
         for name in ("mae", "parse_failure_rate", "mae_expectation")
         if r[name] is not None

@@ -53,13 +53,16 @@ class CacheItem:
 
 @dataclass
 class Outcome:
-    """A call's result: parsed fields when ok, else a recorded failure (never a default value)."""
+    """A call's result: parsed fields when ok, else a recorded failure (never a default value).
+    A `transient` failure (the model raised: out of memory, a missing file) is reported for this
+    run but not cached, so the next run tries again; an answer that did not parse is cached."""
 
     output_text: str | None
     parsed: dict[str, Any] | None
     failure: str | None = None
     attempts: int = 1
     model_seconds: float = 0.0
+    transient: bool = False
 
     @property
     def ok(self) -> bool:
@@ -193,7 +196,8 @@ def run_cached(
             raise RuntimeError(f"{spec.stage}: compute returned {len(outcomes)} outcomes for {len(batch)}")
         for (key, item), out in zip(batch, outcomes, strict=True):
             cached[key] = out
-            uncommitted.append((key, item, out))
+            if not out.transient:
+                uncommitted.append((key, item, out))
         stats.model_calls += len(batch)
         stats.model_seconds += sum(out.model_seconds for out in outcomes)
         if time.monotonic() - last_commit >= commit_every_s:

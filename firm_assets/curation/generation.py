@@ -58,8 +58,10 @@ def run_image_stage(
             started = time.perf_counter()
             try:
                 image = save_generated(render(job), store)
-            except Exception as error:  # a failing sample is recorded, the stage goes on
-                outcomes.append(Outcome(None, None, f"{type(error).__name__}: {error}", 1, 0.0))
+            except Exception as error:  # a failing sample is reported and retried next run; the stage goes on
+                outcomes.append(
+                    Outcome(None, None, f"{type(error).__name__}: {error}", 1, 0.0, transient=True)
+                )
                 continue
             stored.append(image)
             parsed = {"image_sha": image.sha256, "image_path": str(image.path)}
@@ -67,7 +69,12 @@ def run_image_stage(
         record_images(warehouse, stored)
         return outcomes
 
-    decoding = {"steps": config.steps, "guidance": config.guidance, "size": config.size}
+    decoding = {
+        "steps": config.steps,
+        "guidance": config.guidance,
+        "size": config.size,
+        "dtype": config.dtype,
+    }
     spec = CallSpec(stage, backend.model, template_ref, IMAGE_OUTPUT, decoding)
     return run_cached(warehouse, spec, items, compute, batch_size=4, run_id=run_id)
 
@@ -95,7 +102,7 @@ class Rendered:
 
     image_id: str
     owner_id: str
-    model_id: str
+    config: ImageModelConfig
     revision: str
     seed: int
     image_sha: str
@@ -131,7 +138,10 @@ def render_for_all(
         jobs = {}
         for owner in owners:
             for seed in seeds:
-                image_id = short_hash(owner.owner_id, config.model, seed)
+                # two configs of one model (other steps or guidance) make different images
+                image_id = short_hash(
+                    owner.owner_id, config.model, config.steps, config.guidance, config.size, seed
+                )
                 jobs[image_id] = (
                     ImageJob(image_id, owner.text, seed, owner.source_path, owner.source_sha),
                     owner,
@@ -155,7 +165,7 @@ def render_for_all(
                     Rendered(
                         image_id,
                         owner.owner_id,
-                        backend.model.model_id,
+                        config,
                         backend.model.revision,
                         job.seed,
                         result.outcome.parsed["image_sha"],

@@ -106,6 +106,7 @@ def _expectation(
         expected = sum(int(token) * p for token, p in prob.items()) / mass
         text_score = (outcome.parsed or {}).get("score")
         outcome.parsed = {
+            **(outcome.parsed or {}),
             "reasoning": (outcome.parsed or {}).get("reasoning", outcome.output_text or ""),
             "score": round(expected, 4),
             "text_score": text_score,

@@ -73,7 +73,7 @@ def edit_candidates(
         {
             "candidate_id": r.image_id,
             "request_id": r.owner_id,
-            "editor": r.model_id,
+            "editor": r.config.model,
             "editor_revision": r.revision,
             "seed": r.seed,
             "image_sha": r.image_sha,

@@ -107,12 +107,7 @@ def firm_edit_dataset(
         frame,
         TASKS,
         config.model_dump(),
-        {
-            "source_images": source_images,
-            "edit_candidates": edit_candidates,
-            "difference_captions": difference_captions,
-            "edit_scores": edit_scores,
-        },
+        ("source_images", "edit_candidates", "difference_captions", "edit_scores"),
         {"mean_execution": "execution_score", "mean_consistency": "consistency_score"},
         "execution_score",
         warehouse,

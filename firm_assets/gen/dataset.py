@@ -108,12 +108,7 @@ def firm_gen_dataset(
         frame,
         TASKS,
         config.model_dump(),
-        {
-            "gen_prompts": gen_prompts,
-            "gen_checklists": gen_checklists,
-            "generated_images": generated_images,
-            "gen_scores": gen_scores,
-        },
+        ("gen_prompts", "gen_checklists", "generated_images", "gen_scores"),
         {"mean_instruction_following": "if_score", "mean_quality": "quality_score"},
         "if_score",
         warehouse,

@@ -53,16 +53,15 @@ def generated_images(
         warehouse.get(),
         context.run_id,
     )
-    settings = {config.model: config for config in profile.generators}
     rows = [
         {
             "image_id": r.image_id,
             "prompt_id": r.owner_id,
-            "generator": r.model_id,
+            "generator": r.config.model,
             "generator_revision": r.revision,
             "seed": r.seed,
-            "steps": settings[r.model_id].steps,
-            "guidance": settings[r.model_id].guidance,
+            "steps": r.config.steps,
+            "guidance": r.config.guidance,
             "image_sha": r.image_sha,
             "image_path": r.image_path,
             "cache_key": r.cache_key,

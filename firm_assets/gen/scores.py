@@ -111,7 +111,7 @@ def gen_scores(
     wh = warehouse.get()
 
     if_stage = chat_stage(
-        profile, "gen_instruction_following", IF_TEMPLATE, INSTRUCTION_FOLLOWING, "instruction", scored=True
+        profile, "gen_instruction_following", IF_TEMPLATE, INSTRUCTION_FOLLOWING, "instruction", scored=False
     )
     if_inputs = [
         StageInput(
