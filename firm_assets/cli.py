@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import sys
 
@@ -13,6 +14,10 @@ def _dagster_home() -> str:
     """Runs go to a persistent instance under FIRM_HOME so `dagster dev` shows them afterwards."""
     home = os.environ.setdefault("DAGSTER_HOME", str(firm_home() / "dagster"))
     os.makedirs(home, exist_ok=True)
+    config = os.path.join(home, "dagster.yaml")
+    if not os.path.exists(config):
+        with open(config, "w") as handle:
+            handle.write("# Default storage: SQLite files in this folder.\n")
     return home
 
 
@@ -23,18 +28,33 @@ def build_tiny(_: argparse.Namespace) -> int:
     return 0
 
 
+def _instance(dagster_home: str):
+    """The persistent Dagster instance; its SQLite storage is created under a lock, because two
+    runs starting at once on a new DAGSTER_HOME would otherwise race to create the same tables."""
+    from dagster import AssetKey, DagsterInstance
+
+    with open(os.path.join(dagster_home, "instance.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            instance = DagsterInstance.get()
+            instance.get_runs(limit=1)  # opens (and on first use creates) each storage
+            instance.fetch_materializations(AssetKey("firm"), limit=1)
+            instance.all_instigator_state()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return instance
+
+
 def run_job(args: argparse.Namespace) -> int:
     """Materialize the named job on the active profile and print a summary."""
     dagster_home = _dagster_home()
-    from dagster import DagsterInstance
-
     from firm_assets.definitions import defs
     from resources.models import ensure_tiny_models
     from warehouse.summary import print_summary
 
     ensure_tiny_models()
     result = defs.get_job_def(args.job).execute_in_process(
-        instance=DagsterInstance.get(), raise_on_error=False
+        instance=_instance(dagster_home), raise_on_error=False
     )
     print_summary(result, dagster_home)
     return 0 if result.success else 1

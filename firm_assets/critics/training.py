@@ -157,7 +157,7 @@ def train_critic(
             f" ({', '.join('?' * len(row))}, ?, ?) ON CONFLICT (critic, version) DO UPDATE SET"
             " path = excluded.path, revision = excluded.revision, final_loss = excluded.final_loss,"
             " mlflow_run_id = excluded.mlflow_run_id, model_version = excluded.model_version,"
-            " dagster_run_id = excluded.dagster_run_id, created_at = current_timestamp",
+            " dagster_run_id = excluded.dagster_run_id, created_at = now()",
             [*row.values(), json.dumps(recipe, sort_keys=True), context.run_id],
         )
     metadata = {
