@@ -57,13 +57,21 @@ class WarehouseIOManager(ConfigurableIOManager):
             _prune(con, name)
 
     def load_input(self, context: InputContext) -> pl.DataFrame:
+        """The producing run's rows; when this instance does not know that run (an ephemeral
+        instance, or rows pruned), the latest written rows, with a warning in the run's log."""
         name = self._name(context.asset_key)
         run_id = context.upstream_output.run_id
         with self._warehouse().transaction() as con:
-            return con.sql(
-                f"SELECT * EXCLUDE ({RUN_COLUMN}) FROM asset_rows.{name} WHERE {RUN_COLUMN} = ?",
-                params=[run_id],
-            ).pl()
+            known = con.execute(
+                "SELECT count(*) FROM asset_runs WHERE asset = ? AND run_id = ?", [name, run_id]
+            )
+            if known.fetchall()[0][0]:
+                return con.sql(
+                    f"SELECT * EXCLUDE ({RUN_COLUMN}) FROM asset_rows.{name} WHERE {RUN_COLUMN} = ?",
+                    params=[run_id],
+                ).pl()
+            context.log.warning(f"{name}: rows of run {run_id} not stored; loading the latest run's rows")
+            return con.sql(f"SELECT * FROM assets.{name}").pl()
 
 
 def _append(con: duckdb.DuckDBPyConnection, name: str, run_id: str) -> None:

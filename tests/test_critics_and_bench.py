@@ -101,7 +101,7 @@ def test_contamination_gate_catches_training_images_in_the_bench(main_run, tmp_p
     )
     with copy.transaction() as con:
         con.execute(
-            "UPDATE assets.firm_bench_edit SET image_shas = [?, image_shas[2]] WHERE item_id = "
+            "UPDATE asset_rows.firm_bench_edit SET image_shas = [?, image_shas[2]] WHERE item_id = "
             "(SELECT min(item_id) FROM assets.firm_bench_edit)",
             [training["source_sha"][0]],
         )

@@ -193,7 +193,7 @@ def register_version(
     with warehouse.transaction() as con:
         exists = con.execute(
             "SELECT count(*) FROM dataset_versions WHERE dataset = ? AND version = ?", [name, version]
-        ).fetchone()[0]
+        ).fetchall()[0][0]
         if exists:
             return
         con.execute(
