@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
+from resources.chat import ImagePart
 from resources.tiny_models import build_tiny_models
 
 
@@ -35,3 +38,17 @@ def firm_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model_dir: P
     for name in ("FIRM_EDIT_REQUESTS", "FIRM_PROFILE", "FIRM_TEMPLATE_DIR", "MLFLOW_TRACKING_URI"):
         monkeypatch.delenv(name, raising=False)
     return home
+
+
+@pytest.fixture(scope="session")
+def images(tmp_path_factory: pytest.TempPathFactory) -> list[ImagePart]:
+    """Images of different sizes and modes, so backend batches mix grids and conversions."""
+    folder = tmp_path_factory.mktemp("images")
+    parts = []
+    for index, (mode, size, color) in enumerate(
+        [("RGB", (64, 64), "red"), ("RGBA", (200, 120), "blue"), ("L", (48, 90), 128)]
+    ):
+        path = folder / f"{index}.png"
+        Image.new(mode, size, color).save(path)
+        parts.append(ImagePart(path=path, sha256=hashlib.sha256(path.read_bytes()).hexdigest()))
+    return parts

@@ -5,7 +5,6 @@ VllmBackend drives a stand-in engine correctly (the real one needs a GPU)."""
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 import subprocess
@@ -22,7 +21,6 @@ from typing import Any
 import httpx
 import pytest
 from loopback import Handler, LoopbackServer, ModelHandler, Reply, completion
-from PIL import Image
 
 from resources.chat import ChatRequest, Decoding, ImagePart, ModelRef
 from resources.openai_backend import ChatAPIError, OpenAIBackend, _retry_after_s, image_mime
@@ -52,19 +50,6 @@ def serve() -> Iterator[Callable[[Handler], LoopbackServer]]:
 @pytest.fixture(scope="module")
 def vl(tiny_models: dict[str, Path]) -> TransformersBackend:
     return TransformersBackend(str(tiny_models[VL_NAME]))
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory: pytest.TempPathFactory) -> list[ImagePart]:
-    folder = tmp_path_factory.mktemp("images")
-    parts = []
-    for index, (mode, size, color) in enumerate(
-        [("RGB", (64, 64), "red"), ("RGBA", (200, 120), "blue"), ("L", (48, 90), 128)]
-    ):
-        path = folder / f"{index}.png"
-        Image.new(mode, size, color).save(path)
-        parts.append(ImagePart(path=path, sha256=hashlib.sha256(path.read_bytes()).hexdigest()))
-    return parts
 
 
 @pytest.fixture(scope="module")

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from resources.chat import ChatRequest, Decoding, ImagePart
 from resources.tiny_models import TEXT_NAME, VL_NAME
@@ -14,20 +12,6 @@ from resources.transformers_backend import TransformersBackend, weights_revision
 
 DIGITS = list("12345")
 GREEDY = Decoding(max_new_tokens=12)
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory: pytest.TempPathFactory) -> list[ImagePart]:
-    """Images of different sizes and modes, so batches mix grids and conversions."""
-    folder = tmp_path_factory.mktemp("images")
-    parts = []
-    for index, (mode, size, color) in enumerate(
-        [("RGB", (64, 64), "red"), ("RGBA", (200, 120), "blue"), ("L", (48, 90), 128)]
-    ):
-        path = folder / f"{index}.png"
-        Image.new(mode, size, color).save(path)
-        parts.append(ImagePart(path=path, sha256=hashlib.sha256(path.read_bytes()).hexdigest()))
-    return parts
 
 
 @pytest.fixture(scope="module")
