@@ -59,7 +59,6 @@ def _call_inputs(request: ChatRequest) -> dict[str, Any]:
 def _answer(stage: ChatStage, backend: ChatBackend, requests: list[ChatRequest]) -> list[Outcome]:
     """Generate, parse, and re-ask only the failures (sampling, new seed) up to max_attempts."""
     outcomes: list[Outcome | None] = [None] * len(requests)
-    texts: list[str] = [""] * len(requests)
     todo = list(range(len(requests)))
     for attempt in range(1, stage.max_attempts + 1):
         decoding = stage.decoding
@@ -70,7 +69,6 @@ def _answer(stage: ChatStage, backend: ChatBackend, requests: list[ChatRequest])
         share = (time.perf_counter() - started) / max(len(todo), 1)
         failed = []
         for index, text in zip(todo, answers, strict=True):
-            texts[index] = text
             seconds = share + (outcomes[index].model_seconds if outcomes[index] else 0.0)
             try:
                 outcomes[index] = Outcome(text, stage.parser.parse(text), None, attempt, seconds)
