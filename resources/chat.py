@@ -1,5 +1,6 @@
 """The one model interface every curation stage uses: batched chat with images -> text,
-and next-token probabilities over given tokens (for score-as-expectation)."""
+and next-token probabilities over given tokens (for score-as-expectation); and the one place that
+decides whether a failed call is worth trying again (`classify_failure`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
+
+from PIL import Image
 
 
 @dataclass(frozen=True)
@@ -74,3 +77,44 @@ class ChatBackend(Protocol):
         """For each request, the probability of each of `tokens` as the next token after the
         assistant turn has begun with its prefix (not renormalised)."""
         ...
+
+
+class InputImageError(ValueError):
+    """An input image is missing or cannot be decoded: the request can never succeed as it is, so its
+    failure is permanent (cached with this reason) rather than retried every run."""
+
+    transient = False
+
+
+def load_rgb(path: Path) -> Image.Image:
+    """Decode an input image as RGB. A missing, unreadable or undecodable file is an InputImageError;
+    other OS errors (too many open files, I/O errors) pass through as they may go away."""
+    missing = (FileNotFoundError, IsADirectoryError, NotADirectoryError)
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except OSError as error:
+        if error.errno is not None and not isinstance(error, missing):
+            raise  # a system error (EMFILE, EIO), not a decoder's complaint or a missing file
+        cause: Exception = error
+    except (Image.DecompressionBombError, SyntaxError, ValueError) as error:
+        cause = error
+    raise InputImageError(f"input image {path}: {type(cause).__name__}: {cause}") from cause
+
+
+@dataclass(frozen=True)
+class CallFailure:
+    """Why one request failed, and whether it may succeed when tried again later."""
+
+    reason: str
+    transient: bool
+
+
+def classify_failure(error: Exception) -> CallFailure:
+    """Transient or permanent, for chat and image stages alike. An exception that declares `transient`
+    keeps its word: InputImageError never is, the OpenAI-compatible backend's ChatAPIError is unless
+    the server refused the request itself (a 4xx other than 408/409/429). Anything else (out of
+    memory, timeouts, connection errors, a model's own exception) counts as transient: a failure is
+    cached only when trying again cannot help, so a fix or a freed GPU is picked up by the next run."""
+    declared = getattr(error, "transient", True)
+    return CallFailure(f"{type(error).__name__}: {error}", declared if isinstance(declared, bool) else True)

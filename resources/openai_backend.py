@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from resources.chat import ChatRequest, Decoding, ImagePart, ModelRef
+from resources.chat import ChatRequest, Decoding, ImagePart, InputImageError, ModelRef
 from resources.messages import chat_messages
 
 # Worth another try: the server was busy, overloaded, restarting or lost the request.
@@ -43,6 +43,13 @@ class ChatAPIError(RuntimeError):
         self.message = message
         super().__init__(f"chat completions failed ({status_code or 'no response'}): {message}")
 
+    @property
+    def transient(self) -> bool:
+        """Permanent only when the server refused the request itself (a 4xx it would repeat); no
+        response, a 5xx or a busy signal after the retries, or a malformed answer may pass later."""
+        status = self.status_code
+        return status is None or status in RETRYABLE_STATUS or not 400 <= status < 500
+
 
 def image_mime(data: bytes, name: str) -> str:
     """The image's MIME type from its leading bytes, else from its file name; servers decode the image
@@ -57,7 +64,10 @@ def image_mime(data: bytes, name: str) -> str:
 
 def image_data_url(part: ImagePart) -> str:
     """The image file inline as a base64 `data:` URL: the server need not share this machine's disk."""
-    data = part.path.read_bytes()
+    try:
+        data = part.path.read_bytes()
+    except (FileNotFoundError, IsADirectoryError) as error:
+        raise InputImageError(f"input image {part.path}: {type(error).__name__}: {error}") from error
     return f"data:{image_mime(data, part.path.name)};base64,{base64.b64encode(data).decode('ascii')}"
 
 

@@ -23,7 +23,7 @@ from transformers import (
     ProcessorMixin,
 )
 
-from resources.chat import ChatRequest, Decoding, ImagePart, ModelRef
+from resources.chat import ChatRequest, Decoding, ImagePart, ModelRef, load_rgb
 from resources.guided import RegexLogitsProcessor, TokenTable
 from resources.messages import Message, chat_messages
 
@@ -222,5 +222,4 @@ class TransformersBackend:
 
 
 def _load_image(part: ImagePart) -> Image.Image:
-    with Image.open(part.path) as image:
-        return image.convert("RGB")
+    return load_rgb(part.path)

@@ -7,9 +7,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from PIL import Image
-
-from resources.chat import ChatRequest, Decoding, ImagePart, ModelRef
+from resources.chat import ChatRequest, Decoding, ImagePart, ModelRef, load_rgb
 from resources.messages import Message, chat_messages
 
 MAX_IMAGES_PER_PROMPT = 4
@@ -19,8 +17,7 @@ TOP_LOGPROBS = 20  # vLLM's default max_logprobs
 def _pil_content(part: ImagePart) -> dict[str, Any]:
     """The image decoded here as RGB (like the transformers backend), so vLLM reads no files itself
     and needs no `allowed_local_media_path`."""
-    with Image.open(part.path) as image:
-        return {"type": "image_pil", "image_pil": image.convert("RGB")}
+    return {"type": "image_pil", "image_pil": load_rgb(part.path)}
 
 
 class VllmBackend:

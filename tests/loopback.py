@@ -180,3 +180,32 @@ class ModelHandler:
         path.write_bytes(raw)
         self.images_seen += 1
         return ImagePart(path=path, sha256=sha256)
+
+
+def request_text(payload: dict[str, Any]) -> str:
+    """All the text of a chat-completions request's messages, images left out."""
+    texts = []
+    for message in payload["messages"]:
+        content = message["content"]
+        parts = [content] if isinstance(content, str) else [p["text"] for p in content if p["type"] == "text"]
+        texts += parts
+    return "\n".join(texts)
+
+
+class FailingHandler:
+    """Answers a request whose text contains a marker with that marker's HTTP status and an OpenAI-style
+    error body (400: the request is refused; 503: the server is overloaded), and hands every other
+    request to `inner`. `failures` may be changed between runs, e.g. to let an overloaded server heal."""
+
+    def __init__(self, inner: Handler, failures: dict[str, int]) -> None:
+        self.inner = inner
+        self.failures = failures
+        self.refused: list[str] = []
+
+    def __call__(self, payload: dict[str, Any]) -> Reply:
+        text = request_text(payload)
+        for marker, status in self.failures.items():
+            if marker in text:
+                self.refused.append(marker)
+                return status, {}, {"error": {"message": f"refused {marker} with {status}", "type": "Test"}}
+        return self.inner(payload)

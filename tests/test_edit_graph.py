@@ -25,6 +25,8 @@ def test_demo_chain_end_to_end(firm_home: Path) -> None:
     assert checks == {
         "edit_requests_quarantine": True,
         "source_images_quarantine": True,
+        "edit_candidates_failure_rate": True,
+        "difference_captions_failure_rate": True,
         "edit_scores_in_range": True,
         "edit_scores_failure_rate": True,
         "firm_edit_dataset_not_empty": True,

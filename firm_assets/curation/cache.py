@@ -2,7 +2,8 @@
 batches in short transactions as the stage goes (at least once a second).
 
 Every model call in the project goes through `run_cached`, so "unchanged samples are never sent to
-a model twice" holds everywhere, and a run killed mid-stage loses nothing it committed.
+a model twice" holds everywhere, and a run killed mid-stage loses nothing it committed. A batch whose
+computation raises is split until the failing items stand alone, so one bad item costs only itself.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from resources.chat import ModelRef
+from resources.chat import ModelRef, classify_failure
 from warehouse.connection import Warehouse
 
 
@@ -54,8 +55,9 @@ class CacheItem:
 @dataclass
 class Outcome:
     """A call's result: parsed fields when ok, else a recorded failure (never a default value).
-    A `transient` failure (the model raised: out of memory, a missing file) is reported for this
-    run but not cached, so the next run tries again; an answer that did not parse is cached."""
+    A `transient` failure (out of memory, a timeout, a 5xx, a model exception) is reported for this
+    run but not cached, so the next run tries again; a permanent one (an answer that did not parse, a
+    4xx, an undecodable input image) is cached with its reason."""
 
     output_text: str | None
     parsed: dict[str, Any] | None
@@ -69,6 +71,13 @@ class Outcome:
         return self.failure is None
 
 
+def failed_outcome(error: Exception) -> Outcome:
+    """An item's exception as its recorded failure, transient or permanent as `classify_failure` says."""
+    failure = classify_failure(error)
+    prefix = "transient" if failure.transient else "error"
+    return Outcome(None, None, f"{prefix}: {failure.reason}", transient=failure.transient)
+
+
 @dataclass
 class StageStats:
     rows: int = 0
@@ -78,12 +87,15 @@ class StageStats:
     model_seconds: float = 0.0
     extra: dict[str, int] = field(default_factory=dict)
 
+    transient_failures: int = 0
+
     def as_metadata(self) -> dict[str, float | int]:
         return {
             "rows": self.rows,
             "cache_hits": self.cache_hits,
             "model_calls": self.model_calls,
-            "parse_failures": self.failures,
+            "failures": self.failures,
+            "transient_failures": self.transient_failures,
             "model_seconds": round(self.model_seconds, 3),
             **self.extra,
         }
@@ -165,6 +177,19 @@ def _commit(
         con.unregister("cache_rows")
 
 
+def compute_narrowed(compute: ComputeBatch, batch: list[Any]) -> list[Outcome]:
+    """compute(batch), or, when it raises, each half on its own, down to single items: a failing item
+    becomes its own recorded failure and every other item keeps its answer (one bad item among n
+    costs about 2n extra item computations, a batch that works costs nothing extra)."""
+    try:
+        return compute(batch)
+    except Exception as error:
+        if len(batch) == 1:
+            return [failed_outcome(error)]
+    middle = len(batch) // 2
+    return compute_narrowed(compute, batch[:middle]) + compute_narrowed(compute, batch[middle:])
+
+
 def run_cached(
     warehouse: Warehouse,
     spec: CallSpec,
@@ -176,7 +201,9 @@ def run_cached(
 ) -> tuple[dict[str, CachedResult], StageStats]:
     """Results by sample id. Misses are computed `batch_size` at a time; finished batches are
     committed together once `commit_every_s` has passed since the last commit (and at the end), so a
-    killed run loses at most that much model work and fast models do not wait on the database."""
+    killed run loses at most that much model work and fast models do not wait on the database.
+    When every item of a batch of several fails transiently (the server is down, the GPU is full),
+    the remaining misses are not sent: they are transient failures too, left for the next run."""
     keyed = [(spec.key(item.inputs), item) for item in items]
     cached = _lookup(warehouse, sorted({key for key, _ in keyed}))
     stats = StageStats(rows=len(keyed))
@@ -189,17 +216,24 @@ def run_cached(
     pending = list(misses.items())
     uncommitted: list[tuple[str, CacheItem, Outcome]] = []
     last_commit = time.monotonic()
+    unavailable: str | None = None
     for start in range(0, len(pending), batch_size):
         batch = pending[start : start + batch_size]
-        outcomes = compute([item.payload for _, item in batch])
+        if unavailable is None:
+            outcomes = compute_narrowed(compute, [item.payload for _, item in batch])
+            stats.model_calls += len(batch)
+        else:
+            outcomes = [Outcome(None, None, unavailable, transient=True) for _ in batch]
         if len(outcomes) != len(batch):
             raise RuntimeError(f"{spec.stage}: compute returned {len(outcomes)} outcomes for {len(batch)}")
         for (key, item), out in zip(batch, outcomes, strict=True):
             cached[key] = out
             if not out.transient:
                 uncommitted.append((key, item, out))
-        stats.model_calls += len(batch)
         stats.model_seconds += sum(out.model_seconds for out in outcomes)
+        if unavailable is None and len(batch) > 1 and all(out.transient for out in outcomes):
+            reason = (outcomes[-1].failure or "").removeprefix("transient: ")
+            unavailable = f"transient: not sent, a whole batch before it failed ({reason})"
         if time.monotonic() - last_commit >= commit_every_s:
             _commit(warehouse, spec, uncommitted, run_id)
             uncommitted, last_commit = [], time.monotonic()
@@ -207,4 +241,5 @@ def run_cached(
         _commit(warehouse, spec, uncommitted, run_id)
     results = {item.sample_id: CachedResult(key, cached[key]) for key, item in keyed}
     stats.failures = sum(1 for result in results.values() if not result.outcome.ok)
+    stats.transient_failures = sum(1 for result in results.values() if result.outcome.transient)
     return results, stats

@@ -1,7 +1,15 @@
 """Check bodies both chains use: score ranges, failure rates and quarantine rates."""
 
+from typing import Any
+
 import polars as pl
-from dagster import AssetCheckResult, AssetCheckSeverity
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetKey,
+    DagsterEventType,
+)
 
 from firm_assets.curation.parsers import SCORE_MAX, SCORE_MIN
 from resources.warehouse_resource import WarehouseResource
@@ -33,6 +41,33 @@ def failure_rate(
         passed=all(rate <= max_rate for rate in rates.values()),
         metadata={f"failure_rate_{k}": round(v, 4) for k, v in rates.items()},
     )
+
+
+def render_failure_rate(metadata: dict[str, Any], max_rate: float = MAX_FAILURE_RATE) -> AssetCheckResult:
+    """Share of an image stage's renders that failed, at most max_rate. Failed renders are left out of
+    the asset's rows, so the counts come from its materialization metadata (`failures`, `renders`)."""
+    failures, renders = int(metadata.get("failures", 0)), int(metadata.get("renders", 0))
+    rate = failures / renders if renders else 0.0
+    return AssetCheckResult(
+        passed=rate <= max_rate,
+        metadata={
+            "renders": renders,
+            "failures": failures,
+            "transient_failures": int(metadata.get("transient_failures", 0)),
+            "failure_rate": round(rate, 4),
+        },
+    )
+
+
+def materialization_metadata(context: AssetCheckExecutionContext, asset: AssetKey) -> dict[str, Any]:
+    """The metadata values of the asset's materialization in this run (a check runs after its asset),
+    else of its latest one (a check run on its own)."""
+    events = context.instance.all_logs(context.run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)
+    ours = [event for event in events if event.asset_materialization.asset_key == asset]
+    event = ours[-1] if ours else context.instance.get_latest_materialization_event(asset)
+    if event is None:
+        return {}
+    return {key: value.value for key, value in event.asset_materialization.metadata.items()}
 
 
 def quarantine_rate(

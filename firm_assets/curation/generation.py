@@ -13,10 +13,19 @@ from pathlib import Path
 
 from PIL import Image
 
-from firm_assets.curation.cache import CachedResult, CacheItem, CallSpec, Outcome, StageStats, run_cached
+from firm_assets.curation.cache import (
+    CachedResult,
+    CacheItem,
+    CallSpec,
+    Outcome,
+    StageStats,
+    failed_outcome,
+    run_cached,
+)
 from firm_assets.curation.images import save_generated
 from firm_assets.curation.records import record_images
 from firm_assets.curation.versioning import short_hash
+from resources.chat import load_rgb
 from resources.home import firm_home
 from resources.profiles import ImageModelConfig
 from warehouse.connection import Warehouse
@@ -45,7 +54,9 @@ def run_image_stage(
     store: Path,
     run_id: str | None,
 ) -> tuple[dict[str, CachedResult], StageStats]:
-    """Render every cache-missing job one at a time (diffusion batches are per-image anyway)."""
+    """Render every cache-missing job one at a time (diffusion batches are per-image anyway). A render
+    that raises is that job's failure: a missing or undecodable source image is cached as one, out of
+    memory or any other model exception is transient and rendered again by the next run."""
     render = _editor(backend, config) if any(job.source_sha for job in jobs) else _generator(backend, config)
     items = [
         CacheItem(job.sample_id, {"text": job.text, "seed": job.seed, "source": job.source_sha}, job)
@@ -58,10 +69,8 @@ def run_image_stage(
             started = time.perf_counter()
             try:
                 image = save_generated(render(job), store)
-            except Exception as error:  # a failing sample is reported and retried next run; the stage goes on
-                outcomes.append(
-                    Outcome(None, None, f"{type(error).__name__}: {error}", 1, 0.0, transient=True)
-                )
+            except Exception as error:  # this image's failure, recorded; the other renders go on
+                outcomes.append(failed_outcome(error))
                 continue
             stored.append(image)
             parsed = {"image_sha": image.sha256, "image_path": str(image.path)}
@@ -81,10 +90,8 @@ def run_image_stage(
 
 def _editor(backend, config: ImageModelConfig) -> Callable[[ImageJob], Image.Image]:
     def render(job: ImageJob) -> Image.Image:
-        with Image.open(job.source_path) as source:
-            return backend.edit(
-                source.convert("RGB"), job.text, job.seed, config.steps, config.guidance, config.size
-            )
+        source = load_rgb(Path(job.source_path))
+        return backend.edit(source, job.text, job.seed, config.steps, config.guidance, config.size)
 
     return render
 
@@ -156,7 +163,9 @@ def render_for_all(
             firm_home() / "images",
             run_id,
         )
-        for key, value in stats.as_metadata().items():
+        counts = stats.as_metadata()
+        counts["renders"] = counts.pop("rows")  # jobs asked for; the asset's `rows` is what it outputs
+        for key, value in counts.items():
             metadata[key] = metadata.get(key, 0) + value
         for image_id, result in results.items():
             if result.outcome.ok:

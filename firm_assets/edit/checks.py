@@ -1,9 +1,18 @@
-"""Gates on the edit chain: score ranges, failure rates and quarantine counts."""
+"""Gates on the edit chain: score ranges, failure rates of every model stage and quarantine counts."""
 
 import polars as pl
-from dagster import AssetCheckExecutionContext, AssetCheckResult, asset_check
+from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetKey, asset_check
 
-from firm_assets.curation.gates import MAX_FAILURE_RATE, failure_rate, quarantine_rate, scores_in_range
+from firm_assets.curation.gates import (
+    MAX_FAILURE_RATE,
+    failure_rate,
+    materialization_metadata,
+    quarantine_rate,
+    render_failure_rate,
+    scores_in_range,
+)
+from firm_assets.edit.candidates import edit_candidates
+from firm_assets.edit.captions import difference_captions
 from firm_assets.edit.dataset import firm_edit_dataset
 from firm_assets.edit.requests import edit_requests, source_images
 from firm_assets.edit.scores import DIMENSIONS, edit_scores
@@ -22,6 +31,24 @@ def edit_scores_in_range(edit_scores: pl.DataFrame) -> AssetCheckResult:
 )
 def edit_scores_failure_rate(edit_scores: pl.DataFrame) -> AssetCheckResult:
     return failure_rate(edit_scores, SCORE_COLUMNS)
+
+
+@asset_check(
+    asset=edit_candidates,
+    description=f"At most {MAX_FAILURE_RATE:.0%} of edited-image renders failed.",
+    blocking=True,
+)
+def edit_candidates_failure_rate(context: AssetCheckExecutionContext) -> AssetCheckResult:
+    return render_failure_rate(materialization_metadata(context, AssetKey("edit_candidates")))
+
+
+@asset_check(
+    asset=difference_captions,
+    description=f"At most {MAX_FAILURE_RATE:.0%} of difference captions failed.",
+    blocking=True,
+)
+def difference_captions_failure_rate(difference_captions: pl.DataFrame) -> AssetCheckResult:
+    return failure_rate(difference_captions, ["caption"])
 
 
 @asset_check(

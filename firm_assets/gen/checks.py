@@ -1,12 +1,21 @@
-"""Gates on the gen chain: score ranges, failure rates, checklist sizes and GenEval coverage."""
+"""Gates on the gen chain: score ranges, failure rates of every model stage, checklist sizes and
+GenEval coverage."""
 
 import polars as pl
-from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, asset_check
+from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, AssetKey, asset_check
 
-from firm_assets.curation.gates import MAX_FAILURE_RATE, failure_rate, quarantine_rate, scores_in_range
+from firm_assets.curation.gates import (
+    MAX_FAILURE_RATE,
+    failure_rate,
+    materialization_metadata,
+    quarantine_rate,
+    render_failure_rate,
+    scores_in_range,
+)
 from firm_assets.curation.parsers import MAX_CHECKLIST_ITEMS
 from firm_assets.gen.checklists import gen_checklists
 from firm_assets.gen.dataset import firm_gen_dataset
+from firm_assets.gen.images import generated_images
 from firm_assets.gen.prompts import gen_prompts
 from firm_assets.gen.scores import gen_scores
 from resources.warehouse_resource import WarehouseResource
@@ -31,6 +40,15 @@ def gen_scores_failure_rate(gen_scores: pl.DataFrame) -> AssetCheckResult:
 )
 def gen_checklists_failure_rate(gen_checklists: pl.DataFrame) -> AssetCheckResult:
     return failure_rate(gen_checklists, ["items"])
+
+
+@asset_check(
+    asset=generated_images,
+    description=f"At most {MAX_FAILURE_RATE:.0%} of image renders failed.",
+    blocking=True,
+)
+def generated_images_failure_rate(context: AssetCheckExecutionContext) -> AssetCheckResult:
+    return render_failure_rate(materialization_metadata(context, AssetKey("generated_images")))
 
 
 @asset_check(asset=gen_checklists, description=f"Every checklist has 1-{MAX_CHECKLIST_ITEMS} items.")
