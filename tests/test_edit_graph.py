@@ -31,6 +31,10 @@ def test_demo_chain_end_to_end(firm_home: Path) -> None:
         "edit_scores_failure_rate": True,
         "firm_edit_dataset_not_empty": True,
     }
+    renders = next(
+        c for c in result.get_asset_check_evaluations() if c.check_name == "edit_candidates_failure_rate"
+    )
+    assert {k: renders.metadata[k].value for k in ("renders", "failures")} == {"renders": 24, "failures": 0}
     wh = _warehouse()
     requests = wh.query("SELECT * FROM assets.edit_requests")
     assert requests.height == 12

@@ -126,7 +126,8 @@ def run_chat_stage(
     batch_size: int,
     run_id: str | None = None,
 ) -> tuple[dict[str, CachedResult], StageStats]:
-    """Render every sample, then answer the cache misses through `run_cached`."""
+    """Render every sample, then answer the cache misses through `run_cached`, which narrows a batch
+    that raises (a model error, an undecodable image) down to the items that failed."""
     items = []
     for sample in inputs:
         request = stage.template.render(sample.variables, sample.images)
