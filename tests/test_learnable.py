@@ -136,8 +136,8 @@ def _train(base_model: Path, dataset_folder: Path, task: str, output: Path) -> d
     run = subprocess.run(
         [sys.executable, "-m", "firm_assets.critics.train", "--params", str(params_file)],
         cwd=REPO,
-        # one thread: this model's matrices are too small to gain from more, and on a shared 2-core
-        # machine two threads per process made each update five times slower (measured)
+        # one thread: this model's matrices are too small to gain from more; on the 2-core development
+        # machine, busy with other jobs, two threads made each update about five times slower
         env={**os.environ, "OMP_NUM_THREADS": "1"},
         capture_output=True,
         text=True,
