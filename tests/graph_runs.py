@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from dagster import AssetSelection, ExecuteInProcessResult, materialize
+from dagster import (
+    AssetMaterialization,
+    AssetSelection,
+    DagsterEventType,
+    DagsterInstance,
+    ExecuteInProcessResult,
+    materialize,
+)
 
 from firm_assets.definitions import ASSETS, CHECKS, build_resources
 
@@ -39,11 +47,23 @@ def metadata(result: ExecuteInProcessResult, asset: str) -> dict[str, Any]:
 
 
 def model_calls(result: ExecuteInProcessResult) -> dict[str, int]:
-    """Model calls per stage in this run, read from asset metadata: `model_calls` counts under the
-    asset's name, `<stage>_model_calls` (assets running several stages) under the stage prefix."""
+    """Model calls per stage in this run, read from asset metadata."""
+    return _calls_in(
+        event.step_materialization_data.materialization for event in result.get_asset_materialization_events()
+    )
+
+
+def run_model_calls(instance: DagsterInstance, run_id: str) -> dict[str, int]:
+    """Model calls per stage of a run recorded in a Dagster instance (a run of another process)."""
+    entries = instance.all_logs(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)
+    return _calls_in(entry.dagster_event.step_materialization_data.materialization for entry in entries)
+
+
+def _calls_in(materializations: Iterable[AssetMaterialization]) -> dict[str, int]:
+    """`model_calls` counts under the asset's name, `<stage>_model_calls` (assets running several
+    stages) under the stage prefix."""
     calls = {}
-    for event in result.get_asset_materialization_events():
-        materialization = event.step_materialization_data.materialization
+    for materialization in materializations:
         for key, value in materialization.metadata.items():
             if key == "model_calls":
                 calls[materialization.asset_key.to_user_string()] = value.value

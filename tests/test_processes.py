@@ -7,7 +7,8 @@ import sys
 import time
 from pathlib import Path
 
-from graph_runs import materialize_group, model_calls
+from dagster import DagsterInstance
+from graph_runs import materialize_group, model_calls, run_model_calls
 
 from resources.home import warehouse_path
 from warehouse.connection import Warehouse
@@ -59,12 +60,33 @@ def test_two_concurrent_materializations(firm_home: Path) -> None:
     outputs = [run.communicate(timeout=600)[0] for run in runs]
     assert [run.returncode for run in runs] == [0, 0], outputs
     assert all("success" in output for output in outputs)
+    with DagsterInstance.from_config(str(firm_home / "dagster")) as instance:
+        records = instance.get_run_records()
+        assert len(records) == 2
+        # the runs really ran at the same time: each started before the other ended
+        assert max(r.start_time for r in records) < min(r.end_time for r in records)
+        calls = {
+            r.dagster_run.run_id: sum(run_model_calls(instance, r.dagster_run.run_id).values())
+            for r in records
+        }
     wh = Warehouse(Path(warehouse_path()))
-    duplicates = wh.rows("SELECT count(*) - count(DISTINCT cache_key) FROM inference_cache")[0][0]
-    assert duplicates == 0
+    committed = dict(wh.rows("SELECT dagster_run_id, count(*) FROM inference_cache GROUP BY ALL"))
+    total = sum(committed.values())
+    # both runs asked the model (each computes what was missing when its stage began); every cached
+    # answer came from one of them, no run asked for one call twice, and each stored at most what it asked
+    assert set(committed) <= set(calls)
+    assert all(0 < n <= total for n in calls.values()), (calls, total)
+    assert all(committed[run_id] <= calls[run_id] for run_id in committed), (committed, calls)
     candidates = wh.query("SELECT * FROM assets.edit_candidates")
     captions = wh.rows("SELECT count(*) FROM inference_cache WHERE stage = 'difference_captions'")[0][0]
     assert captions == candidates["image_sha"].n_unique()
+    # each run wrote its own complete outputs, the same scored candidates
+    scored = wh.rows(
+        "SELECT _dagster_run_id, count(*), list(execution_key ORDER BY execution_key)"
+        " FROM asset_rows.edit_scores GROUP BY ALL"
+    )
+    assert {run_id for run_id, _, _ in scored} == set(calls)
+    assert scored[0][1:] == scored[1][1:] and scored[0][1] > 0
     # a third run finds everything committed by the two
     assert set(model_calls(materialize_group("edit")).values()) == {0}
 
@@ -97,3 +119,5 @@ def test_killed_run_resumes_without_repeating_committed_calls(firm_home: Path) -
     assert kept.height == before.height
     new_calls = sum(model_calls(result).values())
     assert new_calls == after.height - before.height
+    # the kill left work to do, and the re-run did only that, not a full run's calls
+    assert 0 < new_calls < after.height
