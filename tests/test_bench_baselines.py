@@ -129,6 +129,10 @@ def test_compare_fails_a_critic_worse_than_constant_and_passes_a_clear_winner() 
     assert clear["beats"] is True and clear["ci_low"] > 0
     tie = compare(reference, reference, n_boot=200)
     assert tie["beats"] is False and tie["why"] == "margin CI reaches 0"
+    selective = np.array([[0.0, np.nan, np.nan, 0.0, 0.0, 0.0]])  # exact where it answers at all
+    assert compare(selective, reference, n_boot=200)["why"] == "more parse failures (33% vs 0%)"
+    constant = compare(reference * 0, reference, constant=True, n_boot=200)
+    assert constant["beats"] is False and constant["margin"] == pytest.approx(4 / 3)
     unparsed = np.full_like(reference, np.nan)
     assert compare(unparsed, reference)["beats"] is False
     assert compare(reference, unparsed) == {
@@ -157,6 +161,7 @@ def test_gate_warns_when_a_critic_is_worse_than_constant() -> None:
     verdicts = {k: v.value for k, v in result.metadata.items() if " vs " in k}
     assert verdicts["edit/critic vs constant"].startswith("does not beat: MAE margin -")
     assert verdicts["gen/gen-critic vs gen-base"].startswith("beats: MAE margin +")
+    assert verdicts["edit/critic vs base"].endswith("(the trained critic's predictions are constant)")
     assert result.metadata["nothing_to_compare"].value == "-"
 
     good = frame.filter(pl.col("judge") != "critic").vstack(_edit_predictions("critic", "trained", exact))

@@ -6,7 +6,7 @@ from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeve
 
 from firm_assets.benchmark.items import CONFLICT_REASON, firm_bench_edit, firm_bench_gen
 from firm_assets.benchmark.results import HEADLINE, OVERALL_DIMENSIONS, bench_results
-from firm_assets.benchmark.stats import item_errors, mae, mae_margin
+from firm_assets.benchmark.stats import constant_predictor, item_errors, mae, mae_margin
 from resources.warehouse_resource import WarehouseResource
 from warehouse.connection import Warehouse
 
@@ -94,16 +94,26 @@ def headline_errors(predictions: pl.DataFrame, bench: str, judge: str) -> np.nda
     )
 
 
-def compare(trained: np.ndarray, reference: np.ndarray, seed: int = 0, n_boot: int = 1000) -> dict:
+def compare(
+    trained: np.ndarray, reference: np.ndarray, constant: bool = False, seed: int = 0, n_boot: int = 1000
+) -> dict:
     """Whether a trained critic beats a reference judge on the headline MAE: the MAE margin
     (reference - trained) with a paired bootstrap 95% interval, and beating means the whole interval
-    is above 0. A trained critic without parsed answers never beats; a reference without them is
-    beaten on parse failures alone (there is no MAE to compare, and the verdict says so)."""
+    is above 0. A trained critic without parsed answers, or with more parse failures than the
+    reference (its MAE would cover only the items it could answer), never beats; a reference without
+    parsed answers is beaten on parse failures alone (there is no MAE to compare; the verdict says so).
+    A `constant` trained critic (zero-variance predictions) never beats: whatever its margin, it
+    only found a number near the bench's labels."""
     result = mae_margin(trained, reference, seed, n_boot)
+    if constant:
+        return {**result, "beats": False, "why": "the trained critic's predictions are constant"}
     if mae(trained) is None:
         return {**result, "beats": False, "why": "the trained critic parsed no answer"}
     if mae(reference) is None:
         return {**result, "beats": True, "why": "the reference parsed no answer: parse failures only"}
+    mine, theirs = (float(np.isnan(e).any(axis=0).mean()) for e in (trained, reference))
+    if mine > theirs:
+        return {**result, "beats": False, "why": f"more parse failures ({mine:.0%} vs {theirs:.0%})"}
     beats = result["ci_low"] > 0
     return {**result, "beats": beats, "why": "margin CI above 0" if beats else "margin CI reaches 0"}
 
@@ -128,10 +138,12 @@ def trained_critic_beats_base(bench_results: pl.DataFrame) -> AssetCheckResult:
                 missing.append(f"{bench}: no {kind} judge")
         references = by_kind.get("base", []) + by_kind.get("constant", [])
         for trained in by_kind.get("trained", []):
+            constant = _constant(bench_results, bench, trained)
             for reference in references:
                 verdicts[f"{bench}/{trained} vs {reference}"] = compare(
                     headline_errors(bench_results, bench, trained),
                     headline_errors(bench_results, bench, reference),
+                    constant,
                 )
     return AssetCheckResult(
         passed=bool(verdicts) and not missing and all(v["beats"] for v in verdicts.values()),
@@ -140,6 +152,15 @@ def trained_critic_beats_base(bench_results: pl.DataFrame) -> AssetCheckResult:
             **{k: _describe(v) for k, v in verdicts.items()},
             "nothing_to_compare": "; ".join(missing) or "-",
         },
+    )
+
+
+def _constant(predictions: pl.DataFrame, bench: str, judge: str) -> bool:
+    """Whether a judge's text scores have zero variance on every headline dimension."""
+    dimensions = OVERALL_DIMENSIONS if HEADLINE[bench] == "overall" else (HEADLINE[bench],)
+    mine = predictions.filter((pl.col("bench") == bench) & (pl.col("judge") == judge))
+    return all(
+        constant_predictor(mine.filter(pl.col("dimension") == d)["text_score"].to_list()) for d in dimensions
     )
 
 
