@@ -115,8 +115,8 @@ def _predict(
     backend: ChatBackend | None,
     models,
     warehouse,
-) -> tuple[pl.DataFrame, dict]:
-    """One task's predictions (item_id, dimension, text_score, expectation_score) and stage stats."""
+) -> pl.DataFrame:
+    """One task's predictions: item_id, dimension, text_score, expectation_score."""
     if judge.constants is not None:
         value = judge.constants[task.dimension]
         frame = items.select(
@@ -125,9 +125,9 @@ def _predict(
             pl.lit(value).alias("text_score"),
             pl.lit(value).alias("expectation_score"),
         )
-        return frame, {}
+        return frame
     profile = models.settings()
-    predictions, stats = score_with_critic(
+    predictions, _ = score_with_critic(
         backend,
         task,
         items,
@@ -138,7 +138,7 @@ def _predict(
         judge.expectation,
         bool(judge.guided),
     )
-    return predictions.select("item_id", "dimension", "text_score", "expectation_score"), stats
+    return predictions.select("item_id", "dimension", "text_score", "expectation_score")
 
 
 def _score_side(
@@ -154,7 +154,7 @@ def _score_side(
     """Predictions of one judge on one side (with each item's human score) and its leaderboard rows."""
     parts = []
     for task in tasks_for(side):
-        predictions, _ = _predict(context, task, items, judge, backend, models, warehouse)
+        predictions = _predict(context, task, items, judge, backend, models, warehouse)
         human = items.select("item_id", pl.col(f"human_{task.dimension}").cast(pl.Float64).alias("human"))
         parts.append(
             human.join(predictions, on="item_id", how="left").with_columns(dimension=pl.lit(task.dimension))
