@@ -58,7 +58,12 @@ class TrackingResource(ConfigurableResource):
         artifacts = home_path("mlflow", "artifacts", name, ".keep").parent
         return client.create_experiment(name, artifact_location=artifacts.as_uri())
 
-    def create_run(self, experiment: str, run_name: str, tags: dict[str, str]) -> str:
+    def create_run(
+        self, experiment: str, run_name: str, tags: dict[str, str], parent_run_id: str | None = None
+    ) -> str:
+        """A new run; with `parent_run_id` it is nested under that run (MLflow's parent tag)."""
+        if parent_run_id:
+            tags = {**tags, "mlflow.parentRunId": parent_run_id}
         with self._store_lock():
             client = self.client()
             return client.create_run(self.experiment_id(experiment), run_name=run_name, tags=tags).info.run_id
@@ -115,10 +120,11 @@ class TrackingResource(ConfigurableResource):
         params: dict[str, Any],
         metrics: dict[str, float],
         dataset: dict[str, str] | None = None,
+        parent_run_id: str | None = None,
     ) -> str:
-        """One finished run with params, metrics, tags and optionally a dataset input (name, digest,
-        source, context); returns its run id."""
-        run_id = self.create_run(experiment, run_name, tags)
+        """One finished run with params, metrics, tags, optionally a dataset input (name, digest,
+        source, context) and a parent run; returns its run id."""
+        run_id = self.create_run(experiment, run_name, tags, parent_run_id)
         self.log_values(run_id, params, metrics)
         if dataset:
             self.log_dataset_input(

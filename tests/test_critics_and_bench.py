@@ -2,6 +2,7 @@
 evaluation, gates, and the critic audit — on tiny real models. Materialized once for the module."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from dagster import AssetSelection, materialize
 from loopback import LoopbackServer, ModelHandler
 from mlflow import MlflowClient
 
-from firm_assets.benchmark.checks import beats, contaminated_items
+from firm_assets.benchmark.checks import contaminated_items
 from firm_assets.definitions import ASSETS, CHECKS, build_resources
 from resources.home import warehouse_path
 from resources.tiny_models import VL_NAME
@@ -21,6 +22,7 @@ from resources.tracking import default_tracking_uri
 from resources.transformers_backend import TransformersBackend
 from warehouse.connection import Warehouse
 from warehouse.lineage import find_critic_versions
+from warehouse.summary import headline_lines
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -49,8 +51,11 @@ def test_main_job_succeeds_with_every_gate(main_run) -> None:
     assert result.success
     checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
     warn_only = {"gen_checklists_geneval_coverage"}  # a random planner cannot cover GenEval facts
+    # trained_critic_beats_base is asserted on its metadata below: a tiny critic that learned only
+    # the label distribution must not beat the constant baseline, so that gate may honestly warn
+    warn_only |= {"trained_critic_beats_base"}
     assert all(passed for name, passed in checks.items() if name not in warn_only), checks
-    assert checks["bench_contamination"] and checks["trained_critic_beats_base"]
+    assert checks["bench_contamination"]
 
 
 def test_critics_train_on_exact_dataset_versions_and_are_registered(main_run) -> None:
@@ -75,19 +80,77 @@ def test_critics_train_on_exact_dataset_versions_and_are_registered(main_run) ->
     )
 
 
-def test_trained_critic_beats_its_base_on_the_demo_bench(main_run) -> None:
-    """Honest science at tiny scale: training teaches the answer format and the label distribution;
-    it says nothing about real quality."""
-    _, _, wh = main_run
-    board = wh.query("SELECT * FROM bench_leaderboard")
+def test_leaderboard_rows_overall_and_constant_baseline(main_run) -> None:
+    """Every side has trained, base and constant rows; the edit overall is the mean of the two MAEs
+    for every judge; the constant baseline answers the mean training label; trained and base
+    decode under the same guide. Honest science at tiny scale: the numbers say nothing about quality."""
+    _, result, wh = main_run
+    board = wh.query("SELECT * FROM bench_leaderboard WHERE dagster_run_id = ?", [result.run_id])
+    print(board.select("bench", "judge_kind", "dimension", "n_scored", "mae", "mae_ci_low", "mae_ci_high"))
     assert set(board["bench"]) == {"edit", "gen"}
-    for bench, dimension in (("edit", "overall"), ("gen", "instruction")):
-        rows = board.filter((pl.col("bench") == bench) & (pl.col("dimension") == dimension))
-        base = rows.filter(pl.col("judge_kind") == "base").row(0, named=True)
-        trained = rows.filter(pl.col("judge_kind") == "trained").row(0, named=True)
-        assert trained["parse_failure_rate"] < base["parse_failure_rate"]
-        assert beats(trained, base)
-        assert trained["n_items"] == base["n_items"] > 0
+    for bench in ("edit", "gen"):
+        assert set(board.filter(pl.col("bench") == bench)["judge_kind"]) == {"trained", "base", "constant"}
+    for judge in board.filter(pl.col("bench") == "edit")["judge"].unique():
+        mine = board.filter((pl.col("bench") == "edit") & (pl.col("judge") == judge))
+        mae = dict(zip(mine["dimension"], mine["mae"], strict=True))
+        assert mae["overall"] == pytest.approx((mae["execution"] + mae["consistency"]) / 2)
+        overall = mine.filter(pl.col("dimension") == "overall").row(0, named=True)
+        assert overall["mae_ci_low"] <= overall["mae"] <= overall["mae_ci_high"]
+        assert overall["pearson"] is None and overall["pairwise_agreement"] is None
+    local = board.filter(pl.col("judge_kind").is_in(["trained", "base"]))
+    assert local["guided"].to_list() == [True] * local.height
+    constant = board.filter(pl.col("judge_kind") == "constant")
+    assert constant["constant_predictions"].to_list() == [True] * constant.height
+    assert constant["guided"].null_count() == constant.height
+
+    labels = pl.read_parquet(
+        wh.rows("SELECT parquet_path FROM dataset_versions WHERE dataset='firm_edit'")[0][0]
+    )
+    bench = wh.query("SELECT human_execution FROM assets.firm_bench_edit")["human_execution"]
+    mean_label = sum(round(v) for v in labels["execution_score"]) / labels.height
+    row = constant.filter((pl.col("bench") == "edit") & (pl.col("dimension") == "execution")).row(
+        0, named=True
+    )
+    assert row["mae"] == pytest.approx((bench - mean_label).abs().mean())
+    assert row["parse_failure_rate"] == 0.0 and row["n_scored"] == bench.len()
+
+
+def test_every_leaderboard_figure_is_in_mlflow_under_stable_names(main_run) -> None:
+    _, result, wh = main_run
+    board = wh.query("SELECT * FROM bench_leaderboard WHERE dagster_run_id = ?", [result.run_id])
+    parent = board["mlflow_run_id"][0]
+    client = MlflowClient(default_tracking_uri())
+    children = client.search_runs(
+        [client.get_run(parent).info.experiment_id], f"tags.mlflow.parentRunId = '{parent}'"
+    )
+    assert len(children) == board.select("bench", "judge").unique().height
+    for child in children:
+        tags, metrics = child.data.tags, child.data.metrics
+        mine = board.filter((pl.col("bench") == tags["bench"]) & (pl.col("judge") == tags["judge"]))
+        assert set(mine["judge_kind"]) == {tags["judge_kind"]}
+        for row in mine.iter_rows(named=True):
+            for figure in ("mae", "mae_ci_low", "mae_ci_high", "mae_expectation", "parse_failure_rate"):
+                assert metrics[f"{row['bench']}.{row['dimension']}.{figure}"] == pytest.approx(row[figure])
+        assert all(tags["judge"] not in name for name in metrics)
+
+
+def test_the_gate_compares_each_trained_critic_with_base_and_constant(main_run) -> None:
+    _, result, _ = main_run
+    check = next(
+        c for c in result.get_asset_check_evaluations() if c.check_name == "trained_critic_beats_base"
+    )
+    verdicts = {k: v.value for k, v in check.metadata.items() if " vs " in k}
+    assert len(verdicts) == 4  # (edit, gen) x (base, constant)
+    assert all(re.match(r"(beats|does not beat): MAE margin [-+]\d", v) for v in verdicts.values()), verdicts
+    assert check.metadata["nothing_to_compare"].value == "-"
+
+
+def test_the_summary_prints_each_judges_headline(main_run) -> None:
+    _, result, wh = main_run
+    lines = headline_lines(wh, result.run_id)
+    assert len(lines) == 6  # (trained, constant, base) x (edit, gen)
+    assert sum(" constant " in line for line in lines) == 2
+    assert all("execution=" in line for line in lines if " overall " in line)
 
 
 def test_contamination_gate_catches_training_images_in_the_bench(main_run, tmp_path: Path) -> None:
@@ -148,4 +211,5 @@ def test_an_openai_compatible_judge_joins_the_leaderboard(main_run, tiny_models,
     api = board.filter(pl.col("judge_kind") == "api")
     assert set(api["bench"]) == {"edit", "gen"} and set(api["judge"]) == {"api:served-tiny"}
     assert api["mae_expectation"].null_count() == api.height
+    assert api["guided"].to_list() == [False] * api.height  # hosted judges are never guided
     assert server.calls >= api.filter(pl.col("dimension") != "overall")["n_items"].sum()

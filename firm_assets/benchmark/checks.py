@@ -1,14 +1,15 @@
-"""Gates on FIRM-Bench evaluation: label conflicts, contamination, and trained-beats-base."""
+"""Gates on FIRM-Bench evaluation: label conflicts, contamination, and trained beats base and constant."""
 
+import numpy as np
 import polars as pl
 from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, asset_check
 
 from firm_assets.benchmark.items import CONFLICT_REASON, firm_bench_edit, firm_bench_gen
-from firm_assets.benchmark.results import bench_results
+from firm_assets.benchmark.results import HEADLINE, OVERALL_DIMENSIONS, bench_results
+from firm_assets.benchmark.stats import constant_predictor, item_errors, mae, mae_margin
 from resources.warehouse_resource import WarehouseResource
 from warehouse.connection import Warehouse
 
-HEADLINE = {"edit": "overall", "gen": "instruction"}
 TRAINING_KEYS = {
     "firm_edit": (["source_sha", "edited_sha"], "instruction"),
     "firm_gen": (["image_sha"], "prompt"),
@@ -80,36 +81,93 @@ def bench_contamination(warehouse: WarehouseResource, bench_results: pl.DataFram
     )
 
 
+def headline_errors(predictions: pl.DataFrame, bench: str, judge: str) -> np.ndarray:
+    """One judge's per-item errors on a side's headline (dims x items, NaN where unparsed), items in
+    item_id order: execution and consistency for the edit overall, instruction for gen."""
+    dimensions = OVERALL_DIMENSIONS if HEADLINE[bench] == "overall" else (HEADLINE[bench],)
+    mine = predictions.filter((pl.col("bench") == bench) & (pl.col("judge") == judge))
+    return np.stack(
+        [
+            item_errors(*mine.filter(pl.col("dimension") == d).sort("item_id").select("text_score", "human"))
+            for d in dimensions
+        ]
+    )
+
+
+def compare(
+    trained: np.ndarray, reference: np.ndarray, constant: bool = False, seed: int = 0, n_boot: int = 1000
+) -> dict:
+    """Whether a trained critic beats a reference judge on the headline MAE: the MAE margin
+    (reference - trained) with a paired bootstrap 95% interval, and beating means the whole interval
+    is above 0. A trained critic without parsed answers, or with more parse failures than the
+    reference (its MAE would cover only the items it could answer), never beats; a reference without
+    parsed answers is beaten on parse failures alone (there is no MAE to compare; the verdict says so).
+    A `constant` trained critic (zero-variance predictions) never beats: whatever its margin, it
+    only found a number near the bench's labels."""
+    result = mae_margin(trained, reference, seed, n_boot)
+    if constant:
+        return {**result, "beats": False, "why": "the trained critic's predictions are constant"}
+    if mae(trained) is None:
+        return {**result, "beats": False, "why": "the trained critic parsed no answer"}
+    if mae(reference) is None:
+        return {**result, "beats": True, "why": "the reference parsed no answer: parse failures only"}
+    mine, theirs = (float(np.isnan(e).any(axis=0).mean()) for e in (trained, reference))
+    if mine > theirs:
+        return {**result, "beats": False, "why": f"more parse failures ({mine:.0%} vs {theirs:.0%})"}
+    beats = result["ci_low"] > 0
+    return {**result, "beats": beats, "why": "margin CI above 0" if beats else "margin CI reaches 0"}
+
+
 @asset_check(
     asset=bench_results,
-    description="Each trained critic beats its untrained base on the headline dimension (parse rate, MAE).",
+    description="Each trained critic beats the untrained base and the constant baseline (mean training "
+    "label) on the headline MAE, by a margin whose paired bootstrap CI is above 0; warns when there "
+    "is nothing to compare.",
 )
-def trained_critic_beats_base(
-    context: AssetCheckExecutionContext, warehouse: WarehouseResource
-) -> AssetCheckResult:
-    board = warehouse.get().query(
-        "SELECT bench, judge, judge_kind, dimension, parse_failure_rate, mae, mae_expectation"
-        " FROM bench_leaderboard WHERE dagster_run_id = ?",
-        [context.run.run_id],
-    )
-    verdicts = {}
-    for bench, dimension in HEADLINE.items():
-        rows = board.filter((pl.col("bench") == bench) & (pl.col("dimension") == dimension))
-        base = rows.filter(pl.col("judge_kind") == "base").row(0, named=True)
-        for trained in rows.filter(pl.col("judge_kind") == "trained").iter_rows(named=True):
-            verdicts[f"{bench}/{trained['judge']}"] = beats(trained, base)
+def trained_critic_beats_base(bench_results: pl.DataFrame) -> AssetCheckResult:
+    verdicts, missing = {}, []
+    for bench in HEADLINE:
+        kinds = (
+            bench_results.filter(pl.col("bench") == bench)
+            .group_by("judge_kind")
+            .agg(pl.col("judge").unique())
+        )
+        by_kind = {row["judge_kind"]: sorted(row["judge"]) for row in kinds.iter_rows(named=True)}
+        for kind in ("trained", "base", "constant"):
+            if not by_kind.get(kind):
+                missing.append(f"{bench}: no {kind} judge")
+        references = by_kind.get("base", []) + by_kind.get("constant", [])
+        for trained in by_kind.get("trained", []):
+            constant = _constant(bench_results, bench, trained)
+            for reference in references:
+                verdicts[f"{bench}/{trained} vs {reference}"] = compare(
+                    headline_errors(bench_results, bench, trained),
+                    headline_errors(bench_results, bench, reference),
+                    constant,
+                )
     return AssetCheckResult(
-        passed=all(verdicts.values()),
+        passed=bool(verdicts) and not missing and all(v["beats"] for v in verdicts.values()),
         severity=AssetCheckSeverity.WARN,
-        metadata={k: "beats base" if v else "does not beat base" for k, v in verdicts.items()},
+        metadata={
+            **{k: _describe(v) for k, v in verdicts.items()},
+            "nothing_to_compare": "; ".join(missing) or "-",
+        },
     )
 
 
-def beats(trained: dict, base: dict) -> bool:
-    """Fewer parse failures, and a lower MAE where both have one (text MAE, else expectation MAE)."""
-    if trained["parse_failure_rate"] > base["parse_failure_rate"]:
-        return False
-    key = "mae" if trained["mae"] is not None and base["mae"] is not None else "mae_expectation"
-    if trained[key] is None or base[key] is None:
-        return trained[key] is not None
-    return trained[key] < base[key]
+def _constant(predictions: pl.DataFrame, bench: str, judge: str) -> bool:
+    """Whether a judge's text scores have zero variance on every headline dimension."""
+    dimensions = OVERALL_DIMENSIONS if HEADLINE[bench] == "overall" else (HEADLINE[bench],)
+    mine = predictions.filter((pl.col("bench") == bench) & (pl.col("judge") == judge))
+    return all(
+        constant_predictor(mine.filter(pl.col("dimension") == d)["text_score"].to_list()) for d in dimensions
+    )
+
+
+def _describe(verdict: dict) -> str:
+    def number(value: float | None) -> str:
+        return "-" if value is None else f"{value:+.3f}"
+
+    interval = f"[{number(verdict['ci_low'])}, {number(verdict['ci_high'])}]"
+    outcome = "beats" if verdict["beats"] else "does not beat"
+    return f"{outcome}: MAE margin {number(verdict['margin'])} CI {interval} ({verdict['why']})"

@@ -1,7 +1,11 @@
 """`bench_results`: every critic in scope scored on FIRM-Bench — each trained critic version, the
-untrained base model zero-shot, and an optional OpenAI-compatible judge — with MAE, correlations,
-bootstrap intervals, parse-failure rates and per-category breakdowns; a leaderboard in DuckDB and
-MLflow, plots in the asset's metadata."""
+untrained base model zero-shot, the constant baseline (the mean training label) and an optional
+OpenAI-compatible judge — with MAE, correlations, bootstrap intervals, parse-failure rates and
+per-category breakdowns; a leaderboard in DuckDB and MLflow, plots in the asset's metadata.
+
+Local judges (trained and base) get the same answer constraint: on a guided profile both decode
+under the parser's regex, so the base's parse failures say something about the model, not the
+format. The API judge is never guided (its row says so)."""
 
 import base64
 import dataclasses
@@ -12,9 +16,10 @@ import polars as pl
 from dagster import AssetExecutionContext, Config, DataVersion, MetadataValue, Output, asset
 from pydantic import Field
 
+from firm_assets.benchmark.baselines import BaselineUnavailable, mean_labels
 from firm_assets.benchmark.plots import confusion_png, scatter_png
-from firm_assets.benchmark.stats import evaluate
-from firm_assets.critics.inference import score_with_critic, tasks_for
+from firm_assets.benchmark.stats import evaluate, evaluate_overall
+from firm_assets.critics.inference import CriticTask, score_with_critic, tasks_for
 from firm_assets.curation.versioning import frame_version
 from resources.chat import ChatBackend
 from resources.home import firm_home
@@ -25,6 +30,8 @@ from resources.warehouse_resource import WarehouseResource
 from warehouse.connection import Warehouse
 
 GROUP = "bench"
+HEADLINE = {"edit": "overall", "gen": "instruction"}
+OVERALL_DIMENSIONS = ("execution", "consistency")  # edit overall = mean of these two MAEs
 LEADERBOARD_COLUMNS = (
     "n_items",
     "n_scored",
@@ -32,11 +39,16 @@ LEADERBOARD_COLUMNS = (
     "mae",
     "mae_ci_low",
     "mae_ci_high",
+    "mae_expectation",
     "pearson",
     "spearman",
     "kendall",
     "pairwise_agreement",
+    "constant_predictions",
+    "guided",
 )
+# Every numeric leaderboard figure, logged to MLflow as `<bench>.<dimension>.<figure>`.
+MLFLOW_FIGURES = tuple(c for c in LEADERBOARD_COLUMNS if c != "guided")
 
 
 class BenchResultsConfig(Config):
@@ -48,9 +60,11 @@ class BenchResultsConfig(Config):
 @dataclasses.dataclass(frozen=True)
 class Judge:
     name: str
-    kind: str  # trained | base | api
-    config: ChatModelConfig
+    kind: str  # trained | base | constant | api
+    config: ChatModelConfig | None  # None for the constant baseline, which needs no model
     expectation: bool  # hosted APIs cannot score a continued prefix
+    guided: bool | None  # answers held to the parser's regex; None: no decoding at all
+    constants: dict[str, float] | None = None  # the constant baseline's answer per dimension
 
 
 def critic_versions(warehouse: Warehouse, critic: pl.DataFrame) -> pl.DataFrame:
@@ -66,41 +80,65 @@ def critic_versions(warehouse: Warehouse, critic: pl.DataFrame) -> pl.DataFrame:
 def judges(
     side: str, critics: pl.DataFrame, models: ModelsResource, config: BenchResultsConfig
 ) -> Iterator[Judge]:
-    """The trained critic versions of this side, the untrained base, and the optional API judge."""
+    """The trained critic versions of this side, the untrained base, and the optional API judge.
+    Trained and base decode alike: guided exactly when the profile is."""
     profile = models.settings()
     local = profile.judge
     for row in critics.iter_rows(named=True):
         trained = dataclasses.replace(local, model=row["path"], revision=row["revision"])
-        yield Judge(f"{row['critic']}@{row['version'][:8]}", "trained", trained, True)
+        yield Judge(f"{row['critic']}@{row['version'][:8]}", "trained", trained, True, profile.guided)
     yield Judge(
         profile.critic.base,
         "base",
         dataclasses.replace(local, model=profile.critic.base, revision=None),
         True,
+        profile.guided,
     )
     if config.api_base_url and config.api_model:
         api = ChatModelConfig(backend="openai", model=config.api_model, base_url=config.api_base_url)
-        yield Judge(f"api:{config.api_model}", "api", api, False)
+        yield Judge(f"api:{config.api_model}", "api", api, False, False)
 
 
-def _with_overall(predictions: pl.DataFrame) -> pl.DataFrame:
-    """Edit 'overall' = mean of execution and consistency per item (missing when either is)."""
-    wide = predictions.pivot(on="dimension", index="item_id", values=["text_score", "expectation_score"])
-    overall = wide.select(
-        "item_id",
-        pl.lit("overall").alias("dimension"),
-        ((pl.col("text_score_execution") + pl.col("text_score_consistency")) / 2).alias("text_score"),
-        ((pl.col("expectation_score_execution") + pl.col("expectation_score_consistency")) / 2).alias(
-            "expectation_score"
-        ),
+def constant_judge(warehouse: Warehouse, critic: pl.DataFrame) -> Judge:
+    """The constant baseline for the training data of this side's critic (its current version)."""
+    row = critic.row(0, named=True)
+    means = mean_labels(warehouse, row["dataset"], row["dataset_version"])
+    name = f"constant:{row['dataset']}@{row['dataset_version'][:8]}"
+    return Judge(name, "constant", None, True, None, means)
+
+
+def _predict(
+    context,
+    task: CriticTask,
+    items: pl.DataFrame,
+    judge: Judge,
+    backend: ChatBackend | None,
+    models,
+    warehouse,
+) -> pl.DataFrame:
+    """One task's predictions: item_id, dimension, text_score, expectation_score."""
+    if judge.constants is not None:
+        value = judge.constants[task.dimension]
+        frame = items.select(
+            "item_id",
+            pl.lit(task.dimension).alias("dimension"),
+            pl.lit(value).alias("text_score"),
+            pl.lit(value).alias("expectation_score"),
+        )
+        return frame
+    profile = models.settings()
+    predictions, _ = score_with_critic(
+        backend,
+        task,
+        items,
+        warehouse.get(),
+        profile.critic.max_new_tokens,
+        judge.config.batch_size,
+        context.run_id,
+        judge.expectation,
+        bool(judge.guided),
     )
-    return pl.concat([predictions, overall])
-
-
-def _human(items: pl.DataFrame, dimension: str) -> pl.Series:
-    if dimension == "overall":
-        return (items["human_execution"] + items["human_consistency"]) / 2
-    return items[f"human_{dimension}"]
+    return predictions.select("item_id", "dimension", "text_score", "expectation_score")
 
 
 def _score_side(
@@ -108,79 +146,72 @@ def _score_side(
     side: str,
     items: pl.DataFrame,
     judge: Judge,
-    backend: ChatBackend,
+    backend: ChatBackend | None,
     models,
     warehouse,
-    seed_boot: int,
+    n_boot: int,
 ) -> tuple[pl.DataFrame, list[dict]]:
-    profile = models.settings()
-    parts, metadata = [], {}
+    """Predictions of one judge on one side (with each item's human score) and its leaderboard rows."""
+    parts = []
     for task in tasks_for(side):
-        predictions, stats = score_with_critic(
-            backend,
-            task,
-            items,
-            warehouse.get(),
-            profile.critic.max_new_tokens,
-            judge.config.batch_size,
-            context.run_id,
-            judge.expectation,
+        predictions = _predict(context, task, items, judge, backend, models, warehouse)
+        human = items.select("item_id", pl.col(f"human_{task.dimension}").cast(pl.Float64).alias("human"))
+        parts.append(
+            human.join(predictions, on="item_id", how="left").with_columns(dimension=pl.lit(task.dimension))
         )
-        parts.append(predictions)
-        metadata.update({f"{task.dimension}_{k}": v for k, v in stats.items()})
-    predictions = pl.concat(parts).select("item_id", "dimension", "text_score", "expectation_score")
-    if side == "edit":
-        predictions = _with_overall(predictions)
+    predictions = pl.concat(parts).select("item_id", "dimension", "text_score", "expectation_score", "human")
+    categories = items["category"].to_list()
+    columns = {
+        d: predictions.filter(pl.col("dimension") == d)
+        for d in predictions["dimension"].unique(maintain_order=True)
+    }
     rows = []
-    for dimension in predictions["dimension"].unique(maintain_order=True):
-        aligned = items.select("item_id", "category", _human(items, dimension).alias("human")).join(
-            predictions.filter(pl.col("dimension") == dimension), on="item_id", how="left"
-        )
-        text = evaluate(
-            aligned["text_score"].to_list(),
-            aligned["human"].to_list(),
-            aligned["category"].to_list(),
-            seed=0,
-            n_boot=seed_boot,
-        )
+    for dimension, aligned in columns.items():
+        text = evaluate(aligned["text_score"].to_list(), aligned["human"].to_list(), categories, 0, n_boot)
         expected = evaluate(
-            aligned["expectation_score"].to_list(),
-            aligned["human"].to_list(),
-            aligned["category"].to_list(),
-            seed=0,
-            n_boot=seed_boot,
+            aligned["expectation_score"].to_list(), aligned["human"].to_list(), categories, 0, n_boot
         )
-        rows.append(
-            {
-                "bench": side,
-                "judge": judge.name,
-                "judge_kind": judge.kind,
-                "dimension": dimension,
-                **{k: text[k] for k in LEADERBOARD_COLUMNS},
-                "mae_expectation": expected["mae"],
-                "per_category": text["per_category"],
-            }
+        rows.append(_row(side, judge, dimension, text, expected))
+    if side == "edit":
+        pair = [columns[d] for d in OVERALL_DIMENSIONS]
+        human = [c["human"].to_list() for c in pair]
+        text = evaluate_overall([c["text_score"].to_list() for c in pair], human, categories, 0, n_boot)
+        expected = evaluate_overall(
+            [c["expectation_score"].to_list() for c in pair], human, categories, 0, n_boot
         )
+        rows.append(_row(side, judge, "overall", text, expected))
     frame = predictions.with_columns(
         pl.lit(side).alias("bench"), pl.lit(judge.name).alias("judge"), pl.lit(judge.kind).alias("judge_kind")
     )
     return frame, rows
 
 
-def _plots(
-    side: str, judge: Judge, items: pl.DataFrame, predictions: pl.DataFrame, folder: Path
-) -> list[Path]:
-    dimension = "overall" if side == "edit" else "instruction"
-    aligned = items.select("item_id", _human(items, dimension).alias("human")).join(
-        predictions.filter(pl.col("dimension") == dimension), on="item_id", how="left"
-    )
+def _row(side: str, judge: Judge, dimension: str, text: dict, expected: dict) -> dict:
+    return {
+        "bench": side,
+        "judge": judge.name,
+        "judge_kind": judge.kind,
+        "dimension": dimension,
+        **{k: text[k] for k in LEADERBOARD_COLUMNS if k in text},
+        "mae_expectation": expected["mae"],
+        "guided": judge.guided,
+        "per_category": text["per_category"],
+    }
+
+
+def _plots(side: str, judge: Judge, predictions: pl.DataFrame, folder: Path) -> list[Path]:
+    """Scatter and confusion plots per scored dimension (the overall MAE has no per-item score to plot)."""
     stem = f"{side}-{judge.name.replace('/', '_').replace(':', '_').replace('@', '_')}"
-    title = f"{judge.name} on FIRM-Bench {side} ({dimension})"
-    predicted, human = aligned["text_score"].to_list(), aligned["human"].to_list()
-    return [
-        scatter_png(predicted, human, title, folder / f"{stem}-scatter.png"),
-        confusion_png(predicted, human, title, folder / f"{stem}-confusion.png"),
-    ]
+    paths = []
+    for dimension in predictions["dimension"].unique(maintain_order=True):
+        aligned = predictions.filter(pl.col("dimension") == dimension)
+        title = f"{judge.name} on FIRM-Bench {side} ({dimension})"
+        predicted, human = aligned["text_score"].to_list(), aligned["human"].to_list()
+        paths += [
+            scatter_png(predicted, human, title, folder / f"{stem}-{dimension}-scatter.png"),
+            confusion_png(predicted, human, title, folder / f"{stem}-{dimension}-confusion.png"),
+        ]
+    return paths
 
 
 MARKDOWN_COLUMNS = (
@@ -196,6 +227,15 @@ MARKDOWN_COLUMNS = (
     ("Pearson", "pearson"),
     ("Spearman", "spearman"),
     ("Kendall", "kendall"),
+    ("pairwise", "pairwise_agreement"),
+    ("constant predictions", "constant_predictions"),
+    ("guided", "guided"),
+)
+NOTE = (
+    "Edit overall MAE = mean of the execution and consistency MAEs; its CI resamples items for both "
+    "at once; an item counts as scored there only when both parsed; correlations are per dimension "
+    "only. `constant` always answers the mean training label. `guided`: answers held to the "
+    "parser's format (trained and base alike; API judges never)."
 )
 
 
@@ -206,6 +246,8 @@ def _markdown(rows: list[dict], plots: list[Path]) -> str:
         return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
 
     lines = [
+        NOTE,
+        "",
         "| " + " | ".join(title for title, _ in MARKDOWN_COLUMNS) + " |",
         "|" + "---|" * len(MARKDOWN_COLUMNS),
         *("| " + " | ".join(cell(r[key]) for _, key in MARKDOWN_COLUMNS) + " |" for r in rows),
@@ -216,12 +258,50 @@ def _markdown(rows: list[dict], plots: list[Path]) -> str:
     return "\n".join(lines) + "\n\n" + "\n".join(images)
 
 
+def mlflow_metrics(rows: list[dict]) -> dict[str, float]:
+    """One judge's leaderboard rows as MLflow metrics with stable names (`edit.overall.mae`); the
+    judge goes in the run's tags, never in a name. Undefined figures are left out."""
+    return {
+        f"{r['bench']}.{r['dimension']}.{figure}": float(r[figure])
+        for r in rows
+        for figure in MLFLOW_FIGURES
+        if r[figure] is not None
+    }
+
+
+def _log_to_mlflow(
+    context, tracking: TrackingResource, rows: list[dict], bench_versions: dict[str, str], folder: Path
+) -> str:
+    """A parent run for this evaluation (bench versions, plots) and one nested run per judge and bench,
+    tagged with the judge, its kind and the bench; returns the parent run id."""
+    tags = dagster_tags(context)
+    parent = tracking.create_run("firm-bench", f"bench-{context.run_id[:8]}", tags)
+    tracking.log_values(parent, {f"bench_{side}": v for side, v in bench_versions.items()}, {})
+    for bench, judge in dict.fromkeys((r["bench"], r["judge"]) for r in rows):
+        mine = [r for r in rows if r["bench"] == bench and r["judge"] == judge]
+        judge_tags = {
+            **tags,
+            "judge": judge,
+            "judge_kind": mine[0]["judge_kind"],
+            "bench": bench,
+            "bench_version": bench_versions[bench],
+            "guided": str(mine[0]["guided"]),
+        }
+        tracking.log_run(
+            "firm-bench", f"{bench}-{judge}", judge_tags, {}, mlflow_metrics(mine), parent_run_id=parent
+        )
+    tracking.log_artifacts(parent, str(folder), "plots")
+    tracking.finish(parent)
+    return parent
+
+
 @asset(
     group_name=GROUP,
-    code_version="bench_results@1",
+    code_version="bench_results@2",
     kinds={"duckdb", "mlflow"},
-    description="Every critic in scope (trained versions, untrained base, optional API judge) scored on "
-    "FIRM-Bench: MAE with bootstrap CI, correlations, parse-failure rate, per-category breakdown.",
+    description="Every critic in scope (trained versions, untrained base, constant baseline, optional API "
+    "judge) scored on FIRM-Bench: MAE with bootstrap CI (edit overall = mean of the execution and "
+    "consistency MAEs), correlations, parse-failure rate, per-category breakdown.",
 )
 def bench_results(
     context: AssetExecutionContext,
@@ -236,38 +316,31 @@ def bench_results(
 ) -> Output[pl.DataFrame]:
     folder = firm_home() / "bench" / context.run_id
     folder.mkdir(parents=True, exist_ok=True)
-    frames, rows, plots = [], [], []
+    frames, rows, plots, notes = [], [], [], {}
     sides = (("edit", firm_bench_edit, firm_edit_critic), ("gen", firm_bench_gen, firm_gen_critic))
     for side, items, critic in sides:
-        for judge in judges(side, critic_versions(warehouse.get(), critic), models, config):
-            backend = load_chat_backend(judge.config)
+        side_judges = list(judges(side, critic_versions(warehouse.get(), critic), models, config))
+        try:
+            side_judges.append(constant_judge(warehouse.get(), critic))
+        except BaselineUnavailable as error:
+            notes[f"{side}_constant_baseline"] = f"unavailable: {error}"
+            context.log.warning(f"no constant baseline on the {side} bench: {error}")
+        for judge in side_judges:
+            backend = load_chat_backend(judge.config) if judge.config is not None else None
             predictions, judge_rows = _score_side(
                 context, side, items, judge, backend, models, warehouse, config.bootstrap
             )
             frames.append(predictions)
             rows.extend(judge_rows)
-            plots.extend(_plots(side, judge, items, predictions, folder))
-    metrics = {
-        f"{r['bench']}.{r['judge']}.{r['dimension']}.{name}".replace(":", "_").replace("@", "_"): r[name]
-        for r in rows
-        for name in ("mae", "parse_failure_rate", "mae_expectation")
-        if r[name] is not None
-    }
-    run_id = tracking.create_run("firm-bench", f"bench-{context.run_id[:8]}", dagster_tags(context))
-    tracking.log_values(
-        run_id,
-        {"bench_edit": firm_bench_edit["bench_version"][0], "bench_gen": firm_bench_gen["bench_version"][0]},
-        metrics,
-    )
-    tracking.log_artifacts(run_id, str(folder), "plots")
-    tracking.finish(run_id)
+            plots.extend(_plots(side, judge, predictions, folder))
     versions = {"edit": firm_bench_edit["bench_version"][0], "gen": firm_bench_gen["bench_version"][0]}
+    run_id = _log_to_mlflow(context, tracking, rows, versions, folder)
     with warehouse.get().transaction() as con:
         for r in rows:
             con.execute(
                 f"INSERT INTO bench_leaderboard (bench, bench_version, judge, judge_kind, dimension, "
-                f"{', '.join(LEADERBOARD_COLUMNS)}, mae_expectation, dagster_run_id, mlflow_run_id) VALUES "
-                f"({', '.join('?' * (len(LEADERBOARD_COLUMNS) + 8))})",
+                f"{', '.join(LEADERBOARD_COLUMNS)}, dagster_run_id, mlflow_run_id) VALUES "
+                f"({', '.join('?' * (len(LEADERBOARD_COLUMNS) + 7))})",
                 [
                     r["bench"],
                     versions[r["bench"]],
@@ -275,11 +348,11 @@ def bench_results(
                     r["judge_kind"],
                     r["dimension"],
                     *(r[c] for c in LEADERBOARD_COLUMNS),
-                    r["mae_expectation"],
                     context.run_id,
                     run_id,
                 ],
             )
+    constant = [f"{r['bench']}/{r['judge']}/{r['dimension']}" for r in rows if r["constant_predictions"]]
     frame = pl.concat(frames).sort("bench", "judge", "dimension", "item_id")
     return Output(
         frame,
@@ -290,6 +363,16 @@ def bench_results(
             "per_category": MetadataValue.json(
                 {f"{r['bench']}/{r['judge']}/{r['dimension']}": r["per_category"] for r in rows}
             ),
+            "headline": MetadataValue.json(
+                {
+                    f"{r['bench']}/{r['judge']}": r["mae"]
+                    for r in rows
+                    if r["dimension"] == HEADLINE[r["bench"]]
+                }
+            ),
+            "constant_predictors": MetadataValue.json(constant),
+            "unguided_judges": MetadataValue.json(sorted({r["judge"] for r in rows if r["guided"] is False})),
+            **notes,
             "mlflow_run_id": run_id,
             "plots": MetadataValue.path(str(folder)),
         },

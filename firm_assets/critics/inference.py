@@ -77,13 +77,16 @@ def score_with_critic(
     batch_size: int,
     run_id: str | None,
     expectation: bool = True,
+    guided: bool = False,
 ) -> tuple[pl.DataFrame, dict]:
-    """One row per item: text score (None when the answer did not parse) and expectation score."""
+    """One row per item: text score (None when the answer did not parse) and expectation score.
+    `guided` holds the answer to the parser's format, as curation does on a guided profile."""
+    regex = task.parser.guide(max_new_tokens) if guided and task.parser.guide else None
     stage = ChatStage(
         name=f"critic_{task.side}_{task.dimension}",
         template=load_template(task.template_id),
         parser=task.parser,
-        decoding=Decoding(max_new_tokens=max_new_tokens),
+        decoding=Decoding(max_new_tokens=max_new_tokens, regex=regex),
         max_attempts=1,
         score_reader="expectation" if expectation else "text",
     )
