@@ -46,6 +46,7 @@ def test_valid_lines_become_requests(tmp_path: Path) -> None:
     assert (third.requirement, third.edited_images) == (None, ("e/c.png",))
     assert first.request_id == request_id_for("Remove the cat", "Keep the dog.", "images/1.png", ())
     assert all(len(r.request_id) == 16 for r in requests)
+    assert [(r.source, r.line) for r in requests] == [(str(path), 1), (str(path), 2), (str(path), 3)]
 
 
 def test_bad_lines_are_quarantined_and_the_rest_imported(tmp_path: Path) -> None:
@@ -105,7 +106,7 @@ def test_quarantine_keeps_raw_text_truncated_and_decoded(tmp_path: Path) -> None
     _, bad = read_edit_requests(path)
     assert len(bad[0].raw) == 2000
     assert bad[0].raw.startswith("{xxx")
-    assert bad[1].reason == "not valid UTF-8"
+    assert bad[1].reason == "not valid UTF-8 (byte 13 of the line)"
     assert "\ufffd" in bad[1].raw
 
 
@@ -115,7 +116,12 @@ def test_request_ids_do_not_depend_on_line_order(tmp_path: Path) -> None:
     ]
     forward, _ = read_edit_requests(_write(tmp_path, lines, "a.jsonl"))
     backward, _ = read_edit_requests(_write(tmp_path, lines[::-1], "b.jsonl"))
-    assert {r.request_id: r for r in forward} == {r.request_id: r for r in backward}
+
+    def content(request: EditRequest) -> tuple[object, ...]:
+        return (request.instruction, request.requirement, request.image, request.edited_images)
+
+    assert {r.request_id: content(r) for r in forward} == {r.request_id: content(r) for r in backward}
+    assert [r.line for r in forward] == [1, 2, 3, 4, 5]
     assert len({r.request_id for r in forward}) == 5
 
 
@@ -141,9 +147,11 @@ def test_bom_and_crlf_are_tolerated(tmp_path: Path) -> None:
     assert [r.image for r in requests] == ["1.png", "2.png"]
 
 
-def test_missing_file_raises(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError):
-        read_edit_requests(tmp_path / "absent.jsonl")
+def test_missing_file_is_one_quarantine_row(tmp_path: Path) -> None:
+    assert read_edit_requests(tmp_path / "absent.jsonl") == (
+        [],
+        [Quarantined(str(tmp_path / "absent.jsonl"), "file", "", "file not found")],
+    )
 
 
 def test_empty_file_gives_nothing(tmp_path: Path) -> None:
@@ -152,6 +160,6 @@ def test_empty_file_gives_nothing(tmp_path: Path) -> None:
 
 
 def test_request_is_frozen() -> None:
-    request = EditRequest("id", "do", None, "a.png", ())
+    request = EditRequest("id", "do", None, "a.png", (), "requests.jsonl", 1)
     with pytest.raises(AttributeError):
         request.instruction = "other"  # type: ignore[misc]

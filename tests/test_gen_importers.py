@@ -15,13 +15,13 @@ PROMPTS = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "p
     ("name", "count"), [("drawbench.txt", 200), ("geneval_metadata.jsonl", 553), ("ocr.txt", 1018)]
 )
 def test_shared_prompt_sets_import_cleanly(name: str, count: int) -> None:
-    prompts, bad, duplicates = read_prompts(PROMPTS / name)
-    assert (len(prompts), bad, duplicates) == (count, [], 0)
-    assert len({p.prompt_id for p in prompts}) == count
+    imported = read_prompts(PROMPTS / name)
+    assert (len(imported.prompts), imported.bad, imported.duplicates) == (count, [], [])
+    assert len({p.prompt_id for p in imported.prompts}) == count
 
 
 def test_geneval_metadata_is_kept_as_ground_truth() -> None:
-    prompts, _, _ = read_prompts(PROMPTS / "geneval_metadata.jsonl")
+    prompts = read_prompts(PROMPTS / "geneval_metadata.jsonl").prompts
     first = prompts[0]
     assert first.prompt == "a photo of two wine glasses" and first.tag == "counting"
     spec = json.loads(first.geneval)
@@ -48,15 +48,17 @@ def test_json_list_with_key_variants_and_duplicates(tmp_path: Path) -> None:
             ]
         )
     )
-    prompts, bad, duplicates = read_prompts(path)
-    assert [p.prompt for p in prompts] == [
+    imported = read_prompts(path)
+    assert [p.prompt for p in imported.prompts] == [
         "A red fox in snow.",
         "Two boats",
         "A kite",
         "A bare string prompt",
     ]
-    assert duplicates == 1
-    assert [q.locator for q in bad] == ["item 5", "item 6", "item 7", "item 8"]
+    assert [p.locator for p in imported.prompts] == ["record 1", "record 3", "record 4", "record 5"]
+    assert [(q.locator, q.reason) for q in imported.duplicates] == [("record 2", "duplicate of record 1")]
+    assert imported.duplicates[0].raw == '{"prompt": "a red  fox in SNOW"}'
+    assert [q.locator for q in imported.bad] == ["record 6", "record 7", "record 8", "record 9"]
     assert normalise("A red  FOX in snow!") == normalise("a red fox in snow")
 
 
@@ -72,9 +74,9 @@ def test_malformed_lines_are_quarantined(tmp_path: Path) -> None:
         b"\n"
         b'{"prompt": "' + b"x" * 3000 + b'"}\n'
     )
-    prompts, bad, _ = read_prompts(jsonl)
-    assert [p.prompt for p in prompts] == ["two cats"]
-    reasons = {q.locator: q.reason for q in bad}
+    imported = read_prompts(jsonl)
+    assert [p.prompt for p in imported.prompts] == ["two cats"]
+    reasons = {q.locator: q.reason for q in imported.bad}
     assert set(reasons) == {"line 2", "line 3", "line 4", "line 5", "line 6", "line 8"}
     assert (
         "malformed JSON" in reasons["line 2"]
@@ -83,12 +85,14 @@ def test_malformed_lines_are_quarantined(tmp_path: Path) -> None:
     )
     text = tmp_path / "plain.txt"
     text.write_bytes(b"a cat\n\xff\xfe bad bytes\n\n   \na dog\n")
-    prompts, bad, _ = read_prompts(text)
-    assert [p.prompt for p in prompts] == ["a cat", "a dog"] and [q.locator for q in bad] == ["line 2"]
+    imported = read_prompts(text)
+    assert [p.prompt for p in imported.prompts] == ["a cat", "a dog"]
+    assert [q.locator for q in imported.bad] == ["line 2"]
     broken = tmp_path / "broken.json"
     broken.write_text('{"not": "a list"}')
-    prompts, bad, _ = read_prompts(broken)
-    assert prompts == [] and "must hold a list" in bad[0].reason
+    imported = read_prompts(broken)
+    assert imported.prompts == []
+    assert [(q.locator, q.reason) for q in imported.bad] == [("file", "a JSON prompt file must hold a list")]
 
 
 def test_checklist_coverage_counts_stated_facts() -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from firm_assets.curation.lines import BadLine, clean_text
+from firm_assets.curation.lines import BadLine, check_characters, clean_text
 
 ID_KEYS = ("id", "idx", "item_id", "key", "index")
 TEXT_KEYS = ("instruction", "prompt", "edit_instruction", "text")
@@ -75,16 +75,17 @@ def required_text(record: dict[str, Any], keys: tuple[str, ...], name: str) -> s
 
 
 def optional_text(record: dict[str, Any], keys: tuple[str, ...]) -> str | None:
-    """Absent, null, blank or non-string metadata means 'not given', never a quarantine."""
+    """Absent, null, blank or non-string metadata means 'not given'; a string must still be text."""
     found = pick(record, keys)
     if found is None or not isinstance(found[1], str):
         return None
-    return found[1].strip() or None
+    return clean_text(found[1], found[0]) or None
 
 
 def image_path(value: object, name: str) -> str:
     if not isinstance(value, str):
         raise BadLine(f"{name} must be a string path, got {type(value).__name__}")
+    check_characters(value, f"{name} path")
     if not value.strip():
         raise BadLine(f"empty {name} path")
     return value

@@ -18,14 +18,17 @@ from pathlib import Path
 from typing import Any
 
 from firm_assets.benchmark import fields
-from firm_assets.curation.images import ImageRejected, ingest_image, resolve_under
+from firm_assets.curation.images import ImageRejected, StoredImage, ingest_image, resolve_under
 from firm_assets.curation.lines import (
     BadLine,
     Quarantined,
+    attempt,
     decode_line,
+    file_quarantined,
+    is_blank,
     load_json_object,
     quarantined,
-    raw_lines,
+    read_lines,
 )
 
 ITEMS_FILE = "bench_v1.jsonl"
@@ -80,7 +83,8 @@ def read_firm_bench(
 
     With `store`, images are ingested there and items point at the stored copies (stable,
     content-addressed); without it they are validated in a throwaway store and items point at
-    the originals. Raises only when the files themselves are missing or unreadable.
+    the originals. Raises only when the files are missing (a wrong root); a file that exists but
+    cannot be read is one quarantine row, and any error in one line or image quarantines that item.
     """
     if side not in SIDE_DIRS:
         raise ValueError(f"side must be one of {sorted(SIDE_DIRS)}, got {side!r}")
@@ -101,12 +105,11 @@ def read_firm_bench(
             if entry.item_id not in labels:
                 bad.append(quarantined(items_path, entry.locator, entry.raw, "no valid human label"))
                 continue
-            try:
-                originals = [resolve_under(side_dir, path) for path in entry.images]
-                stored = [ingest_image(path, image_store) for path in originals]
-            except ImageRejected as error:
-                bad.append(quarantined(items_path, entry.locator, entry.raw, error.reason))
+            ingested = attempt(_ingest, side_dir, entry.images, image_store)
+            if isinstance(ingested, BadLine):
+                bad.append(quarantined(items_path, entry.locator, entry.raw, ingested.reason))
                 continue
+            originals, stored = ingested
             items.append(
                 BenchItem(
                     item_id=entry.item_id,
@@ -152,39 +155,58 @@ def _side_dir(root: Path, side: str) -> Path:
     )
 
 
+def _ingest(side_dir: Path, images: tuple[str, ...], store: Path) -> tuple[list[Path], list[StoredImage]]:
+    """An item's images, resolved inside the side's folder and stored; `BadLine` for the first bad one."""
+    try:
+        originals = [resolve_under(side_dir, path) for path in images]
+        return originals, [ingest_image(path, store) for path in originals]
+    except ImageRejected as error:
+        raise BadLine(error.reason) from None
+
+
 def _records(path: Path, bad: list[Quarantined]) -> Iterator[tuple[str, bytes, dict[str, Any]]]:
-    """(locator, raw line, JSON object) for each non-blank line; malformed lines are quarantined."""
-    for number, line in raw_lines(path):
-        try:
-            text = decode_line(line)
-            if not text.strip():
-                continue
-            record = load_json_object(text)
-        except BadLine as error:
-            bad.append(quarantined(path, f"line {number}", line, error.reason))
-            continue
-        yield f"line {number}", line, record
+    """(locator, raw line, JSON object) for each non-blank line; bad lines, or the whole file when it
+    cannot be read, are quarantined."""
+    lines = attempt(read_lines, path)
+    if isinstance(lines, BadLine):
+        bad.append(file_quarantined(path, lines.reason))
+        return
+    for number, line in lines:
+        record = attempt(_record, line)
+        if isinstance(record, BadLine):
+            bad.append(quarantined(path, f"line {number}", line, record.reason))
+        elif record is not None:
+            yield f"line {number}", line, record
+
+
+def _record(line: bytes) -> dict[str, Any] | None:
+    text = decode_line(line)
+    return None if is_blank(text) else load_json_object(text)
 
 
 def _read_items(path: Path, side: str, bad: list[Quarantined]) -> dict[str, _Parsed]:
     parsed: dict[str, _Parsed] = {}
     for locator, line, record in _records(path, bad):
-        try:
-            item_id = fields.item_id(record)
-            if item_id in parsed:
-                raise BadLine(f"duplicate item id {item_id!r} (first on {parsed[item_id].locator})")
-            parsed[item_id] = _Parsed(
-                item_id=item_id,
-                text=fields.required_text(record, fields.TEXT_KEYS, "instruction or prompt"),
-                images=_edit_images(record) if side == "edit" else _gen_images(record),
-                category=fields.optional_text(record, fields.CATEGORY_KEYS) or "all",
-                editor=fields.optional_text(record, fields.EDITOR_KEYS),
-                locator=locator,
-                raw=line,
-            )
-        except BadLine as error:
-            bad.append(quarantined(path, locator, line, error.reason))
+        entry = attempt(_item, record, side, locator, line)
+        if isinstance(entry, _Parsed) and entry.item_id in parsed:
+            entry = BadLine(f"duplicate item id {entry.item_id!r} (first on {parsed[entry.item_id].locator})")
+        if isinstance(entry, BadLine):
+            bad.append(quarantined(path, locator, line, entry.reason))
+        else:
+            parsed[entry.item_id] = entry
     return parsed
+
+
+def _item(record: dict[str, Any], side: str, locator: str, line: bytes) -> _Parsed:
+    return _Parsed(
+        item_id=fields.item_id(record),
+        text=fields.required_text(record, fields.TEXT_KEYS, "instruction or prompt"),
+        images=_edit_images(record) if side == "edit" else _gen_images(record),
+        category=fields.optional_text(record, fields.CATEGORY_KEYS) or "all",
+        editor=fields.optional_text(record, fields.EDITOR_KEYS),
+        locator=locator,
+        raw=line,
+    )
 
 
 def _edit_images(record: dict[str, Any]) -> tuple[str, str]:
@@ -222,15 +244,19 @@ def _read_labels(
     """Every valid label line per known item id, in file order (duplicates kept for conflicts)."""
     labels: dict[str, list[dict[str, float]]] = {}
     for locator, line, record in _records(path, bad):
-        try:
-            item_id = fields.item_id(record)
-            if item_id not in items:
-                raise BadLine(f"label for unknown item id {item_id!r}")
-            label = _label(record, side)
-            labels.setdefault(item_id, []).append(label)
-        except BadLine as error:
-            bad.append(quarantined(path, locator, line, error.reason))
+        found = attempt(_item_label, record, side, items)
+        if isinstance(found, BadLine):
+            bad.append(quarantined(path, locator, line, found.reason))
+        else:
+            labels.setdefault(found[0], []).append(found[1])
     return labels
+
+
+def _item_label(record: dict[str, Any], side: str, items: dict[str, _Parsed]) -> tuple[str, dict[str, float]]:
+    item_id = fields.item_id(record)
+    if item_id not in items:
+        raise BadLine(f"label for unknown item id {item_id!r}")
+    return item_id, _label(record, side)
 
 
 def _label(record: dict[str, Any], side: str) -> dict[str, float]:

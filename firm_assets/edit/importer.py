@@ -1,8 +1,10 @@
 """Import FIRM-style edit requests from JSONL, quarantining every bad line with a reason.
 
 Users bring their own `{"prompt", "image", "requirement"?}` JSONL files; one broken line must
-not stop the rest from being curated, so the importer never raises on content. Whether the
-referenced images exist and decode is checked later (`firm_assets.curation.images`).
+not stop the rest from being curated, so the importer never raises on input: every non-blank line
+becomes a request or a quarantine row, and a file that cannot be read is one quarantine row. The
+text rules (encoding, line ends, control characters) are `firm_assets.curation.lines`'s. Whether
+the referenced images exist and decode is checked later (`firm_assets.curation.images`).
 """
 
 from __future__ import annotations
@@ -16,39 +18,51 @@ from typing import Any
 from firm_assets.curation.lines import (
     BadLine,
     Quarantined,
+    attempt,
+    check_characters,
     clean_text,
     decode_line,
+    file_quarantined,
+    is_blank,
     load_json_object,
     quarantined,
-    raw_lines,
+    read_lines,
+    required_text,
+    storable,
 )
 
 
 @dataclass(frozen=True)
 class EditRequest:
-    """One edit request: source image, instruction, optional requirement, pre-edited candidates."""
+    """One edit request: source image, instruction, optional requirement, pre-edited candidates,
+    and the line it came from (so a rejected image can be traced back to it)."""
 
     request_id: str
     instruction: str
     requirement: str | None
     image: str
     edited_images: tuple[str, ...]
+    source: str
+    line: int
 
 
 def read_edit_requests(jsonl: Path) -> tuple[list[EditRequest], list[Quarantined]]:
-    """Parse every line of `jsonl`; raises only if the file itself cannot be read."""
+    """Requests and quarantine rows: one or the other for every non-blank line of `jsonl` (a
+    repeated request points at its first line), or one row for a file that cannot be read."""
+    lines = attempt(read_lines, jsonl)
+    if isinstance(lines, BadLine):
+        return [], [file_quarantined(jsonl, lines.reason)]
     requests: list[EditRequest] = []
     bad: list[Quarantined] = []
     first_line_of: dict[str, int] = {}
-    for number, line in raw_lines(jsonl):
-        try:
-            request = _parse_line(line)
-            if request is None:
-                continue
-            if request.request_id in first_line_of:
-                raise BadLine(f"duplicate of line {first_line_of[request.request_id]}")
-        except BadLine as error:
-            bad.append(quarantined(jsonl, f"line {number}", line, error.reason))
+    for number, line in lines:
+        request = attempt(_parse_line, line, storable(str(jsonl)), number)
+        if request is None:
+            continue
+        if isinstance(request, EditRequest) and request.request_id in first_line_of:
+            request = BadLine(f"duplicate of line {first_line_of[request.request_id]}")
+        if isinstance(request, BadLine):
+            bad.append(quarantined(jsonl, f"line {number}", line, request.reason))
             continue
         first_line_of[request.request_id] = number
         requests.append(request)
@@ -65,10 +79,10 @@ def request_id_for(
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
 
-def _parse_line(line: bytes) -> EditRequest | None:
+def _parse_line(line: bytes, source: str, number: int) -> EditRequest | None:
     """Turn one line into a request; None for blank lines, `BadLine` for anything wrong."""
     text = decode_line(line)
-    if not text.strip():
+    if is_blank(text):
         return None
     record = load_json_object(text)
     instruction = _instruction(record)
@@ -81,6 +95,8 @@ def _parse_line(line: bytes) -> EditRequest | None:
         requirement=requirement,
         image=image,
         edited_images=edited_images,
+        source=source,
+        line=number,
     )
 
 
@@ -92,14 +108,11 @@ def _instruction(record: dict[str, Any]) -> str:
     value = prompt if prompt is not None else alias
     if value is None:
         raise BadLine("missing instruction ('prompt')")
-    instruction = clean_text(value, "instruction")
-    if not instruction:
-        raise BadLine("empty instruction")
-    return instruction
+    return required_text(value, "instruction")
 
 
 def _optional_text(record: dict[str, Any], key: str) -> str | None:
-    """Absent, null or blank all mean 'no requirement'."""
+    """Absent, null or blank (whitespace and zero-width characters only) all mean 'no requirement'."""
     value = record.get(key)
     if value is None:
         return None
@@ -111,6 +124,7 @@ def _path(value: object, name: str) -> str:
         raise BadLine(f"missing {name}")
     if not isinstance(value, str):
         raise BadLine(f"{name} must be a string path, got {type(value).__name__}")
+    check_characters(value, f"{name} path")
     if not value.strip():
         raise BadLine(f"empty {name} path")
     return value

@@ -1,7 +1,8 @@
 """`edit_requests` and `source_images`: import FIRM-style JSONL, then validate and store the images.
 
 Two assets so that a fixed typo in one line re-validates no images, and a corrupt image quarantines
-one request, never the run.
+one request, never the run: any error while reading one image becomes a quarantine row naming the
+request file and line.
 """
 
 import os
@@ -11,7 +12,8 @@ import polars as pl
 from dagster import AssetExecutionContext, Config, DataVersion, Output, asset
 from pydantic import Field
 
-from firm_assets.curation.images import ImageRejected, ingest_image, resolve_under
+from firm_assets.curation.images import ImageRejected, StoredImage, ingest_image, resolve_under
+from firm_assets.curation.lines import BadLine, attempt
 from firm_assets.curation.records import record_images, record_quarantine
 from firm_assets.curation.versioning import frame_version
 from firm_assets.edit.demo import write_demo_edit_dataset
@@ -29,6 +31,8 @@ REQUEST_SCHEMA = {
     "image": pl.String,
     "edited_images": pl.List(pl.String),
     "images_root": pl.String,
+    "source": pl.String,
+    "line": pl.Int64,
 }
 SOURCE_SCHEMA = {
     "request_id": pl.String,
@@ -89,12 +93,17 @@ def edit_requests(
                 "image": r.image,
                 "edited_images": list(r.edited_images),
                 "images_root": str(root.resolve()),
+                "source": r.source,
+                "line": r.line,
             }
             for r in requests
         ],
         schema=REQUEST_SCHEMA,
     )
-    version = frame_version(frame, "request_id")
+    if bad:
+        context.log.warning(f"{len(bad)} line(s) of {path} quarantined; see the quarantine table")
+    # Where a request sits in its file is not part of it: moving lines leaves the version alone.
+    version = frame_version(frame.drop("source", "line"), "request_id")
     return Output(
         frame,
         data_version=DataVersion(version),
@@ -121,18 +130,19 @@ def source_images(
     rows, stored, bad = [], [], []
     for request in edit_requests.iter_rows(named=True):
         root = Path(request["images_root"])
-        try:
-            source = ingest_image(resolve_under(root, request["image"]), store)
-        except ImageRejected as rejected:
-            bad.append(("edit_requests", request["request_id"], request["image"], rejected.reason))
+        where = (request["source"], f"line {request['line']}")
+        source = attempt(_ingest, root, request["image"], store)
+        if isinstance(source, BadLine):
+            bad.append((*where, request["image"], f"source image: {source.reason}"))
             continue
         stored.append(source)
         edits = []
         for relative in request["edited_images"]:
-            try:
-                edits.append(ingest_image(resolve_under(root, relative), store))
-            except ImageRejected as rejected:
-                bad.append(("edited_images", request["request_id"], relative, rejected.reason))
+            edit = attempt(_ingest, root, relative, store)
+            if isinstance(edit, BadLine):
+                bad.append((*where, relative, f"edited image: {edit.reason}"))
+            else:
+                edits.append(edit)
         stored.extend(edits)
         rows.append(
             {
@@ -157,3 +167,12 @@ def source_images(
         data_version=DataVersion(version),
         metadata={"rows": frame.height, "quarantined": quarantined, "data_version": version},
     )
+
+
+def _ingest(root: Path, relative: str, store: Path) -> StoredImage:
+    """One image of a request, its rejection as the unit's `BadLine` (`attempt` turns any other
+    error into one too)."""
+    try:
+        return ingest_image(resolve_under(root, relative), store)
+    except ImageRejected as rejected:
+        raise BadLine(rejected.reason) from None

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from firm_assets.curation.records import record_quarantine
 from firm_assets.curation.versioning import frame_version
-from firm_assets.gen.importers import read_prompts
+from firm_assets.gen.importers import read_prompt_files
 from resources.warehouse_resource import WarehouseResource
 
 GROUP = "gen"
@@ -49,24 +49,17 @@ def prompt_files(config: GenPromptsConfig) -> list[Path]:
     code_version="gen_importer@1",
     kinds={"duckdb"},
     description="Text-to-image prompts, deduplicated by normalised text across files; GenEval metadata "
-    "kept as a ground-truth checklist; bad entries quarantined with a reason.",
+    "kept as a ground-truth checklist; bad entries and repeats quarantined with a reason.",
 )
 def gen_prompts(
     context: AssetExecutionContext, config: GenPromptsConfig, warehouse: WarehouseResource
 ) -> Output[pl.DataFrame]:
-    rows, bad, duplicates, seen = [], [], 0, set()
-    for path in prompt_files(config):
-        prompts, quarantined, file_duplicates = read_prompts(path)
-        bad.extend(quarantined)
-        duplicates += file_duplicates
-        for prompt in prompts:
-            if prompt.prompt_id in seen:
-                duplicates += 1
-                continue
-            seen.add(prompt.prompt_id)
-            rows.append(prompt.__dict__)
-    count = record_quarantine(warehouse.get(), "gen_prompts", [q.as_row() for q in bad], context.run_id)
-    frame = pl.DataFrame(rows, schema=PROMPT_SCHEMA).sort("prompt_id")
+    imported = read_prompt_files(prompt_files(config))
+    rows = [q.as_row() for q in imported.bad + imported.duplicates]
+    count = record_quarantine(warehouse.get(), "gen_prompts", rows, context.run_id)
+    if imported.bad:
+        context.log.warning(f"{len(imported.bad)} prompt entries quarantined; see the quarantine table")
+    frame = pl.DataFrame([p.__dict__ for p in imported.prompts], schema=PROMPT_SCHEMA).sort("prompt_id")
     version = frame_version(frame.drop("source", "locator"))
     return Output(
         frame,
@@ -74,7 +67,7 @@ def gen_prompts(
         metadata={
             "rows": frame.height,
             "quarantined": count,
-            "duplicates": duplicates,
+            "duplicates": len(imported.duplicates),
             "data_version": version,
         },
     )
