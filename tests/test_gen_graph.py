@@ -5,7 +5,7 @@ import re
 from pathlib import Path
 
 import polars as pl
-from graph_runs import gen_config, materialize_group, metadata, model_calls
+from graph_runs import edited_template, gen_config, materialize_group, metadata, model_calls
 from mlflow import MlflowClient
 
 from firm_assets.curation.parsers import CHECKLIST_CATEGORIES
@@ -13,8 +13,6 @@ from firm_assets.gen.prompts import DEMO_FILES
 from resources.home import warehouse_path
 from resources.tracking import default_tracking_uri
 from warehouse.connection import Warehouse
-
-TEMPLATES = Path(__file__).resolve().parent.parent / "firm_assets" / "curation" / "templates"
 
 
 def _warehouse() -> Warehouse:
@@ -107,10 +105,7 @@ def test_changing_the_checklist_template_replans_but_never_rerenders(
 ) -> None:
     first = materialize_group("gen")
     before = _warehouse().query("SELECT prompt_id, items FROM assets.gen_checklists")
-    templates = tmp_path / "templates"
-    templates.mkdir()
-    text = (TEMPLATES / "checklist_plan.yaml").read_text().replace("version: 1", "version: 2")
-    (templates / "checklist_plan.yaml").write_text(text.replace("atomic requirement", "single requirement"))
+    templates = edited_template(tmp_path / "templates", "checklist_plan", "atomic requirement", "single one")
     monkeypatch.setenv("FIRM_TEMPLATE_DIR", str(templates))
     second = materialize_group("gen")
     calls = model_calls(second)
