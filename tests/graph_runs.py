@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ from dagster import (
 )
 
 from firm_assets.definitions import ASSETS, CHECKS, build_resources
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "firm_assets" / "curation" / "templates"
 
 
 def materialize_group(group: str, run_config: dict[str, Any] | None = None) -> ExecuteInProcessResult:
@@ -75,3 +78,15 @@ def _calls_in(materializations: Iterable[AssetMaterialization]) -> dict[str, int
 def write_requests(path: Path, rows: list[dict[str, Any]]) -> Path:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
+
+
+def edited_template(folder: Path, template_id: str, old: str, new: str) -> Path:
+    """Copy a packaged template into `folder` (for FIRM_TEMPLATE_DIR) with one phrase replaced and its
+    version bumped, as a user editing a template would; fails if the phrase is not in the template."""
+    text = (TEMPLATES / f"{template_id}.yaml").read_text()
+    assert old in text, f"{old!r} is not in {template_id}.yaml"
+    version = int(re.search(r"^version: (\d+)$", text, re.MULTILINE).group(1))
+    text = re.sub(r"^version: \d+$", f"version: {version + 1}", text, count=1, flags=re.MULTILINE)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{template_id}.yaml").write_text(text.replace(old, new))
+    return folder

@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 import polars as pl
-from graph_runs import edit_config, materialize_group, metadata, model_calls, write_requests
+from graph_runs import edit_config, edited_template, materialize_group, metadata, model_calls, write_requests
 from mlflow import MlflowClient
 
 from firm_assets.edit.demo import write_demo_edit_dataset
@@ -153,21 +153,15 @@ def test_changing_one_request_recomputes_only_that_request(firm_home: Path, tmp_
 
 def test_editing_a_template_recomputes_that_stage_only(firm_home: Path, tmp_path: Path, monkeypatch) -> None:
     first = materialize_group("edit")
-    templates = tmp_path / "templates"
-    templates.mkdir()
-    source = (
-        Path(__file__).parent.parent / "firm_assets" / "curation" / "templates" / "consistency_score.yaml"
-    )
-    text = (
-        source.read_text().replace("version: 1", "version: 2").replace("Count unintended", "List unintended")
-    )
-    (templates / "consistency_score.yaml").write_text(text)
+    templates = edited_template(tmp_path / "templates", "consistency_score", "Count the", "List the")
     monkeypatch.setenv("FIRM_TEMPLATE_DIR", str(templates))
     second = materialize_group("edit")
     scored = metadata(first, "edit_scores")["rows"]
+    # captions and execution scores are cache hits; every consistency score is asked again
     assert model_calls(second) == {
         "edit_candidates": 0,
         "difference_captions": 0,
         "execution": 0,
         "consistency": scored,
     }
+    assert scored > 0

@@ -5,16 +5,15 @@ import re
 from pathlib import Path
 
 import polars as pl
-from graph_runs import gen_config, materialize_group, metadata, model_calls
+from graph_runs import edited_template, gen_config, materialize_group, metadata, model_calls
 from mlflow import MlflowClient
 
 from firm_assets.curation.parsers import CHECKLIST_CATEGORIES
+from firm_assets.gen.checklists import numbered_checklist
 from firm_assets.gen.prompts import DEMO_FILES
 from resources.home import warehouse_path
 from resources.tracking import default_tracking_uri
 from warehouse.connection import Warehouse
-
-TEMPLATES = Path(__file__).resolve().parent.parent / "firm_assets" / "curation" / "templates"
 
 
 def _warehouse() -> Warehouse:
@@ -107,18 +106,37 @@ def test_changing_the_checklist_template_replans_but_never_rerenders(
 ) -> None:
     first = materialize_group("gen")
     before = _warehouse().query("SELECT prompt_id, items FROM assets.gen_checklists")
-    templates = tmp_path / "templates"
-    templates.mkdir()
-    text = (TEMPLATES / "checklist_plan.yaml").read_text().replace("version: 1", "version: 2")
-    (templates / "checklist_plan.yaml").write_text(text.replace("atomic requirement", "single requirement"))
+    templates = edited_template(tmp_path / "templates", "checklist_plan", "atomic requirement", "single one")
     monkeypatch.setenv("FIRM_TEMPLATE_DIR", str(templates))
     second = materialize_group("gen")
     calls = model_calls(second)
     assert calls["gen_checklists"] == metadata(first, "gen_checklists")["rows"] == 10
     assert calls["generated_images"] == 0 and calls["quality"] == 0
-    # images whose checklist text changed are re-scored (a random planner may write the same plan);
+    # images whose checklist, as the scoring prompt shows it, changed are re-scored (a random planner may
+    # write the same questions, differing only in the "item" field the prompt does not show);
     # prompt-free quality is not
     after = _warehouse().query("SELECT prompt_id, items FROM assets.gen_checklists")
-    changed = before.join(after, on="prompt_id").filter(pl.col("items") != pl.col("items_right"))["prompt_id"]
+    changed = [
+        prompt_id
+        for prompt_id, old, new in before.join(after, on="prompt_id").iter_rows()
+        if numbered_checklist(old) != numbered_checklist(new)
+    ]
     images = _warehouse().query("SELECT prompt_id FROM assets.gen_scores")
-    assert calls["if"] == images.filter(pl.col("prompt_id").is_in(changed.implode())).height > 0
+    assert calls["if"] == images.filter(pl.col("prompt_id").is_in(changed)).height > 0
+
+
+def test_changing_the_quality_template_rescores_quality_only(
+    firm_home: Path, tmp_path: Path, monkeypatch
+) -> None:
+    first = materialize_group("gen")
+    templates = edited_template(tmp_path / "templates", "gen_quality_score", "on its own", "by itself")
+    monkeypatch.setenv("FIRM_TEMPLATE_DIR", str(templates))
+    second = materialize_group("gen")
+    # plans, images and instruction-following verdicts are cache hits; every quality score is asked again
+    assert model_calls(second) == {
+        "gen_checklists": 0,
+        "generated_images": 0,
+        "if": 0,
+        "quality": metadata(first, "gen_scores")["rows"],
+    }
+    assert metadata(first, "gen_scores")["rows"] == 20

@@ -1,8 +1,10 @@
 """Parsers turn a model's answer text into fields; a failure is an exception, never a number.
 
-Each parser is strict first (the whole answer is the expected JSON) and tolerant second (JSON in a
-code fence or inside prose, a trailing \\boxed{N}); the answer, not the prompt, is parsed, so a prompt
-that quotes JSON or \\boxed{5} cannot inject a score.
+Each parser is strict first (the whole answer is the expected JSON) and tolerant second (the last
+well-formed JSON object in fences or prose, a trailing \\boxed{N}, a "Score: N/5"). Every parse also
+gets the rendered prompt: an object, \\boxed{N} or N/5 that is a verbatim span of the prompt is an
+echo, never an answer, so a prompt (or an instruction, caption or user prompt inside it) that quotes
+`{"score": 5}` cannot put a 5 in the store.
 """
 
 from __future__ import annotations
@@ -11,12 +13,20 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from resources.chat import ChatRequest
 
 SCORE_MIN, SCORE_MAX = 1, 5
 MAX_CAPTION_CHARS = 4000
-_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)
 _BOXED = re.compile(r"\\boxed\{\s*([0-9]+(?:\.[0-9]+)?)\s*\}")
+# "4/5", "Score: 4 / 5." — not part of a date, a longer fraction or a decimal ("1/5/24", "4/50")
+_OUT_OF_FIVE = re.compile(r"(?<![\w./])([0-9]+(?:\.[0-9]+)?)\s*/\s*5(?![\w/]|\.[0-9])")
+# a fraction in prose is a score only when labelled as one or when it ends the answer
+# ("about 1/5 of the sky changed" is not a score)
+_SCORE_LABEL = re.compile(r"\b(score|rating|rated?|grade|give|overall)\b[^\n0-9]{0,20}$", re.IGNORECASE)
+_ANSWER_END = re.compile(r"[\s.!*)\]]*")
 
 
 class ParseError(ValueError):
@@ -26,6 +36,8 @@ class ParseError(ValueError):
 @dataclass(frozen=True)
 class Parser:
     """A named, versioned parse function; the version enters cache keys and code versions.
+    `parse(answer, prompt)` reads the answer; `prompt` is the rendered prompt text (see
+    `prompt_text`), used only to recognise echoes.
     `guide(max_chars)`, when present, is a regex of the answers this parser accepts whose longest
     match fits in max_chars: with guided decoding the model can only write parseable answers.
     `score_prefix(reasoning)`, when present, is the answer up to the score digit, for reading the
@@ -33,7 +45,7 @@ class Parser:
 
     id: str
     version: str
-    parse: Callable[[str], dict[str, Any]]
+    parse: Callable[[str, str], dict[str, Any]]
     guide: Callable[[int], str] | None = None
     score_prefix: Callable[[str], str] | None = None
 
@@ -42,12 +54,30 @@ class Parser:
         return f"{self.id}@{self.version}"
 
 
+def prompt_text(request: ChatRequest) -> str:
+    """The text the model was shown (system, then the user's text parts), for echo checks."""
+    return "\n".join([request.system or "", *(part for part in request.user if isinstance(part, str))])
+
+
+def _squash(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _echoed(span: str, prompt: str) -> bool:
+    """Whether a span of the answer appears verbatim in the prompt (whitespace runs count as one)."""
+    squashed = _squash(span)
+    return bool(squashed) and squashed in _squash(prompt)
+
+
 def _score_value(value: Any) -> int:
-    """A 1-5 integer score from an int, an integral float or a digit string; anything else fails."""
+    """A 1-5 integer score from an int, an integral float, a digit string or "N/5"; anything else fails."""
     if isinstance(value, bool):
         raise ParseError("score is a boolean")
     if isinstance(value, str):
         value = value.strip()
+        fraction = _OUT_OF_FIVE.fullmatch(value)
+        if fraction:
+            value = fraction.group(1)
         if not re.fullmatch(r"[0-9]+(\.0+)?", value):
             raise ParseError(f"score {value!r} is not a number")
         value = float(value)
@@ -62,18 +92,57 @@ def _score_value(value: Any) -> int:
     return value
 
 
-def _json_objects(text: str) -> list[dict[str, Any]]:
-    """Every JSON object that can be decoded starting at some '{' in the text, in order."""
+def _single_score(value: Any) -> int:
+    """One score, also when written as a one-element list (`"score": [4]`, the FIRM-Edit critic's shape)."""
+    if isinstance(value, list):
+        if len(value) != 1:
+            raise ParseError(f"'score' is a list of {len(value)} values, not one")
+        value = value[0]
+    return _score_value(value)
+
+
+def _json_objects(text: str, prompt: str) -> list[dict[str, Any]]:
+    """Every JSON object that decodes from some '{' in the text and is not an echo of the prompt,
+    the one ending last first (an enclosing object before the objects nested in it)."""
     decoder = json.JSONDecoder()
     found = []
-    for start in [m.start() for m in re.finditer(r"\{", text)]:
+    for match in re.finditer(r"\{", text):
         try:
-            value, _ = decoder.raw_decode(text, start)
+            value, end = decoder.raw_decode(text, match.start())
         except json.JSONDecodeError:
             continue
-        if isinstance(value, dict):
-            found.append(value)
-    return found
+        if isinstance(value, dict) and not _echoed(text[match.start() : end], prompt):
+            found.append((-end, match.start(), value))
+    return [value for _, _, value in sorted(found, key=lambda entry: entry[:2])]
+
+
+def _first_valid(
+    text: str, prompt: str, validate: Callable[[dict[str, Any]], dict[str, Any]]
+) -> dict[str, Any]:
+    """Strict whole-answer JSON first, then the last JSON object in fences or prose that validates;
+    objects that are verbatim spans of the prompt are skipped."""
+    stripped = text.strip()
+    try:
+        obj = json.loads(stripped)
+        if isinstance(obj, dict) and not _echoed(stripped, prompt):
+            return {**validate(obj), "parse": "strict"}
+    except (json.JSONDecodeError, ParseError):
+        pass
+    errors = []
+    for obj in _json_objects(stripped, prompt):
+        try:
+            return {**validate(obj), "parse": "tolerant"}
+        except ParseError as error:
+            errors.append(str(error))
+    raise ParseError("no valid object in the answer" + (f" (last: {errors[0]})" if errors else ""))
+
+
+def _final_boxed(text: str, prompt: str) -> re.Match[str] | None:
+    """The \\boxed{N} the answer ends with, unless it repeats the prompt."""
+    matches = list(_BOXED.finditer(text))
+    if not matches or matches[-1].end() != len(text) or _echoed(matches[-1].group(0), prompt):
+        return None
+    return matches[-1]
 
 
 def _score_object(obj: dict[str, Any]) -> dict[str, Any]:
@@ -82,34 +151,36 @@ def _score_object(obj: dict[str, Any]) -> dict[str, Any]:
     reasoning = obj.get("reasoning", "")
     if not isinstance(reasoning, str):
         raise ParseError("'reasoning' is not a string")
-    return {"reasoning": reasoning.strip(), "score": _score_value(obj["score"])}
+    return {"reasoning": reasoning.strip(), "score": _single_score(obj["score"])}
 
 
-def parse_score_json(text: str) -> dict[str, Any]:
-    """`{"reasoning": str, "score": 1-5}`: strict, then fenced or embedded JSON, then a final \\boxed{N}."""
-    stripped = text.strip()
+def parse_score_json(text: str, prompt: str = "") -> dict[str, Any]:
+    """`{"reasoning": str, "score": 1-5}` (also `[4]`, `"4"`): strict, then the last embedded JSON
+    object, then a final \\boxed{N}, then the last "N/5" in prose that is labelled as a score or ends
+    the answer; never a span of the prompt."""
     try:
-        obj = json.loads(stripped)
-        if isinstance(obj, dict):
-            return {**_score_object(obj), "parse": "strict"}
-    except (json.JSONDecodeError, ParseError):
-        pass
-    candidates = [m.group(1) for m in _FENCE.finditer(stripped)] + [stripped]
-    for chunk in candidates:
-        for obj in reversed(_json_objects(chunk)):
-            try:
-                return {**_score_object(obj), "parse": "tolerant"}
-            except ParseError:
-                continue
-    boxed = _BOXED.findall(stripped)
-    if boxed and stripped.endswith("}"):
+        return _first_valid(text, prompt, _score_object)
+    except ParseError as error:
+        failure = error
+    stripped = text.strip()
+    boxed = _final_boxed(stripped, prompt)
+    if boxed:
         reasoning = _BOXED.sub("", stripped).strip()
-        return {"reasoning": reasoning, "score": _score_value(boxed[-1]), "parse": "boxed"}
-    raise ParseError("no score object in the answer")
+        return {"reasoning": reasoning, "score": _score_value(boxed.group(1)), "parse": "boxed"}
+    fractions = [
+        m
+        for m in _OUT_OF_FIVE.finditer(stripped)
+        if (_SCORE_LABEL.search(stripped[: m.start()]) or _ANSWER_END.fullmatch(stripped[m.end() :]))
+        and not _echoed(m.group(0), prompt)
+    ]
+    if fractions:
+        return {"reasoning": stripped, "score": _score_value(fractions[-1].group(1)), "parse": "fraction"}
+    raise ParseError(f"no score in the answer: {failure}")
 
 
-def parse_caption(text: str) -> dict[str, Any]:
-    """A difference caption is free text; empty or runaway answers are failures."""
+def parse_caption(text: str, prompt: str = "") -> dict[str, Any]:
+    """A difference caption is free text; empty or runaway answers are failures. No echo check:
+    the prompt itself suggests the caption "No visible differences."."""
     caption = text.strip()
     if not caption:
         raise ParseError("empty caption")
@@ -133,16 +204,16 @@ def score_json_prefix(reasoning: str) -> str:
     return '{"reasoning": ' + json.dumps(reasoning) + ', "score": '
 
 
-SCORE_JSON = Parser("score_json", "1", parse_score_json, guide_score_json, score_json_prefix)
+SCORE_JSON = Parser("score_json", "2", parse_score_json, guide_score_json, score_json_prefix)
 
 
-def parse_boxed_score(text: str) -> dict[str, Any]:
-    """Free analysis ending in \\boxed{N} (the generation critic's answer format)."""
+def parse_boxed_score(text: str, prompt: str = "") -> dict[str, Any]:
+    """Free analysis ending in \\boxed{N} (the generation critic's answer format), not an echo."""
     stripped = text.strip()
-    boxed = _BOXED.findall(stripped)
-    if not boxed or not stripped.endswith("}"):
-        raise ParseError("the answer does not end in \\boxed{N}")
-    return {"reasoning": _BOXED.sub("", stripped).strip(), "score": _score_value(boxed[-1])}
+    boxed = _final_boxed(stripped, prompt)
+    if boxed is None:
+        raise ParseError("the answer does not end in its own \\boxed{N}")
+    return {"reasoning": _BOXED.sub("", stripped).strip(), "score": _score_value(boxed.group(1))}
 
 
 def boxed_prefix(reasoning: str) -> str:
@@ -153,26 +224,8 @@ def guide_boxed_score(max_chars: int) -> str:
     return f"[^\\x00-\\x09\\x0b-\\x1f\\\\]{{0,{max(max_chars - 11, 0)}}}\\n\\\\boxed\\{{[1-5]\\}}"
 
 
-BOXED_SCORE = Parser("boxed_score", "1", parse_boxed_score, guide_boxed_score, boxed_prefix)
+BOXED_SCORE = Parser("boxed_score", "2", parse_boxed_score, guide_boxed_score, boxed_prefix)
 CAPTION_TEXT = Parser("caption_text", "1", parse_caption)
-
-
-def _first_valid(text: str, validate: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
-    """Strict whole-answer JSON first, then the last JSON object in fences or prose that validates."""
-    stripped = text.strip()
-    try:
-        obj = json.loads(stripped)
-        if isinstance(obj, dict):
-            return {**validate(obj), "parse": "strict"}
-    except (json.JSONDecodeError, ParseError):
-        pass
-    for chunk in [m.group(1) for m in _FENCE.finditer(stripped)] + [stripped]:
-        for obj in reversed(_json_objects(chunk)):
-            try:
-                return {**validate(obj), "parse": "tolerant"}
-            except ParseError:
-                continue
-    raise ParseError("no valid object in the answer")
 
 
 # --- checklists (FIRM-Gen planning) ---------------------------------------------------------------
@@ -186,6 +239,7 @@ CHECKLIST_CATEGORIES = (
     "style",
     "composition",
     "negation",
+    "other",
 )
 MAX_CHECKLIST_ITEMS = 12
 MIN_FIELD_CHARS = 8
@@ -200,33 +254,51 @@ def _text_field(obj: dict[str, Any], key: str, max_chars: int = 300) -> str:
     return value.strip()
 
 
+def _category(raw: dict[str, Any], notes: list[str]) -> str:
+    """A known category (any case), or "other" for a category outside the list, with a note."""
+    category = raw.get("category")
+    if not isinstance(category, str) or not category.strip():
+        raise ParseError("item has no category")
+    known = category.strip().lower()
+    if known in CHECKLIST_CATEGORIES:
+        return known
+    notes.append(f"category {category!r} read as 'other'")
+    return "other"
+
+
+def _question(raw: dict[str, Any]) -> str:
+    """The yes/no question, ending in "?": a missing mark is added (replacing a final . ! : or ;)."""
+    question = _text_field(raw, "question")
+    if question.endswith("?"):
+        return question
+    return question.rstrip(".!:; ") + "?"
+
+
 def _checklist(obj: dict[str, Any]) -> dict[str, Any]:
     items = obj.get("items")
     if not isinstance(items, list) or not items:
         raise ParseError("'items' is not a non-empty list")
-    if len(items) > MAX_CHECKLIST_ITEMS:
-        raise ParseError(f"{len(items)} items > {MAX_CHECKLIST_ITEMS}")
-    clean, seen = [], set()
+    clean, seen, notes = [], set(), []
     for raw in items:
         if not isinstance(raw, dict):
             raise ParseError("an item is not an object")
-        category = raw.get("category")
-        if category not in CHECKLIST_CATEGORIES:
-            raise ParseError(f"unknown category {category!r}")
-        question = _text_field(raw, "question")
-        if not question.endswith("?"):
-            raise ParseError(f"question {question!r} is not a question")
+        category, question = _category(raw, notes), _question(raw)
         key = " ".join(question.lower().split())
         if key in seen:
             continue
         seen.add(key)
         clean.append({"category": category, "item": _text_field(raw, "item"), "question": question})
-    return {"items": clean}
+    if len(clean) > MAX_CHECKLIST_ITEMS:
+        notes.append(f"truncated {len(clean)} items to {MAX_CHECKLIST_ITEMS}")
+        clean = clean[:MAX_CHECKLIST_ITEMS]
+    return {"items": clean, "notes": notes}
 
 
-def parse_checklist(text: str) -> dict[str, Any]:
-    """`{"items": [{"category", "item", "question"}]}`: known categories, yes/no questions, no duplicates."""
-    return _first_valid(text, _checklist)
+def parse_checklist(text: str, prompt: str = "") -> dict[str, Any]:
+    """`{"items": [{"category", "item", "question"}]}`: categories outside the list become "other",
+    questions get their "?", duplicates go, and a plan longer than MAX_CHECKLIST_ITEMS keeps its
+    first items; each such repair is written to "notes"."""
+    return _first_valid(text, prompt, _checklist)
 
 
 def _items_regex(item: str, n_max: int) -> str:
@@ -248,7 +320,7 @@ def guide_checklist(max_chars: int) -> str:
     return r'\{"items": \[' + _items_regex(item, n_items) + r"\]\}"
 
 
-CHECKLIST_JSON = Parser("checklist_json", "1", parse_checklist, guide_checklist)
+CHECKLIST_JSON = Parser("checklist_json", "2", parse_checklist, guide_checklist)
 
 
 # --- instruction-following against a checklist --------------------------------------------------
@@ -261,13 +333,14 @@ def _verdicts(raw: Any) -> list[dict[str, Any]]:
         raise ParseError("'verdicts' is not a list")
     verdicts = []
     for entry in raw:
-        if not isinstance(entry, dict) or entry.get("verdict") not in ("yes", "no"):
+        verdict = entry.get("verdict") if isinstance(entry, dict) else None
+        if not isinstance(verdict, str) or verdict.strip().lower() not in ("yes", "no"):
             raise ParseError("a verdict is not yes/no")
         item = entry.get("item")
         if isinstance(item, bool) or not isinstance(item, int):
             raise ParseError("a verdict has no item number")
         verdicts.append(
-            {"item": item, "verdict": entry["verdict"], "analysis": str(entry.get("analysis", ""))}
+            {"item": item, "verdict": verdict.strip().lower(), "analysis": str(entry.get("analysis", ""))}
         )
     return verdicts
 
@@ -279,27 +352,28 @@ def _instruction_following(obj: dict[str, Any]) -> dict[str, Any]:
     return {
         "verdicts": _verdicts(obj.get("verdicts", [])),
         "reasoning": analysis.strip(),
-        "score": _score_value(obj.get("score")),
+        "score": _single_score(obj.get("score")),
     }
 
 
-def parse_instruction_following(text: str) -> dict[str, Any]:
+def parse_instruction_following(text: str, prompt: str = "") -> dict[str, Any]:
     """JSON `{"verdicts": [{"item", "verdict", "analysis"}], "analysis", "score"}`, or numbered
-    "N. yes|no: ..." lines and an answer ending in \\boxed{N}."""
+    "N. yes|no: ..." lines and an answer ending in \\boxed{N}; verdicts in any case."""
     try:
-        return _first_valid(text, _instruction_following)
+        return _first_valid(text, prompt, _instruction_following)
     except ParseError:
         pass
     stripped = text.strip()
-    boxed = _BOXED.findall(stripped)
-    if not boxed or not stripped.endswith("}"):
-        raise ParseError("no score object and no final \\boxed{N}")
+    boxed = _final_boxed(stripped, prompt)
+    if boxed is None:
+        raise ParseError("no score object and no final \\boxed{N} of its own")
     verdicts = [
         {"item": int(n), "verdict": verdict.lower(), "analysis": rest.strip()}
         for n, verdict, rest in _VERDICT_LINE.findall(stripped)
     ]
     reasoning = _BOXED.sub("", _VERDICT_LINE.sub("", stripped)).strip()
-    return {"verdicts": verdicts, "reasoning": reasoning, "score": _score_value(boxed[-1]), "parse": "boxed"}
+    score = _score_value(boxed.group(1))
+    return {"verdicts": verdicts, "reasoning": reasoning, "score": score, "parse": "boxed"}
 
 
 def guide_instruction_following(max_chars: int) -> str:
@@ -318,7 +392,7 @@ def guide_instruction_following(max_chars: int) -> str:
 
 
 INSTRUCTION_FOLLOWING = Parser(
-    "instruction_following", "1", parse_instruction_following, guide_instruction_following
+    "instruction_following", "2", parse_instruction_following, guide_instruction_following
 )
 
 
@@ -338,9 +412,9 @@ def _quality(obj: dict[str, Any]) -> dict[str, Any]:
     return {"scores": values, "score": min(values), "reasoning": reasoning.strip()}
 
 
-def parse_quality(text: str) -> dict[str, Any]:
+def parse_quality(text: str, prompt: str = "") -> dict[str, Any]:
     """`{"score": [aesthetics, technical, structure], "reasoning"}`; the quality is the minimum."""
-    return _first_valid(text, _quality)
+    return _first_valid(text, prompt, _quality)
 
 
 def guide_quality(max_chars: int) -> str:
@@ -348,4 +422,4 @@ def guide_quality(max_chars: int) -> str:
     return r'\{"score": \[[1-5], [1-5], [1-5]\], "reasoning": "' + free_text(max_chars - skeleton) + r'"\}'
 
 
-QUALITY_JSON = Parser("quality_json", "1", parse_quality, guide_quality)
+QUALITY_JSON = Parser("quality_json", "2", parse_quality, guide_quality)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from firm_assets.curation.cache import CachedResult, CacheItem, CallSpec, Outcome, StageStats, run_cached
-from firm_assets.curation.parsers import ParseError, Parser
+from firm_assets.curation.parsers import ParseError, Parser, prompt_text
 from firm_assets.curation.prompts import PromptTemplate
 from resources.chat import ChatBackend, ChatRequest, Decoding, ImagePart
 
@@ -71,7 +71,8 @@ def _answer(stage: ChatStage, backend: ChatBackend, requests: list[ChatRequest])
         for index, text in zip(todo, answers, strict=True):
             seconds = share + (outcomes[index].model_seconds if outcomes[index] else 0.0)
             try:
-                outcomes[index] = Outcome(text, stage.parser.parse(text), None, attempt, seconds)
+                parsed = stage.parser.parse(text, prompt_text(requests[index]))
+                outcomes[index] = Outcome(text, parsed, None, attempt, seconds)
             except ParseError as error:
                 outcomes[index] = Outcome(text, None, f"parse: {error}", attempt, seconds)
                 failed.append(index)

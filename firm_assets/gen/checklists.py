@@ -5,7 +5,7 @@ import json
 import polars as pl
 from dagster import AssetExecutionContext, DataVersion, Output, asset
 
-from firm_assets.curation.parsers import CHECKLIST_JSON
+from firm_assets.curation.parsers import CHECKLIST_CATEGORIES, CHECKLIST_JSON, MAX_CHECKLIST_ITEMS
 from firm_assets.curation.prompts import load_template
 from firm_assets.curation.roles import chat_stage, static_code_version
 from firm_assets.curation.stage import StageInput, run_chat_stage
@@ -16,6 +16,8 @@ from resources.warehouse_resource import WarehouseResource
 
 GROUP = "gen"
 TEMPLATE = "checklist_plan"
+# the planning prompt states the limits the parser applies, from the same constants
+PLAN_LIMITS = {"max_items": str(MAX_CHECKLIST_ITEMS), "categories": ", ".join(CHECKLIST_CATEGORIES)}
 
 CHECKLIST_SCHEMA = {
     "prompt_id": pl.String,
@@ -49,7 +51,7 @@ def gen_checklists(
     profile = models.settings()
     stage = chat_stage(profile, "gen_checklists", TEMPLATE, CHECKLIST_JSON, "checklist", scored=False)
     inputs = [
-        StageInput(row["prompt_id"], {"prompt": row["prompt"]}, {})
+        StageInput(row["prompt_id"], {"prompt": row["prompt"], **PLAN_LIMITS}, {})
         for row in gen_prompts.iter_rows(named=True)
     ]
     results, stats = run_chat_stage(
@@ -80,6 +82,10 @@ def gen_checklists(
         metadata={
             **stats.as_metadata(),
             "mean_items": float(frame["n_items"].mean() or 0.0),
+            # plans the parser repaired (truncated, category read as "other"): the notes are in the cache
+            "repaired_plans": sum(
+                1 for r in results.values() if r.outcome.ok and r.outcome.parsed.get("notes")
+            ),
             "geneval_coverage": float(coverage.mean()) if coverage.len() else None,
             "data_version": version,
         },
