@@ -152,6 +152,6 @@ def test_empty_file_gives_nothing(tmp_path: Path) -> None:
 
 
 def test_request_is_frozen() -> None:
-    request = EditRequest("id", "do", None, "a.png", ())
+    request = EditRequest("id", "do", None, "a.png", (), 1)
     with pytest.raises(AttributeError):
         request.instruction = "other"  # type: ignore[misc]

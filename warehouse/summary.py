@@ -25,7 +25,7 @@ ORDER BY bench, judge_kind DESC, judge
 
 
 def print_summary(result: ExecuteInProcessResult, dagster_home: str) -> None:
-    warehouse = Warehouse(warehouse_path())
+    warehouse = Warehouse(warehouse_path(), read_only=True)
     print(f"run {result.run_id}: {'success' if result.success else 'FAILED'}")
     for event in result.get_asset_materialization_events():
         materialization = event.step_materialization_data.materialization

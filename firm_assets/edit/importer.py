@@ -33,6 +33,7 @@ class EditRequest:
     requirement: str | None
     image: str
     edited_images: tuple[str, ...]
+    line: int  # 1-based line in the JSONL, so image quarantine rows can point at it
 
 
 def read_edit_requests(jsonl: Path) -> tuple[list[EditRequest], list[Quarantined]]:
@@ -42,7 +43,7 @@ def read_edit_requests(jsonl: Path) -> tuple[list[EditRequest], list[Quarantined
     first_line_of: dict[str, int] = {}
     for number, line in raw_lines(jsonl):
         try:
-            request = _parse_line(line)
+            request = _parse_line(line, number)
             if request is None:
                 continue
             if request.request_id in first_line_of:
@@ -65,7 +66,7 @@ def request_id_for(
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
 
-def _parse_line(line: bytes) -> EditRequest | None:
+def _parse_line(line: bytes, number: int) -> EditRequest | None:
     """Turn one line into a request; None for blank lines, `BadLine` for anything wrong."""
     text = decode_line(line)
     if not text.strip():
@@ -81,6 +82,7 @@ def _parse_line(line: bytes) -> EditRequest | None:
         requirement=requirement,
         image=image,
         edited_images=edited_images,
+        line=number,
     )
 
 

@@ -29,7 +29,11 @@ REQUEST_SCHEMA = {
     "image": pl.String,
     "edited_images": pl.List(pl.String),
     "images_root": pl.String,
+    "requests_file": pl.String,
+    "line": pl.Int64,
 }
+# Where a request came from: for quarantine rows only, so moving lines changes no data version.
+LOCATION_COLUMNS = ("requests_file", "line")
 SOURCE_SCHEMA = {
     "request_id": pl.String,
     "instruction": pl.String,
@@ -89,12 +93,14 @@ def edit_requests(
                 "image": r.image,
                 "edited_images": list(r.edited_images),
                 "images_root": str(root.resolve()),
+                "requests_file": str(path),
+                "line": r.line,
             }
             for r in requests
         ],
         schema=REQUEST_SCHEMA,
     )
-    version = frame_version(frame, "request_id")
+    version = frame_version(frame.drop(LOCATION_COLUMNS), "request_id")
     return Output(
         frame,
         data_version=DataVersion(version),
@@ -109,10 +115,11 @@ def edit_requests(
 
 @asset(
     group_name=GROUP,
-    code_version="image_ingest@1",
+    code_version="image_ingest@2",
     kinds={"duckdb"},
     description="Source and imported edited images, validated (format, size, truncation, decompression "
-    "bombs, paths escaping the root) and stored by content hash.",
+    "bombs, degenerate shapes, paths escaping the root), normalized to what a viewer shows (EXIF "
+    "rotation, 8-bit RGB, transparency on white, first frame) and stored by content hash.",
 )
 def source_images(
     context: AssetExecutionContext, edit_requests: pl.DataFrame, warehouse: WarehouseResource
@@ -121,18 +128,20 @@ def source_images(
     rows, stored, bad = [], [], []
     for request in edit_requests.iter_rows(named=True):
         root = Path(request["images_root"])
+        where = f"line {request['line']}"
         try:
             source = ingest_image(resolve_under(root, request["image"]), store)
         except ImageRejected as rejected:
-            bad.append(("edit_requests", request["request_id"], request["image"], rejected.reason))
+            bad.append((request["requests_file"], f"{where}: image", request["image"], rejected.reason))
             continue
         stored.append(source)
         edits = []
-        for relative in request["edited_images"]:
+        for index, relative in enumerate(request["edited_images"]):
             try:
                 edits.append(ingest_image(resolve_under(root, relative), store))
             except ImageRejected as rejected:
-                bad.append(("edited_images", request["request_id"], relative, rejected.reason))
+                locator = f"{where}: edited_images[{index}]"
+                bad.append((request["requests_file"], locator, relative, rejected.reason))
         stored.extend(edits)
         rows.append(
             {
