@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,8 @@ class EditRequest:
     requirement: str | None
     image: str
     edited_images: tuple[str, ...]
-    line: int  # 1-based line in the JSONL, so image quarantine rows can point at it
+    # 1-based line in the JSONL, so image quarantine rows can point at it; where, not what.
+    line: int = field(compare=False)
 
 
 def read_edit_requests(jsonl: Path) -> tuple[list[EditRequest], list[Quarantined]]:
