@@ -6,8 +6,12 @@ import argparse
 import fcntl
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from resources.home import firm_home
+
+if TYPE_CHECKING:
+    from warehouse.connection import Warehouse
 
 
 def _dagster_home() -> str:
@@ -49,10 +53,14 @@ def run_job(args: argparse.Namespace) -> int:
     """Materialize the named job on the active profile and print a summary."""
     dagster_home = _dagster_home()
     from firm_assets.definitions import defs
+    from resources.home import warehouse_path
     from resources.models import ensure_tiny_models
+    from warehouse.connection import Warehouse
     from warehouse.summary import print_summary
 
     ensure_tiny_models()
+    # Created and migrated up front, so the read-only summary can open it however the run ends.
+    Warehouse(warehouse_path()).rows("SELECT 1")
     result = defs.get_job_def(args.job).execute_in_process(
         instance=_instance(dagster_home), raise_on_error=False
     )
@@ -61,9 +69,19 @@ def run_job(args: argparse.Namespace) -> int:
 
 
 def audit(args: argparse.Namespace) -> int:
-    """Answer a lineage question from the warehouse; exit 1 when nothing matches."""
+    """Answer a lineage question from the warehouse; exit 1 when nothing matches, 2 when the warehouse
+    is missing or a running job kept it locked for longer than FIRM_WAREHOUSE_WAIT_S."""
     from resources.home import warehouse_path
-    from warehouse.connection import Warehouse
+    from warehouse.connection import Warehouse, WarehouseBusy
+
+    try:
+        return _audit(Warehouse(warehouse_path(), read_only=True), args)
+    except (WarehouseBusy, FileNotFoundError) as error:
+        print(f"firm audit: {error}", file=sys.stderr)
+        return 2
+
+
+def _audit(warehouse: Warehouse, args: argparse.Namespace) -> int:
     from warehouse.lineage import (
         critic_report,
         dataset_report,
@@ -73,7 +91,6 @@ def audit(args: argparse.Namespace) -> int:
         sample_memberships,
     )
 
-    warehouse = Warehouse(warehouse_path())
     if args.kind == "dataset":
         versions = find_dataset_versions(warehouse, args.ref)
         for row in versions.iter_rows(named=True):

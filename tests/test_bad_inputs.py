@@ -456,11 +456,11 @@ def test_edit_import_assets_give_every_line_an_outcome(home: Path, tmp_path: Pat
     # Image rejections name the request file and line; the request with a bad edit keeps its source.
     rejected = wh.query("SELECT source, locator, raw, reason FROM quarantine WHERE asset = 'source_images'")
     images = {row[1]: row for row in rejected.rows()}
-    assert sorted(images) == [f"line {n - 1}", f"line {n}"]
-    source, _, raw, reason = images[f"line {n - 1}"]
+    assert sorted(images) == [f"line {n - 1}: image", f"line {n}: edited_images[0]"]
+    source, _, raw, reason = images[f"line {n - 1}: image"]
     assert (source, raw) == (str(requests_file), "images/absent.png")
     assert reason.startswith("source image: ") and "missing file" in reason
-    source, _, raw, reason = images[f"line {n}"]
+    source, _, raw, reason = images[f"line {n}: edited_images[0]"]
     assert (source, raw) == (str(requests_file), long_name) and reason.startswith("edited image: ")
     kept = wh.query("SELECT instruction, imported_edit_shas FROM assets.source_images ORDER BY instruction")
     assert kept.rows() == [("Make it round", []), ("Make the square blue", [])]

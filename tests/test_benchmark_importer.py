@@ -17,7 +17,7 @@ from firm_assets.edit.demo import write_demo_edit_dataset
 
 def _png(colour: str) -> bytes:
     buffer = io.BytesIO()
-    Image.new("RGB", (8, 8), colour).save(buffer, format="PNG")
+    Image.new("RGB", (16, 16), colour).save(buffer, format="PNG")
     return buffer.getvalue()
 
 

@@ -28,13 +28,13 @@ def test_bad_inputs_are_quarantined_and_the_run_succeeds(firm_home: Path, tmp_pa
     buffer = io.BytesIO()
     Image.new("RGB", (64, 64), "blue").save(buffer, "JPEG")
     (images / "truncated.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
-    Image.new("RGB", (16, 16), "green").save(images / "image.gif")
+    Image.new("RGB", (16, 16), "green").save(images / "image.bmp")
     (tmp_path / "outside.png").write_bytes((images / "good.png").read_bytes())
     rows = [
         {"prompt": "Make the square blue", "image": "images/good.png"},
         {"prompt": "Fix it", "image": "images/corrupt.png"},
         {"prompt": "Fix it", "image": "images/truncated.jpg"},
-        {"prompt": "Fix it", "image": "images/image.gif"},
+        {"prompt": "Fix it", "image": "images/image.bmp"},
         {"prompt": "Fix it", "image": "images/missing.png"},
         {"prompt": "Fix it", "image": "../outside.png"},
         {"prompt": "   ", "image": "images/good.png"},
@@ -51,6 +51,10 @@ def test_bad_inputs_are_quarantined_and_the_run_succeeds(firm_home: Path, tmp_pa
     reasons = wh.query("SELECT asset, locator, reason FROM quarantine ORDER BY asset, locator")
     by_asset = reasons.group_by("asset").len().sort("asset")
     assert dict(by_asset.iter_rows()) == {"edit_requests": 3, "source_images": 5}
+    images_bad = wh.query("SELECT source, locator, raw FROM quarantine WHERE asset = 'source_images'")
+    assert set(images_bad["source"]) == {str(requests)}  # each row points at its request's file and line
+    assert sorted(images_bad["locator"]) == [f"line {n}: image" for n in range(2, 7)]
+    assert "images/corrupt.png" in images_bad.filter(pl.col("locator") == "line 2: image")["raw"].to_list()
     text = " | ".join(reasons["reason"].str.to_lowercase())
     for expected in (
         "utf-8",
@@ -83,9 +87,16 @@ def test_shared_real_edit_pairs_go_through_ingestion_and_captioning(firm_home: P
     wh = Warehouse(Path(warehouse_path()))
     sources = wh.query("SELECT * FROM assets.source_images")
     assert sources.height == len(groups) == 3
-    formats = wh.query("SELECT format, count(*) AS n FROM images GROUP BY format ORDER BY format")
-    assert dict(formats.iter_rows())["WEBP"] == 12
-    assert dict(formats.iter_rows())["JPEG"] == 3
+    formats = wh.query(  # the imported images; the editors' renders are note-free PNGs
+        "SELECT format, note, count(*) AS n FROM images WHERE format <> 'PNG' OR note <> ''"
+        " GROUP BY ALL ORDER BY format"
+    )
+    # 2-2.webp is a cut-out with transparent pixels: stored composited on white, as a PNG.
+    assert formats.rows() == [
+        ("JPEG", "", 3),
+        ("PNG", "from WEBP: RGBA transparency composited on (255, 255, 255)", 1),
+        ("WEBP", "", 11),
+    ]
     candidates = wh.query("SELECT * FROM assets.edit_candidates")
     assert candidates.filter(pl.col("editor") == "imported").height == 12
     captions = wh.query("SELECT * FROM assets.difference_captions")

@@ -1,42 +1,69 @@
 """The only code that opens the DuckDB file.
 
-DuckDB lets one process hold a database file at a time (readers included), and a Dagster run's
-steps are separate processes. So every open is one short transaction under an exclusive
-`fcntl.flock` on a lock file beside the database, and no connection is held across model calls.
+DuckDB lets one writing process hold a database file at a time (read-only openers may share it
+with each other, not with a writer), and a Dagster run's steps are separate processes. So every
+open is one short transaction under an `fcntl.flock` on a lock file beside the database:
+exclusive for the pipeline, which writes; shared for read-only users (`firm audit`, the run
+summary), which open DuckDB with `read_only=True`. No connection is held across model calls.
+
+A writer waits for the lock as long as it takes (its work is queued behind the others'). A
+reader waits at most `FIRM_WAREHOUSE_WAIT_S` seconds, saying once on stderr which lock it waits
+for, then raises `WarehouseBusy` naming it: a person at a terminal gets an answer, not a hang.
 """
 
 from __future__ import annotations
 
 import fcntl
-from collections.abc import Iterator
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
+from typing import IO, TypeVar
 
 import duckdb
 import polars as pl
 
 MIGRATIONS = "warehouse.migrations"
+WAIT_ENV = "FIRM_WAREHOUSE_WAIT_S"
+DEFAULT_WAIT_S = 120.0
+_POLL_S = 0.1
+T = TypeVar("T")
+
+
+class WarehouseBusy(TimeoutError):
+    """A read-only user gave up waiting for a writer to release the warehouse."""
 
 
 class Warehouse:
-    """A DuckDB file plus its lock; migrations run on first use in each process."""
+    """A DuckDB file plus its lock; a writer migrates it on first use in each process.
 
-    def __init__(self, path: Path) -> None:
+    `read_only=True` is for users that only read: a shared lock, a read-only DuckDB connection,
+    no migrations, and a bounded wait (`wait_s`, default from FIRM_WAREHOUSE_WAIT_S) for writers.
+    """
+
+    def __init__(self, path: Path, read_only: bool = False, wait_s: float | None = None) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.read_only = read_only
+        self.wait_s = float(os.environ.get(WAIT_ENV, DEFAULT_WAIT_S)) if wait_s is None else wait_s
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         self.lock_path = self.path.with_suffix(self.path.suffix + ".lock")
         self._migrated = False
 
     @contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """Lock, open, BEGIN; COMMIT on success, ROLLBACK on error; close and unlock always."""
+        if self.read_only and not self.path.is_file():
+            raise FileNotFoundError(f"no warehouse at {self.path} (nothing has been run with this FIRM_HOME)")
         with self.lock_path.open("a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._lock(lock)
             try:
-                con = duckdb.connect(str(self.path))
+                con = self._connect()
                 try:
-                    if not self._migrated:
+                    if not self._migrated and not self.read_only:
                         migrate(con)
                         self._migrated = True
                     con.execute("BEGIN TRANSACTION")
@@ -51,6 +78,44 @@ class Warehouse:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
+    def _lock(self, lock: IO[str]) -> None:
+        """Exclusive for writers, shared and bounded for readers (see the module docstring)."""
+        if not self.read_only:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return
+        self._wait_for(lambda: _try_shared_flock(lock), f"the lock {self.lock_path} (a writer holds it)")
+
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        """A writer opens normally; a reader retries while DuckDB's own file lock is taken (a
+        process that bypasses this module, such as the duckdb shell, may hold it)."""
+        if not self.read_only:
+            return duckdb.connect(str(self.path))
+
+        def attempt() -> duckdb.DuckDBPyConnection | None:
+            try:
+                return duckdb.connect(str(self.path), read_only=True)
+            except duckdb.IOException as error:
+                if "lock" in str(error).lower():
+                    return None
+                raise
+
+        return self._wait_for(attempt, f"DuckDB's lock on {self.path} (another process holds it)")
+
+    def _wait_for(self, attempt: Callable[[], T | None], what: str) -> T:
+        """Call `attempt` until it returns a value; say once what we wait for; give up after wait_s."""
+        deadline, told = time.monotonic() + self.wait_s, False
+        while (result := attempt()) is None:
+            if time.monotonic() >= deadline:
+                raise WarehouseBusy(
+                    f"gave up after {self.wait_s:g} s waiting for {what}; try again once the running"
+                    f" job has written its results, or set {WAIT_ENV} higher"
+                )
+            if not told:
+                print(f"waiting up to {self.wait_s:g} s for {what}", file=sys.stderr, flush=True)
+                told = True
+            time.sleep(_POLL_S)
+        return result
+
     def query(self, sql: str, params: list | tuple | dict | None = None) -> pl.DataFrame:
         """Run one read query and return all its rows."""
         with self.transaction() as con:
@@ -59,6 +124,14 @@ class Warehouse:
     def rows(self, sql: str, params: list | tuple | dict | None = None) -> list[tuple]:
         with self.transaction() as con:
             return con.execute(sql, params).fetchall()
+
+
+def _try_shared_flock(lock: IO[str]) -> bool | None:
+    try:
+        fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return None
+    return True
 
 
 def migration_files() -> list[tuple[int, str, str]]:

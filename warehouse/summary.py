@@ -52,7 +52,7 @@ def headline_lines(warehouse: Warehouse, run_id: str) -> list[str]:
 
 
 def print_summary(result: ExecuteInProcessResult, dagster_home: str) -> None:
-    warehouse = Warehouse(warehouse_path())
+    warehouse = Warehouse(warehouse_path(), read_only=True)
     print(f"run {result.run_id}: {'success' if result.success else 'FAILED'}")
     for event in result.get_asset_materialization_events():
         materialization = event.step_materialization_data.materialization

@@ -23,12 +23,12 @@ def record_quarantine(
 
 def record_images(warehouse: Warehouse, images: Iterable) -> None:
     """Upsert StoredImage rows by sha256 (the same bytes are one image however often they come)."""
-    rows = [(i.sha256, str(i.path), i.format, i.width, i.height, i.bytes) for i in images]
+    rows = [(i.sha256, str(i.path), i.format, i.width, i.height, i.bytes, i.note) for i in images]
     if rows:
         with warehouse.transaction() as con:
             con.executemany(
-                "INSERT INTO images (sha256, path, format, width, height, bytes) VALUES (?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT DO NOTHING",
+                "INSERT INTO images (sha256, path, format, width, height, bytes, note)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 rows,
             )
 

@@ -118,7 +118,7 @@ def edit_requests(
 
 @asset(
     group_name=GROUP,
-    code_version="image_ingest@1",
+    code_version="image_ingest@2",
     kinds={"duckdb"},
     description="Source and imported edited images, validated (format, size, truncation, decompression "
     "bombs, paths escaping the root) and stored by content hash.",
@@ -130,17 +130,18 @@ def source_images(
     rows, stored, bad = [], [], []
     for request in edit_requests.iter_rows(named=True):
         root = Path(request["images_root"])
-        where = (request["source"], f"line {request['line']}")
+        file, line = request["source"], f"line {request['line']}"
         source = attempt(_ingest, root, request["image"], store)
         if isinstance(source, BadLine):
-            bad.append((*where, request["image"], f"source image: {source.reason}"))
+            bad.append((file, f"{line}: image", request["image"], f"source image: {source.reason}"))
             continue
         stored.append(source)
         edits = []
-        for relative in request["edited_images"]:
+        for index, relative in enumerate(request["edited_images"]):
             edit = attempt(_ingest, root, relative, store)
             if isinstance(edit, BadLine):
-                bad.append((*where, relative, f"edited image: {edit.reason}"))
+                locator = f"{line}: edited_images[{index}]"
+                bad.append((file, locator, relative, f"edited image: {edit.reason}"))
             else:
                 edits.append(edit)
         stored.extend(edits)
