@@ -12,6 +12,7 @@ import polars as pl
 from dagster import AssetExecutionContext, Config, DataVersion, MetadataValue, Output, asset
 from pydantic import Field
 
+from firm_assets.benchmark.item_agreement import agreement_by_dimension, record_item_agreement
 from firm_assets.benchmark.plots import confusion_png, scatter_png
 from firm_assets.benchmark.stats import evaluate
 from firm_assets.critics.inference import score_with_critic, tasks_for
@@ -93,6 +94,7 @@ def _with_overall(predictions: pl.DataFrame) -> pl.DataFrame:
         ((pl.col("expectation_score_execution") + pl.col("expectation_score_consistency")) / 2).alias(
             "expectation_score"
         ),
+        pl.lit(None, pl.String).alias("verdicts"),
     )
     return pl.concat([predictions, overall])
 
@@ -128,7 +130,10 @@ def _score_side(
         )
         parts.append(predictions)
         metadata.update({f"{task.dimension}_{k}": v for k, v in stats.items()})
-    predictions = pl.concat(parts).select("item_id", "dimension", "text_score", "expectation_score")
+    predictions = pl.concat(parts).select(
+        "item_id", "dimension", "text_score", "expectation_score", "verdicts"
+    )
+    agreement = agreement_by_dimension(items, predictions)
     if side == "edit":
         predictions = _with_overall(predictions)
     rows = []
@@ -159,6 +164,7 @@ def _score_side(
                 **{k: text[k] for k in LEADERBOARD_COLUMNS},
                 "mae_expectation": expected["mae"],
                 "per_category": text["per_category"],
+                "item_agreement": agreement.get(dimension),
             }
         )
     frame = predictions.with_columns(
@@ -218,7 +224,7 @@ def _markdown(rows: list[dict], plots: list[Path]) -> str:
 
 @asset(
     group_name=GROUP,
-    code_version="bench_results@1",
+    code_version="bench_results@2",
     kinds={"duckdb", "mlflow"},
     description="Every critic in scope (trained versions, untrained base, optional API judge) scored on "
     "FIRM-Bench: MAE with bootstrap CI, correlations, parse-failure rate, per-category breakdown.",
@@ -280,6 +286,7 @@ def bench_results(
                     run_id,
                 ],
             )
+        record_item_agreement(con, context.run_id, rows)
     frame = pl.concat(frames).sort("bench", "judge", "dimension", "item_id")
     return Output(
         frame,
@@ -289,6 +296,13 @@ def bench_results(
             "leaderboard": MetadataValue.md(_markdown(rows, plots)),
             "per_category": MetadataValue.json(
                 {f"{r['bench']}/{r['judge']}/{r['dimension']}": r["per_category"] for r in rows}
+            ),
+            "item_agreement": MetadataValue.json(
+                {
+                    f"{r['bench']}/{r['judge']}/{r['dimension']}": r["item_agreement"]
+                    for r in rows
+                    if r["item_agreement"]
+                }
             ),
             "mlflow_run_id": run_id,
             "plots": MetadataValue.path(str(folder)),
