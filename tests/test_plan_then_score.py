@@ -38,7 +38,7 @@ TARGET = (
     "1. Are there three apples? | yes | three, left\n"
     "2. Is the scene free of people? | no\n"
     "3. Is the table wooden? | yes | grain visible\n"
-    "Analysis: Apples right; a person stands behind.\n"
+    "Apples right; a person stands behind.\n"
     "\\boxed{4}"
 )
 
@@ -56,7 +56,7 @@ def test_format_refuses_a_score_outside_1_to_5() -> None:
 
 def test_target_without_verdicts_or_analysis() -> None:
     row = {"verdicts": None, "if_reasoning": None, "if_score": 2.0}
-    assert plan_then_score_target("verdicts", "if_reasoning", "if_score")(row) == "Analysis: \n\\boxed{2}"
+    assert plan_then_score_target("verdicts", "if_reasoning", "if_score")(row) == "\\boxed{2}"
 
 
 def test_parser_round_trips_the_target() -> None:
@@ -148,7 +148,7 @@ def test_guide_matches_the_target_layout() -> None:
     guide = regex.compile(PLAN_THEN_SCORE.guide(640))
     assert guide.fullmatch(TARGET)
     assert guide.fullmatch(TARGET[:-1], partial=True) and not guide.fullmatch(TARGET[:-1])
-    assert guide.fullmatch("Analysis: \n\\boxed{2}")
+    assert guide.fullmatch("\\boxed{2}") and guide.fullmatch("Analysis: fine\n\\boxed{2}")
     # numbering starts at 1 and goes up by one
     assert not guide.fullmatch(TARGET.replace("2. Is", "3. Is"))
     assert not guide.fullmatch(TARGET.replace("| no", "| maybe"))
@@ -159,7 +159,7 @@ def test_guide_longest_answer_fits_the_budget(budget: int) -> None:
     """Filling every free field of the guide to its limit gives an answer of at most `budget`
     characters (one token is at least one character), and one character more is refused."""
     guide = PLAN_THEN_SCORE.guide(budget)
-    limits = [int(n) for n in regex.findall(r"\]\{0,(\d+)\}", guide)]
+    limits = [int(n) for n in regex.findall(r"\]\{[01],(\d+)\}", guide)]
     n_items = guide.count("\\| (yes|no)")
     assert len(limits) == 2 * n_items + 1 and n_items <= MAX_PLAN_ITEMS
     question_chars, evidence_chars = (limits[0] + 1, limits[1]) if n_items else (0, 0)
@@ -167,9 +167,9 @@ def test_guide_longest_answer_fits_the_budget(budget: int) -> None:
     lines = "".join(
         f"{i}. {'q' * question_chars} | yes | {'e' * evidence_chars}\n" for i in range(1, n_items + 1)
     )
-    longest = lines + f"Analysis: {'a' * analysis_chars}\n\\boxed{{5}}"
+    longest = lines + f"{'a' * analysis_chars}\n\\boxed{{5}}"
     assert len(longest) <= budget and regex.fullmatch(guide, longest)
-    assert not regex.fullmatch(guide, longest.replace("Analysis: a", "Analysis: aa"))
+    assert not regex.fullmatch(guide, longest.replace("\n\\boxed", "a\n\\boxed"))
     assert (n_items > 0) == (budget >= 256)
 
 
@@ -191,4 +191,4 @@ def test_the_critic_prompt_asks_for_this_layout() -> None:
     text = load_template("critic_gen_instruction").user
     assert f"at most {MAX_PLAN_ITEMS} yes/no questions" in text
     assert "<number>. <question> | yes or no | <short evidence from the image>" in text
-    assert '"Analysis: <overall analysis>"' in text and "\\boxed{{N}}" in text
+    assert "overall analysis on one line" in text and "\\boxed{{N}}" in text

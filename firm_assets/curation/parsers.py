@@ -355,9 +355,10 @@ QUALITY_JSON = Parser("quality_json", "1", parse_quality, guide_quality)
 # The FIRM-Gen critic writes its own checklist and answers it, then analyses, then scores:
 #   1. <question> | yes | <evidence>
 #   2. <question> | no | <evidence>
-#   Analysis: <overall analysis>
+#   <overall analysis, one line>
 #   \boxed{N}
-# `format_plan_then_score` writes this layout (the SFT target), `parse_plan_then_score` reads it back.
+# `format_plan_then_score` writes this layout (the SFT target), `parse_plan_then_score` reads it back
+# (and also an "Analysis:" label before the analysis, as real critics often write one).
 
 MAX_PLAN_ITEMS = 10
 PLAN_ANALYSIS_CHARS = 80
@@ -383,8 +384,9 @@ def format_plan_then_score(verdicts: list[dict[str, Any]], analysis: str, score:
         line = f"{number}. {_one_line(entry['question'])} | {entry['verdict']}"
         evidence = _one_line(entry.get("evidence") or "")
         lines.append(f"{line} | {evidence}" if evidence else line)
-    lines.append(f"Analysis: {_one_line(analysis)}")
-    return "\n".join(lines) + f"\n\\boxed{{{_score_value(score)}}}"
+    if _one_line(analysis):
+        lines.append(_one_line(analysis))
+    return "\n".join([*lines, f"\\boxed{{{_score_value(score)}}}"])
 
 
 def parse_plan_then_score(text: str) -> dict[str, Any]:
@@ -417,20 +419,22 @@ def parse_plan_then_score(text: str) -> dict[str, Any]:
 
 
 def guide_plan_then_score(max_chars: int) -> str:
-    """Numbered verdict lines (1, 2, ... in order, as many as fit), the analysis, the box."""
-    tail = len("Analysis: \n\\boxed{5}")
-    analysis = max(MIN_FIELD_CHARS, min(PLAN_ANALYSIS_CHARS, (max_chars - tail) // 4))
-    room = max_chars - tail - analysis
+    """Numbered verdict lines (1, 2, ... in order, as many as fit beside an analysis of up to
+    PLAN_ANALYSIS_CHARS), the analysis (all the room left), the box."""
+    tail = len("\n\\boxed{5}")
     line_skeleton = len("10.  | yes | \n")
+    room = max_chars - tail - PLAN_ANALYSIS_CHARS
     n_items = max(0, min(MAX_PLAN_ITEMS, room // (line_skeleton + 2 * _PLAN_FIELD_CHARS)))
     field = (room // n_items - line_skeleton) // 2 if n_items else 0
+    analysis = max_chars - tail - n_items * (line_skeleton + 2 * field)
     stop = r"|\\\x00-\x1f"
     question = f"[^{stop} ]{free_text(field - 1, stop=stop)}"
     evidence = free_text(field, stop=stop)
     lines = ""
     for number in range(n_items, 0, -1):
         lines = f"({number}\\. {question} \\| (yes|no)( \\| {evidence})?\\n{lines})?"
-    return lines + "Analysis: " + free_text(analysis, stop=r"\\\x00-\x1f") + r"\n\\boxed\{[1-5]\}"
+    analysis_text = free_text(analysis, min_chars=1, stop=r"\\\x00-\x1f")
+    return f"{lines}({analysis_text}\\n)?" + r"\\boxed\{[1-5]\}"
 
 
 PLAN_THEN_SCORE = Parser("plan_then_score", "1", parse_plan_then_score, guide_plan_then_score, boxed_prefix)
