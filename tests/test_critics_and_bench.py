@@ -1,6 +1,7 @@
 """The main job end to end: curation, critic SFT through Dagster Pipes, MLflow registry, FIRM-Bench
 evaluation, gates, and the critic audit — on tiny real models. Materialized once for the module."""
 
+import json
 import os
 import re
 import shutil
@@ -213,3 +214,26 @@ def test_an_openai_compatible_judge_joins_the_leaderboard(main_run, tiny_models,
     assert api["mae_expectation"].null_count() == api.height
     assert api["guided"].to_list() == [False] * api.height  # hosted judges are never guided
     assert server.calls >= api.filter(pl.col("dimension") != "overall")["n_items"].sum()
+
+
+def test_gen_judges_report_item_agreement_on_labelled_bench_items(main_run) -> None:
+    """The demo bench's gen items carry checklist labels: every gen judge's row counts all of them
+    (a tiny critic asks few or none of the labelled questions, which `item_n_matched` shows);
+    predictions keep the verdicts of every answer that parsed."""
+    _, _, wh = main_run
+    labels = wh.query("SELECT item_labels FROM assets.firm_bench_gen")["item_labels"]
+    n_labelled = sum(len(json.loads(value)) for value in labels)
+    assert labels.null_count() == 0 and n_labelled >= labels.len()
+    board = wh.query("SELECT * FROM bench_leaderboard")
+    gen = board.filter(pl.col("bench") == "gen")
+    assert gen.height >= 2 and (gen["item_n_labelled"] == n_labelled).all()
+    assert gen["item_n_matched"].is_between(0, n_labelled).all()
+    assert (
+        board.filter(pl.col("bench") == "edit")["item_n_labelled"].null_count() == board.height - gen.height
+    )
+    predictions = wh.query("SELECT * FROM assets.bench_results WHERE bench = 'gen'")
+    parsed = predictions.filter(pl.col("text_score").is_not_null())
+    assert parsed.height > 0 and parsed["verdicts"].null_count() == 0
+    assert predictions.filter(pl.col("text_score").is_null())["verdicts"].null_count() == (
+        predictions.height - parsed.height
+    )

@@ -1,14 +1,13 @@
 """The FIRM-Gen chain materialized end to end on tiny real models, real DuckDB and real MLflow."""
 
 import json
-import re
 from pathlib import Path
 
 import polars as pl
 from graph_runs import edited_template, gen_config, materialize_group, metadata, model_calls
 from mlflow import MlflowClient
 
-from firm_assets.curation.parsers import CHECKLIST_CATEGORIES
+from firm_assets.curation.parsers import CHECKLIST_CATEGORIES, PLAN_THEN_SCORE
 from firm_assets.gen.checklists import numbered_checklist
 from firm_assets.gen.prompts import DEMO_FILES
 from resources.home import warehouse_path
@@ -60,7 +59,15 @@ def test_demo_gen_chain_end_to_end(firm_home: Path) -> None:
     instruction = json.loads((folder / "gen_instruction.json").read_text())
     quality = json.loads((folder / "gen_quality.json").read_text())
     assert len(instruction) == len(quality) == 20
-    assert all(re.search(r"\\boxed\{[1-5]\}$", r["messages"][-1]["content"]) for r in instruction)
+    # the critic learns plan-then-score: the judge's answered checklist items, analysis, then the box
+    rows = pl.read_parquet(folder / "data.parquet").sort("sample_id")
+    for record, row in zip(instruction, rows.iter_rows(named=True), strict=True):
+        answer = PLAN_THEN_SCORE.parse(record["messages"][-1]["content"])
+        answered = [v for v in json.loads(row["verdicts"]) if v["verdict"] is not None]
+        assert [v["verdict"] for v in answer["verdicts"]] == [v["verdict"] for v in answered]
+        assert answer["score"] == row["if_score"] and record["images"][0].endswith(
+            Path(row["image_path"]).name
+        )
     assert all(len(json.loads(r["messages"][-1]["content"])["score"]) == 3 for r in quality)
     assert all(
         (folder / r["images"][0]).is_file() and r["messages"][1]["content"].startswith("<image>")

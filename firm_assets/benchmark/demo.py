@@ -2,7 +2,9 @@
 
 Edit items reuse the edit demo's scenes, edits and flawed results (`firm_assets.edit.demo`); their
 labels follow from the ground truth the way a careful annotator applies the FIRM rubrics. Gen
-items are simple shape prompts, drawn correctly, with a wrong count or colour, or unrelated.
+items are simple shape prompts, drawn correctly, with a wrong count or colour, or unrelated; each
+also carries checklist labels (the prompt's requirements as yes/no questions, answered from the
+drawing) for measuring a plan-then-score critic's item agreement.
 Images are drawn at twice the demo canvas, so none can coincide byte for byte with the demo edit
 dataset's, and everything derives from the seed: the same seed gives byte-identical files.
 """
@@ -120,9 +122,44 @@ def _gen_item(index: int, rng: random.Random) -> _DemoItem:
     path = f"images/{item_id}.png"
     return _DemoItem(
         record={"id": item_id, "prompt": prompt, "image": [path], "category": category},
-        label={"id": item_id, "instruction_following": {"score": [_GEN_OUTCOMES[outcome]]}},
+        label={
+            "id": item_id,
+            "instruction_following": {"score": [_GEN_OUTCOMES[outcome]]},
+            "checklist": checklist_labels(target, drawn, relation=category == "position"),
+        },
         scenes={path: drawn},
     )
+
+
+def checklist_labels(asked: Scene, drawn: Scene, relation: bool) -> list[dict[str, str]]:
+    """The prompt's requirements as yes/no questions, answered from what was drawn: the background,
+    the exact count of each (colour, shape), and with `relation` where the first shape sits relative
+    to the second (same row: left of; same column: above, as `_position` draws them)."""
+    labels = [_label(f"Is the background plain {asked.background}?", drawn.background == asked.background)]
+    groups: dict[tuple[str, str], int] = {}
+    for shape in asked.shapes:
+        groups[(shape.kind, shape.colour)] = groups.get((shape.kind, shape.colour), 0) + 1
+    for (kind, colour), count in groups.items():
+        question = (
+            f"Is there exactly one {colour} {kind}?"
+            if count == 1
+            else f"Are there exactly {_NUMBERS[count]} {colour} {kind}s?"
+        )
+        found = sum((s.kind, s.colour) == (kind, colour) for s in drawn.shapes)
+        labels.append(_label(question, found == count))
+    if relation:
+        first, second = asked.shapes
+        same_row = first.cell[0] == second.cell[0]
+        question = f"Is the {first.name} {'to the left of' if same_row else 'above'} the {second.name}?"
+        a = [s.cell for s in drawn.shapes if s.name == first.name]
+        b = [s.cell for s in drawn.shapes if s.name == second.name]
+        axis = 1 if same_row else 0
+        labels.append(_label(question, len(a) == len(b) == 1 and a[0][axis] < b[0][axis]))
+    return labels
+
+
+def _label(question: str, holds: bool) -> dict[str, str]:
+    return {"question": question, "answer": "yes" if holds else "no"}
 
 
 def _counting(rng: random.Random) -> tuple[str, Scene]:

@@ -38,6 +38,10 @@ LABEL_KEYS: dict[str, dict[str, tuple[str, ...]]] = {
         ),
     },
 }
+# Optional checklist labels of a gen item: [{"question": str, "answer": "yes" | "no"}] (project layout).
+CHECKLIST_KEYS = ("checklist", "item_labels", "checklist_labels")
+QUESTION_KEYS = ("question", "item", "text")
+ANSWER_KEYS = ("answer", "verdict", "label")
 SCORE_RANGE = (1.0, 5.0)
 _MAX_NESTING = 4  # {"score": [5]} is two levels; deeper nesting is not a score
 
@@ -117,3 +121,27 @@ def score(value: object, name: str) -> float:
     if not math.isfinite(number) or not low <= number <= high:
         raise BadLine(f"{name} label {value!r} outside {low:g}-{high:g}")
     return number
+
+
+def checklist_labels(value: object, name: str) -> tuple[tuple[str, str], ...]:
+    """(question, "yes"|"no") pairs; answers may be any-case yes/no or booleans. Anything else is a
+    bad label line rather than a guess."""
+    if not isinstance(value, list):
+        raise BadLine(f"{name} must be a list of {{question, answer}} objects")
+    pairs = []
+    for entry in value:
+        if not isinstance(entry, dict):
+            raise BadLine(f"{name} entry is not an object")
+        question = pick(entry, QUESTION_KEYS)
+        answer = pick(entry, ANSWER_KEYS)
+        if question is None or not isinstance(question[1], str) or not question[1].strip():
+            raise BadLine(f"{name} entry has no question text")
+        if answer is None:
+            raise BadLine(f"{name} entry has no answer (one of {', '.join(ANSWER_KEYS)})")
+        given = answer[1]
+        if isinstance(given, bool):
+            given = "yes" if given else "no"
+        if not isinstance(given, str) or given.strip().lower() not in ("yes", "no"):
+            raise BadLine(f"{name} answer {answer[1]!r} is not yes or no")
+        pairs.append((clean_text(question[1], name).strip(), given.strip().lower()))
+    return tuple(pairs)

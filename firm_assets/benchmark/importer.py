@@ -52,6 +52,7 @@ class BenchItem:
     category: str
     editor: str | None
     human: dict[str, float]
+    item_labels: tuple[tuple[str, str], ...] = ()  # optional (question, yes|no) checklist labels
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ def read_firm_bench(
         raise FileNotFoundError(f"no human labels at {labels_path} (expected <side>/{LABELS_FILE})")
     bad: list[Quarantined] = []
     parsed = _read_items(items_path, side, bad)
-    labels = _read_labels(labels_path, side, parsed, bad)
+    labels, checklists = _read_labels(labels_path, side, parsed, bad)
     conflicts = _conflicts(labels)
     conflicted = {conflict.item_id for conflict in conflicts}
     items: list[BenchItem] = []
@@ -122,6 +123,7 @@ def read_firm_bench(
                     category=entry.category,
                     editor=entry.editor,
                     human=labels[entry.item_id][0],
+                    item_labels=checklists.get(entry.item_id, ()),
                 )
             )
     return items, bad, conflicts
@@ -138,6 +140,7 @@ def bench_version(items: Iterable[BenchItem]) -> str:
             item.category,
             item.editor,
             sorted(item.human.items()),
+            *([list(item.item_labels)] if item.item_labels else []),
         )
         for item in sorted(items, key=lambda item: (item.side, item.item_id))
     ]
@@ -240,23 +243,33 @@ def _gen_images(record: dict[str, Any]) -> tuple[str]:
 
 def _read_labels(
     path: Path, side: str, items: dict[str, _Parsed], bad: list[Quarantined]
-) -> dict[str, list[dict[str, float]]]:
-    """Every valid label line per known item id, in file order (duplicates kept for conflicts)."""
+) -> tuple[dict[str, list[dict[str, float]]], dict[str, tuple[tuple[str, str], ...]]]:
+    """Every valid label line per known item id, in file order (duplicates kept for conflicts), and
+    the checklist labels of items that have them (the first line that gives them)."""
     labels: dict[str, list[dict[str, float]]] = {}
+    checklists: dict[str, tuple[tuple[str, str], ...]] = {}
     for locator, line, record in _records(path, bad):
         found = attempt(_item_label, record, side, items)
         if isinstance(found, BadLine):
             bad.append(quarantined(path, locator, line, found.reason))
-        else:
-            labels.setdefault(found[0], []).append(found[1])
-    return labels
+            continue
+        item_id, label, checklist = found
+        labels.setdefault(item_id, []).append(label)
+        if checklist:
+            checklists.setdefault(item_id, checklist)
+    return labels, checklists
 
 
-def _item_label(record: dict[str, Any], side: str, items: dict[str, _Parsed]) -> tuple[str, dict[str, float]]:
+def _item_label(
+    record: dict[str, Any], side: str, items: dict[str, _Parsed]
+) -> tuple[str, dict[str, float], tuple[tuple[str, str], ...]]:
+    """One label line: its item id, its scores and (gen side, optional) its checklist labels."""
     item_id = fields.item_id(record)
     if item_id not in items:
         raise BadLine(f"label for unknown item id {item_id!r}")
-    return item_id, _label(record, side)
+    found = fields.pick(record, fields.CHECKLIST_KEYS) if side == "gen" else None
+    checklist = fields.checklist_labels(found[1], found[0]) if found else ()
+    return item_id, _label(record, side), checklist
 
 
 def _label(record: dict[str, Any], side: str) -> dict[str, float]:

@@ -1,6 +1,7 @@
 """`firm_bench_edit` and `firm_bench_gen`: FIRM-Bench items with human labels, imported from the
 published layout (a local path) or, by default, the demo bench drawn by the project."""
 
+import json
 import os
 from pathlib import Path
 
@@ -41,6 +42,7 @@ def _frame(side: str, items: list[BenchItem], version: str) -> pl.DataFrame:
         "category": pl.String,
         "editor": pl.String,
         **{f"human_{d}": pl.Float64 for d in HUMAN_DIMENSIONS[side]},
+        **({"item_labels": pl.String} if side == "gen" else {}),  # JSON [{question, answer}] or null
         "bench_version": pl.String,
     }
     rows = [
@@ -52,11 +54,17 @@ def _frame(side: str, items: list[BenchItem], version: str) -> pl.DataFrame:
             "category": item.category,
             "editor": item.editor,
             **{f"human_{d}": item.human[d] for d in HUMAN_DIMENSIONS[side]},
+            **({"item_labels": _item_labels_json(item)} if side == "gen" else {}),
             "bench_version": version,
         }
         for item in items
     ]
     return pl.DataFrame(rows, schema=schema).sort("item_id")
+
+
+def _item_labels_json(item: BenchItem) -> str | None:
+    labels = [{"question": question, "answer": answer} for question, answer in item.item_labels]
+    return json.dumps(labels) if labels else None
 
 
 def import_side(
@@ -101,9 +109,10 @@ def firm_bench_edit(
 
 @asset(
     group_name=GROUP,
-    code_version="firm_bench_importer@1",
+    code_version="firm_bench_importer@2",
     kinds={"duckdb"},
-    description="FIRM-Bench generation items (prompt, image) with human instruction-following scores.",
+    description="FIRM-Bench generation items (prompt, image) with human instruction-following scores "
+    "and, where given, checklist labels (question + yes/no).",
 )
 def firm_bench_gen(
     context: AssetExecutionContext, config: BenchConfig, warehouse: WarehouseResource

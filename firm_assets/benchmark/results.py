@@ -17,6 +17,7 @@ from dagster import AssetExecutionContext, Config, DataVersion, MetadataValue, O
 from pydantic import Field
 
 from firm_assets.benchmark.baselines import BaselineUnavailable, mean_labels
+from firm_assets.benchmark.item_agreement import ITEM_AGREEMENT_COLUMNS, agreement_by_dimension
 from firm_assets.benchmark.plots import confusion_png, scatter_png
 from firm_assets.benchmark.stats import evaluate, evaluate_overall
 from firm_assets.critics.inference import CriticTask, score_with_critic, tasks_for
@@ -46,6 +47,7 @@ LEADERBOARD_COLUMNS = (
     "pairwise_agreement",
     "constant_predictions",
     "guided",
+    *ITEM_AGREEMENT_COLUMNS,
 )
 # Every numeric leaderboard figure, logged to MLflow as `<bench>.<dimension>.<figure>`.
 MLFLOW_FIGURES = tuple(c for c in LEADERBOARD_COLUMNS if c != "guided")
@@ -116,7 +118,7 @@ def _predict(
     models,
     warehouse,
 ) -> pl.DataFrame:
-    """One task's predictions: item_id, dimension, text_score, expectation_score."""
+    """One task's predictions: item_id, dimension, text_score, expectation_score, verdicts (JSON)."""
     if judge.constants is not None:
         value = judge.constants[task.dimension]
         frame = items.select(
@@ -124,6 +126,7 @@ def _predict(
             pl.lit(task.dimension).alias("dimension"),
             pl.lit(value).alias("text_score"),
             pl.lit(value).alias("expectation_score"),
+            pl.lit(None, pl.String).alias("verdicts"),
         )
         return frame
     profile = models.settings()
@@ -138,7 +141,7 @@ def _predict(
         judge.expectation,
         bool(judge.guided),
     )
-    return predictions.select("item_id", "dimension", "text_score", "expectation_score")
+    return predictions.select("item_id", "dimension", "text_score", "expectation_score", "verdicts")
 
 
 def _score_side(
@@ -159,7 +162,10 @@ def _score_side(
         parts.append(
             human.join(predictions, on="item_id", how="left").with_columns(dimension=pl.lit(task.dimension))
         )
-    predictions = pl.concat(parts).select("item_id", "dimension", "text_score", "expectation_score", "human")
+    predictions = pl.concat(parts).select(
+        "item_id", "dimension", "text_score", "expectation_score", "verdicts", "human"
+    )
+    agreement = agreement_by_dimension(items, predictions)
     categories = items["category"].to_list()
     columns = {
         d: predictions.filter(pl.col("dimension") == d)
@@ -171,7 +177,7 @@ def _score_side(
         expected = evaluate(
             aligned["expectation_score"].to_list(), aligned["human"].to_list(), categories, 0, n_boot
         )
-        rows.append(_row(side, judge, dimension, text, expected))
+        rows.append(_row(side, judge, dimension, text, expected, agreement.get(dimension, {})))
     if side == "edit":
         pair = [columns[d] for d in OVERALL_DIMENSIONS]
         human = [c["human"].to_list() for c in pair]
@@ -179,14 +185,15 @@ def _score_side(
         expected = evaluate_overall(
             [c["expectation_score"].to_list() for c in pair], human, categories, 0, n_boot
         )
-        rows.append(_row(side, judge, "overall", text, expected))
+        rows.append(_row(side, judge, "overall", text, expected, {}))
     frame = predictions.with_columns(
         pl.lit(side).alias("bench"), pl.lit(judge.name).alias("judge"), pl.lit(judge.kind).alias("judge_kind")
     )
     return frame, rows
 
 
-def _row(side: str, judge: Judge, dimension: str, text: dict, expected: dict) -> dict:
+def _row(side: str, judge: Judge, dimension: str, text: dict, expected: dict, agreement: dict) -> dict:
+    """A leaderboard row; `agreement` holds the item-agreement figures where items carry labels."""
     return {
         "bench": side,
         "judge": judge.name,
@@ -195,6 +202,7 @@ def _row(side: str, judge: Judge, dimension: str, text: dict, expected: dict) ->
         **{k: text[k] for k in LEADERBOARD_COLUMNS if k in text},
         "mae_expectation": expected["mae"],
         "guided": judge.guided,
+        **{k: agreement.get(k) for k in ITEM_AGREEMENT_COLUMNS},
         "per_category": text["per_category"],
     }
 
@@ -371,6 +379,13 @@ def bench_results(
                 }
             ),
             "constant_predictors": MetadataValue.json(constant),
+            "item_agreement": MetadataValue.json(
+                {
+                    f"{r['bench']}/{r['judge']}/{r['dimension']}": {k: r[k] for k in ITEM_AGREEMENT_COLUMNS}
+                    for r in rows
+                    if r["item_n_labelled"]
+                }
+            ),
             "unguided_judges": MetadataValue.json(sorted({r["judge"] for r in rows if r["guided"] is False})),
             **notes,
             "mlflow_run_id": run_id,

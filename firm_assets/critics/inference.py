@@ -6,12 +6,13 @@ under the model's next-token probabilities after its own reasoning (smooth, no p
 Calls go through the same cache as curation, so re-evaluating an unchanged critic costs nothing.
 """
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 
-from firm_assets.curation.parsers import BOXED_SCORE, SCORE_JSON, Parser
+from firm_assets.curation.parsers import PLAN_THEN_SCORE, SCORE_JSON, Parser
 from firm_assets.curation.prompts import load_template
 from firm_assets.curation.stage import ChatStage, StageInput, run_chat_stage
 from resources.chat import ChatBackend, Decoding, ImagePart
@@ -33,7 +34,7 @@ class CriticTask:
 CRITIC_TASKS = (
     CriticTask("edit", "execution", "critic_edit_execution", SCORE_JSON),
     CriticTask("edit", "consistency", "critic_edit_consistency", SCORE_JSON),
-    CriticTask("gen", "instruction", "critic_gen_instruction", BOXED_SCORE),
+    CriticTask("gen", "instruction", "critic_gen_instruction", PLAN_THEN_SCORE),
 )
 
 PREDICTION_SCHEMA = {
@@ -43,6 +44,7 @@ PREDICTION_SCHEMA = {
     "expectation_score": pl.Float64,
     "failure": pl.String,
     "cache_key": pl.String,
+    "verdicts": pl.String,  # JSON [{question, verdict, evidence}] for plan-then-score answers, else null
 }
 
 
@@ -103,6 +105,7 @@ def score_with_critic(
                 "expectation_score": parsed.get("score") if expectation and result.outcome.ok else None,
                 "failure": result.outcome.failure,
                 "cache_key": result.cache_key,
+                "verdicts": json.dumps(parsed["verdicts"]) if "verdicts" in parsed else None,
             }
         )
     return pl.DataFrame(rows, schema=PREDICTION_SCHEMA), stats.as_metadata()

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import polars as pl
 
+from firm_assets.curation.parsers import format_plan_then_score
 from firm_assets.curation.prompts import load_template
 from firm_assets.curation.records import record_lineage
 from firm_assets.curation.versioning import frame_version, short_hash
@@ -57,11 +58,16 @@ def quality_target(scores_column: str, reasoning_column: str) -> Callable[[dict]
     return target
 
 
-def boxed_score_target(reasoning_column: str, score_column: str) -> Callable[[dict], str]:
-    """Analysis text ending in `\\boxed{N}` — the generation critic's instruction-following format."""
+def plan_then_score_target(
+    verdicts_column: str, reasoning_column: str, score_column: str
+) -> Callable[[dict], str]:
+    """The generation critic's instruction-following answer: the judge's answered checklist items
+    (question | yes/no | evidence), its analysis, then `\\boxed{N}` (layout in `format_plan_then_score`).
+    Items the judge skipped are left out: a critic should not learn to skip."""
 
     def target(row: dict) -> str:
-        return f"{row[reasoning_column] or ''}\n\\boxed{{{round(row[score_column])}}}".lstrip()
+        answered = [v for v in json.loads(row[verdicts_column] or "[]") if v["verdict"] is not None]
+        return format_plan_then_score(answered, row[reasoning_column] or "", round(row[score_column]))
 
     return target
 

@@ -423,3 +423,92 @@ def guide_quality(max_chars: int) -> str:
 
 
 QUALITY_JSON = Parser("quality_json", "2", parse_quality, guide_quality)
+
+
+# --- the generation critic's answer: plan, then score ---------------------------------------------
+# The FIRM-Gen critic writes its own checklist and answers it, then analyses, then scores:
+#   1. <question> | yes | <evidence>
+#   2. <question> | no | <evidence>
+#   <overall analysis, one line>
+#   \boxed{N}
+# `format_plan_then_score` writes this layout (the SFT target), `parse_plan_then_score` reads it back
+# (and also an "Analysis:" label before the analysis, as real critics often write one).
+
+MAX_PLAN_ITEMS = 10
+PLAN_ANALYSIS_CHARS = 80
+_PLAN_FIELD_CHARS = 40  # the least room per question or evidence before the guide drops an item
+_ANALYSIS_LINE = re.compile(r"^[ \t]*analysis[ \t]*:", re.IGNORECASE | re.MULTILINE)
+_PLAN_LINE = re.compile(
+    r"[ \t]*\d{1,2}[.)][ \t]*(?P<question>[^|\n]*?)[ \t]*\|[ \t]*(?P<verdict>yes|no)\.?[ \t]*"
+    r"(?:\|[ \t]*(?P<evidence>[^\n]*?))?[ \t]*",
+    re.IGNORECASE,
+)
+
+
+def _one_line(text: str) -> str:
+    """A field of the layout: one line, no column separator."""
+    return " ".join(text.replace("|", "/").split())
+
+
+def format_plan_then_score(verdicts: list[dict[str, Any]], analysis: str, score: int) -> str:
+    """The critic's answer for `verdicts` ({question, verdict, evidence?}), numbered from 1."""
+    lines = []
+    for number, entry in enumerate(verdicts, start=1):
+        line = f"{number}. {_one_line(entry['question'])} | {entry['verdict']}"
+        evidence = _one_line(entry.get("evidence") or "")
+        lines.append(f"{line} | {evidence}" if evidence else line)
+    if _one_line(analysis):
+        lines.append(_one_line(analysis))
+    return "\n".join([*lines, f"\\boxed{{{_score_value(score)}}}"])
+
+
+def parse_plan_then_score(text: str, prompt: str = "") -> dict[str, Any]:
+    """Verdict lines (yes/no in any case, evidence optional), an optional `Analysis:` and a final
+    \\boxed{N} that is not an echo of the prompt. Without verdict lines the score still counts
+    (verdicts empty). `reasoning` is all before the box, so the score prefix re-reads the answer the
+    critic wrote."""
+    stripped = text.strip()
+    final = _final_boxed(stripped, prompt)
+    if final is None:
+        raise ParseError("the answer does not end in \\boxed{N} of its own")
+    score = _score_value(final.group(1))
+    body = stripped[: final.start()].strip()
+    marker = _ANALYSIS_LINE.search(body)
+    plan = body[: marker.start()] if marker else body
+    verdicts, other = [], []
+    for line in plan.splitlines():
+        match = _PLAN_LINE.fullmatch(line)
+        if match and match["question"].strip():
+            verdicts.append(
+                {
+                    "question": match["question"].strip(),
+                    "verdict": match["verdict"].lower(),
+                    "evidence": (match["evidence"] or "").strip(),
+                }
+            )
+        else:
+            other.append(line)
+    analysis = body[marker.end() :] if marker else "\n".join(other)
+    return {"verdicts": verdicts, "analysis": analysis.strip(), "reasoning": body, "score": score}
+
+
+def guide_plan_then_score(max_chars: int) -> str:
+    """Numbered verdict lines (1, 2, ... in order, as many as fit beside an analysis of up to
+    PLAN_ANALYSIS_CHARS), the analysis (all the room left), the box."""
+    tail = len("\n\\boxed{5}")
+    line_skeleton = len("10.  | yes | \n")
+    room = max_chars - tail - PLAN_ANALYSIS_CHARS
+    n_items = max(0, min(MAX_PLAN_ITEMS, room // (line_skeleton + 2 * _PLAN_FIELD_CHARS)))
+    field = (room // n_items - line_skeleton) // 2 if n_items else 0
+    analysis = max_chars - tail - n_items * (line_skeleton + 2 * field)
+    stop = r"|\\\x00-\x1f"
+    question = f"[^{stop} ]{free_text(field - 1, stop=stop)}"
+    evidence = free_text(field, stop=stop)
+    lines = ""
+    for number in range(n_items, 0, -1):
+        lines = f"({number}\\. {question} \\| (yes|no)( \\| {evidence})?\\n{lines})?"
+    analysis_text = free_text(analysis, min_chars=1, stop=r"\\\x00-\x1f")
+    return f"{lines}({analysis_text}\\n)?" + r"\\boxed\{[1-5]\}"
+
+
+PLAN_THEN_SCORE = Parser("plan_then_score", "1", parse_plan_then_score, guide_plan_then_score, boxed_prefix)

@@ -7,9 +7,10 @@ from pydantic import Field
 from firm_assets.curation.dataset import (
     SftTask,
     balance_by_bin,
-    boxed_score_target,
+    plan_then_score_target,
     quality_target,
 )
+from firm_assets.curation.parsers import PLAN_THEN_SCORE
 from firm_assets.curation.publishing import publish_output
 from resources.tracking import TrackingResource
 from resources.warehouse_resource import WarehouseResource
@@ -22,7 +23,7 @@ TASKS = (
         template_id="critic_gen_instruction",
         image_columns=("image_path",),
         variable_columns={"prompt": "prompt"},
-        target=boxed_score_target("if_reasoning", "if_score"),
+        target=plan_then_score_target("verdicts", "if_reasoning", "if_score"),
     ),
     SftTask(
         name="gen_quality",
@@ -84,7 +85,7 @@ def assemble(
 
 @asset(
     group_name=GROUP,
-    code_version="gen_dataset@1",
+    code_version="gen_dataset@2",
     kinds={"duckdb", "parquet", "mlflow"},
     description="Versioned scored generation dataset: Parquet + LLaMA-Factory ShareGPT exports "
     "(instruction-following and quality tasks) with images; membership, lineage and MLflow digest.",
@@ -107,7 +108,8 @@ def firm_gen_dataset(
         DATASET,
         frame,
         TASKS,
-        config.model_dump(),
+        # the critic's answer layout shapes the exports: a new layout is a new version
+        {**config.model_dump(), "instruction_answer": PLAN_THEN_SCORE.ref},
         ("gen_prompts", "gen_checklists", "generated_images", "gen_scores"),
         {"mean_instruction_following": "if_score", "mean_quality": "quality_score"},
         "if_score",

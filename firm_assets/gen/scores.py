@@ -21,13 +21,15 @@ from resources.warehouse_resource import WarehouseResource
 GROUP = "gen"
 IF_TEMPLATE = "gen_instruction_score"
 QUALITY_TEMPLATE = "gen_quality_score"
+ROWS_VERSION = "gen_scores@2"  # the row layout (verdicts carry their evidence since 2)
 
 SCORE_SCHEMA = {
     "image_id": pl.String,
     "prompt_id": pl.String,
     "if_score": pl.Float64,
     "if_reasoning": pl.String,
-    "verdicts": pl.String,  # JSON list aligned with the checklist: {"item", "question", "verdict"|null}
+    # JSON list aligned with the checklist: {"item", "question", "verdict"|null, "evidence"|null}
+    "verdicts": pl.String,
     "verdict_coverage": pl.Float64,
     "if_key": pl.String,
     "if_failure": pl.String,
@@ -40,13 +42,17 @@ SCORE_SCHEMA = {
 
 
 def aligned_verdicts(items_json: str, verdicts: list[dict]) -> list[dict]:
-    """One entry per checklist item; the judge's verdict for it, or None if it skipped that item.
-    Verdicts for item numbers the checklist does not have are dropped."""
-    by_number = {v["item"]: v["verdict"] for v in verdicts}
-    return [
-        {"item": i, "question": item["question"], "verdict": by_number.get(i)}
-        for i, item in enumerate(json.loads(items_json), start=1)
-    ]
+    """One entry per checklist item; the judge's verdict and evidence for it, or None if it skipped
+    that item. Verdicts for item numbers the checklist does not have are dropped."""
+    by_number = {v["item"]: v for v in verdicts}
+    aligned = []
+    for i, item in enumerate(json.loads(items_json), start=1):
+        given = by_number.get(i, {})
+        evidence = given.get("analysis") or None
+        aligned.append(
+            {"item": i, "question": item["question"], "verdict": given.get("verdict"), "evidence": evidence}
+        )
+    return aligned
 
 
 def _if_fields(result: CachedResult, items_json: str) -> dict:
@@ -79,6 +85,7 @@ def _quality_fields(result: CachedResult) -> dict:
 @asset(
     group_name=GROUP,
     code_version=static_code_version(
+        ROWS_VERSION,
         load_template(IF_TEMPLATE).ref,
         INSTRUCTION_FOLLOWING.ref,
         load_template(QUALITY_TEMPLATE).ref,
