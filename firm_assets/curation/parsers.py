@@ -381,10 +381,14 @@ def guide_instruction_following(max_chars: int) -> str:
     tail = len('], "analysis": "", "score": 5}')
     n_items, chars = _fit(max_chars - tail - len('{"verdicts": [') - 40, skeleton, 1, 10)
     text = free_text(chars)
-    verdict = r'\{"item": [0-9]{1,2}, "verdict": "(yes|no)", "analysis": "' + text + r'"\}'
+    # items numbered 1, 2, ... in order, so every verdict a guided judge writes names a checklist item
+    verdicts = ""
+    for number in range(n_items, 1, -1):
+        verdicts = f'(, \\{{"item": {number}, "verdict": "(yes|no)", "analysis": "{text}"\\}}{verdicts})?'
+    verdicts = f'\\{{"item": 1, "verdict": "(yes|no)", "analysis": "{text}"\\}}{verdicts}'
     return (
         r'\{"verdicts": \['
-        + _items_regex(verdict, n_items)
+        + verdicts
         + r'\], "analysis": "'
         + free_text(40)
         + r'", "score": [1-5]\}'
