@@ -386,13 +386,7 @@ def guide_instruction_following(max_chars: int) -> str:
     for number in range(n_items, 1, -1):
         verdicts = f'(, \\{{"item": {number}, "verdict": "(yes|no)", "analysis": "{text}"\\}}{verdicts})?'
     verdicts = f'\\{{"item": 1, "verdict": "(yes|no)", "analysis": "{text}"\\}}{verdicts}'
-    return (
-        r'\{"verdicts": \['
-        + verdicts
-        + r'\], "analysis": "'
-        + free_text(40)
-        + r'", "score": [1-5]\}'
-    )
+    return r'\{"verdicts": \[' + verdicts + r'\], "analysis": "' + free_text(40) + r'", "score": [1-5]\}'
 
 
 INSTRUCTION_FOLLOWING = Parser(
