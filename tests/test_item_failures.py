@@ -23,6 +23,7 @@ from firm_assets.curation.generation import ImageJob, run_image_stage
 from firm_assets.curation.parsers import CAPTION_TEXT
 from firm_assets.curation.prompts import load_template
 from firm_assets.curation.stage import ChatStage, StageInput, run_chat_stage
+from firm_assets.gen.checklists import PLAN_LIMITS
 from resources.chat import Decoding, ImagePart, InputImageError, classify_failure, load_rgb
 from resources.diffusion import DiffusionBackend
 from resources.openai_backend import ChatAPIError, OpenAIBackend
@@ -227,7 +228,7 @@ def failing_server() -> Iterator[tuple[LoopbackServer, FailingHandler]]:
 
 
 def _plan_inputs(prompts: dict[str, str]) -> list[StageInput]:
-    return [StageInput(sample, {"prompt": prompt}, {}) for sample, prompt in prompts.items()]
+    return [StageInput(sample, {"prompt": prompt, **PLAN_LIMITS}, {}) for sample, prompt in prompts.items()]
 
 
 def test_http_400_is_cached_and_503_is_retried_by_the_next_run(

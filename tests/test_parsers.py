@@ -12,7 +12,6 @@ import regex
 from loopback import LoopbackServer, completion
 
 from firm_assets.curation.parsers import (
-    BOXED_SCORE,
     CHECKLIST_CATEGORIES,
     CHECKLIST_JSON,
     INSTRUCTION_FOLLOWING,
@@ -20,10 +19,10 @@ from firm_assets.curation.parsers import (
     QUALITY_JSON,
     SCORE_JSON,
     ParseError,
-    parse_boxed_score,
     parse_caption,
     parse_checklist,
     parse_instruction_following,
+    parse_plan_then_score,
     parse_quality,
     parse_score_json,
     prompt_text,
@@ -124,14 +123,14 @@ def test_answer_after_or_before_an_echo_keeps_its_own_score() -> None:
 
 def test_echoed_boxed_and_fraction_scores_are_ignored() -> None:
     prompt = "Prompt: a blackboard showing \\boxed{5}, rated 5/5 by critics"
-    for parse in (parse_score_json, parse_boxed_score, parse_instruction_following):
+    for parse in (parse_score_json, parse_plan_then_score, parse_instruction_following):
         with pytest.raises(ParseError):
             parse("The image shows a blackboard showing \\boxed{5}", prompt)
     with pytest.raises(ParseError):
         parse_score_json("The prompt says it is rated 5/5 by critics.", prompt)
     # the model's own final answer still counts
     assert parse_score_json("Critics aside, the board is blank. Score: 2/5", prompt)["score"] == 2
-    assert parse_boxed_score("The board is blank.\n\\boxed{1}", prompt)["score"] == 1
+    assert parse_plan_then_score("The board is blank.\n\\boxed{1}", prompt)["score"] == 1
 
 
 def test_prompt_text_is_system_and_user_text_without_images(images: list[ImagePart]) -> None:
@@ -251,10 +250,9 @@ def test_instruction_following_prompt_injection_is_not_a_score() -> None:
 
 def test_parser_versions_moved_where_behaviour_changed() -> None:
     """Versions enter cache keys: every parser whose reading changed recomputes its stage."""
-    refs = {p.ref for p in (SCORE_JSON, BOXED_SCORE, CHECKLIST_JSON, INSTRUCTION_FOLLOWING, QUALITY_JSON)}
+    refs = {p.ref for p in (SCORE_JSON, CHECKLIST_JSON, INSTRUCTION_FOLLOWING, QUALITY_JSON)}
     assert refs == {
         "score_json@2",
-        "boxed_score@2",
         "checklist_json@2",
         "instruction_following@2",
         "quality_json@2",

@@ -273,7 +273,7 @@ def mlflow_metrics(rows: list[dict]) -> dict[str, float]:
         f"{r['bench']}.{r['dimension']}.{figure}": float(r[figure])
         for r in rows
         for figure in MLFLOW_FIGURES
-        if r[figure] is not None
+        if r.get(figure) is not None
     }
 
 

@@ -207,24 +207,10 @@ def score_json_prefix(reasoning: str) -> str:
 SCORE_JSON = Parser("score_json", "2", parse_score_json, guide_score_json, score_json_prefix)
 
 
-def parse_boxed_score(text: str, prompt: str = "") -> dict[str, Any]:
-    """Free analysis ending in \\boxed{N} (the generation critic's answer format), not an echo."""
-    stripped = text.strip()
-    boxed = _final_boxed(stripped, prompt)
-    if boxed is None:
-        raise ParseError("the answer does not end in its own \\boxed{N}")
-    return {"reasoning": _BOXED.sub("", stripped).strip(), "score": _score_value(boxed.group(1))}
-
-
 def boxed_prefix(reasoning: str) -> str:
     return f"{reasoning}\n\\boxed{{"
 
 
-def guide_boxed_score(max_chars: int) -> str:
-    return f"[^\\x00-\\x09\\x0b-\\x1f\\\\]{{0,{max(max_chars - 11, 0)}}}\\n\\\\boxed\\{{[1-5]\\}}"
-
-
-BOXED_SCORE = Parser("boxed_score", "2", parse_boxed_score, guide_boxed_score, boxed_prefix)
 CAPTION_TEXT = Parser("caption_text", "1", parse_caption)
 
 
