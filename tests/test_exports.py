@@ -25,9 +25,11 @@ from firm_assets.curation.sharegpt import (
     PLACEHOLDERS,
     ExportContractError,
     escape,
+    index_exports,
     parse_record,
     read_task,
     unescape,
+    write_tasks,
 )
 from firm_assets.edit.dataset import TASKS as EDIT_TASKS
 from firm_assets.gen.dataset import TASKS as GEN_TASKS
@@ -155,6 +157,18 @@ def test_records_llama_factory_would_reject_are_refused(tmp_path: Path, changes:
 def test_an_absolute_image_path_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ExportContractError, match="not a file under the export root"):
         parse_record(_record(tmp_path, images=[str(tmp_path / "a.png")]), tmp_path)
+
+
+def test_the_root_index_lists_exactly_the_finished_versions(tmp_path: Path) -> None:
+    for dataset, version in (("a", "v1"), ("b", "v2")):
+        (tmp_path / dataset / version).mkdir(parents=True)
+        write_tasks(tmp_path / dataset / version, dataset, version, {"t": []})
+    (tmp_path / "a" / "v3.tmp99").mkdir()  # a publisher still writing: no manifest yet
+    info = json.loads(index_exports(tmp_path).read_text())
+    assert set(info) == {"t@v1", "t@v2"} and info["t@v2"]["file_name"] == "b/v2/t.json"
+    shutil.rmtree(tmp_path / "a")
+    assert set(json.loads(index_exports(tmp_path).read_text())) == {"t@v2"}
+    assert [p.name for p in tmp_path.iterdir() if p.is_file()] == [INFO_FILE]  # no temporary file left
 
 
 # the real publisher
