@@ -79,9 +79,10 @@ def test_demo_chain_end_to_end(firm_home: Path) -> None:
     target = json.loads(first["messages"][-1]["content"])
     assert set(target) == {"reasoning", "score"} and 1 <= target["score"] <= 5
     assert first["messages"][1]["content"].count("<image>") == len(first["images"]) == 2
-    assert all((folder / image).is_file() for image in first["images"])
-    info = json.loads((folder / "dataset_info.json").read_text())
-    assert set(info) == {"edit_execution", "edit_consistency"}
+    # image paths resolve from the export root, the folder of the dataset_info.json indexing the tasks
+    assert all((folder.parent.parent / image).is_file() for image in first["images"])
+    info = json.loads((folder.parent.parent / "dataset_info.json").read_text())
+    assert set(info) == {f"edit_execution@{version}", f"edit_consistency@{version}"}
     assert pl.read_parquet(folder / "data.parquet").height == scores.height
 
     run_id = dataset["mlflow_run_id"][0]

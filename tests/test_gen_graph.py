@@ -70,7 +70,8 @@ def test_demo_gen_chain_end_to_end(firm_home: Path) -> None:
         )
     assert all(len(json.loads(r["messages"][-1]["content"])["score"]) == 3 for r in quality)
     assert all(
-        (folder / r["images"][0]).is_file() and r["messages"][1]["content"].startswith("<image>")
+        (folder.parent.parent / r["images"][0]).is_file()
+        and r["messages"][1]["content"].startswith("<image>")
         for r in instruction
     )
     members = wh.query("SELECT * FROM dataset_members WHERE dataset = 'firm_gen'")

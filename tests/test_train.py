@@ -10,28 +10,26 @@ import pytest
 from PIL import Image
 from transformers import AutoModelForImageTextToText
 
+from firm_assets.curation.sharegpt import index_exports, sharegpt_record, write_tasks
+
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _dataset(folder: Path) -> Path:
+def _dataset(root: Path) -> Path:
+    """A one-task export in the publisher's layout, written with its ShareGPT writer and index."""
+    folder = root / "data" / "v1"
     (folder / "images").mkdir(parents=True)
     records = []
     for i, colour in enumerate(("red", "blue", "green", "white")):
         Image.new("RGB", (64, 64), colour).save(folder / "images" / f"{i}.png")
+        answer = json.dumps({"reasoning": f"it is {colour}", "score": 5})
         records.append(
-            {
-                "messages": [
-                    {"role": "system", "content": "You grade images."},
-                    {"role": "user", "content": f"<image>Is the image {colour}?"},
-                    {
-                        "role": "assistant",
-                        "content": json.dumps({"reasoning": f"it is {colour}", "score": 5}),
-                    },
-                ],
-                "images": [f"images/{i}.png"],
-            }
+            sharegpt_record(
+                "You grade images.", f"Is the image {colour}?", [f"data/v1/images/{i}.png"], answer
+            )
         )
-    (folder / "task.json").write_text(json.dumps(records))
+    write_tasks(folder, "data", "v1", {"task": records})
+    index_exports(root)
     return folder
 
 
@@ -42,7 +40,7 @@ def test_training_lowers_the_loss_and_saves_loadable_weights(
     output = tmp_path / "critic"
     params = {
         "base_model": str(tiny_models["tiny-qwen3-vl"]),
-        "dataset_folder": str(_dataset(tmp_path / "data")),
+        "dataset_folder": str(_dataset(tmp_path / "exports")),
         "tasks": ["task"],
         "output_dir": str(output),
         "recipe": {

@@ -23,24 +23,24 @@ from accelerate import Accelerator
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor, get_cosine_schedule_with_warmup
 
+from firm_assets.curation.sharegpt import read_task
 from resources.chat import ChatRequest, ImagePart
 from resources.messages import chat_messages
 
-IMAGE_TOKEN = "<image>"
 IGNORE = -100
 
 
 def load_examples(dataset_folder: Path, tasks: list[str]) -> list[dict[str, Any]]:
-    """ShareGPT records of the chosen tasks as (request, target, images) examples."""
+    """The chosen tasks' ShareGPT records, read and checked as the LLaMA-Factory contract tests read
+    them, as (request, target, images) examples."""
     examples = []
     for task in tasks:
-        for record in json.loads((dataset_folder / f"{task}.json").read_text()):
-            messages = {m["role"]: m["content"] for m in record["messages"]}
-            images = [dataset_folder / path for path in record["images"]]
-            text = messages["user"].replace(IMAGE_TOKEN, "")
-            parts = (*(ImagePart(path, "") for path in images), text)
-            request = ChatRequest(user=parts, system=messages.get("system"))
-            examples.append({"request": request, "target": messages["assistant"], "images": images})
+        for record in read_task(dataset_folder, task):
+            parts = tuple(ImagePart(p, "") if isinstance(p, Path) else p for p in record.user)
+            request = ChatRequest(user=parts, system=record.system)
+            examples.append(
+                {"request": request, "target": record.answer, "images": [p.path for p in request.images]}
+            )
     return examples
 
 

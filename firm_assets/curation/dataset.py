@@ -1,9 +1,11 @@
 """Publishing a scored dataset version — the one dataset builder both chains use.
 
 A version is its exact membership plus a content hash. Publishing writes, under
-FIRM_HOME/datasets/<name>/<version>/: `data.parquet`, one ShareGPT-style JSON per training task
-(the format LLaMA-Factory reads) with `dataset_info.json`, and the images the exports point at;
-then the membership and lineage rows in the warehouse and an MLflow run with the dataset digest.
+FIRM_HOME/datasets/<name>/<version>/: `data.parquet` (image columns relative to that folder, so a
+copied folder stays complete), one LLaMA-Factory ShareGPT JSON per training task (layout and escaping
+in `sharegpt.py`; FIRM_HOME/datasets/dataset_info.json indexes every version), and the images both
+point at; all world-readable whatever the umask. Then the membership and lineage rows in the
+warehouse and an MLflow run with the dataset digest.
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ import polars as pl
 from firm_assets.curation.parsers import format_plan_then_score
 from firm_assets.curation.prompts import load_template
 from firm_assets.curation.records import record_lineage
+from firm_assets.curation.sharegpt import image_ref, index_exports, sharegpt_record, write_tasks
 from firm_assets.curation.versioning import frame_version, short_hash
 from resources.chat import ImagePart
 from resources.home import firm_home
 from warehouse.connection import Warehouse
 
-IMAGE_TOKEN = "<image>"
+# part of every version's params: a change to the files of a version folder makes new versions
+EXPORT_LAYOUT = 2
 
 
 @dataclass(frozen=True)
@@ -94,7 +98,7 @@ def balance_by_bin(frame: pl.DataFrame, column: str, max_per_bin: int | None, se
     return ranked.filter(pl.int_range(pl.len()).over("_bin") < max_per_bin).drop("_bin", "_rank")
 
 
-def _sharegpt_record(task: SftTask, row: dict, image_names: dict[str, str]) -> dict:
+def _sharegpt_record(task: SftTask, row: dict, image_refs: dict[str, str]) -> dict:
     template = load_template(task.template_id)
     variables = {name: row[column] or "none" for name, column in task.variable_columns.items()}
     images = {
@@ -103,21 +107,30 @@ def _sharegpt_record(task: SftTask, row: dict, image_names: dict[str, str]) -> d
     }
     request = template.render(variables, images)
     text = next(part for part in request.user if isinstance(part, str))
-    messages = [{"role": "user", "content": IMAGE_TOKEN * len(images) + text}]
-    if request.system:
-        messages.insert(0, {"role": "system", "content": request.system})
-    messages.append({"role": "assistant", "content": task.target(row)})
-    return {"messages": messages, "images": [f"images/{image_names[row[c]]}" for c in task.image_columns]}
+    return sharegpt_record(
+        request.system, text, [image_refs[row[c]] for c in task.image_columns], task.target(row)
+    )
 
 
 def _link_or_copy(source: Path, dest: Path) -> None:
-    """Hard-link (same file system, no extra bytes) or copy an image into the export."""
-    if dest.exists():
-        return
+    """Hard-link (same file system, no extra bytes) or copy an image into the export; a link whose
+    file this process may not make world-readable (another user's store) becomes a copy."""
     try:
         os.link(source, dest)
+        os.chmod(dest, 0o644)
     except OSError:
+        dest.unlink(missing_ok=True)
         shutil.copyfile(source, dest)
+
+
+def world_readable(folder: Path) -> None:
+    """0755 folders and 0644 files under (and including) `folder`, whatever the umask was."""
+    os.chmod(folder, 0o755)
+    for parent, folders, files in os.walk(folder):
+        for name in folders:
+            os.chmod(Path(parent, name), 0o755)
+        for name in files:
+            os.chmod(Path(parent, name), 0o644)
 
 
 def _write_folder(folder: Path, frame: pl.DataFrame, tasks: Sequence[SftTask]) -> None:
@@ -126,29 +139,27 @@ def _write_folder(folder: Path, frame: pl.DataFrame, tasks: Sequence[SftTask]) -
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "images").mkdir(parents=True)
     image_columns = sorted({c for task in tasks for c in task.image_columns})
-    image_names = {}
-    for path in {p for c in image_columns for p in frame[c].to_list()}:
+    image_names: dict[str, str] = {}
+    taken: set[str] = set()
+    for path in sorted({p for c in image_columns for p in frame[c].to_list()}):
         name = Path(path).name
+        if name in taken:  # the same file name in another folder: never one image for the other
+            name = f"{short_hash(path)}-{name}"
+        taken.add(name)
         image_names[path] = name
         _link_or_copy(Path(path), tmp / "images" / name)
-    frame.write_parquet(tmp / "data.parquet")
-    info = {}
-    for task in tasks:
-        records = [_sharegpt_record(task, row, image_names) for row in frame.iter_rows(named=True)]
-        (tmp / f"{task.name}.json").write_text(json.dumps(records, indent=1))
-        info[task.name] = {
-            "file_name": f"{task.name}.json",
-            "formatting": "sharegpt",
-            "columns": {"messages": "messages", "images": "images"},
-            "tags": {
-                "role_tag": "role",
-                "content_tag": "content",
-                "user_tag": "user",
-                "assistant_tag": "assistant",
-                "system_tag": "system",
-            },
-        }
-    (tmp / "dataset_info.json").write_text(json.dumps(info, indent=1))
+    frame.with_columns(
+        pl.concat_str(pl.lit("images/"), pl.col(c).replace_strict(image_names)).alias(c)
+        for c in image_columns
+    ).write_parquet(tmp / "data.parquet")
+    dataset, version = folder.parent.name, folder.name
+    image_refs = {path: image_ref(dataset, version, name) for path, name in image_names.items()}
+    records = {
+        task.name: [_sharegpt_record(task, row, image_refs) for row in frame.iter_rows(named=True)]
+        for task in tasks
+    }
+    write_tasks(tmp, dataset, version, records)
+    world_readable(tmp)
     if folder.exists():
         shutil.rmtree(tmp)
     else:
@@ -250,13 +261,18 @@ def publish_dataset(
     """`frame` needs `sample_id`, `source` and `cache_keys` (the calls that produced the row) columns.
     A version already published is not written or logged again; its lineage edge is still recorded.
     `log_mlflow(version, folder) -> mlflow run id` logs a new version; `inputs` are upstream versions."""
+    params = {**params, "export_layout": EXPORT_LAYOUT}
     version = dataset_version_id(frame, params)
-    folder = firm_home() / "datasets" / name / version
+    root = firm_home() / "datasets"
+    folder = root / name / version
     known = known_version(warehouse, name, version)
     if known is None:
         if not folder.exists():
             folder.parent.mkdir(parents=True, exist_ok=True)
+            for parent in (root, folder.parent):
+                os.chmod(parent, 0o755)
             _write_folder(folder, frame.sort("sample_id"), tasks)
+        index_exports(root)
         mlflow_run_id = log_mlflow(version, folder)
         register_version(warehouse, name, version, frame, params, folder, run_id, mlflow_run_id)
     else:

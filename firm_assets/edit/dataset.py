@@ -80,7 +80,7 @@ def assemble(
 
 @asset(
     group_name=GROUP,
-    code_version="edit_dataset@1",
+    code_version="edit_dataset@2",
     kinds={"duckdb", "parquet", "mlflow"},
     description="Versioned scored edit dataset: Parquet + LLaMA-Factory ShareGPT exports (execution and "
     "consistency tasks) with images; membership and lineage in the warehouse, digest in MLflow.",

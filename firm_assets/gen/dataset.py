@@ -85,7 +85,7 @@ def assemble(
 
 @asset(
     group_name=GROUP,
-    code_version="gen_dataset@2",
+    code_version="gen_dataset@3",
     kinds={"duckdb", "parquet", "mlflow"},
     description="Versioned scored generation dataset: Parquet + LLaMA-Factory ShareGPT exports "
     "(instruction-following and quality tasks) with images; membership, lineage and MLflow digest.",

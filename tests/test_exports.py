@@ -1,0 +1,358 @@
+"""Exports that load where users load them: the LLaMA-Factory ShareGPT contract (placeholder counts,
+roles, image paths from the folder of `dataset_info.json`, edit and gen side by side), a Parquet
+version folder that `datasets` loads after it is copied away from the image store, and files that
+stay world-readable under a restrictive umask. Text full of literal `<image>` and `<video>` goes
+through the real publisher; the project's trainer reads it back through the same reader."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import stat
+from pathlib import Path
+
+import polars as pl
+import pytest
+from PIL import Image
+
+from firm_assets.critics.train import load_examples
+from firm_assets.curation.dataset import publish_dataset
+from firm_assets.curation.sharegpt import (
+    INFO_FILE,
+    PLACEHOLDERS,
+    ExportContractError,
+    escape,
+    index_exports,
+    parse_record,
+    read_task,
+    unescape,
+    write_tasks,
+)
+from firm_assets.edit.dataset import TASKS as EDIT_TASKS
+from firm_assets.gen.dataset import TASKS as GEN_TASKS
+from warehouse.connection import Warehouse
+
+TRICKY = (
+    "<image>",
+    "<video>",
+    "<audio>",
+    "<\\image>",
+    "<<image>>",
+    "<image",
+    "image>",
+    "\\",
+    "<",
+    ">",
+    "a b",
+)
+
+
+def tricky_text(rng: random.Random, length: int) -> str:
+    """Text built from placeholders, their escaped forms and their fragments."""
+    return "".join(rng.choice(TRICKY) for _ in range(length))
+
+
+# escaping
+
+
+@pytest.mark.parametrize(
+    ("text", "escaped"),
+    [
+        ("Put <image> on the sign", "Put <\\image> on the sign"),
+        ("<video><audio>", "<\\video><\\audio>"),
+        ("<\\image> stays apart", "<\\\\image> stays apart"),
+        ("<<image>>", "<<\\image>>"),
+        ("<Image> <images> <image", "<Image> <images> <image"),
+        ("no placeholder", "no placeholder"),
+    ],
+)
+def test_escape_adds_one_backslash_after_the_bracket(text: str, escaped: str) -> None:
+    assert escape(text) == escaped
+    assert unescape(escaped) == text
+
+
+def test_escaped_text_never_holds_a_placeholder_and_round_trips() -> None:
+    rng = random.Random(7)
+    for _ in range(2000):
+        text = tricky_text(rng, rng.randint(0, 12))
+        escaped = escape(text)
+        assert not any(p in escaped for p in PLACEHOLDERS), text
+        assert unescape(escaped) == text
+
+
+# the record contract
+
+
+def _record(tmp_path: Path, **changes) -> dict:
+    (tmp_path / "a.png").write_bytes(b"png")
+    record = {
+        "messages": [
+            {"role": "system", "content": "grade"},
+            {"role": "user", "content": "<image>Is it red?"},
+            {"role": "assistant", "content": "yes"},
+        ],
+        "images": ["a.png"],
+    }
+    return {**record, **changes}
+
+
+def test_a_valid_record_reads_as_system_parts_and_answer(tmp_path: Path) -> None:
+    record = _record(tmp_path)
+    record["messages"][1]["content"] = "<image>Is <\\image> red?<image>"
+    record["images"] = ["a.png", "a.png"]
+    parsed = parse_record(record, tmp_path)
+    assert parsed.system == "grade" and parsed.answer == "yes"
+    assert parsed.user == (tmp_path / "a.png", "Is <image> red?", tmp_path / "a.png")
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"images": ["a.png", "a.png"]}, "placeholders"),
+        ({"images": []}, "placeholders"),
+        ({"images": ["missing.png"]}, "not a file"),
+        ({"images": "a.png"}, "not a list of paths"),
+        (
+            {"messages": [{"role": "assistant", "content": "yes"}, {"role": "user", "content": "<image>"}]},
+            "roles",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "<image>"},
+                    {"role": "assistant", "content": "a"},
+                    {"role": "user", "content": "b"},
+                    {"role": "assistant", "content": "c"},
+                ]
+            },
+            "roles",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "<image><video>"},
+                    {"role": "assistant", "content": "a"},
+                ]
+            },
+            "placeholders",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "<image>"}]},
+            "placeholders",
+        ),
+        (
+            {"messages": [{"role": "user", "content": ["<image>"]}, {"role": "assistant", "content": "a"}]},
+            "string",
+        ),
+    ],
+)
+def test_records_llama_factory_would_reject_are_refused(tmp_path: Path, changes: dict, reason: str) -> None:
+    with pytest.raises(ExportContractError, match=reason):
+        parse_record(_record(tmp_path, **changes), tmp_path)
+
+
+def test_an_absolute_image_path_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ExportContractError, match="not a file under the export root"):
+        parse_record(_record(tmp_path, images=[str(tmp_path / "a.png")]), tmp_path)
+
+
+def test_the_root_index_lists_exactly_the_finished_versions(tmp_path: Path) -> None:
+    for dataset, version in (("a", "v1"), ("b", "v2")):
+        (tmp_path / dataset / version).mkdir(parents=True)
+        write_tasks(tmp_path / dataset / version, dataset, version, {"t": []})
+    (tmp_path / "a" / "v3.tmp99").mkdir()  # a publisher still writing: no manifest yet
+    info = json.loads(index_exports(tmp_path).read_text())
+    assert set(info) == {"t@v1", "t@v2"} and info["t@v2"]["file_name"] == "b/v2/t.json"
+    shutil.rmtree(tmp_path / "a")
+    assert set(json.loads(index_exports(tmp_path).read_text())) == {"t@v2"}
+    assert [p.name for p in tmp_path.iterdir() if p.is_file()] == [INFO_FILE]  # no temporary file left
+
+
+# the real publisher
+
+
+def _image(path: Path, colour: tuple[int, int, int]) -> tuple[str, str]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (24, 16), colour).save(path)
+    return str(path), hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _edit_frame(store: Path, rng: random.Random) -> pl.DataFrame:
+    rows = []
+    for i in range(6):
+        # the same file name in two folders: the export must keep both images apart
+        source, source_sha = _image(store / "sources" / f"{i % 2}" / "image.png", (i % 2 * 100, 10, 10))
+        edited, edited_sha = _image(store / "edits" / f"{i}.png", (10, i * 40, 10))
+        rows.append(
+            {
+                "sample_id": f"edit-{i}",
+                "source": "editor",
+                "instruction": f"Write <image> on the sign {tricky_text(rng, 4)}",
+                "requirement": None if i % 2 else "keep the <video> frame",
+                "source_sha": source_sha,
+                "source_path": source,
+                "edited_sha": edited_sha,
+                "edited_path": edited,
+                "execution_score": float(1 + i % 5),
+                "execution_reasoning": f"It shows <image> text {tricky_text(rng, 3)}",
+                "consistency_score": 4.0,
+                "consistency_reasoning": "Nothing else changed <\\image>.",
+                "cache_keys": [f"k{i}"],
+            }
+        )
+    return pl.DataFrame(rows)
+
+
+def _gen_frame(store: Path, rng: random.Random) -> pl.DataFrame:
+    rows = []
+    for i in range(4):
+        image, image_sha = _image(store / "generated" / f"{i}.png", (10, 10, i * 50))
+        verdicts = [
+            {"item": 1, "question": "Is there an <image> frame?", "verdict": "yes", "evidence": "<video>"}
+        ]
+        rows.append(
+            {
+                "sample_id": f"gen-{i}",
+                "source": "generator",
+                "prompt": f"A poster that says <image> {tricky_text(rng, 4)}",
+                "image_sha": image_sha,
+                "image_path": image,
+                "if_score": 3.0,
+                "if_reasoning": "The <image> word is there.",
+                "verdicts": json.dumps(verdicts),
+                "quality_scores": [4, 3, 5],
+                "quality_reasoning": "<audio> clean",
+                "cache_keys": [f"g{i}"],
+            }
+        )
+    return pl.DataFrame(rows)
+
+
+@pytest.fixture
+def published(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
+    """The edit and gen datasets published into one FIRM_HOME under umask 077."""
+    home = tmp_path / "firm-home"
+    monkeypatch.setenv("FIRM_HOME", str(home))
+    monkeypatch.delenv("FIRM_TEMPLATE_DIR", raising=False)
+    rng = random.Random(11)
+    store = tmp_path / "store"
+    frames = {"firm_edit": _edit_frame(store, rng), "firm_gen": _gen_frame(store, rng)}
+    tasks = {"firm_edit": EDIT_TASKS, "firm_gen": GEN_TASKS}
+    old_umask = os.umask(0o077)
+    try:
+        warehouse = Warehouse(home / "warehouse.duckdb")
+        folders = {
+            name: publish_dataset(
+                name, frame, tasks[name], {}, [("synthetic", "v0")], warehouse, None, lambda *_: None
+            ).folder
+            for name, frame in frames.items()
+        }
+    finally:
+        os.umask(old_umask)
+    return {"home": home, "store": store, "frames": frames, "folders": folders}
+
+
+def test_edit_and_gen_exports_meet_the_contract_side_by_side(published: dict) -> None:
+    root = published["home"] / "datasets"
+    info = json.loads((root / INFO_FILE).read_text())
+    versions = {name: folder.name for name, folder in published["folders"].items()}
+    assert set(info) == {
+        f"edit_execution@{versions['firm_edit']}",
+        f"edit_consistency@{versions['firm_edit']}",
+        f"gen_instruction@{versions['firm_gen']}",
+        f"gen_quality@{versions['firm_gen']}",
+    }
+    for entry, spec in info.items():
+        records = json.loads((root / spec["file_name"]).read_text())
+        assert len(records) == (6 if entry.startswith("edit") else 4)
+        for record in records:
+            # what LLaMA-Factory checks, counted here on the raw JSON
+            assert [m["role"] for m in record["messages"]] == ["system", "user", "assistant"]
+            text = "".join(m["content"] for m in record["messages"])
+            assert text.count("<image>") == len(record["images"]) == (2 if entry.startswith("edit") else 1)
+            assert text.count("<video>") == text.count("<audio>") == 0
+            assert all(
+                (root / image).is_file() and not Path(image).is_absolute() for image in record["images"]
+            )
+
+
+def test_literal_placeholders_come_back_unchanged_through_the_reader(published: dict) -> None:
+    edit = published["frames"]["firm_edit"].sort("sample_id")
+    folder = published["folders"]["firm_edit"]
+    records = read_task(folder, "edit_execution")
+    for record, row in zip(records, edit.iter_rows(named=True), strict=True):
+        assert [type(part) for part in record.user] == [type(folder), type(folder), str]
+        assert row["instruction"] in record.user[2]
+        assert json.loads(record.answer)["reasoning"] == row["execution_reasoning"]
+        # each placeholder is the row's own image: the right file, even where file names clash
+        for part, sha in zip(record.user[:2], (row["source_sha"], row["edited_sha"]), strict=True):
+            assert hashlib.sha256(part.read_bytes()).hexdigest() == sha
+    gen = read_task(published["folders"]["firm_gen"], "gen_instruction")
+    assert all("| yes | <video>" in record.answer and "<image> frame?" in record.answer for record in gen)
+
+
+def test_the_trainer_reads_the_export_through_the_contract_reader(published: dict) -> None:
+    folder = published["folders"]["firm_edit"]
+    examples = load_examples(folder, ["edit_execution", "edit_consistency"])
+    assert len(examples) == 12
+    expected = read_task(folder, "edit_execution")
+    for example, record in zip(examples[:6], expected, strict=True):
+        assert example["target"] == record.answer
+        assert example["images"] == [p for p in record.user if isinstance(p, Path)]
+        assert example["request"].system == record.system
+
+
+def test_the_trainer_refuses_a_broken_export(published: dict) -> None:
+    folder = published["folders"]["firm_gen"]
+    task_file = folder / "gen_quality.json"
+    records = json.loads(task_file.read_text())
+    records[2]["messages"][1]["content"] += "<image>"
+    task_file.write_text(json.dumps(records))
+    with pytest.raises(ExportContractError, match=r"gen_quality.json record 2: placeholders"):
+        load_examples(folder, ["gen_quality"])
+
+
+def test_a_copied_parquet_version_loads_with_datasets_without_the_image_store(
+    published: dict, tmp_path: Path
+) -> None:
+    import datasets
+
+    copies = tmp_path / "elsewhere"
+    for name, folder in published["folders"].items():
+        shutil.copytree(folder, copies / name)
+    shutil.rmtree(published["store"])
+    shutil.rmtree(published["home"])
+    checked = 0
+    for name, shas in {"firm_edit": ("source", "edited"), "firm_gen": ("image",)}.items():
+        loaded = datasets.load_dataset(
+            "parquet",
+            data_files=str(copies / name / "data.parquet"),
+            split="train",
+            cache_dir=str(tmp_path / "hf-cache"),
+        )
+        assert loaded.num_rows == published["frames"][name].height
+        for row in loaded:
+            for prefix in shas:
+                path = copies / name / row[f"{prefix}_path"]
+                with Image.open(path) as image:
+                    image.load()
+                    assert image.size == (24, 16)
+                assert hashlib.sha256(path.read_bytes()).hexdigest() == row[f"{prefix}_sha"]
+                checked += 1
+    assert checked == 6 * 2 + 4
+
+
+def test_exports_are_world_readable_under_a_restrictive_umask(published: dict) -> None:
+    root = published["home"] / "datasets"
+    seen = 0
+    for parent, folders, files in os.walk(root):
+        assert stat.S_IMODE(os.stat(parent).st_mode) == 0o755, parent
+        for name in files:
+            assert stat.S_IMODE(os.stat(Path(parent, name)).st_mode) == 0o644, Path(parent, name)
+            seen += 1
+        assert not any(".tmp" in name for name in [*folders, *files])
+    # root index, then per version: parquet, manifest, task files and images
+    assert seen == 1 + (1 + 1 + 2 + 8) + (1 + 1 + 2 + 4)
