@@ -134,7 +134,7 @@ def test_revision_comes_from_the_served_models(client: Client, serve: Callable[.
         client(server.base_url, "missing")
 
 
-def test_an_unlisted_revision_is_a_clear_error(client: Client) -> None:
+def test_an_unreadable_model_listing_is_a_clear_error(client: Client) -> None:
     with ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler) as probe:
         port = probe.server_address[1]
     with pytest.raises(RuntimeError, match=r"cannot read the served models at .*/v1/models.*ConnectError"):
