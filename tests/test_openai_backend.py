@@ -329,7 +329,7 @@ def test_a_timeout_is_retried_then_transient(client: Client, serve: Callable[...
     started = time.monotonic()
     with pytest.raises(ChatAPIError, match=r"\(no response\): ReadTimeout") as caught:
         backend.generate([HI], GREEDY)
-    assert time.monotonic() - started < 1.5  # neither attempt waited for the answer
+    assert time.monotonic() - started < 2.0  # neither attempt waited for the 2 s answer
     assert caught.value.status_code is None and server.calls == 2
     assert classify_failure(caught.value).transient is True
 
@@ -381,15 +381,13 @@ class SlowOne:
 def test_a_slow_request_holds_one_slot_not_the_pool(
     client: Client, serve: Callable[..., LoopbackServer]
 ) -> None:
-    """One slow request among 24 with 4 slots: the other 3 slots keep working through the rest, so the
-    batch takes about as long as the slow request, not 4 rounds of it."""
-    handler = SlowOne(slow_s=1.0)
+    """One slow request among 24 with 4 slots: the other 3 slots work through all the rest while it
+    runs, so the batch takes about as long as the slow request, not rounds of it."""
+    handler = SlowOne(slow_s=3.0)
     server = serve(handler)
     backend = client(server.base_url, "m", concurrency=4)
     texts = ["slow", *(f"fast {index}" for index in range(23))]
-    started = time.monotonic()
     assert backend.generate([ChatRequest(user=(text,)) for text in texts], GREEDY) == texts
-    assert time.monotonic() - started < 1.6
     assert server.max_in_flight == 4
     assert handler.started_during_slow == 23
     assert max(handler.finished[text] for text in texts[1:]) < handler.finished["slow"]
@@ -400,7 +398,7 @@ def test_callers_share_the_pool_so_the_next_batch_fills_free_slots(
 ) -> None:
     """While one caller's batch waits on its slow request, another caller's batch (e.g. the next batch
     of a stage run one ahead) runs on the free slots, and the bound holds for both together."""
-    handler = SlowOne(slow_s=1.0)
+    handler = SlowOne(slow_s=3.0)
     server = serve(handler)
     backend = client(server.base_url, "m", concurrency=3)
     slow_batch = threading.Thread(target=backend.generate, args=([ChatRequest(user=("slow",))], GREEDY))
