@@ -68,7 +68,16 @@ def load_chat_backend(config: ChatModelConfig) -> ChatBackend:
 
             if not config.base_url:
                 raise ValueError("the openai backend needs base_url")
-            backend = OpenAIBackend(config.base_url, config.model, revision=config.revision)
+            backend = OpenAIBackend(
+                config.base_url,
+                config.model,
+                revision=config.revision,
+                server=config.server,
+                api_key_env=config.api_key_env,
+                concurrency=config.concurrency,
+                max_retries=config.max_retries,
+                timeout_s=config.timeout_s,
+            )
         else:
             raise ValueError(f"unknown chat backend {config.backend!r}")
         backend.model = dataclasses.replace(backend.model, model_id=config.model)
@@ -92,7 +101,7 @@ def load_image_backend(config: ImageModelConfig):
 
 class ModelsResource(ConfigurableResource):
     """Which models do the work. `profile` picks a named set; the optional fields override one role's
-    model or point every chat role at an OpenAI-compatible server."""
+    model or point every chat role at an OpenAI-compatible server (`chat_server`: `vllm` or `openai`)."""
 
     profile: str = DEFAULT_PROFILE
     captioner_model: str | None = None
@@ -100,6 +109,7 @@ class ModelsResource(ConfigurableResource):
     planner_model: str | None = None
     chat_backend: str | None = None
     base_url: str | None = None
+    chat_server: str | None = None
     critic_base: str | None = None
 
     def settings(self) -> Profile:
@@ -114,6 +124,7 @@ class ModelsResource(ConfigurableResource):
                     "model": getattr(self, f"{role}_model"),
                     "backend": self.chat_backend,
                     "base_url": self.base_url,
+                    "server": self.chat_server,
                 }.items()
                 if value
             }

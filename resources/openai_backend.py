@@ -1,6 +1,12 @@
-"""ChatBackend over any OpenAI-compatible chat-completions endpoint (`vllm serve`, hosted APIs), so a
-shared inference server can do the work instead of weights loaded in this process. Requests run in
-parallel up to a bound; transient failures are retried with backoff, permanent ones fail at once."""
+"""ChatBackend over any OpenAI-compatible chat-completions server (`vllm serve`, hosted APIs), so a
+shared inference server can do the work instead of weights loaded in this process.
+
+The official `openai` SDK does the HTTP: its timeouts, and its retries of what may pass (408, 409, 429,
+5xx, a dropped connection, a timeout), waiting as a `Retry-After` header asks (up to two minutes) or
+backing off exponentially otherwise. Everything else (a 400, 401, 404, 422) fails at once. One pool of
+`concurrency` worker threads serves every call to a backend: each slot takes the next request as soon
+as its own is answered, so one slow request holds one slot, never the others, and two callers sharing
+the backend share the bound."""
 
 from __future__ import annotations
 
@@ -8,23 +14,23 @@ import base64
 import math
 import mimetypes
 import os
-import random
-import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, TypeVar
 
-import httpx
+import openai
+from openai.types.chat import ChatCompletion
 
 from resources.chat import ChatRequest, Decoding, ImagePart, InputImageError, ModelRef
 from resources.messages import chat_messages
 
-# Worth another try: the server was busy, overloaded, restarting or lost the request.
-RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
-# Worth another try on the client side: nothing (complete) came back.
-RETRYABLE_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+# Which kind of server answers: only a vLLM server gets vLLM's extensions to the request
+# (`structured_outputs`, `continue_final_message`); a hosted API would refuse them.
+SERVERS = ("vllm", "openai")
+# The 4xx worth another try (the SDK retries them, and every 5xx): a timeout, a conflict, a rate limit.
+RETRYABLE_4XX = frozenset({408, 409, 429})
+
+Item = TypeVar("Item")
 
 _MAGIC = (
     (b"\x89PNG\r\n\x1a\n", "image/png"),
@@ -48,7 +54,36 @@ class ChatAPIError(RuntimeError):
         """Permanent only when the server refused the request itself (a 4xx it would repeat); no
         response, a 5xx or a busy signal after the retries, or a malformed answer may pass later."""
         status = self.status_code
-        return status is None or status in RETRYABLE_STATUS or not 400 <= status < 500
+        return status is None or status in RETRYABLE_4XX or not 400 <= status < 500
+
+
+def api_error(error: openai.APIError) -> ChatAPIError:
+    """The SDK's exception as a ChatAPIError: the status and the server's own explanation (OpenAI's
+    `{"error": {"message"}}`, vLLM's `{"message"}`), or, with no response, what went wrong underneath
+    (ConnectError, ReadTimeout)."""
+    if isinstance(error, openai.APIConnectionError):
+        cause = error.__cause__
+        return ChatAPIError(
+            None, f"{type(cause).__name__}: {cause or error.message}" if cause else error.message
+        )
+    body = error.body
+    message = body.get("message") if isinstance(body, dict) else body
+    return ChatAPIError(getattr(error, "status_code", None), str(message or error.message))
+
+
+def served_revision(entry: Mapping[str, Any]) -> str:
+    """The revision of the weights behind a served model name, from its `/v1/models` entry: vLLM's
+    `root` (the path or hub id it loaded), else a hosted API's `created` time (a new snapshot under an
+    old name is created anew). vLLM's `created` is the time of the listing, so it is only the fallback.
+    Two servers loading the same hub id at different hub revisions share a root: set `revision`."""
+    if entry.get("root"):
+        return f"root:{entry['root']}"
+    if isinstance(entry.get("created"), int):
+        return f"created:{entry['created']}"
+    raise ValueError(
+        f"the server's entry for {entry.get('id')!r} names neither `root` nor `created`; "
+        "set `revision` in the role's config"
+    )
 
 
 def image_mime(data: bytes, name: str) -> str:
@@ -75,128 +110,105 @@ def _image_url_content(part: ImagePart) -> dict[str, Any]:
     return {"type": "image_url", "image_url": {"url": image_data_url(part)}}
 
 
-def _retry_after_s(response: httpx.Response) -> float | None:
-    """Seconds the server asked us to wait (Retry-After as seconds or an HTTP date), if it said."""
-    value = response.headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
-
-
-def _error_message(response: httpx.Response) -> str:
-    """The server's own explanation: OpenAI's {"error": {"message"}}, vLLM's older {"message"}, or text."""
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text.strip() or response.reason_phrase
-    if isinstance(body, dict):
-        error = body.get("error")
-        if isinstance(error, dict) and error.get("message"):
-            return str(error["message"])
-        if isinstance(error, str) and error:
-            return error
-        if body.get("message"):
-            return str(body["message"])
-    return response.text.strip() or response.reason_phrase
-
-
 class OpenAIBackend:
-    """Batched chat and next-token probabilities through `POST {base_url}/chat/completions`."""
+    """Batched chat and next-token probabilities through `POST {base_url}/chat/completions`.
+
+    The model's revision is `revision` when given, else read once from the server's `/v1/models`
+    (`served_revision`), so answers from different weights served under one name never share a cache
+    entry. The API key is read from the environment variable `api_key_env` ("EMPTY" when unset, which a
+    vLLM server without `--api-key` accepts)."""
 
     def __init__(
         self,
         base_url: str,
         model: str,
         revision: str | None = None,
-        api_key: str | None = None,
-        max_concurrency: int = 8,
+        server: str = "vllm",
+        api_key_env: str = "OPENAI_API_KEY",
+        concurrency: int = 8,
         max_retries: int = 4,
         timeout_s: float = 120.0,
-        backoff_s: float = 0.5,
-        max_backoff_s: float = 60.0,
         top_logprobs: int = 20,
     ) -> None:
-        if max_concurrency < 1:
-            raise ValueError("max_concurrency must be at least 1")
+        if server not in SERVERS:
+            raise ValueError(f"server must be one of {SERVERS}, not {server!r}")
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
         if max_retries < 0:
             raise ValueError("max_retries must not be negative")
-        self.url = base_url.rstrip("/") + "/chat/completions"
         self.served_model = model
-        self.max_retries = max_retries
-        self.backoff_s = backoff_s
-        self.max_backoff_s = max_backoff_s
+        self.server = server
         self.top_logprobs = top_logprobs
-        self.model = ModelRef(model, revision or "api", backend="openai")
-        key = api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
-        self._client = httpx.Client(
+        self._client = openai.OpenAI(
+            base_url=base_url,
+            api_key=os.environ.get(api_key_env) or "EMPTY",
             timeout=timeout_s,
-            headers={"Authorization": f"Bearer {key}"},
-            limits=httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency),
+            max_retries=max_retries,
         )
+        try:
+            self.model = ModelRef(model, revision or self._served_revision(), backend="openai")
+        except BaseException:
+            self._client.close()
+            raise
         # One pool for the backend, not one per call, so the bound holds across concurrent callers too.
-        self._pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="openai-backend")
-        self._closed = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="openai-backend")
 
     def generate(self, requests: Sequence[ChatRequest], decoding: Decoding) -> list[str]:
         """The assistant's answer for each request, stripped like the transformers backend's.
 
-        With decoding.regex the request carries vLLM's structured-output field,
-        `"structured_outputs": {"regex": ...}` (current vLLM; the older top-level `guided_regex` was
-        removed in v0.12, so older servers need an upgrade), and the answer is returned unstripped, as the
-        transformers backend does: the server guarantees a full match. Servers without that extension
-        (hosted APIs) reject or ignore the field."""
-        payloads: list[dict[str, Any]] = []
-        for request in requests:
-            payload: dict[str, Any] = {
-                "model": self.served_model,
-                "messages": chat_messages(request, None, _image_url_content),
-                "temperature": decoding.temperature,
-                "top_p": decoding.top_p,
-                "max_tokens": decoding.max_new_tokens,
-                "seed": decoding.seed,
-            }
-            if decoding.regex is not None:
-                payload["structured_outputs"] = {"regex": decoding.regex}
-            payloads.append(payload)
-        texts = [_first_choice(body)["message"].get("content") or "" for body in self._post_all(payloads)]
-        return texts if decoding.regex is not None else [text.strip() for text in texts]
+        With decoding.regex a vLLM server gets vLLM's structured-output field in the request body,
+        `"structured_outputs": {"regex": ...}` (the older top-level `guided_regex` was removed in vLLM
+        0.12), and the answer is returned unstripped, as the transformers backend does: the server
+        guarantees a full match. Other servers have no such field: they answer unguided, the answer is
+        stripped, and the stage's parser alone decides whether it has the format."""
+        guided = decoding.regex is not None and self.server == "vllm"
+        extra_body = {"structured_outputs": {"regex": decoding.regex}} if guided else None
+
+        def call(request: ChatRequest) -> ChatCompletion:
+            return self._create(
+                messages=chat_messages(request, None, _image_url_content),
+                temperature=decoding.temperature,
+                top_p=decoding.top_p,
+                max_tokens=decoding.max_new_tokens,
+                seed=decoding.seed,
+                extra_body=extra_body,
+            )
+
+        texts = [_first_choice(answer).message.content or "" for answer in self._run_all(call, requests)]
+        return texts if guided else [text.strip() for text in texts]
 
     def next_token_probs(
         self, requests: Sequence[ChatRequest], assistant_prefixes: Sequence[str], tokens: Sequence[str]
     ) -> list[dict[str, float]]:
         """exp(logprob) of each token among the server's top_logprobs for the one next token; 0.0 for a
         token not among them. A non-empty prefix is continued in place through vLLM's
-        `continue_final_message` extension (hosted APIs without it reject such requests)."""
+        `continue_final_message` extension, so it needs a vLLM server."""
         if len(requests) != len(assistant_prefixes):
             raise ValueError("one assistant prefix is needed per request")
-        payloads = []
-        for request, prefix in zip(requests, assistant_prefixes, strict=True):
-            payload: dict[str, Any] = {
-                "model": self.served_model,
-                "messages": chat_messages(request, prefix, _image_url_content),
-                "max_tokens": 1,
-                "temperature": 0.0,
-                "logprobs": True,
-                "top_logprobs": self.top_logprobs,
-            }
-            if prefix:
-                payload |= {"add_generation_prompt": False, "continue_final_message": True}
-            payloads.append(payload)
-        return [_token_probs(body, tokens) for body in self._post_all(payloads)]
+        if self.server != "vllm" and any(assistant_prefixes):
+            raise ValueError(
+                "continuing an assistant prefix needs a vLLM server (continue_final_message); "
+                f"this backend's server is {self.server!r}"
+            )
+
+        def call(item: tuple[ChatRequest, str]) -> ChatCompletion:
+            request, prefix = item
+            return self._create(
+                messages=chat_messages(request, prefix, _image_url_content),
+                max_tokens=1,
+                temperature=0.0,
+                logprobs=True,
+                top_logprobs=self.top_logprobs,
+                extra_body={"add_generation_prompt": False, "continue_final_message": True}
+                if prefix
+                else None,
+            )
+
+        answers = self._run_all(call, list(zip(requests, assistant_prefixes, strict=True)))
+        return [_token_probs(answer, tokens) for answer in answers]
 
     def close(self) -> None:
-        """Release the worker threads and connections (a retry waiting to happen gives up)."""
-        self._closed.set()
+        """Release the worker threads (after the requests in flight) and the connections."""
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._client.close()
 
@@ -206,11 +218,27 @@ class OpenAIBackend:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _post_all(self, payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Response bodies in request order; on the first failure the requests not yet sent are dropped."""
-        futures: list[Future[dict[str, Any]]] = [
-            self._pool.submit(self._post, payload) for payload in payloads
-        ]
+    def _served_revision(self) -> str:
+        """The revision the server reports for this model name (see `served_revision`)."""
+        url = f"{self._client.base_url}models"
+        try:
+            entries = [entry.to_dict() for entry in self._client.models.list().data]
+        except openai.APIError as error:
+            raise RuntimeError(
+                f"cannot read the served models at {url} to record the model revision "
+                f"({api_error(error).message}); set `revision` in the role's config to skip this"
+            ) from error
+        for entry in entries:
+            if entry.get("id") == self.served_model:
+                return served_revision(entry)
+        served = sorted(str(entry.get("id")) for entry in entries)
+        raise ValueError(f"{url} does not serve {self.served_model!r}; it serves {served}")
+
+    def _run_all(self, call: Callable[[Item], ChatCompletion], items: Sequence[Item]) -> list[ChatCompletion]:
+        """Answers in request order. The whole batch is queued on the shared pool at once (each request
+        is built, images encoded, only when a slot takes it); on the first failure, in order, the
+        requests not yet started are dropped and that failure is raised."""
+        futures: list[Future[ChatCompletion]] = [self._pool.submit(call, item) for item in items]
         try:
             return [future.result() for future in futures]
         except BaseException:
@@ -218,47 +246,28 @@ class OpenAIBackend:
                 future.cancel()
             raise
 
-    def _post(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """One request, retried on transient failures only: a 4xx other than the retryable ones means
-        the request itself is wrong, and repeating it would only hide that."""
-        for attempt in range(self.max_retries + 1):
-            last = attempt == self.max_retries
-            try:
-                response = self._client.post(self.url, json=payload)
-            except RETRYABLE_ERRORS as error:
-                if last:
-                    raise ChatAPIError(None, f"{type(error).__name__}: {error}") from error
-                delay = self._backoff(attempt)
-            else:
-                if response.is_success:
-                    return response.json()
-                if response.status_code not in RETRYABLE_STATUS or last:
-                    raise ChatAPIError(response.status_code, _error_message(response))
-                retry_after = _retry_after_s(response)
-                delay = self._backoff(attempt) if retry_after is None else retry_after
-            if self._closed.wait(min(delay, self.max_backoff_s)):
-                raise ChatAPIError(None, "backend closed while waiting to retry")
-        raise AssertionError("unreachable")
-
-    def _backoff(self, attempt: int) -> float:
-        """Exponential backoff with jitter (half to all of the step), so parallel retries spread out."""
-        step = min(self.max_backoff_s, self.backoff_s * 2**attempt)
-        return step * random.uniform(0.5, 1.0)
+    def _create(self, **params: Any) -> ChatCompletion:
+        """One chat completion, retried by the SDK; its exceptions become ChatAPIErrors."""
+        try:
+            return self._client.chat.completions.create(model=self.served_model, **params)
+        except openai.APIError as error:
+            raise api_error(error) from error
 
 
-def _first_choice(body: dict[str, Any]) -> dict[str, Any]:
-    choices = body.get("choices") or []
+def _first_choice(answer: ChatCompletion) -> Any:
+    choices = getattr(answer, "choices", None) or []
     if not choices:
-        raise ChatAPIError(200, f"response without choices: {str(body)[:500]}")
+        raise ChatAPIError(200, f"response without choices: {str(answer)[:500]}")
     return choices[0]
 
 
-def _token_probs(body: dict[str, Any], tokens: Sequence[str]) -> dict[str, float]:
+def _token_probs(answer: ChatCompletion, tokens: Sequence[str]) -> dict[str, float]:
     """Probabilities of `tokens` read from the first generated token's top_logprobs."""
-    content = (_first_choice(body).get("logprobs") or {}).get("content") or []
+    logprobs = _first_choice(answer).logprobs
+    content = (logprobs.content if logprobs is not None else None) or []
     if not content:
         raise ChatAPIError(200, "response without logprobs; does the server support `logprobs`?")
     found: dict[str, float] = {}
-    for entry in content[0].get("top_logprobs") or []:
-        found.setdefault(entry["token"], float(entry["logprob"]))
+    for entry in content[0].top_logprobs or []:
+        found.setdefault(entry.token, float(entry.logprob))
     return {token: math.exp(found[token]) if token in found else 0.0 for token in tokens}

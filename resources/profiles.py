@@ -15,7 +15,13 @@ TINY_PREFIX = "tiny:"
 
 @dataclass(frozen=True)
 class ChatModelConfig:
-    """A chat role (captioner, judge, planner): backend kind, model id or path, and its knobs."""
+    """A chat role (captioner, judge, planner): backend kind, model id or path, and its knobs.
+
+    The `openai` backend's own: `base_url`; `server` (`vllm` or `openai`: only a vLLM server is sent
+    vLLM's request extensions); `api_key_env` (the environment variable holding the key); requests in
+    flight at once (`concurrency`), SDK retries per request and the per-request `timeout_s`. Its
+    `batch_size` is how many requests a stage hands over per call: make it a few times `concurrency`,
+    as the pool refills only from the batch it has."""
 
     backend: str
     model: str
@@ -25,6 +31,11 @@ class ChatModelConfig:
     tensor_parallel_size: int = 1
     base_url: str | None = None
     revision: str | None = None
+    server: str = "vllm"
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = 8
+    max_retries: int = 4
+    timeout_s: float = 120.0
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import json
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -21,12 +21,23 @@ Reply = tuple[int, dict[str, str], dict[str, Any]] | None  # None: drop the conn
 Handler = Callable[[dict[str, Any]], Reply]
 
 
+def model_entry(model_id: str, root: str | None = None, created: int = 1700000000) -> dict[str, Any]:
+    """One `/v1/models` entry as vLLM writes it (`root`: the weights it loaded; `owned_by: vllm`), or,
+    without a root, as a hosted API does."""
+    if root is None:
+        return {"id": model_id, "object": "model", "created": created, "owned_by": "system"}
+    return {"id": model_id, "object": "model", "created": created, "owned_by": "vllm", "root": root}
+
+
 class LoopbackServer:
     """A threaded HTTP server on a free 127.0.0.1 port whose /v1/chat/completions answers through
-    `handler`; it counts calls, records when they came and how many were in flight at once."""
+    `handler` and whose /v1/models lists `models`; it counts chat calls, records when they came, their
+    headers and how many were in flight at once."""
 
-    def __init__(self, handler: Handler) -> None:
+    def __init__(self, handler: Handler, models: Sequence[dict[str, Any]] = ()) -> None:
         self.handler = handler
+        self.models = list(models)
+        self.model_listings = 0
         self.calls = 0
         self.call_times: list[float] = []
         self.headers: list[dict[str, str]] = []
@@ -38,12 +49,20 @@ class LoopbackServer:
         class RequestHandler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
+            def do_GET(self) -> None:
+                if self.path != "/v1/models":
+                    self._send(404, {}, {"error": {"message": f"no route {self.path}"}})
+                    return
+                owner.model_listings += 1
+                self._send(200, {}, {"object": "list", "data": owner.models})
+
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 if self.path != "/v1/chat/completions":
                     self._send(404, {}, {"error": {"message": f"no route {self.path}"}})
                     return
-                reply = owner._handle(json.loads(body), dict(self.headers))
+                headers = {key.lower(): value for key, value in self.headers.items()}
+                reply = owner._handle(json.loads(body), headers)
                 if reply is None:
                     self.close_connection = True
                     return

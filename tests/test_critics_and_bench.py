@@ -12,7 +12,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 from dagster import AssetSelection, materialize
-from loopback import LoopbackServer, ModelHandler
+from loopback import LoopbackServer, ModelHandler, model_entry
 from mlflow import MlflowClient
 
 from firm_assets.benchmark.checks import contaminated_items
@@ -194,7 +194,8 @@ def test_an_openai_compatible_judge_joins_the_leaderboard(main_run, tiny_models,
     """A judge behind real HTTP (a loopback server answering from the tiny VLM) is scored like the
     critics; it is read from its text only (hosted APIs cannot score a continued prefix)."""
     home, _, wh = main_run
-    server = LoopbackServer(ModelHandler(TransformersBackend(str(tiny_models[VL_NAME])), tmp_path))
+    handler = ModelHandler(TransformersBackend(str(tiny_models[VL_NAME])), tmp_path)
+    server = LoopbackServer(handler, [model_entry("served-tiny", str(tiny_models[VL_NAME]))])
     try:
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv("FIRM_HOME", str(home))

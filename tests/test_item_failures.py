@@ -237,7 +237,7 @@ def test_http_400_is_cached_and_503_is_retried_by_the_next_run(
     server, handler = failing_server
     prompts = {"a": "a red car", "b": "BAD-REQUEST a dog", "c": "OVERLOADED a cat", "d": "a blue house"}
     inputs = _plan_inputs(prompts)
-    with OpenAIBackend(server.base_url, "judge", max_retries=1, backoff_s=0.01) as backend:
+    with OpenAIBackend(server.base_url, "judge", revision="r1", max_retries=1) as backend:
         results, stats = run_chat_stage(PLANS, backend, inputs, warehouse, batch_size=4, run_id="first")
         expected = {sample: results[sample].outcome.output_text for sample in "ad"}
         assert (stats.failures, stats.transient_failures) == (2, 1)
@@ -270,7 +270,7 @@ def test_a_backend_that_fails_every_item_is_not_asked_for_the_rest(warehouse: Wa
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     inputs = _plan_inputs({f"p{i}": f"prompt {i}" for i in range(6)})
-    with OpenAIBackend(f"http://127.0.0.1:{port}/v1", "judge", max_retries=0) as backend:
+    with OpenAIBackend(f"http://127.0.0.1:{port}/v1", "judge", revision="r1", max_retries=0) as backend:
         results, stats = run_chat_stage(PLANS, backend, inputs, warehouse, batch_size=2, run_id="down")
     assert (stats.model_calls, stats.failures, stats.transient_failures) == (2, 6, 6)
     for sample in ("p0", "p1"):

@@ -1,7 +1,9 @@
-"""OpenAIBackend against a real HTTP server on 127.0.0.1: answers match the transformers backend that
-serves them, images travel, transient failures are retried (bounded, honouring Retry-After), permanent
-ones are not, and no more requests are in flight than allowed. Also: vLLM stays an optional import, and
-VllmBackend drives a stand-in engine correctly (the real one needs a GPU)."""
+"""OpenAIBackend (the official `openai` SDK) against a real HTTP server on 127.0.0.1: answers match the
+transformers backend that serves them, images travel, vLLM's extensions reach only a vLLM server,
+transient failures are retried (bounded, honouring Retry-After, timeouts included), permanent ones are
+not, the pool keeps its slots busy around a slow request, and the revision the server reports keys
+the cache. Also: vLLM stays an optional import, and VllmBackend drives a stand-in engine correctly
+(the real one needs a GPU)."""
 
 from __future__ import annotations
 
@@ -9,37 +11,43 @@ import math
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
-from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import httpx
 import pytest
-from loopback import Handler, LoopbackServer, ModelHandler, Reply, completion
+from loopback import Handler, LoopbackServer, ModelHandler, Reply, completion, model_entry, request_text
 
-from resources.chat import ChatRequest, Decoding, ImagePart, ModelRef
-from resources.openai_backend import ChatAPIError, OpenAIBackend, _retry_after_s, image_mime
+from firm_assets.curation.parsers import CAPTION_TEXT
+from firm_assets.curation.prompts import load_template
+from firm_assets.curation.stage import ChatStage, StageInput, run_chat_stage
+from firm_assets.gen.checklists import PLAN_LIMITS
+from resources.chat import ChatRequest, Decoding, ImagePart, ModelRef, classify_failure
+from resources.models import ModelsResource, load_chat_backend
+from resources.openai_backend import ChatAPIError, OpenAIBackend, image_mime, served_revision
+from resources.profiles import ChatModelConfig, get_profile
 from resources.tiny_models import TEXT_NAME, VL_NAME
 from resources.transformers_backend import TransformersBackend
+from warehouse.connection import Warehouse
 
 DIGITS = list("12345")
 GREEDY = Decoding(max_new_tokens=12)
 JUDGE = r'\{"reasoning": "[a-z ]{0,20}", "score": [1-5]\}'
-FAST = {"backoff_s": 0.01, "max_backoff_s": 5.0}
+FAST_RETRY = {"retry-after-ms": "10"}  # the SDK's own backoff starts at half a second
+HI = ChatRequest(user=("hi",))
 
 
 @pytest.fixture
-def serve() -> Iterator[Callable[[Handler], LoopbackServer]]:
+def serve() -> Iterator[Callable[..., LoopbackServer]]:
     """Start loopback servers for a test; all are shut down after it."""
     servers: list[LoopbackServer] = []
 
-    def start(handler: Handler) -> LoopbackServer:
-        servers.append(LoopbackServer(handler))
+    def start(handler: Handler, models: list[dict[str, Any]] | None = None) -> LoopbackServer:
+        servers.append(LoopbackServer(handler, models or [model_entry("m", "/weights/m")]))
         return servers[-1]
 
     yield start
@@ -68,7 +76,7 @@ def model_server(
     vl: TransformersBackend, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[LoopbackServer, ModelHandler]]:
     handler = ModelHandler(vl, tmp_path_factory.mktemp("received"))
-    server = LoopbackServer(handler)
+    server = LoopbackServer(handler, [model_entry("tiny", vl.model.model_id)])
     yield server, handler
     server.close()
 
@@ -90,24 +98,76 @@ def client() -> Iterator[Client]:
         backend.close()
 
 
-def test_model_ref_and_auth_header(
-    client: Client, serve: Callable[[Handler], LoopbackServer], monkeypatch: pytest.MonkeyPatch
+def test_model_ref_and_api_key_variable(
+    client: Client, serve: Callable[..., LoopbackServer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server = serve(lambda payload: (200, {}, completion("ok")))
-    backend = client(server.base_url + "/", "served-name", api_key="secret")
-    assert backend.model == ModelRef("served-name", "api")
-    assert backend.model.backend == "openai"
-    assert client(server.base_url, "m", revision="v2").model.revision == "v2"
-    assert backend.generate([ChatRequest(user=("hi",))], GREEDY) == ["ok"]
+    monkeypatch.setenv("JUDGE_KEY", "secret")
     monkeypatch.setenv("OPENAI_API_KEY", "from-env")
-    assert client(server.base_url, "m").generate([ChatRequest(user=("hi",))], GREEDY) == ["ok"]
+    backend = client(server.base_url + "/", "m", revision="v2", api_key_env="JUDGE_KEY")
+    assert backend.model == ModelRef("m", "v2") and backend.model.backend == "openai"
+    assert server.model_listings == 0  # a configured revision needs no listing
+    assert backend.generate([HI], GREEDY) == ["ok"]
+    assert client(server.base_url, "m", revision="v2").generate([HI], GREEDY) == ["ok"]
     monkeypatch.delenv("OPENAI_API_KEY")
-    assert client(server.base_url, "m").generate([ChatRequest(user=("hi",))], GREEDY) == ["ok"]
-    assert [headers["Authorization"] for headers in server.headers] == [
+    assert client(server.base_url, "m", revision="v2").generate([HI], GREEDY) == ["ok"]
+    assert [headers["authorization"] for headers in server.headers] == [
         "Bearer secret",
         "Bearer from-env",
         "Bearer EMPTY",
     ]
+
+
+def test_served_revision_reads_root_then_created() -> None:
+    assert served_revision(model_entry("m", "/weights/a")) == "root:/weights/a"
+    assert served_revision(model_entry("m", created=1712345678)) == "created:1712345678"
+    with pytest.raises(ValueError, match=r"neither `root` nor `created`.*set `revision`"):
+        served_revision({"id": "m", "object": "model"})
+
+
+def test_revision_comes_from_the_served_models(client: Client, serve: Callable[..., LoopbackServer]) -> None:
+    listing = [model_entry("other", "/weights/other"), model_entry("judge", "/weights/judge-v3")]
+    server = serve(lambda payload: (200, {}, completion("ok")), listing)
+    assert client(server.base_url, "judge").model == ModelRef("judge", "root:/weights/judge-v3")
+    assert server.model_listings == 1 and server.calls == 0
+    with pytest.raises(ValueError, match=r"does not serve 'missing'; it serves \['judge', 'other'\]"):
+        client(server.base_url, "missing")
+
+
+def test_an_unreadable_model_listing_is_a_clear_error(client: Client) -> None:
+    with ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler) as probe:
+        port = probe.server_address[1]
+    with pytest.raises(RuntimeError, match=r"cannot read the served models at .*/v1/models.*ConnectError"):
+        client(f"http://127.0.0.1:{port}/v1", "m", max_retries=0)
+
+
+def test_two_servers_with_other_weights_under_one_name_share_no_cache_entries(
+    client: Client, serve: Callable[..., LoopbackServer], tmp_path: Path
+) -> None:
+    """Same served name, same prompts: a server with other weights is asked again; one with the same
+    weights (another process, same root) is answered from the cache."""
+
+    def answer(weights: str) -> Handler:
+        return lambda payload: (200, {}, completion(f"{weights}: {request_text(payload)[-12:]}"))
+
+    old = serve(answer("old"), [model_entry("judge", "/weights/judge-v1")])
+    new = serve(answer("new"), [model_entry("judge", "/weights/judge-v2")])
+    twin = serve(answer("twin"), [model_entry("judge", "/weights/judge-v1")])
+    stage = ChatStage("plans", load_template("checklist_plan"), CAPTION_TEXT, Decoding(max_new_tokens=16))
+    inputs = [StageInput(f"p{i}", {"prompt": f"prompt {i}", **PLAN_LIMITS}, {}) for i in range(3)]
+    warehouse = Warehouse(tmp_path / "w.duckdb")
+
+    def run(server: LoopbackServer) -> tuple[list[str], int]:
+        results, stats = run_chat_stage(stage, client(server.base_url, "judge"), inputs, warehouse, 4)
+        return [results[f"p{i}"].outcome.output_text or "" for i in range(3)], stats.model_calls
+
+    first, calls = run(old)
+    assert calls == 3 and all(text.startswith("old: ") for text in first)
+    second, calls = run(new)
+    assert calls == 3 and all(text.startswith("new: ") for text in second)
+    assert run(twin) == (first, 0) and twin.calls == 0
+    revisions = warehouse.rows("SELECT DISTINCT model_revision FROM inference_cache ORDER BY 1")
+    assert revisions == [("root:/weights/judge-v1",), ("root:/weights/judge-v2",)]
 
 
 def test_generate_matches_the_serving_model(
@@ -117,7 +177,7 @@ def test_generate_matches_the_serving_model(
     requests: list[ChatRequest],
 ) -> None:
     server, handler = model_server
-    backend = client(server.base_url, "tiny", max_concurrency=4)
+    backend = client(server.base_url, "tiny", concurrency=4)
     seen_before = handler.images_seen
     answers = backend.generate(requests, GREEDY)
     assert answers == [vl.generate([request], GREEDY)[0] for request in requests]
@@ -130,20 +190,41 @@ def test_generate_matches_the_serving_model(
     assert "structured_outputs" not in last
 
 
-def test_regex_travels_as_structured_outputs(
+def test_regex_travels_as_structured_outputs_to_vllm_only(
     client: Client,
     model_server: tuple[LoopbackServer, ModelHandler],
     vl: TransformersBackend,
     requests: list[ChatRequest],
 ) -> None:
-    """vLLM's current field carries the regex; answers equal the serving model's guided ones."""
+    """To a vLLM server, vLLM's current field carries the regex and the answers equal the serving
+    model's guided ones; another server is never sent the field and answers unguided."""
     server, handler = model_server
-    backend = client(server.base_url, "tiny", max_concurrency=4)
     guided = Decoding(max_new_tokens=64, regex=JUDGE)
-    answers = backend.generate(requests, guided)
+    count = len(handler.payloads)
+    answers = client(server.base_url, "tiny", concurrency=4).generate(requests, guided)
     assert answers == [vl.generate([request], guided)[0] for request in requests]
     assert all(re.fullmatch(JUDGE, answer) for answer in answers)
-    assert handler.payloads[-1]["structured_outputs"] == {"regex": JUDGE}
+    assert [payload["structured_outputs"] for payload in handler.payloads[count:]] == [{"regex": JUDGE}] * 4
+
+    count = len(handler.payloads)
+    hosted = client(server.base_url, "tiny", server="openai", concurrency=4)
+    unguided = Decoding(max_new_tokens=64)
+    assert hosted.generate(requests, guided) == [vl.generate([r], unguided)[0] for r in requests]
+    assert not any("structured_outputs" in payload for payload in handler.payloads[count:])
+
+
+def test_continuing_a_prefix_needs_a_vllm_server(
+    client: Client, model_server: tuple[LoopbackServer, ModelHandler], requests: list[ChatRequest]
+) -> None:
+    server, handler = model_server
+    hosted = client(server.base_url, "tiny", server="openai")
+    count = len(handler.payloads)
+    with pytest.raises(ValueError, match="needs a vLLM server"):
+        hosted.next_token_probs(requests[:2], ["Score: ", ""], DIGITS)
+    assert len(handler.payloads) == count  # nothing was sent
+    (row,) = hosted.next_token_probs(requests[1:2], [""], DIGITS)
+    assert list(row) == DIGITS
+    assert "continue_final_message" not in handler.payloads[-1]
 
 
 def test_next_token_probs_match_the_serving_model(
@@ -192,77 +273,187 @@ def test_tokens_outside_the_top_logprobs_are_zero(
 
 
 def test_retries_transient_failures_then_succeeds(
-    client: Client, serve: Callable[[Handler], LoopbackServer]
+    client: Client, serve: Callable[..., LoopbackServer]
 ) -> None:
-    script: list[Reply] = [(503, {}, {"error": {"message": "warming up"}}), None, (502, {}, {})]
+    script: list[Reply] = [
+        (503, FAST_RETRY, {"error": {"message": "warming up"}}),
+        None,
+        (502, FAST_RETRY, {}),
+    ]
 
     def handler(payload: dict[str, Any]) -> Reply:
         return script.pop(0) if script else (200, {}, completion("fine"))
 
     server = serve(handler)
-    backend = client(server.base_url, "m", max_retries=4, **FAST)
-    assert backend.generate([ChatRequest(user=("hi",))], GREEDY) == ["fine"]
+    backend = client(server.base_url, "m", max_retries=4)
+    assert backend.generate([HI], GREEDY) == ["fine"]
     assert server.calls == 4  # 503, dropped connection, 502, success
 
 
-def test_retry_after_is_honoured(client: Client, serve: Callable[[Handler], LoopbackServer]) -> None:
-    script: list[Reply] = [(429, {"Retry-After": "1"}, {"error": {"message": "slow down"}})]
+def test_retry_after_is_honoured(client: Client, serve: Callable[..., LoopbackServer]) -> None:
+    script: list[Reply] = [(429, {"Retry-After": "2"}, {"error": {"message": "slow down"}})]
     server = serve(lambda payload: script.pop(0) if script else (200, {}, completion("ok")))
-    backend = client(server.base_url, "m", **FAST)
-    assert backend.generate([ChatRequest(user=("hi",))], GREEDY) == ["ok"]
+    backend = client(server.base_url, "m")
+    assert backend.generate([HI], GREEDY) == ["ok"]
     assert server.calls == 2
-    assert server.call_times[1] - server.call_times[0] >= 0.95
+    # The SDK's own first backoff is at most half a second: this wait is the server's.
+    assert server.call_times[1] - server.call_times[0] >= 1.95
 
 
-def test_retry_after_http_date() -> None:
-    later = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
-    wait = _retry_after_s(httpx.Response(503, headers={"Retry-After": later}))
-    assert wait is not None and 25 < wait <= 30
-    assert _retry_after_s(httpx.Response(503, headers={"Retry-After": "2.5"})) == 2.5
-    assert _retry_after_s(httpx.Response(503)) is None
-    assert _retry_after_s(httpx.Response(503, headers={"Retry-After": "soon"})) is None
+def test_a_400_is_permanent_and_not_retried(client: Client, serve: Callable[..., LoopbackServer]) -> None:
+    server = serve(lambda payload: (400, FAST_RETRY, {"error": {"message": "image could not be decoded"}}))
+    backend = client(server.base_url, "m")
+    with pytest.raises(ChatAPIError, match=r"failed \(400\): image could not be decoded$") as caught:
+        backend.generate([HI], GREEDY)
+    assert caught.value.status_code == 400 and server.calls == 1
+    assert classify_failure(caught.value).transient is False
 
 
-def test_client_errors_are_not_retried(client: Client, serve: Callable[[Handler], LoopbackServer]) -> None:
-    server = serve(lambda payload: (400, {}, {"error": {"message": "image could not be decoded"}}))
-    backend = client(server.base_url, "m", **FAST)
-    with pytest.raises(ChatAPIError, match="image could not be decoded") as caught:
-        backend.generate([ChatRequest(user=("hi",))], GREEDY)
-    assert caught.value.status_code == 400
-    assert server.calls == 1
+def test_a_503_is_retried_then_transient(client: Client, serve: Callable[..., LoopbackServer]) -> None:
+    """vLLM's own error shape ({"object": "error", "message"}) gives the reason."""
+    server = serve(lambda payload: (503, FAST_RETRY, {"object": "error", "message": "overloaded"}))
+    backend = client(server.base_url, "m", max_retries=3)
+    with pytest.raises(ChatAPIError, match=r"failed \(503\): overloaded$") as caught:
+        backend.generate([HI], GREEDY)
+    assert caught.value.status_code == 503 and server.calls == 4
+    assert classify_failure(caught.value).transient is True
 
 
-def test_retries_are_bounded(client: Client, serve: Callable[[Handler], LoopbackServer]) -> None:
-    server = serve(lambda payload: (503, {}, {"object": "error", "message": "overloaded"}))
-    backend = client(server.base_url, "m", max_retries=3, **FAST)
-    with pytest.raises(ChatAPIError, match="overloaded") as caught:
-        backend.generate([ChatRequest(user=("hi",))], GREEDY)
-    assert caught.value.status_code == 503
-    assert server.calls == 4
+def test_a_timeout_is_retried_then_transient(client: Client, serve: Callable[..., LoopbackServer]) -> None:
+    def slow(payload: dict[str, Any]) -> Reply:
+        time.sleep(2.0)
+        return 200, {}, completion("too late")
+
+    server = serve(slow)
+    backend = client(server.base_url, "m", timeout_s=0.2, max_retries=1)
+    started = time.monotonic()
+    with pytest.raises(ChatAPIError, match=r"\(no response\): ReadTimeout") as caught:
+        backend.generate([HI], GREEDY)
+    assert time.monotonic() - started < 2.0  # neither attempt waited for the 2 s answer
+    assert caught.value.status_code is None and server.calls == 2
+    assert classify_failure(caught.value).transient is True
 
 
 def test_unreachable_server_raises_after_retries(client: Client) -> None:
-    probe = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
-    port = probe.server_address[1]
-    probe.server_close()  # nothing listens there now
-    backend = client(f"http://127.0.0.1:{port}/v1", "m", max_retries=2, **FAST)
-    with pytest.raises(ChatAPIError, match="ConnectError") as caught:
-        backend.generate([ChatRequest(user=("hi",))], GREEDY)
-    assert caught.value.status_code is None
+    with ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler) as probe:
+        port = probe.server_address[1]  # nothing listens there once closed
+    backend = client(f"http://127.0.0.1:{port}/v1", "m", revision="r", max_retries=1)
+    with pytest.raises(ChatAPIError, match=r"\(no response\): ConnectError") as caught:
+        backend.generate([HI], GREEDY)
+    assert caught.value.status_code is None and classify_failure(caught.value).transient is True
 
 
-def test_concurrency_is_bounded_and_order_kept(
-    client: Client, serve: Callable[[Handler], LoopbackServer]
-) -> None:
+def test_concurrency_is_bounded_and_order_kept(client: Client, serve: Callable[..., LoopbackServer]) -> None:
     def handler(payload: dict[str, Any]) -> Reply:
         time.sleep(0.03)
         return 200, {}, completion(payload["messages"][-1]["content"].upper())
 
     server = serve(handler)
-    backend = client(server.base_url, "m", max_concurrency=3)
+    backend = client(server.base_url, "m", concurrency=3)
     requests = [ChatRequest(user=(f"request {index}",)) for index in range(18)]
     assert backend.generate(requests, GREEDY) == [f"REQUEST {index}" for index in range(18)]
     assert server.max_in_flight == 3
+
+
+class SlowOne:
+    """Answers "slow" after `slow_s`, everything else after 20 ms; records when each answer left and
+    how many requests were in flight whenever one arrived during the slow one."""
+
+    def __init__(self, slow_s: float) -> None:
+        self.slow_s = slow_s
+        self.finished: dict[str, float] = {}
+        self.started_during_slow = 0
+        self.slow_running = threading.Event()
+
+    def __call__(self, payload: dict[str, Any]) -> Reply:
+        text = request_text(payload)
+        if text == "slow":
+            self.slow_running.set()
+            time.sleep(self.slow_s)
+            self.slow_running.clear()
+        else:
+            self.started_during_slow += self.slow_running.is_set()
+            time.sleep(0.02)
+        self.finished[text] = time.monotonic()
+        return 200, {}, completion(text)
+
+
+def test_a_slow_request_holds_one_slot_not_the_pool(
+    client: Client, serve: Callable[..., LoopbackServer]
+) -> None:
+    """One slow request among 24 with 4 slots: the other 3 slots work through all the rest while it
+    runs, so the batch takes about as long as the slow request, not rounds of it."""
+    handler = SlowOne(slow_s=3.0)
+    server = serve(handler)
+    backend = client(server.base_url, "m", concurrency=4)
+    texts = ["slow", *(f"fast {index}" for index in range(23))]
+    assert backend.generate([ChatRequest(user=(text,)) for text in texts], GREEDY) == texts
+    assert server.max_in_flight == 4
+    assert handler.started_during_slow == 23
+    assert max(handler.finished[text] for text in texts[1:]) < handler.finished["slow"]
+
+
+def test_callers_share_the_pool_so_the_next_batch_fills_free_slots(
+    client: Client, serve: Callable[..., LoopbackServer]
+) -> None:
+    """While one caller's batch waits on its slow request, another caller's batch (e.g. the next batch
+    of a stage run one ahead) runs on the free slots, and the bound holds for both together."""
+    handler = SlowOne(slow_s=3.0)
+    server = serve(handler)
+    backend = client(server.base_url, "m", concurrency=3)
+    slow_batch = threading.Thread(target=backend.generate, args=([ChatRequest(user=("slow",))], GREEDY))
+    slow_batch.start()
+    assert handler.slow_running.wait(5)
+    fast = [ChatRequest(user=(f"fast {index}",)) for index in range(12)]
+    assert backend.generate(fast, GREEDY) == [f"fast {index}" for index in range(12)]
+    assert handler.slow_running.is_set()  # all done before the slow one answered
+    slow_batch.join()
+    assert handler.started_during_slow == 12 and server.max_in_flight == 3
+
+
+def test_profiles_configure_each_role(
+    serve: Callable[..., LoopbackServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A role's config reaches its backend: server kind, API key variable, concurrency, retries,
+    timeout; the resource's overrides point every chat role at a server."""
+    judge = get_profile("vllm-server").judge
+    assert (judge.backend, judge.server, judge.api_key_env) == ("openai", "vllm", "VLLM_API_KEY")
+    handler = SlowOne(slow_s=1.0)
+    server = serve(
+        lambda payload: (503, FAST_RETRY, {}) if "fail" in request_text(payload) else handler(payload)
+    )
+    monkeypatch.setenv("ROLE_KEY", "role-secret")
+    config = ChatModelConfig(
+        backend="openai",
+        model="m",
+        base_url=server.base_url,
+        server="openai",
+        api_key_env="ROLE_KEY",
+        concurrency=2,
+        max_retries=1,
+        timeout_s=0.3,
+    )
+    backend = load_chat_backend(config)
+    try:
+        assert backend is load_chat_backend(config)
+        assert backend.server == "openai" and backend.model == ModelRef("m", "root:/weights/m")
+        texts = [f"fast {index}" for index in range(6)]
+        assert backend.generate([ChatRequest(user=(text,)) for text in texts], GREEDY) == texts
+        assert server.max_in_flight == 2 and server.headers[0]["authorization"] == "Bearer role-secret"
+        calls = server.calls
+        with pytest.raises(ChatAPIError, match=r"\(503\)"):
+            backend.generate([ChatRequest(user=("fail",))], GREEDY)
+        assert server.calls - calls == 2  # max_retries=1
+        with pytest.raises(ChatAPIError, match="ReadTimeout"):
+            backend.generate([ChatRequest(user=("slow",))], GREEDY)
+    finally:
+        backend.close()
+    resource = ModelsResource(chat_backend="openai", base_url="http://server/v1", chat_server="openai")
+    for role in ("captioner", "judge", "planner"):
+        config = getattr(resource.settings(), role)
+        assert (config.backend, config.base_url, config.server) == ("openai", "http://server/v1", "openai")
+    with pytest.raises(ValueError, match="server must be one of"):
+        OpenAIBackend(server.base_url, "m", revision="r", server="tgi")
 
 
 def test_image_mime_sniffs_bytes_then_extension(images: list[ImagePart]) -> None:

@@ -344,7 +344,7 @@ def test_stage_never_stores_a_score_the_judge_echoed(
             pictures,
         ),
     ]
-    backend = OpenAIBackend(echo_judge.base_url, "echo-judge", backoff_s=0.01)
+    backend = OpenAIBackend(echo_judge.base_url, "echo-judge", revision="echo")
     results, stats = run_chat_stage(stage, backend, inputs, Warehouse(tmp_path / "w.duckdb"), batch_size=2)
     echoed = results["echo"].outcome
     assert echoed.parsed is None and echoed.failure.startswith("parse: no score in the answer")
