@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,7 +123,7 @@ def _link_or_copy(source: Path, dest: Path) -> None:
 
 def _write_folder(folder: Path, frame: pl.DataFrame, tasks: Sequence[SftTask]) -> None:
     """Write into a temporary folder, then rename: a killed run never leaves half a version."""
-    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}-{threading.get_ident()}")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "images").mkdir(parents=True)
     image_columns = sorted({c for task in tasks for c in task.image_columns})
@@ -149,10 +150,18 @@ def _write_folder(folder: Path, frame: pl.DataFrame, tasks: Sequence[SftTask]) -
             },
         }
     (tmp / "dataset_info.json").write_text(json.dumps(info, indent=1))
-    if folder.exists():
+    _move_into_place(tmp, folder)
+
+
+def _move_into_place(tmp: Path, folder: Path) -> None:
+    """Rename the finished folder to its version. The name is the content hash, so a folder already
+    there (another run published this version, perhaps a moment ago) is the same version: keep it."""
+    try:
+        os.rename(tmp, folder)
+    except OSError:
+        if not folder.is_dir():
+            raise
         shutil.rmtree(tmp)
-    else:
-        os.replace(tmp, folder)
 
 
 def record_provenance(con, dataset: str, version: str) -> None:
