@@ -6,7 +6,15 @@ import re
 
 import duckdb
 import polars as pl
-from dagster import ConfigurableIOManager, ConfigurableResource, InputContext, OutputContext
+from dagster import (
+    ConfigurableIOManager,
+    ConfigurableResource,
+    DagsterInstance,
+    InputContext,
+    OutputContext,
+    RunsFilter,
+)
+from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
 
 from resources.home import warehouse_path
 from warehouse.connection import Warehouse
@@ -29,7 +37,8 @@ class WarehouseIOManager(ConfigurableIOManager):
     """Each asset's output rows go to `asset_rows.<asset>`, tagged with the Dagster run that made
     them, and each step loads exactly the rows of the run that produced its input — so two runs at
     the same time never read each other's outputs. `assets.<asset>` is a view of the latest written
-    run's rows, for people and SQL. The last RUNS_KEPT runs per asset are kept."""
+    run's rows, for people and SQL. The last RUNS_KEPT runs per asset are kept, and older ones as
+    long as an unfinished run may still load them (see `_needed_runs`)."""
 
     path: str = ""
 
@@ -54,7 +63,7 @@ class WarehouseIOManager(ConfigurableIOManager):
                 f"CREATE OR REPLACE VIEW assets.{name} AS SELECT * EXCLUDE ({RUN_COLUMN})"
                 f" FROM asset_rows.{name} WHERE {RUN_COLUMN} = '{run_id}'"
             )
-            _prune(con, name)
+            _prune(con, name, _needed_runs(context.step_context.instance))
 
     def load_input(self, context: InputContext) -> pl.DataFrame:
         """The producing run's rows; when this instance does not know that run (an ephemeral
@@ -86,11 +95,24 @@ def _append(con: duckdb.DuckDBPyConnection, name: str, run_id: str) -> None:
     con.execute("INSERT INTO asset_runs (asset, run_id) VALUES (?, ?) ON CONFLICT DO NOTHING", [name, run_id])
 
 
-def _prune(con: duckdb.DuckDBPyConnection, name: str) -> None:
-    """Keep the rows of the latest RUNS_KEPT runs (by first write) of this asset."""
+def _needed_runs(instance: DagsterInstance) -> set[str]:
+    """Runs whose rows an unfinished run may still load: each unfinished run (a long run reads its
+    own upstream rows long after writing them) and the runs it re-executes (parent and root). A
+    run this instance does not know (an ephemeral instance's) counts as finished."""
+    unfinished = instance.get_runs(filters=RunsFilter(statuses=NOT_FINISHED_STATUSES))
+    return {
+        run_id for run in unfinished for run_id in (run.run_id, run.parent_run_id, run.root_run_id) if run_id
+    }
+
+
+def _prune(con: duckdb.DuckDBPyConnection, name: str, needed: set[str]) -> None:
+    """Keep the rows of the latest RUNS_KEPT runs (by first write) of this asset, and of older runs
+    that are still `needed`; drop the rest."""
     stale = con.execute(
         "SELECT run_id FROM asset_runs WHERE asset = ? ORDER BY written_at DESC OFFSET ?", [name, RUNS_KEPT]
     ).fetchall()
     for (run_id,) in stale:
+        if run_id in needed:
+            continue
         con.execute(f"DELETE FROM asset_rows.{name} WHERE {RUN_COLUMN} = ?", [run_id])
         con.execute("DELETE FROM asset_runs WHERE asset = ? AND run_id = ?", [name, run_id])

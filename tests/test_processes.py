@@ -71,22 +71,24 @@ def test_two_concurrent_materializations(firm_home: Path) -> None:
         }
     wh = Warehouse(Path(warehouse_path()))
     committed = dict(wh.rows("SELECT dagster_run_id, count(*) FROM inference_cache GROUP BY ALL"))
-    total = sum(committed.values())
-    # both runs asked the model (each computes what was missing when its stage began); every cached
-    # answer came from one of them, no run asked for one call twice, and each stored at most what it asked
+    one_run = sum(committed.values())  # what one run alone asks on a fresh FIRM_HOME: each key once
+    # the two shared the work through their leases: together at most 1.1x one run's calls, every
+    # cached answer came from one of them, and each stored at most what it asked
+    assert one_run <= sum(calls.values()) <= 1.1 * one_run, (calls, one_run)
     assert set(committed) <= set(calls)
-    assert all(0 < n <= total for n in calls.values()), (calls, total)
     assert all(committed[run_id] <= calls[run_id] for run_id in committed), (committed, calls)
+    assert wh.rows("SELECT count(*) FROM work_claims")[0][0] == 0
     candidates = wh.query("SELECT * FROM assets.edit_candidates")
     captions = wh.rows("SELECT count(*) FROM inference_cache WHERE stage = 'difference_captions'")[0][0]
     assert captions == candidates["image_sha"].n_unique()
-    # each run wrote its own complete outputs, the same scored candidates
-    scored = wh.rows(
-        "SELECT _dagster_run_id, count(*), list(execution_key ORDER BY execution_key)"
-        " FROM asset_rows.edit_scores GROUP BY ALL"
-    )
-    assert {run_id for run_id, _, _ in scored} == set(calls)
-    assert scored[0][1:] == scored[1][1:] and scored[0][1] > 0
+    # each run wrote its own complete outputs, and they are the same rows
+    for asset in ("edit_candidates", "difference_captions", "edit_scores"):
+        rows = wh.query(f"SELECT * FROM asset_rows.{asset}")
+        per_run = [
+            part.drop("_dagster_run_id").sort(part.columns[0]).rows()
+            for part in rows.partition_by("_dagster_run_id")
+        ]
+        assert len(per_run) == 2 and per_run[0] == per_run[1] and per_run[0], asset
     # a third run finds everything committed by the two
     assert set(model_calls(materialize_group("edit")).values()) == {0}
 

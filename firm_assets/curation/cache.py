@@ -4,6 +4,8 @@ batches in short transactions as the stage goes (at least once a second).
 Every model call in the project goes through `run_cached`, so "unchanged samples are never sent to
 a model twice" holds everywhere, and a run killed mid-stage loses nothing it committed. A batch whose
 computation raises is split until the failing items stand alone, so one bad item costs only itself.
+Misses are claimed with short leases first (`leases.py`), so concurrent runs split a stage's calls
+between them instead of both making them.
 """
 
 from __future__ import annotations
@@ -11,12 +13,15 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 
+from firm_assets.curation.leases import LEASE_S, Leases, claim_size, split_window
 from resources.chat import ModelRef, classify_failure
 from warehouse.connection import Warehouse
 
@@ -109,17 +114,24 @@ class CachedResult:
 
 ComputeBatch = Callable[[list[Any]], list[Outcome]]
 COMMIT_EVERY_S = 1.0
+POLL_S = 0.5
 
 
 def _lookup(warehouse: Warehouse, keys: list[str]) -> dict[str, Outcome]:
     if not keys:
         return {}
     with warehouse.transaction() as con:
-        rows = con.execute(
-            "SELECT cache_key, output_text, parsed, failure, attempts, model_seconds"
-            " FROM inference_cache WHERE cache_key IN (SELECT unnest(?))",
-            [keys],
-        ).fetchall()
+        return _lookup_in(con, keys)
+
+
+def _lookup_in(con: duckdb.DuckDBPyConnection, keys: list[str]) -> dict[str, Outcome]:
+    if not keys:
+        return {}
+    rows = con.execute(
+        "SELECT cache_key, output_text, parsed, failure, attempts, model_seconds"
+        " FROM inference_cache WHERE cache_key IN (SELECT unnest(?))",
+        [keys],
+    ).fetchall()
     return {
         key: Outcome(text, json.loads(parsed) if parsed else None, failure, attempts, seconds)
         for key, text, parsed, failure, attempts, seconds in rows
@@ -145,10 +157,15 @@ CACHE_COLUMNS = {
 }
 
 
-def _commit(
-    warehouse: Warehouse, spec: CallSpec, batch: list[tuple[str, CacheItem, Outcome]], run_id: str | None
+def _insert(
+    con: duckdb.DuckDBPyConnection,
+    spec: CallSpec,
+    batch: list[tuple[str, CacheItem, Outcome]],
+    run_id: str | None,
 ) -> None:
     """Insert the rows as one Arrow table (DuckDB's executemany is row-at-a-time and slow)."""
+    if not batch:
+        return
     template_id, _, template_version = spec.template_ref.partition("@")
     columns = {
         "cache_key": [key for key, _, _ in batch],
@@ -168,13 +185,10 @@ def _commit(
         "dagster_run_id": [run_id] * len(batch),
     }
     table = pa.table({name: pa.array(columns[name], type=kind) for name, kind in CACHE_COLUMNS.items()})
-    with warehouse.transaction() as con:
-        con.register("cache_rows", table)
-        columns = ", ".join(CACHE_COLUMNS)
-        con.execute(
-            f"INSERT INTO inference_cache ({columns}) SELECT * FROM cache_rows ON CONFLICT DO NOTHING"
-        )
-        con.unregister("cache_rows")
+    con.register("cache_rows", table)
+    names = ", ".join(CACHE_COLUMNS)
+    con.execute(f"INSERT INTO inference_cache ({names}) SELECT * FROM cache_rows ON CONFLICT DO NOTHING")
+    con.unregister("cache_rows")
 
 
 def compute_narrowed(compute: ComputeBatch, batch: list[Any]) -> list[Outcome]:
@@ -190,6 +204,60 @@ def compute_narrowed(compute: ComputeBatch, batch: list[Any]) -> list[Outcome]:
     return compute_narrowed(compute, batch[:middle]) + compute_narrowed(compute, batch[middle:])
 
 
+@dataclass
+class _Work:
+    """Where a stage's misses stand: not yet claimed (`todo`), claimed by this call and waiting for
+    the model (`mine`), held by another run (`deferred`); answers to commit and claims to release."""
+
+    todo: deque[str]
+    mine: deque[str] = field(default_factory=deque)
+    deferred: list[str] = field(default_factory=list)
+    uncommitted: list[tuple[str, CacheItem, Outcome]] = field(default_factory=list)
+    finished: list[str] = field(default_factory=list)
+
+    def left(self) -> bool:
+        return bool(self.todo or self.mine or self.deferred)
+
+    def drop_all(self) -> list[str]:
+        """Give up every key not computed yet (the model is unavailable); returns them."""
+        dropped = [*self.mine, *self.todo, *self.deferred]
+        self.mine, self.todo, self.deferred = deque(), deque(), []
+        return dropped
+
+
+def _sync(
+    warehouse: Warehouse, spec: CallSpec, leases: Leases, work: _Work, want: int, run_id: str | None
+) -> dict[str, Outcome]:
+    """One transaction: commit finished answers and release their claims, renew the rest, collect
+    deferred keys that their owner has committed, and claim keys until `want` are held. Returns the
+    answers other runs committed meanwhile."""
+    found: dict[str, Outcome] = {}
+    with warehouse.transaction() as con:
+        _insert(con, spec, work.uncommitted, run_id)
+        leases.release(con, work.finished)
+        now = time.time()
+        leases.renew(con, now)
+        held = leases.held_by_others(con, now)
+        found.update(_lookup_in(con, work.deferred))
+        freed = [key for key in work.deferred if key not in found and key not in held]
+        work.deferred = [key for key in work.deferred if key not in found and key in held]
+        work.todo.extendleft(reversed(freed))
+        claimed: list[str] = []
+        while work.todo and len(work.mine) + len(claimed) < want:
+            window = [
+                work.todo.popleft() for _ in range(min(want - len(work.mine) - len(claimed), len(work.todo)))
+            ]
+            committed = _lookup_in(con, [key for key in window if key not in held])
+            take, defer, done = split_window(window, held, set(committed))
+            claimed += take
+            work.deferred += defer
+            found.update({key: committed[key] for key in done})
+        leases.claim(con, claimed, now)
+    work.mine.extend(claimed)
+    work.uncommitted, work.finished = [], []
+    return found
+
+
 def run_cached(
     warehouse: Warehouse,
     spec: CallSpec,
@@ -198,10 +266,15 @@ def run_cached(
     batch_size: int,
     run_id: str | None = None,
     commit_every_s: float = COMMIT_EVERY_S,
+    lease_s: float = LEASE_S,
+    poll_s: float = POLL_S,
 ) -> tuple[dict[str, CachedResult], StageStats]:
-    """Results by sample id. Misses are computed `batch_size` at a time; finished batches are
-    committed together once `commit_every_s` has passed since the last commit (and at the end), so a
-    killed run loses at most that much model work and fast models do not wait on the database.
+    """Results by sample id. Misses are claimed (leases.py), then computed `batch_size` at a time;
+    finished batches are committed together once `commit_every_s` has passed since the last commit
+    (and at the end), so a killed run loses at most that much model work and fast models do not
+    wait on the database. Each commit also renews this call's claims and claims about two commit
+    intervals of work ahead; keys a concurrent run holds are read from the cache once it commits
+    them (checked every `poll_s` when nothing else is left), or computed here if its claim lapses.
     When every item of a batch of several fails transiently (the server is down, the GPU is full),
     the remaining misses are not sent: they are transient failures too, left for the next run."""
     keyed = [(spec.key(item.inputs), item) for item in items]
@@ -213,32 +286,52 @@ def run_cached(
             stats.cache_hits += 1
         elif key not in misses:
             misses[key] = item
-    pending = list(misses.items())
-    uncommitted: list[tuple[str, CacheItem, Outcome]] = []
-    last_commit = time.monotonic()
-    unavailable: str | None = None
-    for start in range(0, len(pending), batch_size):
-        batch = pending[start : start + batch_size]
-        if unavailable is None:
-            outcomes = compute_narrowed(compute, [item.payload for _, item in batch])
+    work = _Work(deque(misses))
+    leases = Leases(spec.stage, run_id, lease_s)
+    shared: set[str] = set()  # answers another run computed while this one ran
+    last_sync = time.monotonic()
+    items_done, compute_s = 0, 0.0
+    try:
+        while work.left():
+            if not work.mine or time.monotonic() - last_sync >= commit_every_s:
+                want = claim_size(batch_size, items_done, compute_s, 2 * commit_every_s)
+                found = _sync(warehouse, spec, leases, work, want, run_id)
+                cached.update(found)
+                shared.update(found)
+                last_sync = time.monotonic()
+                if not work.mine:
+                    if work.left():
+                        time.sleep(poll_s)  # everything left is another run's: wait for its commits
+                    continue
+            batch = [work.mine.popleft() for _ in range(min(batch_size, len(work.mine)))]
+            started = time.monotonic()
+            outcomes = compute_narrowed(compute, [misses[key].payload for key in batch])
+            elapsed = time.monotonic() - started
+            items_done, compute_s = items_done + len(batch), compute_s + elapsed
+            # a claim must outlive the slowest batch computed between two renewals
+            leases.lease_s = max(leases.lease_s, 3 * elapsed)
             stats.model_calls += len(batch)
-        else:
-            outcomes = [Outcome(None, None, unavailable, transient=True) for _ in batch]
-        if len(outcomes) != len(batch):
-            raise RuntimeError(f"{spec.stage}: compute returned {len(outcomes)} outcomes for {len(batch)}")
-        for (key, item), out in zip(batch, outcomes, strict=True):
-            cached[key] = out
-            if not out.transient:
-                uncommitted.append((key, item, out))
-        stats.model_seconds += sum(out.model_seconds for out in outcomes)
-        if unavailable is None and len(batch) > 1 and all(out.transient for out in outcomes):
-            reason = (outcomes[-1].failure or "").removeprefix("transient: ")
-            unavailable = f"transient: not sent, a whole batch before it failed ({reason})"
-        if time.monotonic() - last_commit >= commit_every_s:
-            _commit(warehouse, spec, uncommitted, run_id)
-            uncommitted, last_commit = [], time.monotonic()
-    if uncommitted:
-        _commit(warehouse, spec, uncommitted, run_id)
+            if len(outcomes) != len(batch):
+                raise RuntimeError(
+                    f"{spec.stage}: compute returned {len(outcomes)} outcomes for {len(batch)}"
+                )
+            for key, out in zip(batch, outcomes, strict=True):
+                cached[key] = out
+                work.finished.append(key)
+                if not out.transient:
+                    work.uncommitted.append((key, misses[key], out))
+            stats.model_seconds += sum(out.model_seconds for out in outcomes)
+            if len(batch) > 1 and all(out.transient for out in outcomes):
+                reason = (outcomes[-1].failure or "").removeprefix("transient: ")
+                unavailable = f"transient: not sent, a whole batch before it failed ({reason})"
+                for key in work.drop_all():
+                    cached[key] = Outcome(None, None, unavailable, transient=True)
+    finally:
+        if misses:  # what is still uncommitted (an error stopped the loop) and every claim left
+            with warehouse.transaction() as con:
+                _insert(con, spec, work.uncommitted, run_id)
+                leases.release(con)
+    stats.cache_hits += sum(1 for key, _ in keyed if key in shared)
     results = {item.sample_id: CachedResult(key, cached[key]) for key, item in keyed}
     stats.failures = sum(1 for result in results.values() if not result.outcome.ok)
     stats.transient_failures = sum(1 for result in results.values() if result.outcome.transient)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,7 +136,7 @@ def world_readable(folder: Path) -> None:
 
 def _write_folder(folder: Path, frame: pl.DataFrame, tasks: Sequence[SftTask]) -> None:
     """Write into a temporary folder, then rename: a killed run never leaves half a version."""
-    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}-{threading.get_ident()}")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "images").mkdir(parents=True)
     image_columns = sorted({c for task in tasks for c in task.image_columns})
@@ -160,10 +161,18 @@ def _write_folder(folder: Path, frame: pl.DataFrame, tasks: Sequence[SftTask]) -
     }
     write_tasks(tmp, dataset, version, records)
     world_readable(tmp)
-    if folder.exists():
+    _move_into_place(tmp, folder)
+
+
+def _move_into_place(tmp: Path, folder: Path) -> None:
+    """Rename the finished folder to its version. The name is the content hash, so a folder already
+    there (another run published this version, perhaps a moment ago) is the same version: keep it."""
+    try:
+        os.rename(tmp, folder)
+    except OSError:
+        if not folder.is_dir():
+            raise
         shutil.rmtree(tmp)
-    else:
-        os.replace(tmp, folder)
 
 
 def record_provenance(con, dataset: str, version: str) -> None:
