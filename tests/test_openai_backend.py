@@ -389,7 +389,8 @@ def test_a_slow_request_holds_one_slot_not_the_pool(
     texts = ["slow", *(f"fast {index}" for index in range(23))]
     assert backend.generate([ChatRequest(user=(text,)) for text in texts], GREEDY) == texts
     assert server.max_in_flight == 4
-    assert handler.started_during_slow == 23
+    # the first round (up to 3 fast ones) may reach the server before the slow one has started
+    assert handler.started_during_slow >= 23 - 3
     assert max(handler.finished[text] for text in texts[1:]) < handler.finished["slow"]
 
 
