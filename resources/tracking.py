@@ -1,29 +1,96 @@
 """MLflow tracking as a Dagster resource over MlflowClient (not the legacy dagster-mlflow resource).
 
 Default store: SQLite under FIRM_HOME (MLflow 3.17 refuses the plain file store), artifacts beside
-it; any tracking URI by config. Runs carry the Dagster run id, asset key, partition, code version
-and data version as tags, so either UI leads to the other.
+it, including those of MLflow's "Default" experiment, so nothing lands in `./mlruns`; any tracking
+URI by config. Runs carry the Dagster run id, asset key, partition, code version and data version
+as tags, so either UI leads to the other, and the host and process that own them, so the next run
+can end a run whose process was killed. Datasets are logged through `mlflow.data` (their source is
+the version folder) and critics as `mlflow.transformers` models.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
+import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from dagster import ConfigurableResource
 
 from resources.home import home_path
 
+if TYPE_CHECKING:
+    import polars as pl
+    from mlflow.data.dataset import Dataset
+
 os.environ.setdefault("MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK", "true")
+# runs are offline by design: no usage telemetry leaves the machine
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+SQLITE_PREFIX = "sqlite:///"
+HOST_TAG = "firm.host"
+PID_TAG = "firm.pid"
+PID_START_TAG = "firm.pid_start"
+ENDED_TAG = "firm.ended_because"
+log = logging.getLogger(__name__)
 
 
 def default_tracking_uri() -> str:
-    return f"sqlite:///{home_path('mlflow', 'mlflow.db')}"
+    return f"{SQLITE_PREFIX}{home_path('mlflow', 'mlflow.db')}"
+
+
+def artifact_root() -> Path:
+    """Where every experiment's artifacts live: under FIRM_HOME, never the working directory."""
+    return home_path("mlflow", "artifacts", ".keep").parent
+
+
+def process_start(pid: int) -> str:
+    """The start time of process `pid` in clock ticks since boot (Linux /proc), or "" when unknown:
+    with the pid it names one process, even after the pid is reused."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    # the command name (field 2) is in parentheses and may hold spaces; start time is field 22
+    return stat.rpartition(")")[2].split()[19]
+
+
+def process_tags() -> dict[str, str]:
+    """The tags naming this process as the owner of a run."""
+    pid = os.getpid()
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(pid), PID_START_TAG: process_start(pid)}
+
+
+def owner_gone(tags: dict[str, str]) -> bool:
+    """True only when a run's owning process is known to have ended: it ran on this host and its pid
+    is free or now belongs to a process started at another time. Runs from other hosts or without
+    owner tags are never judged dead."""
+    pid = tags.get(PID_TAG, "")
+    if tags.get(HOST_TAG) != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # alive, owned by another user
+    recorded = tags.get(PID_START_TAG, "")
+    return bool(recorded) and process_start(int(pid)) != recorded
+
+
+def folder_dataset(frame: pl.DataFrame, name: str, digest: str, folder: str) -> Dataset:
+    """An `mlflow.data` dataset of `frame` whose source is the published version folder, identified
+    by the version digest, so `mlflow.data.get_source` leads back to the files."""
+    import mlflow.data
+    from mlflow.data.sources import LocalArtifactDatasetSource
+
+    return mlflow.data.from_polars(frame, source=LocalArtifactDatasetSource(folder), name=name, digest=digest)
 
 
 class TrackingResource(ConfigurableResource):
@@ -40,33 +107,78 @@ class TrackingResource(ConfigurableResource):
     @contextmanager
     def _store_lock(self) -> Iterator[None]:
         """SQLite store creation and writes from concurrent runs are serialised by a lock file."""
-        if not self.uri().startswith("sqlite:///"):
+        if not self.uri().startswith(SQLITE_PREFIX):
             yield
             return
         with home_path("mlflow", "mlflow.lock").open("a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
+                self._create_store()
                 yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _create_store(self) -> None:
+        """Create a missing SQLite store with its default artifact root under FIRM_HOME; MLflow's own
+        default would put the "Default" experiment's artifacts in `./mlruns`."""
+        database = Path(self.uri().removeprefix(SQLITE_PREFIX))
+        if database.exists():
+            return
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        database.parent.mkdir(parents=True, exist_ok=True)
+        SqlAlchemyStore(self.uri(), artifact_root().as_uri()).engine.dispose()
+
+    @contextmanager
+    def _fluent_run(self, run_id: str) -> Iterator[None]:
+        """Point MLflow's process-wide tracking URI and experiment at this store and the run's
+        experiment while a fluent API (model logging) runs, then restore what was there."""
+        import mlflow
+
+        experiment_id = self.client().get_run(run_id).info.experiment_id
+        saved = {key: os.environ.pop(key, None) for key in ("MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID")}
+        previous_uri = os.environ.get("MLFLOW_TRACKING_URI")
+        mlflow.set_tracking_uri(self.uri())
+        os.environ["MLFLOW_EXPERIMENT_ID"] = experiment_id
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(previous_uri)
+            os.environ.pop("MLFLOW_EXPERIMENT_ID")
+            os.environ.update({key: value for key, value in saved.items() if value is not None})
 
     def experiment_id(self, name: str) -> str:
         client = self.client()
         found = client.get_experiment_by_name(name)
         if found is not None:
             return found.experiment_id
-        artifacts = home_path("mlflow", "artifacts", name, ".keep").parent
-        return client.create_experiment(name, artifact_location=artifacts.as_uri())
+        return client.create_experiment(name, artifact_location=(artifact_root() / name).as_uri())
 
     def create_run(
         self, experiment: str, run_name: str, tags: dict[str, str], parent_run_id: str | None = None
     ) -> str:
-        """A new run; with `parent_run_id` it is nested under that run (MLflow's parent tag)."""
+        """A new run owned by this process; with `parent_run_id` it is nested under that run (MLflow's
+        parent tag). Runs of the experiment left RUNNING by a dead process are ended first."""
+        tags = {**tags, **process_tags()}
         if parent_run_id:
             tags = {**tags, "mlflow.parentRunId": parent_run_id}
         with self._store_lock():
             client = self.client()
-            return client.create_run(self.experiment_id(experiment), run_name=run_name, tags=tags).info.run_id
+            experiment_id = self.experiment_id(experiment)
+            self._end_orphans(experiment_id)
+            return client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+
+    def _end_orphans(self, experiment_id: str) -> None:
+        """Mark KILLED every RUNNING run of the experiment whose owning process is gone (killed with
+        SIGKILL, out of memory, power loss), saying so in a tag."""
+        client = self.client()
+        for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
+            tags = run.data.tags
+            if owner_gone(tags):
+                reason = f"process {tags[PID_TAG]} on {tags[HOST_TAG]} ended without closing the run"
+                log.warning(f"MLflow run {run.info.run_id}: {reason}; marking it KILLED")
+                client.set_tag(run.info.run_id, ENDED_TAG, f"{reason}; noticed by process {os.getpid()}")
+                client.set_terminated(run.info.run_id, "KILLED")
 
     def log_values(
         self, run_id: str, params: dict[str, Any], metrics: dict[str, float], step: int = 0
@@ -81,15 +193,14 @@ class TrackingResource(ConfigurableResource):
                 params=[Param(k, str(v)) for k, v in params.items()],
             )
 
-    def log_dataset_input(self, run_id: str, name: str, digest: str, source: str, context: str) -> None:
-        """The dataset version as an MLflow dataset input, identified by its content digest."""
-        from mlflow.entities import Dataset, DatasetInput, InputTag
+    def log_dataset_input(self, run_id: str, dataset: Dataset, context: str) -> None:
+        """An `mlflow.data` dataset as an input of the run, in `context` ("training", ...). The
+        client API takes the entity form, which only the dataset itself can build."""
+        from mlflow.entities import DatasetInput, InputTag
 
-        dataset = Dataset(name=name, digest=digest, source_type="local", source=source)
+        entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])
         with self._store_lock():
-            self.client().log_inputs(
-                run_id, [DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])]
-            )
+            self.client().log_inputs(run_id, [entity])
 
     def log_artifacts(self, run_id: str, folder: str, artifact_path: str) -> str:
         """Copy a folder into the run's artifacts; returns its artifact URI."""
@@ -98,15 +209,48 @@ class TrackingResource(ConfigurableResource):
             client.log_artifacts(run_id, folder, artifact_path)
             return f"{client.get_run(run_id).info.artifact_uri}/{artifact_path}"
 
-    def register_model(self, name: str, source: str, run_id: str, tags: dict[str, str]) -> str:
-        """A new version of registered model `name` pointing at `source`; returns the version number."""
+    def register_transformers_model(
+        self,
+        run_id: str,
+        name: str,
+        pipeline: Callable[[], Any],
+        tags: dict[str, str],
+        unique_tag: str,
+        pip_requirements: list[str],
+    ) -> str:
+        """Log `pipeline()` (a transformers pipeline) to the run as an `mlflow.transformers` model and
+        register it as a new version of `name`, tagged `tags`; returns the version number. When a
+        version with the same `unique_tag` value exists it is returned instead and nothing is logged:
+        check and registration hold the store lock, so concurrent first runs register once. Explicit
+        `pip_requirements` keep MLflow from inferring them (slow, and it may reach the network)."""
+        import mlflow.transformers
         from mlflow.exceptions import MlflowException
 
         with self._store_lock():
             client = self.client()
-            with contextlib.suppress(MlflowException):  # already registered: add a version to it
-                client.create_registered_model(name)
-            return str(client.create_model_version(name, source, run_id=run_id, tags=tags).version)
+            existing = client.search_model_versions(
+                f"name = '{name}' AND tags.{unique_tag} = '{tags[unique_tag]}'"
+            )
+            if existing:
+                return str(min(int(version.version) for version in existing))
+            # the logged model goes to the run's experiment, and the registry resolves its
+            # `models:/m-...` URI, through MLflow's process-wide settings
+            with self._fluent_run(run_id):
+                loaded = pipeline()
+                info = mlflow.transformers.log_model(
+                    loaded,
+                    name="model",
+                    processor=getattr(loaded, "processor", None),  # multimodal: text + images
+                    run_id=run_id,
+                    pip_requirements=pip_requirements,
+                    await_registration_for=0,
+                )
+                with contextlib.suppress(MlflowException):  # already registered: add a version to it
+                    client.create_registered_model(name)
+                version = client.create_model_version(
+                    name, info.model_uri, run_id=run_id, tags=tags, model_id=info.model_id
+                )
+            return str(version.version)
 
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         with self._store_lock():
@@ -119,21 +263,15 @@ class TrackingResource(ConfigurableResource):
         tags: dict[str, str],
         params: dict[str, Any],
         metrics: dict[str, float],
-        dataset: dict[str, str] | None = None,
+        dataset: Dataset | None = None,
         parent_run_id: str | None = None,
     ) -> str:
-        """One finished run with params, metrics, tags, optionally a dataset input (name, digest,
-        source, context) and a parent run; returns its run id."""
+        """One finished run with params, metrics, tags, optionally an `mlflow.data` dataset it
+        produced (logged in context "curation") and a parent run; returns its run id."""
         run_id = self.create_run(experiment, run_name, tags, parent_run_id)
         self.log_values(run_id, params, metrics)
-        if dataset:
-            self.log_dataset_input(
-                run_id,
-                dataset["name"],
-                dataset["digest"],
-                dataset["source"],
-                dataset.get("context", "curation"),
-            )
+        if dataset is not None:
+            self.log_dataset_input(run_id, dataset, "curation")
         self.finish(run_id)
         return run_id
 

@@ -9,11 +9,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mlflow.data
+import mlflow.transformers
 import polars as pl
 import pytest
+import torch
 from dagster import AssetSelection, materialize
 from loopback import LoopbackServer, ModelHandler, model_entry
 from mlflow import MlflowClient
+from transformers import AutoModelForImageTextToText
 
 from firm_assets.benchmark.checks import contaminated_items
 from firm_assets.definitions import ASSETS, CHECKS, build_resources
@@ -64,21 +68,49 @@ def test_critics_train_on_exact_dataset_versions_and_are_registered(main_run) ->
     critics = wh.query("SELECT * FROM critics ORDER BY critic")
     assert critics["critic"].to_list() == ["firm_edit_critic", "firm_gen_critic"]
     datasets = dict(wh.rows("SELECT dataset, version FROM dataset_versions"))
+    folders = dict(wh.rows("SELECT dataset, export_path FROM dataset_versions"))
     client = MlflowClient(default_tracking_uri())
     for row in critics.iter_rows(named=True):
         assert row["dataset_version"] == datasets[row["dataset"]]
         assert Path(row["path"], "config.json").is_file() and row["dagster_run_id"] == result.run_id
         run = client.get_run(row["mlflow_run_id"])
         assert [d.dataset.digest for d in run.inputs.dataset_inputs] == [row["dataset_version"]]
+        assert mlflow.data.get_source(run.inputs.dataset_inputs[0].dataset).uri == folders[row["dataset"]]
         losses = [m.value for m in client.get_metric_history(row["mlflow_run_id"], "train_loss")]
         assert len(losses) > 3 and losses[-1] < losses[0]  # training trains
         version = client.get_model_version(row["registered_model"], row["model_version"])
         assert version.run_id == row["mlflow_run_id"]
         assert version.tags["dataset_version"] == row["dataset_version"]
+        assert version.tags["critic_version"] == row["version"]
     metadata = result.asset_materializations_for_node("firm_edit_critic")[0].metadata
     assert (
         metadata["trained"].value is True and metadata["mlflow_run_id"].value == critics["mlflow_run_id"][0]
     )
+
+
+def test_registered_critic_loads_with_mlflow_transformers(main_run) -> None:
+    """The registry serves the trained weights: `models:/<critic>/<version>` loads (as components:
+    MLflow's form for a model with a multimodal processor) to exactly the weights the critic row
+    names; every published dataset version's run leads back to its folder through `mlflow.data`."""
+    _, _, wh = main_run
+    mlflow.set_tracking_uri(default_tracking_uri())
+    try:
+        for name, version, path in wh.rows("SELECT critic, model_version, path FROM critics"):
+            components = mlflow.transformers.load_model(f"models:/{name}/{version}", return_type="components")
+            loaded = components["model"].state_dict()
+            trained = AutoModelForImageTextToText.from_pretrained(path).state_dict()
+            assert loaded.keys() == trained.keys()
+            assert all(torch.equal(loaded[key], weights) for key, weights in trained.items())
+            assert components["processor"] is not None
+    finally:
+        mlflow.set_tracking_uri(None)
+    client = MlflowClient(default_tracking_uri())
+    for version, folder, run_id in wh.rows(
+        "SELECT version, export_path, mlflow_run_id FROM dataset_versions"
+    ):
+        (dataset_input,) = client.get_run(run_id).inputs.dataset_inputs
+        assert dataset_input.dataset.digest == version
+        assert mlflow.data.get_source(dataset_input.dataset).uri == folder
 
 
 def test_leaderboard_rows_overall_and_constant_baseline(main_run) -> None:

@@ -1,10 +1,12 @@
-"""Train one critic version through Dagster Pipes, log it to MLflow and register it; skip the work
-when the same version (same dataset version, base weights and recipe) already exists."""
+"""Train one critic version through Dagster Pipes, log it to MLflow as an `mlflow.transformers` model
+and register it once; skip the work when the same version (same dataset version, base weights and
+recipe) already exists."""
 
 import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 from dagster import AssetExecutionContext, PipesSubprocessClient
@@ -13,13 +15,14 @@ from firm_assets.critics.recipe import CriticTrainingConfig, effective_recipe
 from firm_assets.curation.versioning import short_hash
 from resources.home import firm_home
 from resources.models import ModelsResource, resolve_model_path
-from resources.tracking import TrackingResource, dagster_tags
+from resources.tracking import TrackingResource, dagster_tags, folder_dataset
 from resources.transformers_backend import weights_revision
 from resources.warehouse_resource import WarehouseResource
 from warehouse.connection import Warehouse
 
 TRAIN_MODULE = "firm_assets.critics.train"
 TRAINING_CODE_VERSION = "sft@1"
+CRITIC_TASK = "image-text-to-text"  # the transformers pipeline a registered critic loads as
 
 CRITIC_SCHEMA = {
     "critic": pl.String,
@@ -60,6 +63,24 @@ def _existing(warehouse: Warehouse, critic: str, version: str) -> pl.DataFrame:
     return warehouse.query(
         f"SELECT {columns} FROM critics WHERE critic = ? AND version = ?", [critic, version]
     )
+
+
+def critic_pipeline(folder: str) -> Any:
+    """The trained critic as the transformers pipeline MLflow logs (loaded on the CPU; the model and
+    processor saved by the trainer)."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor, pipeline
+
+    model = AutoModelForImageTextToText.from_pretrained(folder)
+    return pipeline(CRITIC_TASK, model=model, processor=AutoProcessor.from_pretrained(folder))
+
+
+def pip_requirements() -> list[str]:
+    """What loading a logged critic needs, pinned to the versions that logged it."""
+    import torch
+    import transformers
+
+    # without the local build label (+cu130): pip matches any build of that release
+    return [f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}"]
 
 
 def train_critic(
@@ -117,25 +138,30 @@ def train_critic(
         },
         {},
     )
-    tracking.log_dataset_input(run_id, spec.dataset, dataset_version, params["dataset_folder"], "training")
+    dataset = folder_dataset(dataset_frame, spec.dataset, dataset_version, params["dataset_folder"])
+    tracking.log_dataset_input(run_id, dataset, "training")
     launcher = config.launcher or [sys.executable, "-m"]
     try:
         invocation = pipes.run(
             context=context, command=[*launcher, TRAIN_MODULE, "--params", str(params_file)]
         )
+        summary = invocation.get_custom_messages()[-1]
+        for step, loss in enumerate(summary["losses"], start=1):
+            tracking.log_values(run_id, {}, {"train_loss": loss}, step=step)
+        tracking.log_values(
+            run_id, {}, {"final_loss": summary["final_loss"], "train_seconds": summary["train_seconds"]}
+        )
+        model_version = tracking.register_transformers_model(
+            run_id,
+            spec.name,
+            lambda: critic_pipeline(str(output)),
+            {"dataset_version": dataset_version, "critic_version": version},
+            unique_tag="critic_version",
+            pip_requirements=pip_requirements(),
+        )
     except Exception:
         tracking.finish(run_id, "FAILED")
         raise
-    summary = invocation.get_custom_messages()[-1]
-    for step, loss in enumerate(summary["losses"], start=1):
-        tracking.log_values(run_id, {}, {"train_loss": loss}, step=step)
-    tracking.log_values(
-        run_id, {}, {"final_loss": summary["final_loss"], "train_seconds": summary["train_seconds"]}
-    )
-    artifact_uri = tracking.log_artifacts(run_id, str(output), "model")
-    model_version = tracking.register_model(
-        spec.name, artifact_uri, run_id, {"dataset_version": dataset_version, "critic_version": version}
-    )
     tracking.finish(run_id)
     row = {
         "critic": spec.name,

@@ -10,7 +10,7 @@ from dagster import AssetExecutionContext, AssetKey, DataVersion, MetadataValue,
 
 from firm_assets.curation.dataset import SftTask, publish_dataset
 from firm_assets.curation.prompts import load_template
-from resources.tracking import TrackingResource, dagster_tags
+from resources.tracking import TrackingResource, dagster_tags, folder_dataset
 from resources.warehouse_resource import WarehouseResource
 
 EXPERIMENT = "firm-curation"
@@ -55,7 +55,7 @@ def publish_output(
             tags=dagster_tags(context, version),
             params=params,
             metrics=metrics,
-            dataset={"name": dataset, "digest": version, "source": str(folder)},
+            dataset=folder_dataset(frame, dataset, version, str(folder)),
         )
 
     published = publish_dataset(
