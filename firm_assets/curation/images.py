@@ -29,6 +29,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
+from firm_assets.curation.leases import process_alive
+
 # Format name as PIL reports it -> (stored format, file extension). MPO is how PIL names
 # multi-picture JPEGs straight from cameras; the bytes are ordinary JPEG.
 _ALLOWED_FORMATS: dict[str, tuple[str, str]] = {
@@ -303,17 +305,7 @@ def sweep_orphans(store: Path) -> list[Path]:
             stale = now - temp.stat().st_mtime > STALE_TEMP_S
         except (ValueError, IndexError, FileNotFoundError):
             continue  # not named by this module, or already gone
-        if stale or not _alive(writer):
+        if stale or not process_alive(writer):
             temp.unlink(missing_ok=True)
             removed.append(temp)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
