@@ -63,9 +63,12 @@ class ModelRef:
 
 
 class ChatBackend(Protocol):
-    """Implemented by the transformers, vLLM and OpenAI-compatible backends."""
+    """Implemented by the transformers, vLLM and OpenAI-compatible backends. `concurrent_calls` says
+    whether calls from several threads at once are safe and fill free capacity (a server's pool of
+    request slots); a local engine that runs one batch at a time says False."""
 
     model: ModelRef
+    concurrent_calls: bool
 
     def generate(self, requests: Sequence[ChatRequest], decoding: Decoding) -> list[str]:
         """The assistant's answer text for each request, in order."""

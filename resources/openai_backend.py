@@ -118,6 +118,8 @@ class OpenAIBackend:
     entry. The API key is read from the environment variable `api_key_env` ("EMPTY" when unset, which a
     vLLM server without `--api-key` accepts)."""
 
+    concurrent_calls = True  # callers share the pool, so a second batch fills the slots the first left
+
     def __init__(
         self,
         base_url: str,

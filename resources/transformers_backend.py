@@ -54,6 +54,8 @@ def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
 class TransformersBackend:
     """Batched chat generation and next-token probabilities with a transformers model."""
 
+    concurrent_calls = False  # one model in this process: a second batch would only contend for it
+
     def __init__(
         self,
         model_path: str,

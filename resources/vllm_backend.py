@@ -23,6 +23,8 @@ def _pil_content(part: ImagePart) -> dict[str, Any]:
 class VllmBackend:
     """Batched chat generation and next-token probabilities with a vLLM `LLM`."""
 
+    concurrent_calls = False  # the offline engine schedules a whole batch itself, one call at a time
+
     def __init__(
         self,
         model_path: str,

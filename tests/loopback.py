@@ -228,3 +228,30 @@ class FailingHandler:
                 self.refused.append(marker)
                 return status, {}, {"error": {"message": f"refused {marker} with {status}", "type": "Test"}}
         return self.inner(payload)
+
+
+class SlowOne:
+    """Answers each request with its own text: one whose text contains `marker` after `slow_s`,
+    everything else after 20 ms. Records when each answer left and counts the requests that arrived
+    while the slow one was running."""
+
+    def __init__(self, slow_s: float, marker: str = "slow") -> None:
+        self.slow_s = slow_s
+        self.marker = marker
+        self.finished: dict[str, float] = {}
+        self.started: dict[str, float] = {}
+        self.started_during_slow = 0
+        self.slow_running = threading.Event()
+
+    def __call__(self, payload: dict[str, Any]) -> Reply:
+        text = request_text(payload)
+        self.started[text] = time.monotonic()
+        if self.marker in text:
+            self.slow_running.set()
+            time.sleep(self.slow_s)
+            self.slow_running.clear()
+        else:
+            self.started_during_slow += self.slow_running.is_set()
+            time.sleep(0.02)
+        self.finished[text] = time.monotonic()
+        return 200, {}, completion(text)

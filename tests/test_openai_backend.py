@@ -20,7 +20,16 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from loopback import Handler, LoopbackServer, ModelHandler, Reply, completion, model_entry, request_text
+from loopback import (
+    Handler,
+    LoopbackServer,
+    ModelHandler,
+    Reply,
+    SlowOne,
+    completion,
+    model_entry,
+    request_text,
+)
 
 from firm_assets.curation.parsers import CAPTION_TEXT
 from firm_assets.curation.prompts import load_template
@@ -353,29 +362,6 @@ def test_concurrency_is_bounded_and_order_kept(client: Client, serve: Callable[.
     requests = [ChatRequest(user=(f"request {index}",)) for index in range(18)]
     assert backend.generate(requests, GREEDY) == [f"REQUEST {index}" for index in range(18)]
     assert server.max_in_flight == 3
-
-
-class SlowOne:
-    """Answers "slow" after `slow_s`, everything else after 20 ms; records when each answer left and
-    how many requests were in flight whenever one arrived during the slow one."""
-
-    def __init__(self, slow_s: float) -> None:
-        self.slow_s = slow_s
-        self.finished: dict[str, float] = {}
-        self.started_during_slow = 0
-        self.slow_running = threading.Event()
-
-    def __call__(self, payload: dict[str, Any]) -> Reply:
-        text = request_text(payload)
-        if text == "slow":
-            self.slow_running.set()
-            time.sleep(self.slow_s)
-            self.slow_running.clear()
-        else:
-            self.started_during_slow += self.slow_running.is_set()
-            time.sleep(0.02)
-        self.finished[text] = time.monotonic()
-        return 200, {}, completion(text)
 
 
 def test_a_slow_request_holds_one_slot_not_the_pool(

@@ -15,6 +15,7 @@ import json
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,6 +114,7 @@ class CachedResult:
 
 
 ComputeBatch = Callable[[list[Any]], list[Outcome]]
+Computing = Future[tuple[list[Outcome], float]]  # a batch's outcomes and its seconds, once computed
 COMMIT_EVERY_S = 1.0
 POLL_S = 0.5
 
@@ -258,6 +260,22 @@ def _sync(
     return found
 
 
+def _timed(compute: ComputeBatch, payloads: list[Any]) -> tuple[list[Outcome], float]:
+    """compute_narrowed and how long it took; it may run on a lookahead worker, so no database here."""
+    started = time.monotonic()
+    outcomes = compute_narrowed(compute, payloads)
+    return outcomes, time.monotonic() - started
+
+
+def _start(pool: ThreadPoolExecutor | None, compute: ComputeBatch, payloads: list[Any]) -> Computing:
+    """The batch computing on the pool, or, without one, computed here at once (lookahead 1)."""
+    if pool is not None:
+        return pool.submit(_timed, compute, payloads)
+    future: Computing = Future()
+    future.set_result(_timed(compute, payloads))
+    return future
+
+
 def run_cached(
     warehouse: Warehouse,
     spec: CallSpec,
@@ -268,6 +286,7 @@ def run_cached(
     commit_every_s: float = COMMIT_EVERY_S,
     lease_s: float = LEASE_S,
     poll_s: float = POLL_S,
+    lookahead: int = 1,
 ) -> tuple[dict[str, CachedResult], StageStats]:
     """Results by sample id. Misses are claimed (leases.py), then computed `batch_size` at a time;
     finished batches are committed together once `commit_every_s` has passed since the last commit
@@ -276,7 +295,15 @@ def run_cached(
     intervals of work ahead; keys a concurrent run holds are read from the cache once it commits
     them (checked every `poll_s` when nothing else is left), or computed here if its claim lapses.
     When every item of a batch of several fails transiently (the server is down, the GPU is full),
-    the remaining misses are not sent: they are transient failures too, left for the next run."""
+    the remaining misses are not sent: they are transient failures too, left for the next run.
+
+    With `lookahead` n > 1 (for a backend whose calls may overlap), up to n batches compute at once
+    in worker threads, so one slow request at a batch's end does not idle a server's other slots; each
+    finished batch is handled here as above (this thread alone touches the database). It runs ahead
+    only once the model has answered something, so a server that is down is asked one batch, not n;
+    after a whole batch fails, nothing more is sent and the batches in flight are collected."""
+    if lookahead < 1:
+        raise ValueError("lookahead must be at least 1")
     keyed = [(spec.key(item.inputs), item) for item in items]
     cached = _lookup(warehouse, sorted({key for key, _ in keyed}))
     stats = StageStats(rows=len(keyed))
@@ -291,22 +318,34 @@ def run_cached(
     shared: set[str] = set()  # answers another run computed while this one ran
     last_sync = time.monotonic()
     items_done, compute_s = 0, 0.0
+    answered = False  # whether any batch came back with something other than transient failures
+    pending: dict[Computing, list[str]] = {}  # batches computing, oldest first
+    pool = ThreadPoolExecutor(lookahead, thread_name_prefix=f"{spec.stage}-batch") if lookahead > 1 else None
     try:
-        while work.left():
-            if not work.mine or time.monotonic() - last_sync >= commit_every_s:
-                want = claim_size(batch_size, items_done, compute_s, 2 * commit_every_s)
-                found = _sync(warehouse, spec, leases, work, want, run_id)
-                cached.update(found)
-                shared.update(found)
-                last_sync = time.monotonic()
-                if not work.mine:
+        while work.left() or pending:
+            timeout = None  # wait for a batch in flight
+            if work.left() and len(pending) < (lookahead if answered else 1):
+                if not work.mine or time.monotonic() - last_sync >= commit_every_s:
+                    want = claim_size(batch_size, items_done, compute_s, 2 * commit_every_s)
+                    found = _sync(warehouse, spec, leases, work, want, run_id)
+                    cached.update(found)
+                    shared.update(found)
+                    last_sync = time.monotonic()
+                if work.mine:
+                    batch = [work.mine.popleft() for _ in range(min(batch_size, len(work.mine)))]
+                    pending[_start(pool, compute, [misses[key].payload for key in batch])] = batch
+                    continue
+                if not pending:
                     if work.left():
                         time.sleep(poll_s)  # everything left is another run's: wait for its commits
                     continue
-            batch = [work.mine.popleft() for _ in range(min(batch_size, len(work.mine)))]
-            started = time.monotonic()
-            outcomes = compute_narrowed(compute, [misses[key].payload for key in batch])
-            elapsed = time.monotonic() - started
+                timeout = poll_s  # while batches compute, look again for another run's commits
+            done = wait(pending, timeout, FIRST_COMPLETED).done
+            if not done:
+                continue
+            future = next(future for future in pending if future in done)  # the oldest finished
+            batch = pending.pop(future)
+            outcomes, elapsed = future.result()
             items_done, compute_s = items_done + len(batch), compute_s + elapsed
             # a claim must outlive the slowest batch computed between two renewals
             leases.lease_s = max(leases.lease_s, 3 * elapsed)
@@ -321,12 +360,15 @@ def run_cached(
                 if not out.transient:
                     work.uncommitted.append((key, misses[key], out))
             stats.model_seconds += sum(out.model_seconds for out in outcomes)
+            answered = answered or not all(out.transient for out in outcomes)
             if len(batch) > 1 and all(out.transient for out in outcomes):
                 reason = (outcomes[-1].failure or "").removeprefix("transient: ")
                 unavailable = f"transient: not sent, a whole batch before it failed ({reason})"
                 for key in work.drop_all():
                     cached[key] = Outcome(None, None, unavailable, transient=True)
     finally:
+        if pool is not None:  # batches still computing (an error stopped the loop) end before the claims
+            pool.shutdown(wait=True)
         if misses:  # what is still uncommitted (an error stopped the loop) and every claim left
             with warehouse.transaction() as con:
                 _insert(con, spec, work.uncommitted, run_id)

@@ -142,7 +142,9 @@ def run_chat_stage(
 
     decoding = {**stage.decoding.as_dict(), "max_attempts": stage.max_attempts, "reader": stage.score_reader}
     spec = CallSpec(stage.name, backend.model, stage.template.ref, stage.parser.ref, decoding)
-    results, stats = run_cached(warehouse, spec, items, compute, batch_size, run_id)
+    # a backend whose calls may overlap gets the next batch while a batch's slowest request finishes
+    lookahead = 2 if backend.concurrent_calls else 1
+    results, stats = run_cached(warehouse, spec, items, compute, batch_size, run_id, lookahead=lookahead)
     if stage.score_reader:
         stats.extra["text_parse_failures"] = sum(1 for r in results.values() if _text_failed(r.outcome))
     return results, stats
