@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from dagster import ConfigurableResource
 
 from resources.home import home_path
+from resources.processes import process_alive, process_start
 
 if TYPE_CHECKING:
     import polars as pl
@@ -50,17 +51,6 @@ def artifact_root() -> Path:
     return home_path("mlflow", "artifacts", ".keep").parent
 
 
-def process_start(pid: int) -> str:
-    """The start time of process `pid` in clock ticks since boot (Linux /proc), or "" when unknown:
-    with the pid it names one process, even after the pid is reused."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return ""
-    # the command name (field 2) is in parentheses and may hold spaces; start time is field 22
-    return stat.rpartition(")")[2].split()[19]
-
-
 def process_tags() -> dict[str, str]:
     """The tags naming this process as the owner of a run."""
     pid = os.getpid()
@@ -74,12 +64,8 @@ def owner_gone(tags: dict[str, str]) -> bool:
     pid = tags.get(PID_TAG, "")
     if tags.get(HOST_TAG) != socket.gethostname() or not pid.isdigit():
         return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
+    if not process_alive(int(pid)):
         return True
-    except PermissionError:
-        pass  # alive, owned by another user
     recorded = tags.get(PID_START_TAG, "")
     return bool(recorded) and process_start(int(pid)) != recorded
 

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from firm_assets.curation.cache import CacheItem, CallSpec, Outcome, run_cached
-from firm_assets.curation.leases import Claim, claim_size, is_live, process_alive, split_window
+from firm_assets.curation.leases import Claim, claim_size, is_live, split_window
 from resources.chat import ModelRef
+from resources.processes import process_alive
 from warehouse.connection import Warehouse
 
 SPEC = CallSpec("captions", ModelRef("tiny/vl", "rev-1"), "caption@1", "text@1", {"temperature": 0})

@@ -23,6 +23,7 @@ from mlflow.exceptions import MlflowException
 from transformers import AutoModelForImageTextToText
 
 from firm_assets.critics.training import critic_pipeline, pip_requirements
+from resources.processes import process_start
 from resources.tiny_models import VL_NAME
 from resources.tracking import (
     ENDED_TAG,
@@ -33,7 +34,6 @@ from resources.tracking import (
     default_tracking_uri,
     folder_dataset,
     owner_gone,
-    process_start,
     process_tags,
 )
 

@@ -29,7 +29,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from firm_assets.curation.leases import process_alive
+from resources.processes import process_alive
 
 # Format name as PIL reports it -> (stored format, file extension). MPO is how PIL names
 # multi-picture JPEGs straight from cameras; the bytes are ordinary JPEG.

@@ -16,9 +16,10 @@ import socket
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import duckdb
+
+from resources.processes import process_alive
 
 LEASE_S = 30.0
 
@@ -31,21 +32,6 @@ class Claim:
     host: str
     pid: int
     expires_at: float
-
-
-def process_alive(pid: int) -> bool:
-    """Whether a process of this host is running (a zombie, killed but not yet reaped, is not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state not in ("Z", "X")
 
 
 def is_live(claim: Claim, now: float, host: str, alive: Callable[[int], bool] = process_alive) -> bool:
