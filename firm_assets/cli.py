@@ -8,6 +8,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
+from firm_assets.serving.command import add_serve_parser
 from resources.home import firm_home
 
 if TYPE_CHECKING:
@@ -130,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         "ref", help="dataset or critic name, name@version-prefix or version prefix; or a sample id"
     )
     audit_parser.set_defaults(func=audit)
+    add_serve_parser(commands)
     args = parser.parse_args(argv)
     return args.func(args)
 

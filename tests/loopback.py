@@ -255,3 +255,30 @@ class SlowOne:
             time.sleep(0.02)
         self.finished[text] = time.monotonic()
         return 200, {}, completion(text)
+
+
+class AppServer:
+    """An ASGI app served by uvicorn on a free 127.0.0.1 port in a background thread, lifespan
+    included, so tests talk to it over real HTTP; `close` shuts it down the way Ctrl-C would."""
+
+    def __init__(self, app: Any) -> None:
+        import uvicorn
+
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+        self.port = self._server.servers[0].sockets[0].getsockname()[1]
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(30)

@@ -1,0 +1,171 @@
+"""P3: cross-request batching in the reward server versus one critic batch per request.
+
+The tiny critic behind `firm serve` (a real server process on loopback), 32 concurrent clients each
+sending one-edit requests in a closed loop for a fixed time; then the same server started with
+`--no-cross-request-batching` (one batch per request, as FIRM's public Flask server scores), same
+load. Both runs in one go, side by side. throughput_ratio = batched requests/s / per-request
+requests/s; p50_ms and p99_ms are the batched run's request latencies.
+Last line: `P3 throughput_ratio=<> p50_ms=<> p99_ms=<>`.
+
+  python bench/reward_server.py [--clients 32] [--seconds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+@dataclass(frozen=True)
+class RunResult:
+    label: str
+    requests: int
+    seconds: float
+    latencies_ms: list[float]
+    mean_batch_items: float
+
+    @property
+    def throughput(self) -> float:
+        return self.requests / self.seconds
+
+    def percentile(self, q: float) -> float:
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_server(
+    critic: Path, port: int, batched: bool, max_batch: int, max_wait_ms: float
+) -> subprocess.Popen:
+    command = [sys.executable, "-m", "firm_assets.cli", "serve", "--critic", str(critic), "--port", str(port)]
+    command += ["--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms), "--queue-size", "1024"]
+    if not batched:
+        command.append("--no-cross-request-batching")
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def wait_healthy(base_url: str, server: subprocess.Popen, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"the server exited:\n{server.stderr.read().decode()[-3000:]}")
+        try:
+            if httpx.get(f"{base_url}/healthz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit("the server did not become healthy")
+
+
+async def load(base_url: str, body: dict, clients: int, seconds: float) -> list[float]:
+    """Closed loop: each client sends its next request as soon as the last one is answered; the
+    latencies of the answers that arrive within the window."""
+    latencies: list[float] = []
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=base_url, timeout=300, limits=limits) as http:
+        started = time.perf_counter()
+        end = started + seconds
+
+        async def client() -> None:
+            while time.perf_counter() < end:
+                sent = time.perf_counter()
+                response = await http.post("/v1/edit", json=body)
+                if response.status_code != 200:
+                    raise SystemExit(f"request failed: {response.status_code} {response.text[:300]}")
+                if time.perf_counter() <= end:
+                    latencies.append((time.perf_counter() - sent) * 1000)
+
+        await asyncio.gather(*(client() for _ in range(clients)))
+    return latencies
+
+
+def mean_batch_items(base_url: str) -> float:
+    text = httpx.get(f"{base_url}/metrics").text
+    total = float(re.search(r'firm_reward_batch_items_sum\{endpoint="edit"\} (\S+)', text).group(1))
+    count = float(re.search(r'firm_reward_batch_items_count\{endpoint="edit"\} (\S+)', text).group(1))
+    return total / count
+
+
+def run(label: str, critic: Path, batched: bool, args: argparse.Namespace, body: dict) -> RunResult:
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    server = start_server(critic, port, batched, args.max_batch, args.max_wait_ms)
+    try:
+        wait_healthy(base_url, server)
+        asyncio.run(load(base_url, body, args.clients, args.warmup_seconds))
+        latencies = asyncio.run(load(base_url, body, args.clients, args.seconds))
+        return RunResult(label, len(latencies), args.seconds, latencies, mean_batch_items(base_url))
+    finally:
+        server.terminate()
+        server.wait(60)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--warmup-seconds", type=float, default=5.0)
+    parser.add_argument("--max-batch", type=int, default=32)
+    parser.add_argument("--max-wait-ms", type=float, default=10.0)
+    args = parser.parse_args()
+    from firm_assets.serving.wire import encode_image
+    from resources.tiny_models import VL_NAME, build_tiny_models
+
+    source, edited = Image.new("RGB", (64, 64), "red"), Image.new("RGB", (64, 64), "blue")
+    body = {
+        "items": [
+            {"source": encode_image(source), "edited": encode_image(edited), "instruction": "make it blue"}
+        ]
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        critic = build_tiny_models(Path(tmp))[VL_NAME]
+        results = [
+            run("batched", critic, True, args, body),
+            run("per-request", critic, False, args, body),
+        ]
+    print(f"{'server':<12} {'requests':>8} {'req/s':>8} {'p50_ms':>8} {'p99_ms':>8} {'batch_items':>11}")
+    for r in results:
+        print(
+            f"{r.label:<12} {r.requests:>8} {r.throughput:>8.1f} {r.percentile(0.5):>8.0f} "
+            f"{r.percentile(0.99):>8.0f} {r.mean_batch_items:>11.1f}"
+        )
+    batched, per_request = results
+    print(
+        f"clients={args.clients} seconds={args.seconds} max_batch={args.max_batch} "
+        f"max_wait_ms={args.max_wait_ms} p50_per_request_ms={statistics.median(per_request.latencies_ms):.0f}"
+    )
+    ratio = batched.throughput / per_request.throughput
+    p50, p99 = batched.percentile(0.5), batched.percentile(0.99)
+    print(f"P3 throughput_ratio={ratio:.2f} p50_ms={p50:.0f} p99_ms={p99:.0f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The batched JSON reward server (`firm serve`) and its Python client."""

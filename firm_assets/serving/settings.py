@@ -1,0 +1,24 @@
+"""The reward server's knobs, shared by `firm serve`, the tests and the benchmark."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from firm_assets.rl.rewards import RewardConfig
+
+
+class ServerSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_batch: int = Field(32, ge=1, description="Items per critic batch at most")
+    max_wait_ms: float = Field(10.0, ge=0, description="How long a batch waits for more requests")
+    queue_size: int = Field(256, ge=1, description="Requests waiting at most; beyond it: 429")
+    cross_request_batching: bool = True  # off: one critic batch per request (the benchmark's baseline)
+    request_timeout_s: float = Field(120.0, gt=0, description="Queue wait plus scoring; beyond it: 504")
+    retry_after_s: int = Field(1, ge=1, description="Retry-After sent with 429 and 503")
+    max_body_bytes: int = Field(64 * 2**20, ge=1024)
+    max_image_bytes: int = Field(16 * 2**20, ge=1024)
+    max_image_pixels: int = Field(4096 * 4096, ge=1)
+    token_env: str | None = Field(None, description="Env var holding the bearer token; None: no auth")
+    edit_reward: RewardConfig = Field(default_factory=RewardConfig.cme)
+    gen_reward: RewardConfig = Field(default_factory=RewardConfig.qma)

@@ -1,0 +1,217 @@
+"""Wire format version 1 of the reward server: the JSON bodies of `/v1/edit` and `/v1/gen`.
+
+Images travel as base64 PNG or JPEG strings (never pickled objects): the server decodes them with
+PIL under byte and pixel limits, so a malformed or oversized image is a clear 4xx, not a crash.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
+
+from firm_assets.critics.scoring import EditScores, GenScores
+from firm_assets.rl.rewards import Reward, RewardConfig
+
+WIRE_VERSION = 1
+MAX_ITEMS_PER_REQUEST = 64
+IMAGE_FORMATS = ("PNG", "JPEG")
+
+ScoreModeField = Literal["parsed", "expectation"]
+Text = Annotated[str, Field(min_length=1, max_length=4000)]
+ImageData = Annotated[
+    str,
+    Field(
+        min_length=1,
+        description="A PNG or JPEG file as base64 (a `data:image/...;base64,` prefix is accepted).",
+        json_schema_extra={"contentEncoding": "base64"},
+    ),
+]
+RequestId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:\-]+$")]
+Weight = Annotated[float, Field(ge=0, le=1000, allow_inf_nan=False)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RewardOverride(_Strict):
+    """Changes to the endpoint's default reward config (CME for edit, QMA for gen); unset fields keep
+    the default, so `{"formula": "execution_only"}` is the paper's ablation with default weights."""
+
+    formula: Literal["cme", "qma", "execution_only", "naive_sum"] | None = None
+    w1: Weight | None = None
+    w2: Weight | None = None
+    normalisation: Literal["minus1_over4", "over5"] | None = None
+
+    def apply(self, default: RewardConfig) -> RewardConfig:
+        """The default with these changes, validated as a whole (raises pydantic.ValidationError)."""
+        changes = self.model_dump(exclude_none=True)
+        return RewardConfig.model_validate({**default.model_dump(), **changes})
+
+
+class EditItem(_Strict):
+    source: ImageData
+    edited: ImageData
+    instruction: Text
+    requirement: Text | None = None
+
+
+class GenItem(_Strict):
+    image: ImageData
+    prompt: Text
+
+
+class _ScoreRequest(_Strict):
+    mode: ScoreModeField = "expectation"
+    reward: RewardOverride | None = None
+    request_id: RequestId | None = Field(
+        default=None, description="Echoed in the response; generated when absent."
+    )
+
+
+class EditRequest(_ScoreRequest):
+    """A rollout group of edits: every item's execution and consistency questions go to the critic in
+    one batch."""
+
+    items: list[EditItem] = Field(min_length=1, max_length=MAX_ITEMS_PER_REQUEST)
+
+
+class GenRequest(_ScoreRequest):
+    items: list[GenItem] = Field(min_length=1, max_length=MAX_ITEMS_PER_REQUEST)
+
+
+class Score(BaseModel):
+    """One critic dimension on its 1-5 scale; `score` is null and `failure` says why when the critic's
+    answer for this item failed."""
+
+    score: float | None
+    failure: str | None
+
+
+class RewardOut(BaseModel):
+    """The combined reward in [0, 1]; null with `masked` true when a critic answer failed (never 0)."""
+
+    value: float | None
+    masked: bool
+    reason: str | None
+
+    @classmethod
+    def of(cls, reward: Reward) -> RewardOut:
+        return cls(value=reward.value, masked=reward.masked, reason=reward.reason)
+
+
+class RewardConfigOut(BaseModel):
+    formula: str
+    w1: float
+    w2: float
+    normalisation: str
+
+
+class EditResult(BaseModel):
+    execution: Score
+    consistency: Score
+    reward: RewardOut
+
+
+class GenResult(BaseModel):
+    instruction: Score
+    quality: Score
+    reward: RewardOut
+
+
+class _ScoreResponse(BaseModel):
+    wire_version: Literal[1] = WIRE_VERSION
+    request_id: str
+    critic_version: str = Field(description="The critic that scored: lineage for the RL run.")
+    mode: ScoreModeField
+    reward_config: RewardConfigOut
+
+
+class EditResponse(_ScoreResponse):
+    results: list[EditResult]
+
+
+class GenResponse(_ScoreResponse):
+    results: list[GenResult]
+
+
+class Health(BaseModel):
+    status: Literal["ok", "loading", "failed", "stopping"]
+    critic_version: str | None
+    detail: str | None = None
+
+
+def edit_result(scores: EditScores, reward: Reward) -> EditResult:
+    return EditResult(
+        execution=Score(score=scores.execution.score, failure=scores.execution.failure),
+        consistency=Score(score=scores.consistency.score, failure=scores.consistency.failure),
+        reward=RewardOut.of(reward),
+    )
+
+
+def gen_result(scores: GenScores, reward: Reward) -> GenResult:
+    return GenResult(
+        instruction=Score(score=scores.instruction.score, failure=scores.instruction.failure),
+        quality=Score(score=scores.quality.score, failure=scores.quality.failure),
+        reward=RewardOut.of(reward),
+    )
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    max_bytes: int
+    max_pixels: int
+
+
+class ImageRejected(ValueError):
+    """An image field the server will not score; `status` is 400 (not a PNG/JPEG) or 413 (too big)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def decode_image(data: str, limits: ImageLimits) -> Image.Image:
+    """A base64 PNG/JPEG string as a loaded RGB image, checked against the byte and pixel limits
+    before decoding the pixels (a tiny file can claim a huge canvas)."""
+    if data.startswith("data:"):
+        header, _, data = data.partition(",")
+        if not header.endswith(";base64"):
+            raise ImageRejected(400, "a data: URL image must be base64 (`;base64,`)")
+    if len(data) > (limits.max_bytes + 2) // 3 * 4 + 4:
+        raise ImageRejected(413, f"image is larger than {limits.max_bytes} bytes")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise ImageRejected(400, f"image is not valid base64: {error}") from None
+    if len(raw) > limits.max_bytes:
+        raise ImageRejected(413, f"image is {len(raw)} bytes, the limit is {limits.max_bytes}")
+    try:
+        with Image.open(io.BytesIO(raw), formats=IMAGE_FORMATS) as probe:
+            width, height = probe.size
+            if width * height > limits.max_pixels:
+                raise ImageRejected(
+                    413, f"image is {width}x{height} pixels, the limit is {limits.max_pixels} pixels"
+                )
+            probe.verify()
+        with Image.open(io.BytesIO(raw), formats=IMAGE_FORMATS) as image:
+            return image.convert("RGB")
+    except ImageRejected:
+        raise
+    except (Image.UnidentifiedImageError, Image.DecompressionBombError) as error:
+        raise ImageRejected(400, f"not a PNG or JPEG image: {error}") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageRejected(400, f"image does not decode: {error}") from None
+
+
+def encode_image(image: Image.Image) -> str:
+    """An image as the wire's base64 PNG string (lossless, so the critic sees the rollout as drawn)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -1,0 +1,470 @@
+"""The reward server over real HTTP on loopback (uvicorn in a thread), scoring with the real
+CriticScorer on the tiny critic; plus unit tests of its pure parts (image decoding, retry delays,
+reward overrides)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from loopback import AppServer
+from PIL import Image
+from schemathesis.specs.openapi.checks import positive_data_acceptance
+
+from firm_assets.critics.scoring import CriticScorer, EditQuery, GenQuery, ScoreMode
+from firm_assets.rl.rewards import RewardConfig
+from firm_assets.serving.app import create_app, reward_config
+from firm_assets.serving.batching import Batcher, failed_scores
+from firm_assets.serving.client import RewardClient, RewardServerError, retry_delay
+from firm_assets.serving.settings import ServerSettings
+from firm_assets.serving.wire import ImageLimits, ImageRejected, RewardOverride, decode_image, encode_image
+from resources.tiny_models import VL_NAME
+
+
+def png(color: str | tuple[int, int, int] = "red", size: tuple[int, int] = (32, 32)) -> str:
+    return encode_image(Image.new("RGB", size, color))
+
+
+def edit_item(instruction: str = "make it blue", **changes: Any) -> dict[str, Any]:
+    return {"source": png("red"), "edited": png("blue"), "instruction": instruction, **changes}
+
+
+@pytest.fixture(scope="module")
+def critic(tiny_models: dict[str, Path]) -> CriticScorer:
+    """The tiny critic, loaded once for the module; each test's server hands it to its one worker."""
+    return CriticScorer.load(str(tiny_models[VL_NAME]))
+
+
+@pytest.fixture
+def serve(critic: CriticScorer) -> Iterator[Callable[..., AppServer]]:
+    """Start a server with the given settings (and scorer factory); all are closed after the test."""
+    servers: list[AppServer] = []
+
+    def start(factory: Callable[[], Any] | None = None, **settings: Any) -> AppServer:
+        server = AppServer(create_app(ServerSettings(**settings), factory or (lambda: critic)))
+        servers.append(server)
+        wait_ready(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def wait_ready(server: AppServer, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while httpx.get(f"{server.base_url}/healthz").status_code != 200:
+        assert time.monotonic() < deadline, "the critic did not load"
+        time.sleep(0.05)
+
+
+class Delayed:
+    """The real scorer behind a controlled pause before each batch (and optionally an exception for
+    queries whose text contains `explode`), so backpressure, timeouts and batch failures can be
+    provoked deterministically; it records each batch's size."""
+
+    def __init__(self, inner: CriticScorer, delay_s: float, explode: str | None = None) -> None:
+        self.inner = inner
+        self.delay_s = delay_s
+        self.explode = explode
+        self.critic_version = inner.critic_version
+        self.batches: list[int] = []
+
+    def _pause(self, texts: list[str]) -> None:
+        self.batches.append(len(texts))
+        time.sleep(self.delay_s)
+        if self.explode is not None and any(self.explode in text for text in texts):
+            raise RuntimeError(f"critic blew up on {self.explode!r}")
+
+    def score_edit(self, queries: Sequence[EditQuery], mode: ScoreMode = "expectation") -> list[Any]:
+        self._pause([q.instruction for q in queries])
+        return self.inner.score_edit(queries, mode)
+
+    def score_gen(self, queries: Sequence[GenQuery], mode: ScoreMode = "expectation") -> list[Any]:
+        self._pause([q.prompt for q in queries])
+        return self.inner.score_gen(queries, mode)
+
+
+def normalised(score: float) -> float:
+    return (score - 1) / 4
+
+
+# --- pure parts -------------------------------------------------------------------------------------
+
+LIMITS = ImageLimits(max_bytes=10_000, max_pixels=64 * 64)
+
+
+def test_decode_image_accepts_png_jpeg_and_data_urls() -> None:
+    image = decode_image(png((10, 20, 30), (8, 4)), LIMITS)
+    assert image.size == (8, 4) and image.mode == "RGB" and image.getpixel((0, 0)) == (10, 20, 30)
+    buffer = io.BytesIO()
+    Image.new("L", (5, 5), 200).save(buffer, format="JPEG")
+    jpeg = base64.b64encode(buffer.getvalue()).decode()
+    assert decode_image(jpeg, LIMITS).mode == "RGB"
+    assert decode_image(f"data:image/jpeg;base64,{jpeg}", LIMITS).size == (5, 5)
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "words"),
+    [
+        ("not base64 at all!", 400, "not valid base64"),
+        (base64.b64encode(b"hello, not an image").decode(), 400, "not a PNG or JPEG"),
+        ("data:image/png,abcd", 400, "must be base64"),
+        (png("red", (65, 64)), 413, "65x64 pixels"),
+        ("A" * 20_000, 413, "larger than 10000 bytes"),
+    ],
+)
+def test_decode_image_rejects_with_status_and_reason(data: str, status: int, words: str) -> None:
+    with pytest.raises(ImageRejected, match=words) as caught:
+        decode_image(data, LIMITS)
+    assert caught.value.status == status
+
+
+def test_decode_image_refuses_other_formats_and_truncated_files() -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(buffer, format="GIF")
+    with pytest.raises(ImageRejected, match="not a PNG or JPEG") as caught:
+        decode_image(base64.b64encode(buffer.getvalue()).decode(), LIMITS)
+    assert caught.value.status == 400
+    truncated = base64.b64decode(png("red", (40, 40)))[:-30]
+    with pytest.raises(ImageRejected) as caught:
+        decode_image(base64.b64encode(truncated).decode(), LIMITS)
+    assert caught.value.status == 400
+
+
+def test_retry_delay_honours_retry_after_then_backs_off() -> None:
+    assert retry_delay(httpx.Response(429, headers={"Retry-After": "3"}), 0, 0.5, 30) == 3
+    assert retry_delay(httpx.Response(429, headers={"Retry-After": "300"}), 0, 0.5, 30) == 30
+    assert retry_delay(httpx.Response(503), 2, 0.5, 30) == 2.0  # 0.5 * 2**2
+    assert retry_delay(None, 0, 0.5, 30) == 0.5
+
+
+def test_reward_override_changes_only_what_it_names() -> None:
+    cme = RewardConfig.cme()
+    assert reward_config("edit", None, cme) == cme
+    changed = reward_config("edit", RewardOverride(w2=0.1, normalisation="over5"), cme)
+    assert (changed.formula, changed.w1, changed.w2, changed.normalisation) == ("cme", 0.6, 0.1, "over5")
+    ablation = reward_config("edit", RewardOverride(formula="execution_only"), cme)
+    assert (ablation.formula, ablation.w1, ablation.w2) == ("execution_only", 0.6, 0.4)
+    with pytest.raises(Exception, match="not for /v1/edit"):
+        reward_config("edit", RewardOverride(formula="qma"), cme)
+
+
+def test_failed_scores_mask_every_dimension() -> None:
+    (edit,) = failed_scores("edit", 1, "boom")
+    assert (edit.execution.score, edit.execution.failure, edit.consistency.failure) == (None, "boom", "boom")
+    gens = failed_scores("gen", 2, "x")
+    assert len(gens) == 2 and all(g.instruction.score is None and g.quality.failure == "x" for g in gens)
+
+
+def test_batcher_groups_only_same_kind_and_mode(critic: CriticScorer) -> None:
+    """Queued while the worker is busy: edit/expectation x2, gen, edit/parsed; the two compatible
+    edits share a batch, the others get their own."""
+    delayed = Delayed(critic, delay_s=0.3)
+    batcher = Batcher(lambda: delayed, max_batch=8, max_wait_s=0.05, queue_size=10)
+    batcher.start()
+
+    async def run() -> None:
+        while batcher.state != "ok":
+            await asyncio.sleep(0.01)
+        image = Image.new("RGB", (16, 16), "red")
+        edit = EditQuery(image, image, "make it red")
+        first = batcher.submit("edit", "expectation", [edit])
+        await asyncio.sleep(0.1)  # the worker is now inside the first batch
+        jobs = [
+            batcher.submit("edit", "expectation", [edit]),
+            batcher.submit("gen", "expectation", [GenQuery(image, "a red square")]),
+            batcher.submit("edit", "parsed", [edit]),
+            batcher.submit("edit", "expectation", [edit, edit]),
+        ]
+        results = await asyncio.gather(first.future, *(job.future for job in jobs))
+        assert [len(r) for r in results] == [1, 1, 1, 1, 2]
+
+    try:
+        asyncio.run(run())
+    finally:
+        batcher.stop()
+    assert delayed.batches == [1, 3, 1, 1]
+
+
+# --- over HTTP ----------------------------------------------------------------------------------------
+
+
+def test_edit_scores_rewards_and_echoes(serve: Callable[..., AppServer], critic: CriticScorer) -> None:
+    server = serve()
+    body = {"items": [edit_item(), edit_item("add a hat")], "request_id": "group-7", "mode": "expectation"}
+    response = httpx.post(f"{server.base_url}/v1/edit", json=body, timeout=60)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert response.headers["x-request-id"] == "group-7"
+    assert (answer["request_id"], answer["wire_version"], answer["mode"]) == ("group-7", 1, "expectation")
+    assert answer["critic_version"] == critic.critic_version and answer["critic_version"]
+    assert answer["reward_config"] == {
+        "formula": "cme",
+        "w1": 0.6,
+        "w2": 0.4,
+        "normalisation": "minus1_over4",
+    }
+    assert len(answer["results"]) == 2
+    for result in answer["results"]:
+        execution, consistency = result["execution"]["score"], result["consistency"]["score"]
+        assert 1 <= execution <= 5 and 1 <= consistency <= 5
+        expected = normalised(execution) * (0.6 + 0.4 * normalised(consistency))
+        assert result["reward"] == {"value": pytest.approx(expected), "masked": False, "reason": None}
+
+
+def test_gen_with_reward_override_and_generated_request_id(serve: Callable[..., AppServer]) -> None:
+    server = serve()
+    body = {
+        "items": [{"image": png("green"), "prompt": "a green square"}],
+        "reward": {"formula": "naive_sum", "w1": 1, "w2": 3, "normalisation": "over5"},
+    }
+    answer = httpx.post(f"{server.base_url}/v1/gen", json=body, timeout=60).json()
+    assert len(answer["request_id"]) == 32
+    assert answer["reward_config"] == {"formula": "naive_sum", "w1": 1.0, "w2": 3.0, "normalisation": "over5"}
+    (result,) = answer["results"]
+    instruction, quality = result["instruction"]["score"], result["quality"]["score"]
+    assert result["reward"]["value"] == pytest.approx((instruction / 5 + 3 * quality / 5) / 4)
+
+
+def test_client_round_trip_matches_raw_http(serve: Callable[..., AppServer]) -> None:
+    server = serve()
+    red, blue = Image.new("RGB", (32, 32), "red"), Image.new("RGB", (32, 32), "blue")
+    with RewardClient(server.base_url) as client:
+        answer = client.score_edit(
+            [EditQuery(red, blue, "make it blue")], mode="expectation", request_id="r1"
+        )
+        assert client.health().status == "ok"
+    raw = httpx.post(f"{server.base_url}/v1/edit", json={"items": [edit_item()]}, timeout=60).json()
+    assert answer.request_id == "r1"
+    assert answer.results[0].model_dump() == raw["results"][0]  # same images, same deterministic critic
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "words"),
+    [
+        ({"mode": "vibes"}, 422, "parsed"),
+        ({"reward": {"formula": "qma"}}, 422, "not for /v1/edit"),
+        ({"reward": {"w1": -1}}, 422, "greater than or equal"),
+        ({"items": []}, 422, "at least 1"),
+        ({"items": [edit_item(source="%%%not-base64")]}, 400, "items[0].source: image is not valid base64"),
+        ({"items": [edit_item(edited=base64.b64encode(b"GIF89a nope").decode())]}, 400, "items[0].edited"),
+        ({"items": [edit_item(edited=png("red", (300, 300)))]}, 413, "300x300 pixels"),
+        ({"items": [edit_item(colour="red")]}, 422, "Extra inputs"),
+    ],
+)
+def test_bad_requests_get_clear_4xx(
+    serve: Callable[..., AppServer], change: dict[str, Any], status: int, words: str
+) -> None:
+    server = serve(max_image_pixels=256 * 256)
+    body = {"items": [edit_item()], **change}
+    response = httpx.post(f"{server.base_url}/v1/edit", json=body, timeout=60)
+    assert response.status_code == status, response.text
+    assert words in response.text
+
+
+def test_oversized_body_is_413_before_parsing(serve: Callable[..., AppServer]) -> None:
+    server = serve(max_body_bytes=4096)
+    big = {"items": [edit_item(instruction="x" * 3000, requirement="y" * 3000)]}
+    response = httpx.post(f"{server.base_url}/v1/edit", json=big, timeout=60)
+    assert response.status_code == 413 and "larger than 4096 bytes" in response.json()["detail"]
+    chunked = httpx.post(f"{server.base_url}/v1/edit", content=iter([b"{" * 3000, b" " * 3000]), timeout=60)
+    assert chunked.status_code == 413
+    not_json = httpx.post(f"{server.base_url}/v1/edit", content=b"{nope", timeout=60)
+    assert not_json.status_code == 422
+
+
+def test_bearer_token(serve: Callable[..., AppServer], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FIRM_TEST_TOKEN", "s3cret")
+    server = serve(token_env="FIRM_TEST_TOKEN")
+    url = f"{server.base_url}/v1/edit"
+    body = {"items": [edit_item()]}
+    assert httpx.post(url, json=body, timeout=60).status_code == 401
+    wrong = httpx.post(url, json=body, headers={"Authorization": "Bearer nope"}, timeout=60)
+    assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
+    assert (
+        httpx.post(url, json=body, headers={"Authorization": "Bearer s3cret"}, timeout=60).status_code == 200
+    )
+    assert httpx.get(f"{server.base_url}/healthz").status_code == 200  # health stays open
+    with pytest.raises(RewardServerError, match="401"), RewardClient(server.base_url, token="nope") as client:
+        client.score_gen([GenQuery(Image.new("RGB", (8, 8)), "x")])
+    with RewardClient(server.base_url, token="s3cret") as client:
+        assert len(client.score_gen([GenQuery(Image.new("RGB", (8, 8)), "x")]).results) == 1
+    monkeypatch.delenv("FIRM_TEST_TOKEN")
+    with pytest.raises(ValueError, match="FIRM_TEST_TOKEN is unset"):
+        create_app(ServerSettings(token_env="FIRM_TEST_TOKEN"), lambda: None)
+
+
+def test_healthz_and_503_while_the_critic_loads(tiny_models: dict[str, Path]) -> None:
+    """A real load of the critic, held back by an event until the test has seen the loading state."""
+    release = threading.Event()
+
+    def load() -> CriticScorer:
+        release.wait(30)
+        return CriticScorer.load(str(tiny_models[VL_NAME]))
+
+    server = AppServer(create_app(ServerSettings(retry_after_s=2), load))
+    try:
+        loading = httpx.get(f"{server.base_url}/healthz")
+        assert loading.status_code == 503 and loading.json()["status"] == "loading"
+        refused = httpx.post(f"{server.base_url}/v1/edit", json={"items": [edit_item()]})
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "2"
+        assert "still loading" in refused.json()["detail"]
+        release.set()
+        wait_ready(server)
+        health = httpx.get(f"{server.base_url}/healthz").json()
+        assert health["status"] == "ok" and health["critic_version"]
+    finally:
+        release.set()
+        server.close()
+
+
+def test_a_critic_that_cannot_load_says_why() -> None:
+    def broken() -> CriticScorer:
+        raise FileNotFoundError("no critic at /nowhere")
+
+    server = AppServer(create_app(ServerSettings(), broken))
+    try:
+        deadline = time.monotonic() + 10
+        while httpx.get(f"{server.base_url}/healthz").json()["status"] == "loading":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        health = httpx.get(f"{server.base_url}/healthz")
+        assert health.status_code == 503 and "no critic at /nowhere" in health.json()["detail"]
+        refused = httpx.post(f"{server.base_url}/v1/gen", json={"items": [{"image": png(), "prompt": "p"}]})
+        assert refused.status_code == 503 and "failed to load" in refused.json()["detail"]
+    finally:
+        server.close()
+
+
+def test_metrics_expose_the_series(serve: Callable[..., AppServer]) -> None:
+    server = serve()
+    httpx.post(f"{server.base_url}/v1/edit", json={"items": [edit_item(), edit_item()]}, timeout=60)
+    httpx.post(f"{server.base_url}/v1/edit", json={"mode": "nope", "items": [edit_item()]}, timeout=60)
+    text = httpx.get(f"{server.base_url}/metrics").text
+    assert "firm_reward_queue_depth 0.0" in text
+    assert 'firm_reward_batch_items_sum{endpoint="edit"} 2.0' in text
+    assert 'firm_reward_batch_items_count{endpoint="edit"} 1.0' in text
+    assert 'firm_reward_request_seconds_count{endpoint="edit"} 2.0' in text
+    assert 'firm_reward_requests_total{endpoint="edit",status="200"} 1.0' in text
+    assert 'firm_reward_requests_total{endpoint="edit",status="422"} 1.0' in text
+
+
+def _concurrently(count: int, call: Callable[[int], Any]) -> list[Any]:
+    results: list[Any] = [None] * count
+
+    def one(index: int) -> None:
+        results[index] = call(index)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    return results
+
+
+def test_requests_arriving_together_share_a_batch(
+    serve: Callable[..., AppServer], critic: CriticScorer
+) -> None:
+    """Four single-item requests within the wait window: one critic batch of four; with cross-request
+    batching off, four batches of one."""
+    for cross, batches in ((True, [4]), (False, [1, 1, 1, 1])):
+        delayed = Delayed(critic, delay_s=0.0)
+        server = serve(lambda d=delayed: d, max_batch=4, max_wait_ms=1000, cross_request_batching=cross)
+        url = f"{server.base_url}/v1/edit"
+        responses = _concurrently(
+            4, lambda i, u=url: httpx.post(u, json={"items": [edit_item()]}, timeout=60)
+        )
+        assert [r.status_code for r in responses] == [200] * 4
+        assert delayed.batches == batches
+
+
+def test_full_queue_is_429_and_the_client_retries(
+    serve: Callable[..., AppServer], critic: CriticScorer
+) -> None:
+    """The real critic behind a 0.4 s pause per batch, one batch of one at a time, one waiting slot."""
+    delayed = Delayed(critic, delay_s=0.4)
+    server = serve(lambda: delayed, max_batch=1, max_wait_ms=0, queue_size=1, retry_after_s=1)
+    url = f"{server.base_url}/v1/edit"
+    raw = _concurrently(4, lambda i: httpx.post(url, json={"items": [edit_item()]}, timeout=60))
+    refused = [r for r in raw if r.status_code == 429]
+    assert refused and all(r.headers["retry-after"] == "1" for r in refused)
+    assert "queue size 1" in refused[0].json()["detail"]
+    clients = [RewardClient(server.base_url, backoff_s=0.1) for _ in range(4)]
+    red = Image.new("RGB", (16, 16), "red")
+    answers = _concurrently(4, lambda i: clients[i].score_edit([EditQuery(red, red, "keep it")]))
+    assert all(len(answer.results) == 1 for answer in answers)
+    assert sum(client.retries for client in clients) >= 1
+
+
+def test_slow_scoring_is_504(serve: Callable[..., AppServer], critic: CriticScorer) -> None:
+    delayed = Delayed(critic, delay_s=1.0)
+    server = serve(lambda: delayed, request_timeout_s=0.2)
+    response = httpx.post(f"{server.base_url}/v1/edit", json={"items": [edit_item()]}, timeout=60)
+    assert response.status_code == 504 and "not scored within 0.2 s" in response.json()["detail"]
+    with pytest.raises(RewardServerError, match="504"), RewardClient(server.base_url) as client:
+        client.score_gen([GenQuery(Image.new("RGB", (8, 8)), "x")])
+    assert client.retries == 0  # a timeout is not retried
+
+
+def test_a_failing_batch_only_fails_its_own_request(
+    serve: Callable[..., AppServer], critic: CriticScorer
+) -> None:
+    """The real critic behind a wrapper that raises for any batch holding an `explode` instruction: the
+    shared batch fails, each request is then scored alone, and only the exploding one is masked."""
+    delayed = Delayed(critic, delay_s=0.0, explode="explode")
+    server = serve(lambda: delayed, max_batch=8, max_wait_ms=1000)
+    url = f"{server.base_url}/v1/edit"
+    instructions = ["explode please", "make it blue", "add a hat"]
+    responses = _concurrently(
+        3, lambda i: httpx.post(url, json={"items": [edit_item(instructions[i])]}, timeout=60)
+    )
+    assert [r.status_code for r in responses] == [200, 200, 200]
+    bad, *good = (r.json()["results"][0] for r in responses)
+    assert bad["reward"]["masked"] and bad["reward"]["value"] is None
+    assert "critic blew up" in bad["execution"]["failure"] and bad["consistency"]["score"] is None
+    assert all(not g["reward"]["masked"] and g["reward"]["value"] is not None for g in good)
+    assert delayed.batches[0] == 3 and sorted(delayed.batches[1:]) == [1, 1, 1]
+
+
+@pytest.fixture(scope="module")
+def api_schema(critic: CriticScorer) -> Iterator[Any]:
+    """The server's published OpenAPI schema, loaded over HTTP from a server that stays up for the
+    whole schemathesis run."""
+    server = AppServer(create_app(ServerSettings(max_batch=8, max_wait_ms=2), lambda: critic))
+    try:
+        wait_ready(server)
+        yield schemathesis.openapi.from_url(f"{server.base_url}/openapi.json")
+    finally:
+        server.close()
+
+
+def test_schemathesis_finds_no_server_errors(api_schema: Any) -> None:
+    """Generated requests for every published operation (20 each): responses conform to the schema
+    and none is a 5xx (every refusal of bad input is a documented 4xx). Schema-valid strings are
+    rarely valid PNGs, so their 400 is expected: the positive-data-acceptance check is left out."""
+    operations = [result.ok() for result in api_schema.get_all_operations()]
+    assert {op.path for op in operations} == {"/v1/edit", "/v1/gen", "/healthz", "/metrics"}
+    calls: list[int] = []
+    for operation in operations:
+
+        @given(case=operation.as_strategy())
+        @settings(max_examples=20, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        def check(case: Any) -> None:
+            response = case.call_and_validate(excluded_checks=[positive_data_acceptance])
+            calls.append(response.status_code)
+            assert response.status_code < 500, response.text
+
+        check()
+    assert len(calls) >= 40 and 200 in calls
