@@ -1,13 +1,15 @@
 """P3: cross-request batching in the reward server versus one critic batch per request.
 
 The tiny critic behind `firm serve` (a real server process on loopback), 32 concurrent clients each
-sending one-edit requests in a closed loop for a fixed time; then the same server started with
+sending `--requests` one-edit requests one after another; then the same server started with
 `--no-cross-request-batching` (one batch per request, as FIRM's public Flask server scores), same
-load. Both runs in one go, side by side. throughput_ratio = batched requests/s / per-request
-requests/s; p50_ms and p99_ms are the batched run's request latencies.
+load. Both runs in one go, side by side, each after one warm-up request. throughput_ratio = batched
+requests/s / per-request requests/s; p50_ms and p99_ms are the batched run's request latencies.
+The critic answers with at most `--max-new-tokens` tokens (32: the shortest answers of the tiny
+critic that still parse; the default 256 makes the per-request run take many minutes).
 Last line: `P3 throughput_ratio=<> p50_ms=<> p99_ms=<>`.
 
-  python bench/reward_server.py [--clients 32] [--seconds 20]
+  python bench/reward_server.py [--clients 32] [--requests 2] [--max-new-tokens 32]
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import asyncio
 import os
 import re
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -55,11 +56,10 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(
-    critic: Path, port: int, batched: bool, max_batch: int, max_wait_ms: float
-) -> subprocess.Popen:
+def start_server(critic: Path, port: int, batched: bool, args: argparse.Namespace) -> subprocess.Popen:
     command = [sys.executable, "-m", "firm_assets.cli", "serve", "--critic", str(critic), "--port", str(port)]
-    command += ["--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms), "--queue-size", "1024"]
+    command += ["--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms)]
+    command += ["--max-new-tokens", str(args.max_new_tokens), "--queue-size", "1024", "--timeout-s", "3600"]
     if not batched:
         command.append("--no-cross-request-batching")
     env = {
@@ -83,26 +83,24 @@ def wait_healthy(base_url: str, server: subprocess.Popen, timeout_s: float = 300
     raise SystemExit("the server did not become healthy")
 
 
-async def load(base_url: str, body: dict, clients: int, seconds: float) -> list[float]:
-    """Closed loop: each client sends its next request as soon as the last one is answered; the
-    latencies of the answers that arrive within the window."""
+async def load(base_url: str, body: dict, clients: int, requests: int) -> tuple[float, list[float]]:
+    """Each client sends `requests` requests, the next as soon as the last is answered; the wall
+    seconds until every client is done, and every request's latency."""
     latencies: list[float] = []
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=base_url, timeout=300, limits=limits) as http:
-        started = time.perf_counter()
-        end = started + seconds
+    async with httpx.AsyncClient(base_url=base_url, timeout=3600, limits=limits) as http:
 
         async def client() -> None:
-            while time.perf_counter() < end:
+            for _ in range(requests):
                 sent = time.perf_counter()
                 response = await http.post("/v1/edit", json=body)
                 if response.status_code != 200:
                     raise SystemExit(f"request failed: {response.status_code} {response.text[:300]}")
-                if time.perf_counter() <= end:
-                    latencies.append((time.perf_counter() - sent) * 1000)
+                latencies.append((time.perf_counter() - sent) * 1000)
 
+        started = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(clients)))
-    return latencies
+        return time.perf_counter() - started, latencies
 
 
 def mean_batch_items(base_url: str) -> float:
@@ -115,12 +113,12 @@ def mean_batch_items(base_url: str) -> float:
 def run(label: str, critic: Path, batched: bool, args: argparse.Namespace, body: dict) -> RunResult:
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
-    server = start_server(critic, port, batched, args.max_batch, args.max_wait_ms)
+    server = start_server(critic, port, batched, args)
     try:
         wait_healthy(base_url, server)
-        asyncio.run(load(base_url, body, args.clients, args.warmup_seconds))
-        latencies = asyncio.run(load(base_url, body, args.clients, args.seconds))
-        return RunResult(label, len(latencies), args.seconds, latencies, mean_batch_items(base_url))
+        asyncio.run(load(base_url, body, 1, 1))  # warm-up: first-call costs stay out of the figures
+        seconds, latencies = asyncio.run(load(base_url, body, args.clients, args.requests))
+        return RunResult(label, len(latencies), seconds, latencies, mean_batch_items(base_url))
     finally:
         server.terminate()
         server.wait(60)
@@ -131,10 +129,10 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--clients", type=int, default=32)
-    parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--warmup-seconds", type=float, default=5.0)
+    parser.add_argument("--requests", type=int, default=2, help="requests per client")
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--max-wait-ms", type=float, default=10.0)
+    parser.add_argument("--max-new-tokens", type=int, default=32)
     args = parser.parse_args()
     from firm_assets.serving.wire import encode_image
     from resources.tiny_models import VL_NAME, build_tiny_models
@@ -151,17 +149,19 @@ def main() -> None:
             run("batched", critic, True, args, body),
             run("per-request", critic, False, args, body),
         ]
-    print(f"{'server':<12} {'requests':>8} {'req/s':>8} {'p50_ms':>8} {'p99_ms':>8} {'batch_items':>11}")
+    columns = ("requests", "seconds", "req/s", "p50_ms", "p99_ms", "batch_items")
+    print(f"{'server':<12} " + " ".join(f"{column:>11}" for column in columns))
     for r in results:
         print(
-            f"{r.label:<12} {r.requests:>8} {r.throughput:>8.1f} {r.percentile(0.5):>8.0f} "
-            f"{r.percentile(0.99):>8.0f} {r.mean_batch_items:>11.1f}"
+            f"{r.label:<12} {r.requests:>11} {r.seconds:>11.1f} {r.throughput:>11.2f} "
+            f"{r.percentile(0.5):>11.0f} {r.percentile(0.99):>11.0f} {r.mean_batch_items:>11.1f}"
         )
-    batched, per_request = results
     print(
-        f"clients={args.clients} seconds={args.seconds} max_batch={args.max_batch} "
-        f"max_wait_ms={args.max_wait_ms} p50_per_request_ms={statistics.median(per_request.latencies_ms):.0f}"
+        f"clients={args.clients} requests_per_client={args.requests} max_batch={args.max_batch} "
+        f"max_wait_ms={args.max_wait_ms} max_new_tokens={args.max_new_tokens} (batch_items: mean over the "
+        "run, warm-up included)"
     )
+    batched, per_request = results
     ratio = batched.throughput / per_request.throughput
     p50, p99 = batched.percentile(0.5), batched.percentile(0.99)
     print(f"P3 throughput_ratio={ratio:.2f} p50_ms={p50:.0f} p99_ms={p99:.0f}")

@@ -41,8 +41,9 @@ def edit_item(instruction: str = "make it blue", **changes: Any) -> dict[str, An
 
 @pytest.fixture(scope="module")
 def critic(tiny_models: dict[str, Path]) -> CriticScorer:
-    """The tiny critic, loaded once for the module; each test's server hands it to its one worker."""
-    return CriticScorer.load(str(tiny_models[VL_NAME]))
+    """The tiny critic, loaded once for the module (32 new tokens: the shortest answers that still
+    parse, to keep the tests fast); each test's server hands it to its one worker."""
+    return CriticScorer.load(str(tiny_models[VL_NAME]), max_new_tokens=32)
 
 
 @pytest.fixture
@@ -250,12 +251,30 @@ def test_client_round_trip_matches_raw_http(serve: Callable[..., AppServer]) -> 
     assert answer.results[0].model_dump() == raw["results"][0]  # same images, same deterministic critic
 
 
+def test_failed_critic_answers_mask_the_reward(
+    serve: Callable[..., AppServer], tiny_models: dict[str, Path]
+) -> None:
+    """The real tiny critic cut off at 16 new tokens cannot finish its JSON answers: each item's scores
+    fail with the parse reason and its reward is null and masked (never 0), counted in /metrics."""
+    short = CriticScorer.load(str(tiny_models[VL_NAME]), max_new_tokens=16)
+    server = serve(lambda: short)
+    response = httpx.post(f"{server.base_url}/v1/edit", json={"items": [edit_item()]}, timeout=60)
+    assert response.status_code == 200
+    (result,) = response.json()["results"]
+    assert result["execution"]["score"] is None and result["execution"]["failure"].startswith("parse")
+    reward = result["reward"]
+    assert reward["value"] is None and reward["masked"] and reward["reason"].startswith("execution: parse")
+    metrics = httpx.get(f"{server.base_url}/metrics").text
+    assert 'firm_reward_item_failures_total{endpoint="edit"} 1.0' in metrics
+
+
 @pytest.mark.parametrize(
     ("change", "status", "words"),
     [
         ({"mode": "vibes"}, 422, "parsed"),
         ({"reward": {"formula": "qma"}}, 422, "not for /v1/edit"),
         ({"reward": {"w1": -1}}, 422, "greater than or equal"),
+        ({"reward": {"w1": 0, "w2": 0}}, 422, "must not both be zero"),
         ({"items": []}, 422, "at least 1"),
         ({"items": [edit_item(source="%%%not-base64")]}, 400, "items[0].source: image is not valid base64"),
         ({"items": [edit_item(edited=base64.b64encode(b"GIF89a nope").decode())]}, 400, "items[0].edited"),
@@ -397,13 +416,13 @@ def test_full_queue_is_429_and_the_client_retries(
     delayed = Delayed(critic, delay_s=0.4)
     server = serve(lambda: delayed, max_batch=1, max_wait_ms=0, queue_size=1, retry_after_s=1)
     url = f"{server.base_url}/v1/edit"
-    raw = _concurrently(4, lambda i: httpx.post(url, json={"items": [edit_item()]}, timeout=60))
+    raw = _concurrently(3, lambda i: httpx.post(url, json={"items": [edit_item()]}, timeout=60))
     refused = [r for r in raw if r.status_code == 429]
     assert refused and all(r.headers["retry-after"] == "1" for r in refused)
     assert "queue size 1" in refused[0].json()["detail"]
-    clients = [RewardClient(server.base_url, backoff_s=0.1) for _ in range(4)]
+    clients = [RewardClient(server.base_url, backoff_s=0.1) for _ in range(3)]
     red = Image.new("RGB", (16, 16), "red")
-    answers = _concurrently(4, lambda i: clients[i].score_edit([EditQuery(red, red, "keep it")]))
+    answers = _concurrently(3, lambda i: clients[i].score_edit([EditQuery(red, red, "keep it")]))
     assert all(len(answer.results) == 1 for answer in answers)
     assert sum(client.retries for client in clients) >= 1
 

@@ -24,6 +24,9 @@ def add_serve_parser(commands: Any) -> None:
         action="store_true",
         help="one critic batch per request (the benchmark's baseline)",
     )
+    serve_parser.add_argument(
+        "--max-new-tokens", type=int, help="answer length cap per critic question (default: the scorer's)"
+    )
     serve_parser.add_argument("--device", default="cpu")
     serve_parser.add_argument("--dtype", default="float32")
     serve_parser.set_defaults(func=serve)
@@ -46,9 +49,10 @@ def serve(args: argparse.Namespace) -> int:
             token_env=args.token_env,
             cross_request_batching=not args.no_cross_request_batching,
         )
-        app = create_app(
-            settings, lambda: CriticScorer.load(args.critic, device=args.device, dtype=args.dtype)
-        )
+        load = {"device": args.device, "dtype": args.dtype}
+        if args.max_new_tokens is not None:
+            load["max_new_tokens"] = args.max_new_tokens
+        app = create_app(settings, lambda: CriticScorer.load(args.critic, **load))
     except (ValidationError, ValueError) as error:
         print(f"firm serve: {error}", file=sys.stderr)
         return 2
