@@ -21,6 +21,7 @@ Checkpoints hold everything needed to continue the exact same trajectory.
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import io
 import itertools
@@ -256,7 +257,7 @@ def training_seed(seed: int, step: int) -> int:
 Condition = dict[str, torch.Tensor]
 
 
-class _Family:
+class _Family(abc.ABC):
     """What DiffusionNFT needs from a pipeline: conditioning, initial noise, velocity, decoding."""
 
     def __init__(self, pipeline: DiffusionPipeline, size: int) -> None:
@@ -296,17 +297,21 @@ class _Family:
         """The source image as the policy saw it (None for text-to-image)."""
         return None
 
+    @abc.abstractmethod
     def condition(self, item: PromptItem) -> Condition:
-        raise NotImplementedError
+        """Prompt (and source) conditioning, batch 1, computed once per group."""
 
+    @abc.abstractmethod
     def noise(self, seed: int) -> torch.Tensor:
-        raise NotImplementedError
+        """The initial noise for one image, drawn as the pipeline draws it for this seed."""
 
+    @abc.abstractmethod
     def velocity(self, latents: torch.Tensor, sigma: torch.Tensor, condition: Condition) -> torch.Tensor:
-        raise NotImplementedError
+        """The transformer's velocity for latents at noise level sigma (one per row)."""
 
+    @abc.abstractmethod
     def images(self, latents: torch.Tensor) -> list[Image.Image]:
-        raise NotImplementedError
+        """Clean latents to RGB images."""
 
 
 def _expand(tensor: torch.Tensor, batch: int) -> torch.Tensor:
@@ -772,6 +777,12 @@ def train_policy(
     for stale in checkpoint_dir.glob(".tmp-*"):  # left by a crashed writer
         shutil.rmtree(stale)
     prompt_ids = [p.prompt_id for p in prompts]
+    checkpoints = _complete_checkpoints(checkpoint_dir)
+    resume = None
+    if checkpoints:  # checked before the (slow) pipeline load, so a mismatch fails fast
+        _, path = checkpoints[-1]
+        resume = path, json.loads((path / "state.json").read_text())
+        _check_resumable(resume[1], config, prompt_ids, path)
 
     family = _load_family(config)
     model = _add_adapters(family, config)
@@ -782,11 +793,8 @@ def train_policy(
 
     losses: list[float] = []
     start = 0
-    checkpoints = _complete_checkpoints(checkpoint_dir)
-    if checkpoints:
-        _, path = checkpoints[-1]
-        state = json.loads((path / "state.json").read_text())
-        _check_resumable(state, config, prompt_ids, path)
+    if resume is not None:
+        path, state = resume
         _load_checkpoint(path, state, model, optimizer, family.device)
         start, losses = state["step"], list(state["losses"])
 
