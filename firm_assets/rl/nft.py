@@ -505,7 +505,6 @@ def _load_adapter(model: PeftModel, adapter: str, folder: Path, device: torch.de
 
 @dataclass
 class _Group:
-    item: PromptItem
     condition: Condition
     seeds: list[int]
     latents: torch.Tensor  # clean x0, one row per sample
@@ -529,7 +528,7 @@ def _rollout_group(
         Rollout(prompt_id=item.prompt_id, text=item.text, source=source, image=image, seed=seed)
         for image, seed in zip(family.images(latents), seeds, strict=True)
     ]
-    return _Group(item=item, condition=condition, seeds=seeds, latents=latents, rollouts=rollouts)
+    return _Group(condition=condition, seeds=seeds, latents=latents, rollouts=rollouts)
 
 
 def _train_step(
@@ -552,13 +551,13 @@ def _train_step(
     total = 0.0
     offset = 0
     for group in groups:
-        group_advantages_ = advantages[offset : offset + len(group.seeds)]
+        own = advantages[offset : offset + len(group.seeds)]
         offset += len(group.seeds)
-        keep = [i for i, a in enumerate(group_advantages_) if a is not None]
+        keep = [i for i, a in enumerate(own) if a is not None]
         if not keep:
             continue
         x0 = group.latents[keep]
-        advantage = torch.tensor([group_advantages_[i] for i in keep], dtype=torch.float32, device=x0.device)
+        advantage = torch.tensor([own[i] for i in keep], dtype=torch.float32, device=x0.device)
         optimality = optimality_probability(advantage, config.advantage_clip)
         for sigma in train_sigmas:
             t = sigma.expand(len(keep))
