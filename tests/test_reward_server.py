@@ -221,6 +221,7 @@ def test_edit_scores_rewards_and_echoes(serve: Callable[..., AppServer], critic:
         execution, consistency = result["execution"]["score"], result["consistency"]["score"]
         assert 1 <= execution <= 5 and 1 <= consistency <= 5
         expected = normalised(execution) * (0.6 + 0.4 * normalised(consistency))
+        assert result["execution"]["failure"] is None and result["execution"]["fallback"] is None
         assert result["reward"] == {"value": pytest.approx(expected), "masked": False, "reason": None}
 
 

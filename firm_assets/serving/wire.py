@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from firm_assets.critics.scoring import EditScores, GenScores
+from firm_assets.critics.scoring import DimensionScore, EditScores, GenScores
 from firm_assets.rl.rewards import Reward, RewardConfig
 
 WIRE_VERSION = 1
@@ -88,10 +88,15 @@ class GenRequest(_ScoreRequest):
 
 class Score(BaseModel):
     """One critic dimension on its 1-5 scale; `score` is null and `failure` says why when the critic's
-    answer for this item failed."""
+    answer for this item failed; `fallback` says why an expectation score fell back to the parsed one."""
 
     score: float | None
     failure: str | None
+    fallback: str | None = None
+
+    @classmethod
+    def of(cls, dimension: DimensionScore) -> Score:
+        return cls(score=dimension.score, failure=dimension.failure, fallback=dimension.fallback)
 
 
 class RewardOut(BaseModel):
@@ -149,16 +154,16 @@ class Health(BaseModel):
 
 def edit_result(scores: EditScores, reward: Reward) -> EditResult:
     return EditResult(
-        execution=Score(score=scores.execution.score, failure=scores.execution.failure),
-        consistency=Score(score=scores.consistency.score, failure=scores.consistency.failure),
+        execution=Score.of(scores.execution),
+        consistency=Score.of(scores.consistency),
         reward=RewardOut.of(reward),
     )
 
 
 def gen_result(scores: GenScores, reward: Reward) -> GenResult:
     return GenResult(
-        instruction=Score(score=scores.instruction.score, failure=scores.instruction.failure),
-        quality=Score(score=scores.quality.score, failure=scores.quality.failure),
+        instruction=Score.of(scores.instruction),
+        quality=Score.of(scores.quality),
         reward=RewardOut.of(reward),
     )
 
