@@ -239,7 +239,8 @@ class CriticScorer:
         scores = self._score(jobs, mode)
         return [GenScores(*scores[index : index + 2]) for index in range(0, len(scores), 2)]
 
-    def _decoding(self, dimension: Dimension) -> Decoding:
+    def decoding(self, dimension: Dimension) -> Decoding:
+        """How a dimension is asked: greedy, and held to its answer format when `guided`."""
         guide = dimension.task.parser.guide
         regex = guide(self.max_new_tokens) if self.guided and guide else None
         return Decoding(max_new_tokens=self.max_new_tokens, regex=regex)
@@ -254,7 +255,7 @@ class CriticScorer:
         batches: dict[Decoding, list[int]] = {}
         for index, job in enumerate(jobs):
             if job.request is not None:
-                batches.setdefault(self._decoding(job.dimension), []).append(index)
+                batches.setdefault(self.decoding(job.dimension), []).append(index)
         for decoding, indices in batches.items():
             requests = [jobs[index].request for index in indices]
             answers = self._answers([request for request in requests if request is not None], decoding, mode)
@@ -312,6 +313,7 @@ def _registered_critic(uri: str, tracking_uri: str | None) -> Path:
     `save_pretrained` on first use (reused after)."""
     import mlflow.artifacts
     import mlflow.transformers
+    from mlflow import MlflowClient
 
     from resources.home import home_path
     from resources.tracking import default_tracking_uri
@@ -325,8 +327,14 @@ def _registered_critic(uri: str, tracking_uri: str | None) -> Path:
     staging = folder.with_name("staging")
     shutil.rmtree(staging, ignore_errors=True)
     store = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+    # the registry and tracking clients named explicitly: `models:/` URIs would resolve through
+    # MLflow's process-wide settings, not this store
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
+    name, version = name_version.split("/")
     logged = mlflow.artifacts.download_artifacts(
-        artifact_uri=uri, dst_path=str(staging / "logged"), tracking_uri=store, registry_uri=store
+        artifact_uri=client.get_model_version_download_uri(name, version),
+        dst_path=str(staging / "logged"),
+        tracking_uri=store,
     )
     components = mlflow.transformers.load_model(logged, return_type="components")
     components["model"].save_pretrained(staging / "model")
