@@ -28,7 +28,7 @@ from firm_assets.critics.scoring import (
 from firm_assets.curation.parsers import prompt_text
 from firm_assets.curation.prompts import load_template
 from firm_assets.curation.stage import SCORE_TOKENS
-from resources.chat import ChatRequest, Decoding, ImagePart, ProbedAnswer, TokenProbs
+from resources.chat import ChatRequest, Decoding, ImagePart, InputImageError, ProbedAnswer, TokenProbs
 from resources.tiny_models import VL_NAME
 from resources.transformers_backend import TransformersBackend
 
@@ -292,3 +292,29 @@ def test_read_score_plan_then_score_reads_the_boxed_digit() -> None:
         text, (TokenProbs(0, probs(d1=1.0)), TokenProbs(len(text) - 2, probs(d2=1.0, d4=1.0)))
     )
     assert read_score(INSTRUCTION, answer, "", "expectation").score == pytest.approx(3.0)
+
+
+# --- in-memory image parts ----------------------------------------------------------------------------
+
+
+def test_in_memory_image_parts(tmp_path: Path) -> None:
+    red = ImagePart.from_image(picture("red"))
+    assert red.path is None and red.label == f"<in-memory {red.sha256[:12]}>"
+    # identity is the content: equal pixels, equal part (and hash); one pixel changed, another sha
+    assert red == ImagePart.from_image(picture("red")) and hash(red) == hash(
+        ImagePart.from_image(picture("red"))
+    )
+    changed = picture("red")
+    changed.putpixel((0, 0), (254, 0, 0))
+    assert ImagePart.from_image(changed).sha256 != red.sha256
+    assert ImagePart.from_image(picture("red", (32, 128))).sha256 != red.sha256  # same bytes, other shape
+    data, name = red.encoded()
+    assert data.startswith(b"\x89PNG") and name == "image.png"
+    with Image.open(io.BytesIO(data)) as decoded:
+        assert decoded.convert("RGB").tobytes() == picture("red").tobytes()
+    with pytest.raises(ValueError, match="either a path or an in-memory image"):
+        ImagePart(path=None, sha256="x")
+    with pytest.raises(ValueError, match="either a path or an in-memory image"):
+        ImagePart(path=tmp_path / "a.png", sha256="x", image=picture("red"))
+    with pytest.raises(InputImageError, match="image file is truncated"):
+        ImagePart.from_image(truncated_png(tmp_path))

@@ -549,7 +549,18 @@ class FakeVllm:
                     )
                     # logprob of the token "1" encodes which conversation this was; "2" is never reported
                     logprobs = [{fake.tokenizer.encode("1")[0]: SimpleNamespace(logprob=-len(text))}]
-                    completion = SimpleNamespace(text=f" {text.upper()} ", logprobs=logprobs)
+                    answer = f" {text.upper()} "
+                    token_ids = fake.tokenizer.encode(answer, add_special_tokens=False)
+                    named = kwargs["sampling_params"].kwargs.get("logprob_token_ids")
+                    if named:  # asked for named ids: at every step, id at rank r has logprob -(r + 1)
+                        logprobs = [
+                            {
+                                wanted: SimpleNamespace(logprob=-(rank + 1.0))
+                                for rank, wanted in enumerate(named)
+                            }
+                            for _ in token_ids
+                        ]
+                    completion = SimpleNamespace(text=answer, token_ids=token_ids, logprobs=logprobs)
                     outputs.append(SimpleNamespace(outputs=[completion]))
                 return outputs
 
@@ -609,6 +620,15 @@ def test_vllm_backend_drives_the_engine(
     # "Score: ", the user text of request 1, "The answer is", the user text of request 3: order is kept
     assert [row["1"] for row in probs] == [math.exp(-7), math.exp(-23), math.exp(-13), math.exp(-13)]
     assert all(row["2"] == 0.0 for row in probs)
+
+    # one pass: the digits' log-probabilities are asked by token id, read where the answer writes a digit
+    (probed,) = backend.generate_probed(requests[:1], Decoding(max_new_tokens=32), DIGITS)
+    sent = fake.chats.pop()["sampling_params"].kwargs
+    assert sent["logprob_token_ids"] == [vl.tokenizer.encode(d, add_special_tokens=False)[0] for d in DIGITS]
+    assert probed.text == " RATE THE EDIT FROM 1 TO 5. "
+    assert [probed.text[p.offset] for p in probed.positions] == ["1", "5"]
+    expected = {d: math.exp(-(rank + 1.0)) for rank, d in enumerate(DIGITS)}
+    assert all(p.probs == pytest.approx(expected) for p in probed.positions)
 
     fake.init_kwargs = {}
     VllmBackend(str(tiny_models[TEXT_NAME]))
