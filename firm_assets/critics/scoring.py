@@ -252,20 +252,19 @@ class CriticScorer:
         results: list[DimensionScore | None] = [
             DimensionScore(None, job.failure) if job.request is None else None for job in jobs
         ]
-        batches: dict[Decoding, list[int]] = {}
+        batches: dict[Decoding, list[tuple[int, Dimension, ChatRequest]]] = {}
         for index, job in enumerate(jobs):
             if job.request is not None:
-                batches.setdefault(self.decoding(job.dimension), []).append(index)
-        for decoding, indices in batches.items():
-            requests = [jobs[index].request for index in indices]
-            answers = self._answers([request for request in requests if request is not None], decoding, mode)
-            for index, answer in zip(indices, answers, strict=True):
-                request = jobs[index].request
-                assert request is not None
+                batches.setdefault(self.decoding(job.dimension), []).append(
+                    (index, job.dimension, job.request)
+                )
+        for decoding, batch in batches.items():
+            answers = self._answers([request for _, _, request in batch], decoding, mode)
+            for (index, dimension, request), answer in zip(batch, answers, strict=True):
                 results[index] = (
                     DimensionScore(None, answer)
                     if isinstance(answer, str)
-                    else read_score(jobs[index].dimension, answer, prompt_text(request), mode)
+                    else read_score(dimension, answer, prompt_text(request), mode)
                 )
         return [result for result in results if result is not None]
 
