@@ -49,7 +49,8 @@ def serve(args: argparse.Namespace) -> int:
             token_env=args.token_env,
             cross_request_batching=not args.no_cross_request_batching,
         )
-        load = {"device": args.device, "dtype": args.dtype}
+        # Each item asks the critic two questions, so a full server batch is one backend forward.
+        load = {"device": args.device, "dtype": args.dtype, "batch_size": 2 * args.max_batch}
         if args.max_new_tokens is not None:
             load["max_new_tokens"] = args.max_new_tokens
         app = create_app(settings, lambda: CriticScorer.load(args.critic, **load))
