@@ -26,7 +26,8 @@ writes `data.parquet` a row group at a time and the two ShareGPT task files a re
 manifest and the root `dataset_info.json`, logs the MLflow run (the default local SQLite store under
 FIRM_HOME, with the `mlflow.data` dataset), registers membership, sources and provenance, and records
 lineage; the IO manager then writes the output rows to `asset_rows.firm_edit_dataset`. Dagster's step
-start-up is included; the split printed is read from the run's event log and the MLflow run's times.
+start-up is included. Also printed: this process's CPU seconds over the run (all threads: a
+figure that a busy shared machine does not inflate) and a split read from the run's event log.
 The result is checked: Parquet rows, one line per record in each task file, a ShareGPT record read
 back through `parse_record`, the MLflow run's n_samples, the IO manager's rows.
 
