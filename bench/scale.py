@@ -1,29 +1,47 @@
-"""P4: assembly and audit at scale — a 370,000-sample scored dataset with no model calls.
+"""P4: publishing at scale — the product's publish path for a 370,000-sample edit dataset version,
+then the audits. No model calls.
 
-Setup (timed apart, not part of assemble_s): a fresh warehouse under a temporary FIRM_HOME gets four
-`inference_cache` rows per sample (edit_candidates, difference_captions, execution_scores,
-consistency_scores: 1.48M rows at the default n) with realistic model ids, revisions, template refs,
-decoding, parsed answers and curation Dagster run ids, inserted as Arrow tables through
-`Warehouse.transaction()` in the cache's own row format (`CACHE_COLUMNS`). It runs in a child process,
-as the curation steps that fill the cache run in their own step processes, so the child's memory is
-not counted in this process's peak.
+Setup (a child process, not timed: the curation steps that fill these tables run in their own step
+processes, so their memory is not this process's), under a temporary FIRM_HOME:
+- `--images` distinct real 64x64 PNG files for sources and as many for edits (default 1,000 each),
+  under FIRM_HOME/images/{sources,edits}/ with the same file names in both folders (so the export's
+  name-clash rule runs); every sample points at one of them, so many samples share a file. The
+  publisher links one file per distinct path (a hard link plus a chmod), so at the default this
+  bench makes 2,000 links, where the paper's data (one edited image per sample) needs one per
+  sample plus one per source: `--images 370000` measures that;
+- four `inference_cache` rows per sample (edit_candidates, difference_captions, execution_scores,
+  consistency_scores: 1.48M rows at the default n) with realistic model ids, revisions, template
+  refs, decoding, parsed answers and three curation Dagster run ids, inserted as Arrow tables in the
+  cache's row format (`CACHE_COLUMNS`);
+- the rows of the four assets the dataset reads (`source_images`, `edit_candidates`,
+  `difference_captions`, `edit_scores`: one request per 4 samples, the assets' own schemas, the cache
+  keys above), written by a Dagster run of stand-in assets under the product's asset keys through
+  the product's IO manager, on the persistent Dagster instance FIRM_HOME/dagster that `firm run` uses;
+- the MLflow store (SQLite under FIRM_HOME), made by logging one setup run, as earlier runs would have.
 
-Assembly (assemble_s): this process reads the four stages' outputs back from the warehouse, joins them
-into the dataset frame the product builds (sample_id, source, cache_keys and the score columns), hashes
-it with `dataset_version_id` and registers it with `register_version` (membership, sources and
-provenance in one transaction) — the product's own code from firm_assets/curation/dataset.py.
-Not done here: the Parquet file, the ShareGPT JSON exports and image links that `publish_dataset` also
-writes (there are no images; their cost is file I/O this bench does not measure), and no MLflow run.
+Publish (publish_s): one real Dagster run of the product's `firm_edit_dataset` asset (its own
+definition and config, resources from `build_resources()`, that instance). The IO manager loads the
+four inputs from the warehouse; the asset assembles the frame, hashes the version, links the images,
+writes `data.parquet` a row group at a time and the two ShareGPT task files a record at a time, the
+manifest and the root `dataset_info.json`, logs the MLflow run (the default local SQLite store under
+FIRM_HOME, with the `mlflow.data` dataset), registers membership, sources and provenance, and records
+lineage; the IO manager then writes the output rows to `asset_rows.firm_edit_dataset`. Dagster's step
+start-up is included. Also printed: this process's CPU seconds over the run (all threads: a
+figure that a busy shared machine does not inflate) and a split read from the run's event log.
+The result is checked: Parquet rows, one line per record in each task file, a ShareGPT record read
+back through `parse_record`, the MLflow run's n_samples, the IO manager's rows.
 
 Then one `critics` row trained on that version, and the two audits `firm audit critic` and
-`firm audit sample` run (through warehouse.lineage, a fresh Warehouse each time, as the CLI opens one),
-each timed as the median of 3. peak_rss_gib is this process's ru_maxrss (assembly and audits).
+`firm audit sample` run (through warehouse.lineage, a fresh Warehouse each time, as the CLI opens
+one), each timed as the median of 3. peak_rss_gib is this process's ru_maxrss (the code location's
+imports, the Dagster run and the audits).
 
-Prints `P4 assemble_s=<s> peak_rss_gib=<GiB> audit_s=<slower audit>` last.
-Targets on 2 cores: assemble_s <= 60, peak_rss_gib <= 4, audit_s <= 1.
+Prints `P4 publish_s=<s> peak_rss_gib=<GiB> audit_s=<slower audit>` last.
+Targets on 2 cores: publish_s <= 60, peak_rss_gib <= 4, audit_s <= 1.
 
-  python bench/scale.py            # n = 370000
-  python bench/scale.py --n 2000
+  python bench/scale.py                  # n = 370000, 1,000 + 1,000 image files
+  python bench/scale.py --n 20000
+  python bench/scale.py --images 370000  # one edited image file per sample
 """
 
 from __future__ import annotations
@@ -43,20 +61,32 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-import duckdb
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
+from dagster import AssetSelection, DagsterEventType, DagsterInstance, DataVersion, Output, asset, materialize
+from PIL import Image
 
+from firm_assets.cli import _dagster_home, _instance
 from firm_assets.curation.cache import CACHE_COLUMNS
-from firm_assets.curation.dataset import dataset_version_id, register_version
 from firm_assets.curation.prompts import load_template
+from firm_assets.curation.sharegpt import parse_record
+from firm_assets.curation.versioning import frame_version, short_hash
+from firm_assets.edit.candidates import CANDIDATE_SCHEMA
+from firm_assets.edit.captions import CAPTION_SCHEMA
+from firm_assets.edit.requests import SOURCE_SCHEMA
+from firm_assets.edit.scores import SCORE_SCHEMA
+from resources.tracking import TrackingResource
+from resources.warehouse_resource import WarehouseIOManager
 from warehouse.connection import Warehouse
 from warehouse.lineage import find_critic_versions, sample_critics, sample_memberships
 
 DATASET = "firm_edit"
 CRITIC = "firm_edit_critic"
+ASSET = "firm_edit_dataset"
 PARAMS = {"require_text_parse": False, "max_per_bin": 0, "seed": 42}
-CHUNK = 50_000  # samples per setup transaction (4 cache rows each)
+CHUNK = 50_000  # samples per setup transaction (4 cache rows each); a multiple of EDITS_PER_REQUEST
+EDITS_PER_REQUEST = 4  # candidates (samples) per edit request and source image
 
 
 def fake_revision(name: str) -> str:
@@ -104,62 +134,114 @@ def _cat(*parts: str | pl.Expr) -> pl.Expr:
     return pl.concat_str([p if isinstance(p, pl.Expr) else pl.lit(p) for p in parts])
 
 
-def cache_chunk(start: int, end: int, n: int, stages: dict[str, tuple[str, str, dict]]) -> pa.Table:
-    """The cache rows of samples [start, end) as one Arrow table in CACHE_COLUMNS order and types."""
-    ids = [hashlib.sha256(f"p4\x1f{i}".encode()).hexdigest()[:16] for i in range(start, end)]
+def make_images(folder: Path, count: int) -> tuple[list[str], list[str]]:
+    """`count` distinct real PNG files in `folder`: their paths and sha256s."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths, shas = [], []
+    for k in range(count):
+        path = folder / f"{k:07d}.png"
+        Image.new("RGB", (64, 64), (k % 256, k // 256 % 256, 40 + k // 65536 % 200)).save(path)
+        paths.append(str(path))
+        shas.append(hashlib.sha256(path.read_bytes()).hexdigest())
+    return paths, shas
+
+
+def sample_chunk(
+    start: int, end: int, n: int, stages: dict[str, tuple[str, str, dict]], images: dict[str, tuple]
+) -> pl.DataFrame:
+    """Samples [start, end): ids, request, editor, texts, scores, images and each stage's cache key."""
+    ids = [short_hash("p4", i) for i in range(start, end)]
+    i = pl.col("i")
+    request = i // EDITS_PER_REQUEST
+    (source_paths, source_shas), (edit_paths, edit_shas) = images["sources"], images["edits"]
+
+    def pick(index: pl.Expr, values: list[str]) -> pl.Expr:
+        return index.mod(len(values)).replace_strict(dict(enumerate(values)), return_dtype=pl.String)
+
     base = pl.DataFrame({"i": pl.int_range(start, end, eager=True), "sample_id": ids}).with_columns(
-        pl.col("i").mod(len(EDITOR_MIX)).replace_strict(dict(enumerate(EDITOR_MIX))).alias("editor_ix"),
-        pl.col("i").mod(len(OBJECTS)).replace_strict(dict(enumerate(OBJECTS))).alias("object"),
-        pl.when(pl.col("i") < int(CURATION_RUNS[0][0] * n))
+        pl.format("req-{}", request).alias("request_id"),
+        i.mod(len(EDITOR_MIX)).replace_strict(dict(enumerate(EDITOR_MIX))).alias("editor_ix"),
+        request.mod(len(OBJECTS)).replace_strict(dict(enumerate(OBJECTS))).alias("object"),
+        pick(request, source_paths).alias("source_path"),
+        pick(request, source_shas).alias("source_sha"),
+        pick(i, edit_paths).alias("edited_path"),
+        pick(i, edit_shas).alias("edited_sha"),
+        pl.when(i < int(CURATION_RUNS[0][0] * n))
         .then(pl.lit(CURATION_RUNS[0][1]))
-        .when(pl.col("i") < int(CURATION_RUNS[1][0] * n))
+        .when(i < int(CURATION_RUNS[1][0] * n))
         .then(pl.lit(CURATION_RUNS[1][1]))
         .otherwise(pl.lit(CURATION_RUNS[2][1]))
         .alias("dagster_run_id"),
     )
+    base = base.with_columns(
+        pl.col("editor_ix").replace_strict(dict(enumerate(EDITORS)), return_dtype=pl.String).alias("editor"),
+        _cat("Move the ", pl.col("object"), " to the left and make it red.").alias("instruction"),
+        pl.when(request.mod(3) == 0)
+        .then(_cat("Keep the ", pl.col("object"), "'s shape and the background."))
+        .otherwise(None)
+        .alias("requirement"),
+        _cat(
+            "The ",
+            pl.col("object"),
+            " is moved to the left and its colour changes; the background and lighting are unchanged,"
+            " and the ",
+            pl.col("object"),
+            " keeps its shape (sample ",
+            pl.col("sample_id"),
+            ").",
+        ).alias("caption"),
+        *(
+            (i * (7 + k) + k).mod(5).add(1).alias(f"{d}_score")
+            for k, d in enumerate(("execution", "consistency"))
+        ),
+    )
+    base = base.with_columns(
+        _cat(
+            "The edit ",
+            pl.when(pl.col(f"{d}_score") >= 3).then(pl.lit("follows")).otherwise(pl.lit("partly misses")),
+            " the instruction for the ",
+            pl.col("object"),
+            ": the requested change is visible and the rest of the image is preserved, with minor"
+            " artefacts at the edges.",
+        ).alias(f"{d}_reasoning")
+        for d in ("execution", "consistency")
+    )
+    keys = {
+        stage: [hashlib.sha256(f"{stage}\x1f{ref}\x1f{sample}".encode()).hexdigest() for sample in ids]
+        for stage, (_, ref, _) in stages.items()
+    }
+    return base.with_columns(pl.Series(f"{stage}_key", values) for stage, values in keys.items())
+
+
+def cache_rows(base: pl.DataFrame, stages: dict[str, tuple[str, str, dict]]) -> pa.Table:
+    """The chunk's inference_cache rows (4 per sample) in CACHE_COLUMNS order and types."""
     tables = []
-    for offset, (stage, (model, template_ref, decoding)) in enumerate(stages.items()):
+    for stage, (model, template_ref, decoding) in stages.items():
         template_id, _, template_version = template_ref.partition("@")
         if stage == "edit_candidates":
-            model_col = pl.col("editor_ix").replace_strict(dict(enumerate(EDITORS)), return_dtype=pl.String)
+            model_col = pl.col("editor")
             revision_col = pl.col("editor_ix").replace_strict(
                 {k: fake_revision(v) for k, v in enumerate(EDITORS)}, return_dtype=pl.String
             )
+            text = pl.col("edited_sha")
+            parsed = _cat('{"image_sha": "', text, '", "image_path": "', pl.col("edited_path"), '"}')
         else:
             model_col, revision_col = pl.lit(model), pl.lit(fake_revision(model))
-        keys = [
-            hashlib.sha256(f"{stage}\x1f{template_ref}\x1f{sample}".encode()).hexdigest() for sample in ids
-        ]
-        score = (pl.col("i") * (7 + offset) + offset).mod(5) + 1
-        if stage == "edit_candidates":
-            sha = pl.col("cache_key").str.reverse()
-            text = sha
-            parsed = _cat('{"image_sha": "', sha, '", "image_path": "/data/firm/images/', sha, '.png"}')
-        elif stage == "difference_captions":
-            text = _cat(
-                "The ",
-                pl.col("object"),
-                " is moved to the left and its colour changes; the background and lighting are unchanged,"
-                " and the ",
-                pl.col("object"),
-                " keeps its shape (sample ",
-                pl.col("sample_id"),
-                ").",
-            )
+        if stage == "difference_captions":
+            text = pl.col("caption")
             parsed = _cat('{"caption": "', text, '"}')
-        else:
-            reasoning = _cat(
-                "The edit ",
-                pl.when(score >= 3).then(pl.lit("follows")).otherwise(pl.lit("partly misses")),
-                " the instruction for the ",
-                pl.col("object"),
-                ": the requested change is visible and the rest of the image is preserved, with minor"
-                " artefacts at the edges.",
+        elif stage != "edit_candidates":
+            dimension = stage.removesuffix("_scores")
+            fields = _cat(
+                '"reasoning": "',
+                pl.col(f"{dimension}_reasoning"),
+                '", "score": ',
+                pl.col(f"{dimension}_score"),
             )
-            text = _cat('{"reasoning": "', reasoning, '", "score": ', score, "}")
-            parsed = _cat('{"reasoning": "', reasoning, '", "score": ', score, ', "parse": "strict"}')
-        frame = base.with_columns(pl.Series("cache_key", keys)).select(
-            "cache_key",
+            text = _cat("{", fields, "}")
+            parsed = _cat("{", fields, ', "parse": "strict"}')
+        frame = base.select(
+            pl.col(f"{stage}_key").alias("cache_key"),
             pl.lit(stage).alias("stage"),
             model_col.alias("model_id"),
             revision_col.alias("model_revision"),
@@ -179,83 +261,184 @@ def cache_chunk(start: int, end: int, n: int, stages: dict[str, tuple[str, str, 
     return pa.concat_tables(tables)
 
 
-def setup(warehouse_path: Path, n: int) -> None:
-    """Child process: fill the cache with 4 rows per sample, CHUNK samples per transaction."""
+def asset_frames(base: pl.DataFrame) -> dict[str, pl.DataFrame]:
+    """The chunk's rows of the four assets the dataset reads, in their own schemas."""
+    no_images = pl.lit([], dtype=pl.List(pl.String))
+    frames = {
+        "source_images": base.unique("request_id", keep="first", maintain_order=True).select(
+            "request_id",
+            "instruction",
+            "requirement",
+            "source_sha",
+            "source_path",
+            pl.lit(1024).alias("width"),
+            pl.lit(1024).alias("height"),
+            no_images.alias("imported_edit_shas"),
+            no_images.alias("imported_edit_paths"),
+        ),
+        "edit_candidates": base.select(
+            pl.col("sample_id").alias("candidate_id"),
+            "request_id",
+            "editor",
+            pl.col("editor").map_elements(fake_revision, return_dtype=pl.String).alias("editor_revision"),
+            pl.col("i").alias("seed"),
+            pl.col("edited_sha").alias("image_sha"),
+            pl.col("edited_path").alias("image_path"),
+            pl.col("edit_candidates_key").alias("cache_key"),
+        ),
+        "difference_captions": base.select(
+            pl.col("sample_id").alias("candidate_id"),
+            "request_id",
+            "caption",
+            pl.col("difference_captions_key").alias("caption_key"),
+            pl.lit(None, dtype=pl.String).alias("failure"),
+        ),
+        "edit_scores": base.select(
+            pl.col("sample_id").alias("candidate_id"),
+            "request_id",
+            *(
+                expr
+                for d in ("execution", "consistency")
+                for expr in (
+                    pl.col(f"{d}_score").alias(f"{d}_score"),
+                    pl.col(f"{d}_score").alias(f"{d}_text_score"),
+                    pl.col(f"{d}_reasoning"),
+                    pl.col(f"{d}_scores_key").alias(f"{d}_key"),
+                    pl.lit(None, dtype=pl.String).alias(f"{d}_failure"),
+                )
+            ),
+        ),
+    }
+    schemas = {
+        "source_images": SOURCE_SCHEMA,
+        "edit_candidates": CANDIDATE_SCHEMA,
+        "difference_captions": CAPTION_SCHEMA,
+        "edit_scores": SCORE_SCHEMA,
+    }
+    return {name: frame.cast(schemas[name]) for name, frame in frames.items()}
+
+
+def stand_in(name: str, frame: pl.DataFrame):
+    """An asset under the product's key `name` that returns `frame`, as the real step would."""
+
+    @asset(name=name)
+    def _stand_in() -> Output[pl.DataFrame]:
+        return Output(frame, data_version=DataVersion(frame_version(frame)))
+
+    return _stand_in
+
+
+def setup(home: Path, n: int, n_images: int) -> None:
+    """Child process: images, the cache (CHUNK samples per transaction) and the upstream asset rows."""
     started = time.perf_counter()
-    warehouse = Warehouse(warehouse_path)
+    n_requests = -(-n // EDITS_PER_REQUEST)
+    images = {
+        "sources": make_images(home / "images" / "sources", min(n_images, n_requests)),
+        "edits": make_images(home / "images" / "edits", min(n_images, n)),
+    }
+    images_s = time.perf_counter() - started
+    warehouse = Warehouse(home / "warehouse.duckdb")
     stages = _stages()
     columns = ", ".join(CACHE_COLUMNS)
-    rows = 0
+    rows, parts = 0, []
     for start in range(0, n, CHUNK):
-        table = cache_chunk(start, min(n, start + CHUNK), n, stages)
+        base = sample_chunk(start, min(n, start + CHUNK), n, stages, images)
+        table = cache_rows(base, stages)
         with warehouse.transaction() as con:
             con.register("cache_rows", table)
             con.execute(f"INSERT INTO inference_cache ({columns}) SELECT * FROM cache_rows")
             con.unregister("cache_rows")
         rows += table.num_rows
+        parts.append(asset_frames(base))
+    frames = {name: pl.concat([part[name] for part in parts]) for name in parts[0]}
+    del parts
+    result = materialize(
+        [stand_in(name, frame) for name, frame in frames.items()],
+        resources={"io_manager": WarehouseIOManager()},
+        instance=_instance(_dagster_home()),
+    )
+    assert result.success
+    # the MLflow store exists before a publish at this scale (earlier runs made it): create it here
+    TrackingResource().log_run("firm-bench-setup", "p4-setup", tags={}, params={}, metrics={"n": n})
     print(
-        f"setup cache_rows={rows} setup_s={time.perf_counter() - started:.2f}"
-        f" setup_peak_rss_gib={peak_rss_gib():.2f}",
+        f"setup images={sum(len(paths) for paths, _ in images.values())} images_s={images_s:.2f}"
+        f" cache_rows={rows} asset_rows={ {name: frame.height for name, frame in frames.items()} }"
+        f" setup_s={time.perf_counter() - started:.2f} setup_peak_rss_gib={peak_rss_gib():.2f}",
         flush=True,
     )
 
 
-def read_stage(con: duckdb.DuckDBPyConnection, stage: str) -> pl.DataFrame:
-    """One stage's outputs as the dataset step receives them: sample id, cache key, model, parsed."""
-    return con.sql(
-        "SELECT sample_id, cache_key, model_id, parsed FROM inference_cache WHERE stage = $stage",
-        params={"stage": stage},
-    ).pl()
+def publish(instance: DagsterInstance, n: int) -> tuple[float, str]:
+    """One Dagster run of the product's dataset asset; checks what it wrote, prints the split, and
+    returns (publish_s, dataset version)."""
+    from firm_assets.definitions import ASSETS, build_resources
 
-
-def assemble_frame(warehouse: Warehouse) -> pl.DataFrame:
-    """Join the four stages per sample into the dataset frame (as firm_assets.edit.dataset.assemble)."""
-    with warehouse.transaction() as con:
-        candidates, captions, execution, consistency = (
-            read_stage(con, s)
-            for s in ("edit_candidates", "difference_captions", "execution_scores", "consistency_scores")
-        )
-
-    def field(name: str, dtype: type[pl.DataType] = pl.String) -> pl.Expr:
-        return pl.col("parsed").str.json_path_match(f"$.{name}").cast(dtype)
-
-    def scores(frame: pl.DataFrame, dimension: str) -> pl.DataFrame:
-        return frame.select(
-            "sample_id",
-            field("score", pl.Float64).alias(f"{dimension}_score"),
-            field("reasoning").alias(f"{dimension}_reasoning"),
-            pl.col("cache_key").alias(f"{dimension}_key"),
-        )
-
-    frame = (
-        candidates.select(
-            "sample_id",
-            pl.col("model_id").alias("source"),
-            field("image_sha").alias("edited_sha"),
-            field("image_path").alias("edited_path"),
-            "cache_key",
-        )
-        .join(
-            captions.select(
-                "sample_id", field("caption").alias("caption"), pl.col("cache_key").alias("caption_key")
-            ),
-            on="sample_id",
-        )
-        .join(scores(execution, "execution"), on="sample_id")
-        .join(scores(consistency, "consistency"), on="sample_id")
+    started, wall_started, cpu_started = time.perf_counter(), time.time(), time.process_time()
+    result = materialize(
+        ASSETS,
+        selection=AssetSelection.assets(ASSET),
+        resources=build_resources(),
+        instance=instance,
+        run_config={"ops": {ASSET: {"config": PARAMS}}},
     )
-    return frame.select(
-        "sample_id",
-        "source",
-        "edited_sha",
-        "edited_path",
-        "caption",
-        "execution_score",
-        "execution_reasoning",
-        "consistency_score",
-        "consistency_reasoning",
-        pl.concat_list("cache_key", "caption_key", "execution_key", "consistency_key").alias("cache_keys"),
+    publish_s, cpu_s = time.perf_counter() - started, time.process_time() - cpu_started
+    assert result.success
+    (event,) = result.get_asset_materialization_events()
+    metadata = event.step_materialization_data.materialization.metadata
+    version, folder = metadata["dataset_version"].value, Path(metadata["export_folder"].value)
+
+    warehouse = Warehouse(Path(os.environ["FIRM_HOME"]) / "warehouse.duckdb")
+    ((mlflow_run_id, n_samples),) = warehouse.rows(
+        "SELECT mlflow_run_id, n_samples FROM dataset_versions WHERE dataset = ? AND version = ?",
+        [DATASET, version],
     )
+    ((stored,),) = warehouse.rows(
+        f"SELECT count(*) FROM asset_rows.{ASSET} WHERE _dagster_run_id = ?", [result.run_id]
+    )
+    run = TrackingResource().client().get_run(mlflow_run_id)
+    assert (
+        n_samples
+        == stored
+        == run.data.metrics["n_samples"]
+        == pq.ParquetFile(folder / "data.parquet").metadata.num_rows
+        == n
+    )
+    sizes = {}
+    for task in ("edit_execution", "edit_consistency"):
+        path = folder / f"{task}.json"
+        with path.open() as lines:
+            count = sum(1 for _ in lines)
+            assert count == n + 2, (path, count)  # "[", one line per record, "]"
+        with path.open() as lines:
+            next(lines)
+            record = parse_record(json.loads(next(lines).rstrip(",\n")), folder.parent.parent)
+        assert (
+            len([p for p in record.user if isinstance(p, Path)]) == 2 and json.loads(record.answer)["score"]
+        )
+        sizes[task] = path.stat().st_size / 2**20
+    sizes["data.parquet"] = (folder / "data.parquet").stat().st_size / 2**20
+    links = sum(1 for _ in (folder / "images").iterdir())
+
+    at = {
+        entry.dagster_event.event_type: entry.timestamp
+        for entry in instance.all_logs(result.run_id)
+        if entry.dagster_event is not None
+    }
+    loaded = max(e.timestamp for e in instance.all_logs(result.run_id, of_type=DagsterEventType.LOADED_INPUT))
+    step_start, output = at[DagsterEventType.STEP_START], at[DagsterEventType.STEP_OUTPUT]
+    handled = at[DagsterEventType.HANDLED_OUTPUT]
+    mlflow_s = (run.info.end_time - run.info.start_time) / 1000
+    print(
+        f"publish rows={n} cpu_s={cpu_s:.2f} (this process, all threads) version={version}"
+        f" mlflow_run={mlflow_run_id} image_links={links}"
+        f" files_mib={ {k: round(v, 1) for k, v in sizes.items()} }\n"
+        f"publish split: to_step_start_s={step_start - wall_started:.2f}"
+        f" load_inputs_s={loaded - step_start:.2f} asset_s={output - loaded:.2f} (assemble, exports,"
+        f" register; mlflow_s={mlflow_s:.2f}) io_manager_write_s={handled - output:.2f}"
+        f" peak_rss_gib={peak_rss_gib():.2f}",
+        flush=True,
+    )
+    return publish_s, version
 
 
 def insert_critic(warehouse: Warehouse, dataset_version: str) -> tuple[str, str]:
@@ -307,37 +490,31 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def run(home: Path, n: int) -> str:
-    """Setup in a child, then assemble, record a critic and time the audits here; returns the P4 line."""
+def run(home: Path, n: int, n_images: int) -> str:
+    """Setup in a child, then publish, record a critic and time the audits here; returns the P4 line."""
     os.environ["FIRM_HOME"] = str(home)
-    warehouse_path = home / "warehouse.duckdb"
-    subprocess.run([sys.executable, __file__, "--n", str(n), "--setup-only", str(warehouse_path)], check=True)
-
-    warehouse = Warehouse(warehouse_path)
-    started = time.perf_counter()
-    frame = assemble_frame(warehouse)
-    read_s, read_rss = time.perf_counter() - started, peak_rss_gib()
-    version = dataset_version_id(frame, PARAMS)
-    hash_s, hash_rss = time.perf_counter() - started - read_s, peak_rss_gib()
-    folder = home / "datasets" / DATASET / version  # not written: see the docstring
-    register_version(warehouse, DATASET, version, frame, PARAMS, folder, run_id("publish"), uuid.uuid4().hex)
-    assemble_s = time.perf_counter() - started
-    print(
-        f"assemble rows={frame.height} read_join_s={read_s:.2f} version_hash_s={hash_s:.2f}"
-        f" register_s={assemble_s - read_s - hash_s:.2f} version={version}\n"
-        f"peak_rss_gib after read_join={read_rss:.2f} version_hash={hash_rss:.2f}"
-        f" register={peak_rss_gib():.2f}",
-        flush=True,
+    os.environ["DAGSTER_HOME"] = str(home / "dagster")
+    os.environ.pop("MLFLOW_TRACKING_URI", None)  # the default store under FIRM_HOME, not the user's
+    subprocess.run(
+        [sys.executable, __file__, "--n", str(n), "--images", str(n_images), "--setup-only", str(home)],
+        check=True,
     )
-    sample_id = frame["sample_id"][frame.height // 2]
-    del frame
-    critic, critic_version = insert_critic(warehouse, version)
+    instance = _instance(_dagster_home())
+    publish_s, version = publish(instance, n)
 
+    warehouse_path = home / "warehouse.duckdb"
+    warehouse = Warehouse(warehouse_path)
+    critic, critic_version = insert_critic(warehouse, version)
     critic_s, critics = median_seconds(lambda: find_critic_versions(Warehouse(warehouse_path), critic))
     row = critics.row(0, named=True)
     assert critics.height == 1 and row["version"] == critic_version and row["n_samples"] == n, row
     assert sum(s["samples"] for s in row["sources"]) == n, row["sources"]
     assert set(row["curation_dagster_runs"]) <= {r for _, r in CURATION_RUNS}, row["curation_dagster_runs"]
+    ((sample_id,),) = warehouse.rows(
+        "SELECT sample_id FROM dataset_members WHERE dataset = ? AND version = ? ORDER BY sample_id"
+        " LIMIT 1 OFFSET ?",
+        [DATASET, version, n // 2],
+    )
 
     def sample_audit() -> tuple:
         audit_warehouse = Warehouse(warehouse_path)
@@ -359,7 +536,7 @@ def run(home: Path, n: int) -> str:
         flush=True,
     )
     audit_s = max(critic_s, sample_s)
-    return f"P4 assemble_s={assemble_s:.2f} peak_rss_gib={peak_rss_gib():.2f} audit_s={audit_s:.3f}"
+    return f"P4 publish_s={publish_s:.2f} peak_rss_gib={peak_rss_gib():.2f} audit_s={audit_s:.3f}"
 
 
 def main() -> None:
@@ -367,16 +544,19 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--n", type=int, default=370_000, help="samples in the dataset (4 cache rows each)")
+    parser.add_argument(
+        "--images", type=int, default=1_000, help="distinct image files for sources, and as many for edits"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary FIRM_HOME (printed)")
-    parser.add_argument("--setup-only", type=Path, help=argparse.SUPPRESS)  # the child: warehouse path
+    parser.add_argument("--setup-only", type=Path, help=argparse.SUPPRESS)  # the child: FIRM_HOME
     args = parser.parse_args()
     if args.setup_only:
-        setup(args.setup_only, args.n)
+        setup(args.setup_only, args.n, args.images)
         return
 
     home = Path(tempfile.mkdtemp(prefix="firm-bench-p4-"))
     try:
-        line = run(home, args.n)
+        line = run(home, args.n, args.images)
     finally:
         if args.keep:
             print(f"kept FIRM_HOME={home}", flush=True)

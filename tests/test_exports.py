@@ -15,11 +15,14 @@ import stat
 from pathlib import Path
 
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
 from firm_assets.critics.train import load_examples
-from firm_assets.curation.dataset import publish_dataset
+from firm_assets.curation import dataset as dataset_module
+from firm_assets.curation.dataset import SftTask, publish_dataset
+from firm_assets.curation.prompts import load_template
 from firm_assets.curation.sharegpt import (
     INFO_FILE,
     PLACEHOLDERS,
@@ -28,11 +31,14 @@ from firm_assets.curation.sharegpt import (
     index_exports,
     parse_record,
     read_task,
+    sharegpt_record,
     unescape,
+    write_records,
     write_tasks,
 )
 from firm_assets.edit.dataset import TASKS as EDIT_TASKS
 from firm_assets.gen.dataset import TASKS as GEN_TASKS
+from resources.chat import ImagePart
 from warehouse.connection import Warehouse
 
 TRICKY = (
@@ -356,3 +362,78 @@ def test_exports_are_world_readable_under_a_restrictive_umask(published: dict) -
         assert not any(".tmp" in name for name in [*folders, *files])
     # root index, then per version: parquet, manifest, task files and images
     assert seen == 1 + (1 + 1 + 2 + 8) + (1 + 1 + 2 + 4)
+
+
+# streaming writers: a record or a row group at a time, never whole lists
+
+
+def test_records_are_written_one_per_line_as_a_json_array(tmp_path: Path) -> None:
+    records = [{"a": 1}, {"b": "<\\image> é"}]
+    path = tmp_path / "task.json"
+    assert write_records(path, iter(records)) == 2
+    assert path.read_text() == '[\n{"a": 1},\n{"b": "<\\\\image> \\u00e9"}\n]\n'
+    assert json.loads(path.read_text()) == records
+    assert write_records(tmp_path / "empty.json", iter([])) == 0
+    assert (tmp_path / "empty.json").read_text() == "[]\n"
+
+
+def _whole_list_export(task: SftTask, frame: pl.DataFrame, image_refs: dict[str, str]) -> str:
+    """The former writer: every record rendered with the row's own image parts, kept in one list,
+    then dumped at once."""
+    template = load_template(task.template_id)
+    records = []
+    for row in frame.iter_rows(named=True):
+        variables = {name: row[column] or "none" for name, column in task.variable_columns.items()}
+        images = {
+            name: ImagePart(Path(row[column]), "")
+            for name, column in zip(template.images, task.image_columns, strict=True)
+        }
+        request = template.render(variables, images)
+        text = next(part for part in request.user if isinstance(part, str))
+        refs = [image_refs[row[column]] for column in task.image_columns]
+        records.append(sharegpt_record(request.system, text, refs, task.target(row)))
+    return json.dumps(records, indent=1)
+
+
+@pytest.mark.parametrize(("dataset", "tasks"), [("firm_edit", EDIT_TASKS), ("firm_gen", GEN_TASKS)])
+def test_streamed_exports_hold_the_records_of_the_whole_list_writer(
+    published: dict, dataset: str, tasks: tuple[SftTask, ...]
+) -> None:
+    frame = published["frames"][dataset].sort("sample_id")
+    folder = published["folders"][dataset]
+    parquet = pl.read_parquet(folder / "data.parquet")
+    image_columns = sorted({c for task in tasks for c in task.image_columns})
+    # the Parquet file: the frame's rows in sample order, image columns relative to the folder
+    assert parquet.drop(image_columns).equals(frame.drop(image_columns))
+    image_refs = {}
+    for column in image_columns:
+        for original, relative in zip(frame[column], parquet[column], strict=True):
+            assert relative.startswith("images/") and (folder / relative).is_file()
+            image_refs[original] = f"{dataset}/{folder.name}/{relative}"
+    for task in tasks:
+        written = (folder / f"{task.name}.json").read_text()
+        assert len(written.splitlines()) == frame.height + 2  # "[", one line per record, "]"
+        assert json.loads(written) == json.loads(_whole_list_export(task, frame, image_refs))
+        assert len(read_task(folder, task.name)) == frame.height
+
+
+def test_parquet_is_written_a_row_group_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dataset_module, "PARQUET_ROWS", 2)
+    frame = pl.DataFrame(
+        {
+            "sample_id": ["a", "b", "c"],
+            "edited_path": ["/s/x.png", "/t/x.png", "/s/x.png"],
+            "score": [1.0, None, 3.0],
+        }
+    )
+    names = {"/s/x.png": "x.png", "/t/x.png": "0a1b-x.png"}
+    dataset_module._write_parquet(tmp_path / "data.parquet", frame, names, ["edited_path"])
+    assert pq.ParquetFile(tmp_path / "data.parquet").metadata.num_row_groups == 2
+    assert pl.read_parquet(tmp_path / "data.parquet").to_dict(as_series=False) == {
+        "sample_id": ["a", "b", "c"],
+        "edited_path": ["images/x.png", "images/0a1b-x.png", "images/x.png"],
+        "score": [1.0, None, 3.0],
+    }
+    dataset_module._write_parquet(tmp_path / "empty.parquet", frame.head(0), {}, ["edited_path"])
+    empty = pl.read_parquet(tmp_path / "empty.parquet")
+    assert empty.height == 0 and empty.columns == frame.columns

@@ -14,11 +14,12 @@ import json
 import os
 import shutil
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
+import pyarrow.parquet as pq
 
 from firm_assets.curation.parsers import format_plan_then_score
 from firm_assets.curation.prompts import load_template
@@ -30,7 +31,8 @@ from resources.home import firm_home
 from warehouse.connection import Warehouse
 
 # part of every version's params: a change to the files of a version folder makes new versions
-EXPORT_LAYOUT = 2
+EXPORT_LAYOUT = 3  # 3: task files hold one record per line
+PARQUET_ROWS = 50_000  # rows per Parquet row group, converted and written one group at a time
 
 
 @dataclass(frozen=True)
@@ -99,18 +101,21 @@ def balance_by_bin(frame: pl.DataFrame, column: str, max_per_bin: int | None, se
     return ranked.filter(pl.int_range(pl.len()).over("_bin") < max_per_bin).drop("_bin", "_rank")
 
 
-def _sharegpt_record(task: SftTask, row: dict, image_refs: dict[str, str]) -> dict:
+def _task_records(task: SftTask, frame: pl.DataFrame, image_refs: dict[str, str]) -> Iterator[dict]:
+    """The task's ShareGPT records in frame order, made one at a time as the writer asks for them.
+    The record's images are `image_refs` of the row's image columns; the rendered text does not
+    depend on them, so the template is rendered with its image slots filled once."""
     template = load_template(task.template_id)
-    variables = {name: row[column] or "none" for name, column in task.variable_columns.items()}
-    images = {
-        name: ImagePart(Path(row[column]), "")
+    slots = {
+        name: ImagePart(Path(column), "")
         for name, column in zip(template.images, task.image_columns, strict=True)
     }
-    request = template.render(variables, images)
-    text = next(part for part in request.user if isinstance(part, str))
-    return sharegpt_record(
-        request.system, text, [image_refs[row[c]] for c in task.image_columns], task.target(row)
-    )
+    for row in frame.iter_rows(named=True):
+        variables = {name: row[column] or "none" for name, column in task.variable_columns.items()}
+        request = template.render(variables, slots)
+        text = next(part for part in request.user if isinstance(part, str))
+        images = [image_refs[row[column]] for column in task.image_columns]
+        yield sharegpt_record(request.system, text, images, task.target(row))
 
 
 def _link_or_copy(source: Path, dest: Path) -> None:
@@ -134,32 +139,40 @@ def world_readable(folder: Path) -> None:
             os.chmod(Path(parent, name), 0o644)
 
 
+def _write_parquet(path: Path, frame: pl.DataFrame, image_names: dict[str, str], columns: list[str]) -> None:
+    """`frame` as Parquet, PARQUET_ROWS rows per row group, each group converted and written on its
+    own; image columns become `images/<name>` (relative to the version folder)."""
+    relative = [
+        pl.concat_str(pl.lit("images/"), pl.col(c).replace_strict(image_names)).alias(c) for c in columns
+    ]
+    schema = frame.head(0).with_columns(relative).to_arrow().schema
+    with pq.ParquetWriter(path, schema, compression="zstd") as writer:
+        for part in frame.iter_slices(PARQUET_ROWS):
+            writer.write_table(part.with_columns(relative).to_arrow(), row_group_size=PARQUET_ROWS)
+
+
 def _write_folder(folder: Path, frame: pl.DataFrame, tasks: Sequence[SftTask]) -> None:
-    """Write into a temporary folder, then rename: a killed run never leaves half a version."""
+    """Write into a temporary folder, then rename: a killed run never leaves half a version. Images
+    are linked once per distinct path, however many rows share one; the Parquet file and the task
+    files are written a row group or a record at a time, never as whole lists."""
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}-{threading.get_ident()}")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "images").mkdir(parents=True)
     image_columns = sorted({c for task in tasks for c in task.image_columns})
+    paths = sorted(set().union(*(frame[c].unique().to_list() for c in image_columns)))
     image_names: dict[str, str] = {}
     taken: set[str] = set()
-    for path in sorted({p for c in image_columns for p in frame[c].to_list()}):
+    for path in paths:
         name = Path(path).name
         if name in taken:  # the same file name in another folder: never one image for the other
             name = f"{short_hash(path)}-{name}"
         taken.add(name)
         image_names[path] = name
         _link_or_copy(Path(path), tmp / "images" / name)
-    frame.with_columns(
-        pl.concat_str(pl.lit("images/"), pl.col(c).replace_strict(image_names)).alias(c)
-        for c in image_columns
-    ).write_parquet(tmp / "data.parquet")
+    _write_parquet(tmp / "data.parquet", frame, image_names, image_columns)
     dataset, version = folder.parent.name, folder.name
     image_refs = {path: image_ref(dataset, version, name) for path, name in image_names.items()}
-    records = {
-        task.name: [_sharegpt_record(task, row, image_refs) for row in frame.iter_rows(named=True)]
-        for task in tasks
-    }
-    write_tasks(tmp, dataset, version, records)
+    write_tasks(tmp, dataset, version, {task.name: _task_records(task, frame, image_refs) for task in tasks})
     world_readable(tmp)
     _move_into_place(tmp, folder)
 

@@ -2,9 +2,10 @@
 
 Layout of an export root (FIRM_HOME/datasets): `dataset_info.json` at the root lists every published
 version's tasks as `<task>@<version>`; a version folder `<dataset>/<version>/` holds one `<task>.json`
-per task, `sharegpt.json` (its own entries of the root index) and `images/`. Record image paths are
-relative to the root, the folder of `dataset_info.json`, which is where LLaMA-Factory looks for them
-(its default `media_dir`): the edit and gen exports load side by side from one `dataset_dir`.
+per task (a JSON array, one record per line, written as the records are made), `sharegpt.json` (its
+own entries of the root index) and `images/`. Record image paths are relative to the root, the folder
+of `dataset_info.json`, which is where LLaMA-Factory looks for them (its default `media_dir`):
+the edit and gen exports load side by side from one `dataset_dir`.
 
 Placeholders: LLaMA-Factory counts `<image>`, `<video>` and `<audio>` in a record's messages and
 refuses a record whose counts differ from its media. Instructions and judges' reasoning may contain
@@ -21,13 +22,14 @@ import fcntl
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 INFO_FILE = "dataset_info.json"
 MANIFEST = "sharegpt.json"
 IMAGE = "<image>"
+WRITE_BUFFER = 1 << 20  # bytes: few large writes for a task file of hundreds of MiB
 PLACEHOLDERS = ("<image>", "<video>", "<audio>")
 COLUMNS = {"messages": "messages", "images": "images"}
 ROLE_TAGS = {
@@ -74,12 +76,27 @@ def sharegpt_record(system: str | None, user: str, images: Sequence[str], answer
     return {"messages": messages, "images": list(images)}
 
 
-def write_tasks(folder: Path, dataset: str, version: str, records: dict[str, list[dict]]) -> None:
-    """Write a version's task files and its manifest into `folder` (which may be a temporary folder
-    renamed to `<root>/<dataset>/<version>` afterwards: the paths inside name the final place)."""
+def write_records(path: Path, records: Iterable[dict]) -> int:
+    """Write records as a JSON array, one record per line, each as it comes: memory holds one record
+    however many there are (370K per task at the paper's scale). Returns how many were written."""
+    count = 0
+    with path.open("w", buffering=WRITE_BUFFER) as out:
+        out.write("[")
+        for record in records:
+            out.write(",\n" if count else "\n")
+            out.write(json.dumps(record))
+            count += 1
+        out.write("\n]\n" if count else "]\n")
+    return count
+
+
+def write_tasks(folder: Path, dataset: str, version: str, records: Mapping[str, Iterable[dict]]) -> None:
+    """Write a version's task files (streamed: `records` may be generators) and its manifest into
+    `folder` (which may be a temporary folder renamed to `<root>/<dataset>/<version>` afterwards: the
+    paths inside name the final place)."""
     manifest = {}
     for task, rows in records.items():
-        (folder / f"{task}.json").write_text(json.dumps(rows, indent=1))
+        write_records(folder / f"{task}.json", rows)
         manifest[entry_name(task, version)] = {
             "file_name": f"{dataset}/{version}/{task}.json",
             "formatting": "sharegpt",
