@@ -197,3 +197,44 @@ def test_run_config_overrides_the_new_recipe_keys() -> None:
         5,
         0.02,
     )
+
+
+def test_encode_masks_exactly_the_prompt_as_a_separate_encoding_would(
+    tmp_path: Path, tiny_models: dict[str, Path]
+) -> None:
+    from transformers import AutoProcessor
+
+    from firm_assets.critics.data import chat_messages, encode, example
+
+    processor = AutoProcessor.from_pretrained(tiny_models["tiny-qwen3-vl"])
+    folder = _export(tmp_path, ['{"reasoning": "red", "score": 5}'])
+    item = example(index_tasks(folder, ["task"]).record(0))
+    encoded = encode(processor, item)
+    messages = chat_messages(item["request"], None, lambda _part: {"type": "image"})
+    prompt = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    with Image.open(item["images"][0]) as image:
+        prompt_ids = processor(text=[prompt], images=[image.convert("RGB")], return_tensors="pt")["input_ids"]
+    masked = int((encoded["labels"] == IGNORE).sum())
+    assert masked == prompt_ids.shape[1]
+    assert encoded["labels"][0, masked:].tolist() == encoded["input_ids"][0, masked:].tolist()
+
+
+def test_prompt_length_encodes_the_prompt_again_when_the_answer_merges_with_it(
+    tiny_models: dict[str, Path],
+) -> None:
+    from transformers import AutoProcessor
+
+    from firm_assets.critics.data import prompt_length
+
+    processor = AutoProcessor.from_pretrained(tiny_models["tiny-qwen3-vl"])
+    tokenizer = processor.tokenizer
+    full_ids = torch.tensor([tokenizer("reasoning", add_special_tokens=False)["input_ids"]])  # re|ason|ing
+    # the answer "soning" alone does not end "reasoning" tokenized whole, so the tail check fails
+    answer = tokenizer("soning", add_special_tokens=False)["input_ids"]
+    assert full_ids[0, -len(answer) :].tolist() != answer
+    prompt_ids = tokenizer("rea", add_special_tokens=False)["input_ids"]
+    assert prompt_length(processor, "rea", "reasoning", full_ids, []) == len(prompt_ids) == 2
+    # a clean boundary: the answer's own tokens are the tail
+    full_ids = torch.tensor([tokenizer("hello\nscore", add_special_tokens=False)["input_ids"]])
+    start = prompt_length(processor, "hello\n", "hello\nscore", full_ids, [])
+    assert full_ids[0, start:].tolist() == tokenizer("score", add_special_tokens=False)["input_ids"]

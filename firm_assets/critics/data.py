@@ -157,6 +157,20 @@ def example(record: SftRecord) -> dict[str, Any]:
     return {"request": request, "target": record.answer, "images": [p.path for p in request.images]}
 
 
+def prompt_length(processor, prompt: str, full: str, full_ids: torch.Tensor, images: list) -> int:
+    """How many of `full_ids` (the encoded prompt + answer) belong to the prompt. The answer text is
+    tokenized alone, which is cheap; only if those tokens are not exactly the tail of `full_ids` (a
+    template whose answer merges with the prompt's last characters) is the prompt encoded again,
+    images and all."""
+    answer = processor.tokenizer(full[len(prompt) :], add_special_tokens=False)["input_ids"]
+    start = full_ids.shape[1] - len(answer)
+    if full_ids[0, start:].tolist() == answer:
+        return start
+    return processor(text=[prompt], images=images or None, add_special_tokens=False, return_tensors="pt")[
+        "input_ids"
+    ].shape[1]
+
+
 def encode(processor, item: dict[str, Any]) -> dict[str, torch.Tensor]:
     """Token ids of prompt + answer; labels mask the prompt so only the answer is learned."""
     messages = chat_messages(item["request"], None, lambda _part: {"type": "image"})
@@ -171,11 +185,8 @@ def encode(processor, item: dict[str, Any]) -> dict[str, torch.Tensor]:
         with Image.open(path) as image:
             images.append(image.convert("RGB"))
     full_ids = processor(text=[full], images=images or None, add_special_tokens=False, return_tensors="pt")
-    prompt_len = processor(
-        text=[prompt], images=images or None, add_special_tokens=False, return_tensors="pt"
-    )["input_ids"].shape[1]
     labels = full_ids["input_ids"].clone()
-    labels[:, :prompt_len] = IGNORE
+    labels[:, : prompt_length(processor, prompt, full, full_ids["input_ids"], images)] = IGNORE
     return {**dict(full_ids), "labels": labels}
 
 
