@@ -78,6 +78,10 @@ def test_critics_train_on_exact_dataset_versions_and_are_registered(main_run) ->
         assert mlflow.data.get_source(run.inputs.dataset_inputs[0].dataset).uri == folders[row["dataset"]]
         losses = [m.value for m in client.get_metric_history(row["mlflow_run_id"], "train_loss")]
         assert len(losses) > 3 and losses[-1] < losses[0]  # training trains
+        # the held-out split's loss, scored once at the end (eval_every exceeds these few updates)
+        val_losses = client.get_metric_history(row["mlflow_run_id"], "val_loss")
+        assert [m.step for m in val_losses] == [len(losses)] and val_losses[0].value > 0
+        assert run.data.params["ran.mixed_precision"] == "no" and run.data.params["ran.num_processes"] == "1"
         version = client.get_model_version(row["registered_model"], row["model_version"])
         assert version.run_id == row["mlflow_run_id"]
         assert version.tags["dataset_version"] == row["dataset_version"]

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from firm_assets.critics.train import load_examples
+from firm_assets.critics.data import example, index_tasks
 from firm_assets.curation import dataset as dataset_module
 from firm_assets.curation.dataset import SftTask, publish_dataset
 from firm_assets.curation.prompts import load_template
@@ -302,13 +302,14 @@ def test_literal_placeholders_come_back_unchanged_through_the_reader(published: 
 
 def test_the_trainer_reads_the_export_through_the_contract_reader(published: dict) -> None:
     folder = published["folders"]["firm_edit"]
-    examples = load_examples(folder, ["edit_execution", "edit_consistency"])
-    assert len(examples) == 12
+    index = index_tasks(folder, ["edit_execution", "edit_consistency"])
+    assert len(index) == 12
     expected = read_task(folder, "edit_execution")
-    for example, record in zip(examples[:6], expected, strict=True):
-        assert example["target"] == record.answer
-        assert example["images"] == [p for p in record.user if isinstance(p, Path)]
-        assert example["request"].system == record.system
+    for position, record in enumerate(expected):
+        item = example(index.record(position))
+        assert item["target"] == record.answer
+        assert item["images"] == [p for p in record.user if isinstance(p, Path)]
+        assert item["request"].system == record.system
 
 
 def test_the_trainer_refuses_a_broken_export(published: dict) -> None:
@@ -318,7 +319,7 @@ def test_the_trainer_refuses_a_broken_export(published: dict) -> None:
     records[2]["messages"][1]["content"] += "<image>"
     task_file.write_text(json.dumps(records))
     with pytest.raises(ExportContractError, match=r"gen_quality.json record 2: placeholders"):
-        load_examples(folder, ["gen_quality"])
+        index_tasks(folder, ["gen_quality"])
 
 
 def test_a_copied_parquet_version_loads_with_datasets_without_the_image_store(

@@ -1,7 +1,10 @@
-"""The SFT script on its own (no Dagster): full fine-tune and LoRA both learn and save weights that
-load with from_pretrained like the base."""
+"""The SFT process on its own (no Dagster): full fine-tune and LoRA both learn and save weights that
+load with from_pretrained like the base; validation loss is reported; gradient checkpointing changes
+no number; a run killed with SIGKILL resumes from its newest checkpoint to exactly the losses of an
+uninterrupted run."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,17 +13,20 @@ import pytest
 from PIL import Image
 from transformers import AutoModelForImageTextToText
 
+from firm_assets.critics.recipe import PAPER_RECIPE
+from firm_assets.critics.train import KILL_AFTER_UPDATE
 from firm_assets.curation.sharegpt import index_exports, sharegpt_record, write_tasks
 
 REPO = Path(__file__).resolve().parent.parent
+COLOURS = ("red", "blue", "green", "white", "black", "yellow", "orange", "purple")
 
 
-def _dataset(root: Path) -> Path:
+def _dataset(root: Path, colours: tuple[str, ...] = COLOURS[:4]) -> Path:
     """A one-task export in the publisher's layout, written with its ShareGPT writer and index."""
     folder = root / "data" / "v1"
     (folder / "images").mkdir(parents=True)
     records = []
-    for i, colour in enumerate(("red", "blue", "green", "white")):
+    for i, colour in enumerate(colours):
         Image.new("RGB", (64, 64), colour).save(folder / "images" / f"{i}.png")
         answer = json.dumps({"reasoning": f"it is {colour}", "score": 5})
         records.append(
@@ -33,42 +39,128 @@ def _dataset(root: Path) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("method", ["full", "lora"])
-def test_training_lowers_the_loss_and_saves_loadable_weights(
-    method: str, tmp_path: Path, tiny_models
-) -> None:
-    output = tmp_path / "critic"
+def _params(tmp_path: Path, base: Path, dataset: Path, **recipe) -> Path:
     params = {
-        "base_model": str(tiny_models["tiny-qwen3-vl"]),
-        "dataset_folder": str(_dataset(tmp_path / "exports")),
+        "base_model": str(base),
+        "dataset_folder": str(dataset),
         "tasks": ["task"],
-        "output_dir": str(output),
+        "output_dir": str(tmp_path / "critic"),
+        "checkpoint_dir": str(tmp_path / "checkpoints"),
         "recipe": {
+            **PAPER_RECIPE,
             "learning_rate": 0.01,
             "per_device_batch_size": 2,
             "gradient_accumulation_steps": 1,
             "warmup_ratio": 0.0,
             "epochs": 6,
-            "seed": 42,
-            "method": method,
             "lora_rank": 8,
-            "max_grad_norm": 1.0,
             "log_every": 100,
-            "bf16": False,
+            "gradient_checkpointing": False,
+            "dataloader_workers": 0,
+            **recipe,
         },
     }
+    tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "params.json").write_text(json.dumps(params))
-    run = subprocess.run(
-        [sys.executable, "-m", "firm_assets.critics.train", "--params", str(tmp_path / "params.json")],
+    return tmp_path / "params.json"
+
+
+def _train(params: Path, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "firm_assets.critics.train", "--params", str(params)],
         cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **env},  # one thread: deterministic and fastest here
         capture_output=True,
         text=True,
         timeout=300,
     )
+
+
+def _summary(run: subprocess.CompletedProcess) -> dict:
     assert run.returncode == 0, run.stderr[-2000:]
-    summary = json.loads(run.stdout.strip().splitlines()[-1])
-    assert summary["updates"] == 12 and summary["examples"] == 4
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_training_lowers_the_loss_and_saves_loadable_weights(
+    method: str, tmp_path: Path, tiny_models
+) -> None:
+    params = _params(tmp_path, tiny_models["tiny-qwen3-vl"], _dataset(tmp_path / "exports"), method=method)
+    summary = _summary(_train(params))
+    # 4 records: 1 held out for validation, 3 trained on in 2 batches per epoch for 6 epochs
+    assert (summary["examples"], summary["train_examples"], summary["val_examples"]) == (4, 3, 1)
+    assert summary["updates"] == 12 and len(summary["losses"]) == 12
     assert summary["final_loss"] < summary["first_loss"]
+    # no eval_every inside 12 updates (the default is 200): one validation loss, at the end
+    assert [step for step, _ in summary["val_losses"]] == [12] and summary["final_val_loss"] > 0
+    assert summary["ran"] == {
+        "mixed_precision": "no",  # no CUDA here: the recipe's bf16 is not honoured, and that is recorded
+        "weights_dtype": "float32",
+        "gradient_checkpointing": "off",
+        "distributed_type": "NO",
+        "num_processes": 1,
+        "dataloader_workers": 0,
+    }
+    output = tmp_path / "critic"
     assert not (output / "adapter_config.json").exists()  # LoRA is merged: the folder loads like the base
+    assert not (tmp_path / "checkpoints").exists()  # no checkpoint is left once the weights are saved
     model = AutoModelForImageTextToText.from_pretrained(output)
     assert type(model).__name__ == "Qwen3VLForConditionalGeneration"
+
+
+def test_gradient_checkpointing_and_workers_change_no_loss(tmp_path: Path, tiny_models) -> None:
+    dataset = _dataset(tmp_path / "exports")
+    plain = _summary(_train(_params(tmp_path / "plain", tiny_models["tiny-qwen3-vl"], dataset, epochs=2)))
+    changed = _summary(
+        _train(
+            _params(
+                tmp_path / "changed",
+                tiny_models["tiny-qwen3-vl"],
+                dataset,
+                epochs=2,
+                gradient_checkpointing=True,
+                dataloader_workers=2,
+            )
+        )
+    )
+    assert changed["ran"]["gradient_checkpointing"] == "on" and changed["ran"]["dataloader_workers"] == 2
+    assert changed["losses"] == pytest.approx(plain["losses"], abs=1e-5)
+    assert changed["final_val_loss"] == pytest.approx(plain["final_val_loss"], abs=1e-5)
+
+
+def test_a_run_killed_with_sigkill_resumes_to_the_same_losses(tmp_path: Path, tiny_models) -> None:
+    """8 records: 1 held out, 7 trained on one at a time with 2 micro-batches per update, so an
+    epoch is 4 updates, the last of a single micro-batch; 3 epochs = 12 updates, a checkpoint every
+    3 and a validation loss every 2. The killed run dies after update 7; its newest checkpoint is
+    update 6, in the middle of epoch 1, so the resumed run must skip 4 batches of epoch 1's order."""
+    dataset = _dataset(tmp_path / "exports", COLOURS)
+    recipe = {
+        "per_device_batch_size": 1,
+        "gradient_accumulation_steps": 2,
+        "epochs": 3,
+        "checkpoint_every": 3,
+        "eval_every": 2,
+        "warmup_ratio": 0.2,
+        "learning_rate": 0.003,
+    }
+    straight = _summary(
+        _train(_params(tmp_path / "straight", tiny_models["tiny-qwen3-vl"], dataset, **recipe))
+    )
+    assert straight["updates"] == 12 and [s for s, _ in straight["val_losses"]] == [2, 4, 6, 8, 10, 12]
+
+    params = _params(tmp_path / "killed", tiny_models["tiny-qwen3-vl"], dataset, **recipe)
+    killed = _train(params, **{KILL_AFTER_UPDATE: "7"})
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    checkpoints = tmp_path / "killed" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step-00000003", "step-00000006"]
+    assert not (tmp_path / "killed" / "critic").exists()
+
+    resumed = _train(params)
+    summary = _summary(resumed)
+    assert "resuming from step-00000006: epoch 1, update 6" in resumed.stdout
+    assert summary["losses"] == pytest.approx(straight["losses"], abs=1e-6, rel=0)
+    assert [s for s, _ in summary["val_losses"]] == [s for s, _ in straight["val_losses"]]
+    assert [v for _, v in summary["val_losses"]] == pytest.approx(
+        [v for _, v in straight["val_losses"]], abs=1e-6, rel=0
+    )
+    assert not checkpoints.exists()

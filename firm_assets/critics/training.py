@@ -3,7 +3,6 @@ and register it once; skip the work when the same version (same dataset version,
 recipe) already exists."""
 
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 import polars as pl
 from dagster import AssetExecutionContext, PipesSubprocessClient
 
-from firm_assets.critics.recipe import CriticTrainingConfig, effective_recipe
+from firm_assets.critics.recipe import CriticTrainingConfig, effective_recipe, launch_prefix
 from firm_assets.curation.versioning import short_hash
 from resources.home import firm_home
 from resources.models import ModelsResource, resolve_model_path
@@ -21,7 +20,7 @@ from resources.warehouse_resource import WarehouseResource
 from warehouse.connection import Warehouse
 
 TRAIN_MODULE = "firm_assets.critics.train"
-TRAINING_CODE_VERSION = "sft@1"
+TRAINING_CODE_VERSION = "sft@2"
 CRITIC_TASK = "image-text-to-text"  # the transformers pipeline a registered critic loads as
 
 CRITIC_SCHEMA = {
@@ -99,6 +98,7 @@ def train_critic(
     dataset_version = dataset_frame["dataset_version"][0]
     profile = models.settings()
     recipe = effective_recipe(profile.critic.recipe, config)
+    launcher = launch_prefix(config, recipe["method"])
     base_path = resolve_model_path(profile.critic.base)
     base_revision = weights_revision(base_path) or "unknown"
     version = short_hash(
@@ -122,6 +122,8 @@ def train_critic(
         "dataset_folder": str(_dataset_folder(wh, spec.dataset, dataset_version)),
         "tasks": list(spec.tasks),
         "output_dir": str(output),
+        # a relaunch of the same version resumes from here; deleted once the weights are saved
+        "checkpoint_dir": str(output.with_name(f"{version}.checkpoints")),
         "recipe": recipe,
     }
     params_file = output.with_name(f"{version}.params.json")
@@ -135,12 +137,12 @@ def train_critic(
             "base_revision": base_revision,
             "dataset_version": dataset_version,
             "tasks": ",".join(spec.tasks),
+            "accelerate_config": config.accelerate_config,
         },
         {},
     )
     dataset = folder_dataset(dataset_frame, spec.dataset, dataset_version, params["dataset_folder"])
     tracking.log_dataset_input(run_id, dataset, "training")
-    launcher = config.launcher or [sys.executable, "-m"]
     try:
         invocation = pipes.run(
             context=context, command=[*launcher, TRAIN_MODULE, "--params", str(params_file)]
@@ -148,9 +150,13 @@ def train_critic(
         summary = invocation.get_custom_messages()[-1]
         for step, loss in enumerate(summary["losses"], start=1):
             tracking.log_values(run_id, {}, {"train_loss": loss}, step=step)
-        tracking.log_values(
-            run_id, {}, {"final_loss": summary["final_loss"], "train_seconds": summary["train_seconds"]}
-        )
+        for step, loss in summary["val_losses"]:
+            tracking.log_values(run_id, {}, {"val_loss": loss}, step=step)
+        final = {"final_loss": summary["final_loss"], "train_seconds": summary["train_seconds"]}
+        if summary["final_val_loss"] is not None:
+            final["final_val_loss"] = summary["final_val_loss"]
+        # what actually ran (bf16 only where the device has it, who checkpointed activations)
+        tracking.log_values(run_id, {f"ran.{k}": v for k, v in summary["ran"].items()}, final)
         model_version = tracking.register_transformers_model(
             run_id,
             spec.name,
@@ -191,6 +197,9 @@ def train_critic(
         "first_loss": summary["first_loss"],
         "updates": summary["updates"],
         "examples": summary["examples"],
+        "val_examples": summary["val_examples"],
+        "final_val_loss": summary["final_val_loss"],
         "train_seconds": summary["train_seconds"],
+        **{f"ran_{k}": v for k, v in summary["ran"].items()},
     }
     return pl.DataFrame([row], schema=CRITIC_SCHEMA), metadata

@@ -175,22 +175,30 @@ def parse_record(record: dict, root: Path) -> SftRecord:
     return SftRecord(system, _user_parts(contents[-2], images), unescape(contents[-1]))
 
 
-def read_entry(info_file: Path, entry: str) -> list[SftRecord]:
-    """Every record of one `dataset_info.json` entry, checked; the first broken record raises
-    `ExportContractError` naming its file and 0-based index (LLaMA-Factory's record order)."""
+def entry_path(info_file: Path, entry: str) -> Path:
+    """The records file of one `dataset_info.json` entry, once the entry is found to be ShareGPT
+    with the project's columns and tags."""
     info = json.loads(info_file.read_text())
     if entry not in info:
         raise ExportContractError(f"{info_file} has no entry {entry!r}")
     spec = info[entry]
     if (spec.get("formatting"), spec.get("columns"), spec.get("tags")) != ("sharegpt", COLUMNS, ROLE_TAGS):
         raise ExportContractError(f"{entry!r} is not a ShareGPT entry with the project's columns and tags")
-    records = json.loads((info_file.parent / spec["file_name"]).read_text())
+    return info_file.parent / spec["file_name"]
+
+
+def read_entry(info_file: Path, entry: str) -> list[SftRecord]:
+    """Every record of one `dataset_info.json` entry, checked; the first broken record raises
+    `ExportContractError` naming its file and 0-based index (LLaMA-Factory's record order)."""
+    path = entry_path(info_file, entry)
     parsed = []
-    for index, record in enumerate(records):
+    for index, record in enumerate(json.loads(path.read_text())):
         try:
             parsed.append(parse_record(record, info_file.parent))
         except ExportContractError as error:
-            raise ExportContractError(f"{spec['file_name']} record {index}: {error}") from None
+            raise ExportContractError(
+                f"{path.relative_to(info_file.parent)} record {index}: {error}"
+            ) from None
     return parsed
 
 

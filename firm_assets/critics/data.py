@@ -1,0 +1,253 @@
+"""The critic trainer's data: ShareGPT records read lazily and encoded one at a time.
+
+A published task file can hold hundreds of thousands of records, and an encoded Qwen-VL example with
+two 1024 px images is tens of MiB of pixel values, so nothing is kept per record but its byte span
+in the task file and a key for the validation split (numpy arrays: no Python objects whose
+reference counts would copy the pages into every DataLoader worker). Each record is checked against
+the LLaMA-Factory contract once, when the index is built, so a broken export fails before training
+starts; `__getitem__` reads, parses and encodes the record in the DataLoader worker that asks for it.
+"""
+
+import codecs
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from firm_assets.curation.sharegpt import (
+    INFO_FILE,
+    ExportContractError,
+    SftRecord,
+    entry_name,
+    entry_path,
+    parse_record,
+)
+from resources.chat import ChatRequest, ImagePart
+from resources.messages import chat_messages
+
+IGNORE = -100
+_CHUNK = 1 << 20
+_BETWEEN_VALUES = " \t\r\n,"
+
+
+def json_values(path: Path, chunk_size: int = _CHUNK) -> Iterator[tuple[int, int, Any]]:
+    """Each element of the JSON array in `path` (or each value of a JSON Lines file) with its byte
+    span [start, end), reading one chunk at a time so the file is never whole in memory."""
+    decoder = json.JSONDecoder()
+    utf8 = codecs.getincrementaldecoder("utf-8")()
+    text, position, offset = "", 0, 0  # offset: the byte offset of text[position] in the file
+    started = opened = False
+    with path.open("rb") as file:
+        while True:
+            skipped = len(text) - position - len(text[position:].lstrip(_BETWEEN_VALUES))
+            position, offset = position + skipped, offset + skipped  # separators are ASCII: 1 byte each
+            if position == len(text):
+                chunk = file.read(chunk_size)
+                if not chunk:
+                    return
+                text, position = utf8.decode(chunk), 0
+                continue
+            if not started:
+                started = opened = text[position] == "["
+                if opened:
+                    position, offset = position + 1, offset + 1
+                    continue
+                started = True
+            if opened and text[position] == "]":
+                if text[position + 1 :].strip() or file.read().strip():
+                    raise ExportContractError(f"{path.name}: data after the closing bracket")
+                return
+            try:
+                value, end = decoder.raw_decode(text, position)
+            except json.JSONDecodeError as error:
+                chunk = file.read(chunk_size)
+                if not chunk:
+                    raise ExportContractError(f"{path.name} at byte {offset}: {error.msg}") from None
+                text, position = text[position:] + utf8.decode(chunk), 0
+                continue
+            size = len(text[position:end].encode("utf-8"))
+            yield offset, offset + size, value
+            position, offset = end, offset + size
+            if position > chunk_size:
+                text, position = text[position:], 0
+
+
+def record_key(record: dict) -> int:
+    """A 64-bit key from the record's content (key order and spacing do not matter), which decides
+    the validation split: the same record lands on the same side in every run and every version."""
+    canonical = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return int.from_bytes(hashlib.sha256(canonical.encode("utf-8")).digest()[:8], "big")
+
+
+@dataclass(frozen=True)
+class RecordIndex:
+    """Where every record of the chosen tasks lies: task file, byte span, split key."""
+
+    root: Path
+    files: tuple[Path, ...]
+    file_ids: np.ndarray
+    starts: np.ndarray
+    ends: np.ndarray
+    keys: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def record(self, position: int) -> SftRecord:
+        """The record at `position`, read from its file and parsed."""
+        with self.files[self.file_ids[position]].open("rb") as file:
+            file.seek(int(self.starts[position]))
+            raw = file.read(int(self.ends[position] - self.starts[position]))
+        return parse_record(json.loads(raw), self.root)
+
+
+def index_tasks(dataset_folder: Path, tasks: list[str]) -> RecordIndex:
+    """Scan the tasks' files (found through the root `dataset_info.json`, as LLaMA-Factory finds
+    them), check every record and note where it lies. The first broken record raises
+    `ExportContractError` naming its file and 0-based index."""
+    root = dataset_folder.parent.parent
+    files, file_ids, starts, ends, keys = [], [], [], [], []
+    for task in tasks:
+        path = entry_path(root / INFO_FILE, entry_name(task, dataset_folder.name))
+        for index, (start, end, record) in enumerate(json_values(path)):
+            try:
+                if not isinstance(record, dict):
+                    raise ExportContractError("a record is not an object")
+                parse_record(record, root)
+            except ExportContractError as error:
+                raise ExportContractError(f"{path.relative_to(root)} record {index}: {error}") from None
+            file_ids.append(len(files))
+            starts.append(start)
+            ends.append(end)
+            keys.append(record_key(record))
+        files.append(path)
+    return RecordIndex(
+        root,
+        tuple(files),
+        np.array(file_ids, dtype=np.int32),
+        np.array(starts, dtype=np.int64),
+        np.array(ends, dtype=np.int64),
+        np.array(keys, dtype=np.uint64),
+    )
+
+
+def split_validation(keys: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of the training and the validation records. A record is held out when its key,
+    read as a fraction of 2**64, is below `fraction`; with a positive fraction and at least two
+    records, at least one is held out and at least one is trained on."""
+    order = np.argsort(keys, kind="stable")
+    held = int(np.count_nonzero(keys / 2.0**64 < fraction))
+    if fraction > 0 and len(keys) >= 2:
+        held = min(max(held, 1), len(keys) - 1)
+    elif len(keys) < 2:
+        held = 0
+    return np.sort(order[held:]), np.sort(order[:held])
+
+
+def example(record: SftRecord) -> dict[str, Any]:
+    """A record as the request the critic will see at inference, the answer to learn and its images."""
+    parts = tuple(ImagePart(p, "") if isinstance(p, Path) else p for p in record.user)
+    request = ChatRequest(user=parts, system=record.system)
+    return {"request": request, "target": record.answer, "images": [p.path for p in request.images]}
+
+
+def prompt_length(processor, prompt: str, full: str, full_ids: torch.Tensor, images: list) -> int:
+    """How many of `full_ids` (the encoded prompt + answer) belong to the prompt. The answer text is
+    tokenized alone, which is cheap; only if those tokens are not exactly the tail of `full_ids` (a
+    template whose answer merges with the prompt's last characters) is the prompt encoded again,
+    images and all."""
+    answer = processor.tokenizer(full[len(prompt) :], add_special_tokens=False)["input_ids"]
+    start = full_ids.shape[1] - len(answer)
+    if full_ids[0, start:].tolist() == answer:
+        return start
+    return processor(text=[prompt], images=images or None, add_special_tokens=False, return_tensors="pt")[
+        "input_ids"
+    ].shape[1]
+
+
+def encode(processor, item: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Token ids of prompt + answer; labels mask the prompt so only the answer is learned."""
+    messages = chat_messages(item["request"], None, lambda _part: {"type": "image"})
+    prompt = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    full = processor.apply_chat_template(
+        [*messages, {"role": "assistant", "content": item["target"]}], tokenize=False
+    )
+    if not full.startswith(prompt):
+        raise ValueError("the chat template renders the prompt differently with an answer appended")
+    images = []
+    for path in item["images"]:
+        with Image.open(path) as image:
+            images.append(image.convert("RGB"))
+    full_ids = processor(text=[full], images=images or None, add_special_tokens=False, return_tensors="pt")
+    labels = full_ids["input_ids"].clone()
+    labels[:, : prompt_length(processor, prompt, full, full_ids["input_ids"], images)] = IGNORE
+    return {**dict(full_ids), "labels": labels}
+
+
+def collate(batch: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad the per-token tensors (ids, labels, masks, multimodal token types); concatenate the
+    rest (Qwen-VL packs vision patches and grids per image, not per row)."""
+    width = max(item["input_ids"].shape[1] for item in batch)
+    pad_values = {"input_ids": pad_id, "labels": IGNORE}
+    out = {}
+    for key in batch[0]:
+        values = [item[key] for item in batch]
+        if values[0].dim() == 2 and values[0].shape[1] == batch[0]["input_ids"].shape[1]:
+            value = pad_values.get(key, 0)
+            out[key] = torch.cat(
+                [torch.nn.functional.pad(v, (0, width - v.shape[1]), value=value) for v in values]
+            )
+        else:
+            out[key] = torch.cat(values)
+    return out
+
+
+class SftDataset(torch.utils.data.Dataset):
+    """Some records of an index (the training or the validation positions), each read and encoded
+    when a DataLoader worker asks for it."""
+
+    def __init__(self, index: RecordIndex, positions: np.ndarray, processor) -> None:
+        self.index, self.positions, self.processor = index, positions, processor
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return encode(self.processor, example(self.index.record(int(self.positions[i]))))
+
+
+class EpochSampler(torch.utils.data.Sampler[int]):
+    """A permutation drawn from (seed, epoch) alone: a resumed run sees the same order as an
+    uninterrupted one without restoring any sampler state."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+
+def row_loss_sums(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: the summed next-token cross-entropy over the answer tokens, and how many there are
+    (one row at a time, so only one row's logits are ever upcast to float32)."""
+    targets = labels[:, 1:]
+    sums = torch.stack(
+        [
+            torch.nn.functional.cross_entropy(row[:-1].float(), target, ignore_index=IGNORE, reduction="sum")
+            for row, target in zip(logits, targets, strict=True)
+        ]
+    )
+    return sums, (targets != IGNORE).sum(dim=1)
