@@ -15,11 +15,11 @@ from dagster import AssetExecutionContext, PipesSubprocessClient
 
 from firm_assets.curation.versioning import frame_version, short_hash
 from firm_assets.rl.settings import RLPolicyConfig, Task, nft_settings, reward_settings
-from resources.diffusion import weights_revision
 from resources.home import firm_home
 from resources.models import ModelsResource, resolve_model_path
 from resources.tracking import TrackingResource, dagster_tags
 from resources.warehouse_resource import WarehouseResource
+from resources.weights import weights_identity
 from warehouse.connection import Warehouse
 
 TRAIN_MODULE = "firm_assets.rl.train"
@@ -96,19 +96,6 @@ def prompt_set(spec: PolicySpec, upstream: pl.DataFrame) -> pl.DataFrame:
 def prompt_set_version(prompts: pl.DataFrame) -> str:
     """Content hash of the groups (where a source image is stored is not part of it)."""
     return frame_version(prompts.drop("source_path"), "prompt_id")
-
-
-def base_revision(model_path: str, revision: str | None) -> str:
-    """Weights hash of a local pipeline folder; for a hub id, the profile's pinned revision, else the
-    hash of the downloaded snapshot (the trainer downloads it anyway)."""
-    local = Path(model_path)
-    if local.is_dir():
-        return weights_revision(local)
-    if revision:
-        return revision
-    from diffusers import DiffusionPipeline
-
-    return weights_revision(Path(DiffusionPipeline.download(model_path)))
 
 
 def policy_version(
@@ -194,7 +181,7 @@ def train_rl_policy(
     profile = models.settings()
     policy = profile.rl[spec.task]
     pipeline_path = resolve_model_path(policy.model)
-    revision = base_revision(pipeline_path, policy.revision)
+    revision = weights_identity(pipeline_path, policy.revision)
     nft = nft_settings(spec.task, pipeline_path, policy, config)
     reward = {**reward_settings(spec.task, config).model_dump(), "score_mode": config.score_mode}
     reward_json = json.dumps(reward, sort_keys=True)
