@@ -4,6 +4,8 @@ decides whether a failed call is worth trying again (`classify_failure`)."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,10 +16,48 @@ from PIL import Image
 
 @dataclass(frozen=True)
 class ImagePart:
-    """An image by local path; sha256 identifies its content for cache keys."""
+    """An image by local path, or already in memory (`image`: a rollout or an uploaded image that has no
+    file and needs none); sha256 identifies its content for cache keys, so equality and hashing look at
+    the path and the sha only."""
 
-    path: Path
+    path: Path | None
     sha256: str
+    image: Image.Image | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if (self.path is None) == (self.image is None):
+            raise ValueError("an ImagePart has either a path or an in-memory image, not both or neither")
+
+    @classmethod
+    def from_image(cls, image: Image.Image) -> ImagePart:
+        """An in-memory part; its sha256 covers mode, size and pixels (no encoding needed). Decoding a
+        lazily opened, truncated file happens here and raises InputImageError."""
+        try:
+            pixels = image.tobytes()
+        except (OSError, ValueError, SyntaxError) as error:
+            raise InputImageError(f"input image: {type(error).__name__}: {error}") from error
+        digest = hashlib.sha256(f"{image.mode}:{image.width}x{image.height}:".encode() + pixels)
+        return cls(path=None, sha256=digest.hexdigest(), image=image)
+
+    @property
+    def label(self) -> str:
+        """How error messages name the image: its path, or its sha for an in-memory image."""
+        return str(self.path) if self.path is not None else f"<in-memory {self.sha256[:12]}>"
+
+    def encoded(self) -> tuple[bytes, str]:
+        """The image as file bytes and a file name for its type: a file's own bytes, an in-memory
+        image as PNG (lossless)."""
+        if self.path is not None:
+            try:
+                return self.path.read_bytes(), self.path.name
+            except (FileNotFoundError, IsADirectoryError) as error:
+                raise InputImageError(f"input image {self.path}: {type(error).__name__}: {error}") from error
+        buffer = io.BytesIO()
+        try:
+            load_rgb(self).save(buffer, format="PNG")
+        except (OSError, ValueError, SystemError) as error:
+            raise InputImageError(f"input image {self.label}: {type(error).__name__}: {error}") from error
+        return buffer.getvalue(), "image.png"
 
 
 @dataclass(frozen=True)
@@ -62,6 +102,25 @@ class ModelRef:
     backend: str = field(default="transformers", compare=False)
 
 
+@dataclass(frozen=True)
+class TokenProbs:
+    """The probabilities of the asked-for tokens at one generated position, read from the same forward
+    pass that chose the token there; `offset` is where that token's text starts in the answer."""
+
+    offset: int
+    probs: dict[str, float]
+
+
+@dataclass(frozen=True)
+class ProbedAnswer:
+    """An answer as generated (not stripped, so offsets hold) and, for each generated position whose
+    token is one of the asked-for tokens, their probabilities there (empty when the backend could not
+    read them)."""
+
+    text: str
+    positions: tuple[TokenProbs, ...]
+
+
 class ChatBackend(Protocol):
     """Implemented by the transformers, vLLM and OpenAI-compatible backends. `concurrent_calls` says
     whether calls from several threads at once are safe and fill free capacity (a server's pool of
@@ -81,6 +140,15 @@ class ChatBackend(Protocol):
         assistant turn has begun with its prefix (not renormalised)."""
         ...
 
+    def generate_probed(
+        self, requests: Sequence[ChatRequest], decoding: Decoding, tokens: Sequence[str]
+    ) -> list[ProbedAnswer]:
+        """Generate as `generate` does, and in the same call read the probabilities of `tokens` (single
+        tokens, e.g. the score digits) wherever the answer wrote one of them: the model's distribution
+        there (not renormalised, before any guided-decoding mask), so a score can be read as an
+        expectation without a second pass over the prompt and answer."""
+        ...
+
 
 class InputImageError(ValueError):
     """An input image is missing or cannot be decoded: the request can never succeed as it is, so its
@@ -89,9 +157,13 @@ class InputImageError(ValueError):
     transient = False
 
 
-def load_rgb(path: Path) -> Image.Image:
-    """Decode an input image as RGB. A missing, unreadable or undecodable file is an InputImageError;
-    other OS errors (too many open files, I/O errors) pass through as they may go away."""
+def load_rgb(source: Path | ImagePart) -> Image.Image:
+    """Decode an input image (a file, or an image part by path or in memory) as RGB. A missing,
+    unreadable, undecodable or empty image is an InputImageError; other OS errors (too many open
+    files, I/O errors) pass through as they may go away."""
+    if isinstance(source, ImagePart) and source.image is not None:
+        return _in_memory_rgb(source.image, source.label)
+    path = source.path if isinstance(source, ImagePart) else source
     missing = (FileNotFoundError, IsADirectoryError, NotADirectoryError)
     try:
         with Image.open(path) as image:
@@ -103,6 +175,16 @@ def load_rgb(path: Path) -> Image.Image:
     except (Image.DecompressionBombError, SyntaxError, ValueError) as error:
         cause = error
     raise InputImageError(f"input image {path}: {type(cause).__name__}: {cause}") from cause
+
+
+def _in_memory_rgb(image: Image.Image, label: str) -> Image.Image:
+    """An in-memory image as RGB; an empty one, or one whose lazy decoding fails, is an InputImageError."""
+    if image.width < 1 or image.height < 1:
+        raise InputImageError(f"input image {label}: empty ({image.width}x{image.height})")
+    try:
+        return image.convert("RGB")
+    except (OSError, ValueError, SyntaxError) as error:
+        raise InputImageError(f"input image {label}: {type(error).__name__}: {error}") from error
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import openai
 from openai.types.chat import ChatCompletion
 
-from resources.chat import ChatRequest, Decoding, ImagePart, InputImageError, ModelRef
+from resources.chat import ChatRequest, Decoding, ImagePart, ModelRef, ProbedAnswer, TokenProbs
 from resources.messages import chat_messages
 
 # Which kind of server answers: only a vLLM server gets vLLM's extensions to the request
@@ -98,12 +98,10 @@ def image_mime(data: bytes, name: str) -> str:
 
 
 def image_data_url(part: ImagePart) -> str:
-    """The image file inline as a base64 `data:` URL: the server need not share this machine's disk."""
-    try:
-        data = part.path.read_bytes()
-    except (FileNotFoundError, IsADirectoryError) as error:
-        raise InputImageError(f"input image {part.path}: {type(error).__name__}: {error}") from error
-    return f"data:{image_mime(data, part.path.name)};base64,{base64.b64encode(data).decode('ascii')}"
+    """The image inline as a base64 `data:` URL (a file's own bytes, an in-memory image as PNG): the
+    server need not share this machine's disk."""
+    data, name = part.encoded()
+    return f"data:{image_mime(data, name)};base64,{base64.b64encode(data).decode('ascii')}"
 
 
 def _image_url_content(part: ImagePart) -> dict[str, Any]:
@@ -163,8 +161,29 @@ class OpenAIBackend:
         0.12), and the answer is returned unstripped, as the transformers backend does: the server
         guarantees a full match. Other servers have no such field: they answer unguided, the answer is
         stripped, and the stage's parser alone decides whether it has the format."""
-        guided = decoding.regex is not None and self.server == "vllm"
-        extra_body = {"structured_outputs": {"regex": decoding.regex}} if guided else None
+        texts = [
+            _first_choice(answer).message.content or "" for answer in self._generate_all(requests, decoding)
+        ]
+        return texts if self._guided(decoding) else [text.strip() for text in texts]
+
+    def generate_probed(
+        self, requests: Sequence[ChatRequest], decoding: Decoding, tokens: Sequence[str]
+    ) -> list[ProbedAnswer]:
+        """`generate`'s answers, unstripped, with the probabilities of `tokens` read from the same
+        completions' standard `logprobs`/`top_logprobs` fields: a token outside the server's top list
+        counts 0 (the generated token itself is always listed). Offsets come from the listed token
+        texts; when those do not spell the answer exactly, no positions are returned."""
+        answers = self._generate_all(requests, decoding, logprobs=True, top_logprobs=self.top_logprobs)
+        return [_probed(answer, tokens) for answer in answers]
+
+    def _guided(self, decoding: Decoding) -> bool:
+        return decoding.regex is not None and self.server == "vllm"
+
+    def _generate_all(
+        self, requests: Sequence[ChatRequest], decoding: Decoding, **extra: Any
+    ) -> list[ChatCompletion]:
+        """One completion per request under `decoding` (its regex sent to vLLM servers only)."""
+        extra_body = {"structured_outputs": {"regex": decoding.regex}} if self._guided(decoding) else None
 
         def call(request: ChatRequest) -> ChatCompletion:
             return self._create(
@@ -174,10 +193,10 @@ class OpenAIBackend:
                 max_tokens=decoding.max_new_tokens,
                 seed=decoding.seed,
                 extra_body=extra_body,
+                **extra,
             )
 
-        texts = [_first_choice(answer).message.content or "" for answer in self._run_all(call, requests)]
-        return texts if guided else [text.strip() for text in texts]
+        return self._run_all(call, requests)
 
     def next_token_probs(
         self, requests: Sequence[ChatRequest], assistant_prefixes: Sequence[str], tokens: Sequence[str]
@@ -261,6 +280,24 @@ def _first_choice(answer: ChatCompletion) -> Any:
     if not choices:
         raise ChatAPIError(200, f"response without choices: {str(answer)[:500]}")
     return choices[0]
+
+
+def _probed(answer: ChatCompletion, tokens: Sequence[str]) -> ProbedAnswer:
+    """The answer text with `tokens`' probabilities at each generated position that wrote one of them."""
+    choice = _first_choice(answer)
+    text = choice.message.content or ""
+    content = (choice.logprobs.content if choice.logprobs is not None else None) or []
+    if "".join(entry.token for entry in content) != text:
+        return ProbedAnswer(text, ())
+    positions, offset = [], 0
+    for entry in content:
+        if entry.token in tokens:
+            listed = {top.token: float(top.logprob) for top in entry.top_logprobs or []}
+            listed[entry.token] = float(entry.logprob)
+            probs = {token: math.exp(listed[token]) if token in listed else 0.0 for token in tokens}
+            positions.append(TokenProbs(offset, probs))
+        offset += len(entry.token)
+    return ProbedAnswer(text, tuple(positions))
 
 
 def _token_probs(answer: ChatCompletion, tokens: Sequence[str]) -> dict[str, float]:

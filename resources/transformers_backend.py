@@ -18,12 +18,13 @@ from transformers import (
     AutoTokenizer,
     BatchEncoding,
     GenerationConfig,
+    LogitsProcessor,
     LogitsProcessorList,
     PreTrainedModel,
     ProcessorMixin,
 )
 
-from resources.chat import ChatRequest, Decoding, ImagePart, ModelRef, load_rgb
+from resources.chat import ChatRequest, Decoding, ImagePart, ModelRef, ProbedAnswer, TokenProbs, load_rgb
 from resources.guided import RegexLogitsProcessor, TokenTable
 from resources.messages import Message, chat_messages
 
@@ -163,18 +164,52 @@ class TransformersBackend:
         Each chunk is seeded from decoding.seed, so sampling repeats for the same inputs. With
         decoding.regex the answer is constrained to match it in full and is not stripped (the match is
         the answer, whitespace included); it can fall short only if max_new_tokens runs out first."""
-        config = self._generation_config(decoding)
         answers: list[str] = []
         for chunk in _chunks(requests, self.batch_size):
-            inputs = self._encode(chunk, [self._render(request) for request in chunk])
-            prompt_length = inputs["input_ids"].shape[1]
-            guided = self._regex_processors(decoding, prompt_length)
-            with torch.inference_mode(), torch.random.fork_rng(devices=self._rng_devices()):
-                torch.manual_seed(decoding.seed)
-                output = self.net.generate(**inputs, generation_config=config, logits_processor=guided)
-            texts = self.tokenizer.batch_decode(output[:, prompt_length:], skip_special_tokens=True)
+            new_tokens = self._generate_chunk(chunk, decoding, None)
+            texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
             answers += texts if decoding.regex else [text.strip() for text in texts]
         return answers
+
+    def generate_probed(
+        self, requests: Sequence[ChatRequest], decoding: Decoding, tokens: Sequence[str]
+    ) -> list[ProbedAnswer]:
+        """`generate`'s answers, unstripped, with the probabilities of `tokens` recorded during the same
+        generate() call (a logits processor placed before the regex constraint sees the raw logits and
+        keeps only these few columns, instead of the whole vocabulary per step as `output_logits` would)
+        at every position where one of them was generated."""
+        token_ids = [self._single_token_id(token) for token in tokens]
+        answers: list[ProbedAnswer] = []
+        for chunk in _chunks(requests, self.batch_size):
+            recorder = _ProbRecorder(token_ids)
+            new_tokens = self._generate_chunk(chunk, decoding, recorder)
+            for row, ids in enumerate(new_tokens.tolist()):
+                positions = tuple(
+                    TokenProbs(
+                        offset=len(self.tokenizer.decode(ids[:step], skip_special_tokens=True)),
+                        probs=dict(zip(tokens, recorder.steps[step][row].tolist(), strict=True)),
+                    )
+                    for step, token_id in enumerate(ids)
+                    if token_id in token_ids
+                )
+                answers.append(ProbedAnswer(self.tokenizer.decode(ids, skip_special_tokens=True), positions))
+        return answers
+
+    def _generate_chunk(
+        self, chunk: Sequence[ChatRequest], decoding: Decoding, recorder: LogitsProcessor | None
+    ) -> torch.Tensor:
+        """One seeded generate() call over a chunk: the new token ids, padded after each row's end."""
+        config = self._generation_config(decoding)
+        inputs = self._encode(chunk, [self._render(request) for request in chunk])
+        prompt_length = inputs["input_ids"].shape[1]
+        processors = LogitsProcessorList([recorder] if recorder is not None else [])
+        processors += self._regex_processors(decoding, prompt_length) or []
+        with torch.inference_mode(), torch.random.fork_rng(devices=self._rng_devices()):
+            torch.manual_seed(decoding.seed)
+            output = self.net.generate(
+                **inputs, generation_config=config, logits_processor=processors or None
+            )
+        return output[:, prompt_length:]
 
     def _regex_processors(self, decoding: Decoding, prompt_length: int) -> LogitsProcessorList | None:
         """The regex constraint for one generate() call, if asked for; the token table behind it is
@@ -224,4 +259,17 @@ class TransformersBackend:
 
 
 def _load_image(part: ImagePart) -> Image.Image:
-    return load_rgb(part.path)
+    return load_rgb(part)
+
+
+class _ProbRecorder(LogitsProcessor):
+    """Keeps, for each generation step, the softmax over the whole vocabulary read at a few token ids
+    (rows = batch rows); changes nothing."""
+
+    def __init__(self, token_ids: list[int]) -> None:
+        self.token_ids = token_ids
+        self.steps: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self.steps.append(torch.softmax(scores.float(), dim=-1)[:, self.token_ids].cpu())
+        return scores

@@ -7,7 +7,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from resources.chat import ChatRequest, Decoding, ImagePart, ModelRef, load_rgb
+from resources.chat import ChatRequest, Decoding, ImagePart, ModelRef, ProbedAnswer, TokenProbs, load_rgb
 from resources.messages import Message, chat_messages
 
 MAX_IMAGES_PER_PROMPT = 4
@@ -17,7 +17,7 @@ TOP_LOGPROBS = 20  # vLLM's default max_logprobs
 def _pil_content(part: ImagePart) -> dict[str, Any]:
     """The image decoded here as RGB (like the transformers backend), so vLLM reads no files itself
     and needs no `allowed_local_media_path`."""
-    return {"type": "image_pil", "image_pil": load_rgb(part.path)}
+    return {"type": "image_pil", "image_pil": load_rgb(part)}
 
 
 class VllmBackend:
@@ -70,22 +70,56 @@ class VllmBackend:
         With decoding.regex the engine's structured outputs constrain the answer
         (`SamplingParams(structured_outputs=StructuredOutputsParams(regex=...))`, current vLLM; the older
         `guided_decoding=GuidedDecodingParams(...)` was removed in v0.12), and it is returned unstripped."""
+        conversations = [chat_messages(request, None, _pil_content) for request in requests]
+        outputs = self.llm.chat(conversations, sampling_params=self._params(decoding), use_tqdm=False)
+        texts = [output.outputs[0].text for output in outputs]
+        return texts if decoding.regex is not None else [text.strip() for text in texts]
+
+    def generate_probed(
+        self, requests: Sequence[ChatRequest], decoding: Decoding, tokens: Sequence[str]
+    ) -> list[ProbedAnswer]:
+        """`generate`'s answers, unstripped, with the probabilities of `tokens` from the same call:
+        `SamplingParams(logprob_token_ids=[...])` makes the engine return the log-probabilities of
+        exactly these ids (from the raw logits) at every generated position, so no digit is lost
+        outside a top-k list."""
+        token_ids = [self._single_token_id(token) for token in tokens]
+        params = self._params(decoding, logprob_token_ids=token_ids)
+        conversations = [chat_messages(request, None, _pil_content) for request in requests]
+        outputs = self.llm.chat(conversations, sampling_params=params, use_tqdm=False)
+        tokenizer = self.llm.get_tokenizer()
+        answers = []
+        for output in outputs:
+            completion = output.outputs[0]
+            ids, steps = list(completion.token_ids), completion.logprobs or []
+            positions = tuple(
+                TokenProbs(
+                    offset=len(tokenizer.decode(ids[:step], skip_special_tokens=True)),
+                    probs={
+                        token: math.exp(steps[step][wanted].logprob) if wanted in steps[step] else 0.0
+                        for token, wanted in zip(tokens, token_ids, strict=True)
+                    },
+                )
+                for step, token_id in enumerate(ids)
+                if token_id in token_ids and step < len(steps)
+            )
+            answers.append(ProbedAnswer(completion.text, positions))
+        return answers
+
+    def _params(self, decoding: Decoding, **extra: Any) -> Any:
+        """SamplingParams for a decoding, with its regex as structured outputs when set."""
         guided = (
             {"structured_outputs": self._structured_outputs(regex=decoding.regex)}
             if decoding.regex is not None
             else {}
         )
-        params = self._sampling_params(
+        return self._sampling_params(
             max_tokens=decoding.max_new_tokens,
             temperature=decoding.temperature,
             top_p=decoding.top_p,
             seed=decoding.seed,
             **guided,
+            **extra,
         )
-        conversations = [chat_messages(request, None, _pil_content) for request in requests]
-        outputs = self.llm.chat(conversations, sampling_params=params, use_tqdm=False)
-        texts = [output.outputs[0].text for output in outputs]
-        return texts if decoding.regex is not None else [text.strip() for text in texts]
 
     def next_token_probs(
         self, requests: Sequence[ChatRequest], assistant_prefixes: Sequence[str], tokens: Sequence[str]
