@@ -211,6 +211,7 @@ def train_rl_policy(
             "device": nft.get("device", "cpu"),
             "dtype": nft.get("dtype", "float32"),
             "max_new_tokens": profile.critic.max_new_tokens,
+            "guided": profile.guided,
         },
         "held_out_critic": config.held_out_critic,
         "reward": reward,

@@ -14,6 +14,7 @@ By hand: python -m firm_assets.rl.train --params params.json
 
 import argparse
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -46,9 +47,11 @@ def load_prompts(path: Path) -> tuple[list[PromptItem], dict[str, str | None]]:
 
 
 def step_metrics(log: StepLog) -> dict[str, float]:
-    """A step's numbers for MLflow and the drift checks; a reward statistic with no unmasked sample
-    is left out, never written as 0."""
-    metrics = {"loss": log.loss, "masked_fraction": log.masked_fraction, "grad_norm": log.grad_norm}
+    """A step's numbers for MLflow and the drift checks; the loss and reward statistics of a step whose
+    rewards were all masked (no update made) are left out, never written as 0."""
+    metrics = {"masked_fraction": log.masked_fraction, "grad_norm": log.grad_norm}
+    if math.isfinite(log.loss):
+        metrics["loss"] = log.loss
     if log.reward_mean is not None:
         metrics["reward_mean"] = log.reward_mean
     if log.reward_std is not None:
@@ -100,7 +103,11 @@ class StepTracker:
 
 def _load_scorer(source: str, critic: dict[str, Any]) -> CriticScorer:
     return CriticScorer.load(
-        source, device=critic["device"], dtype=critic["dtype"], max_new_tokens=critic["max_new_tokens"]
+        source,
+        device=critic["device"],
+        dtype=critic["dtype"],
+        max_new_tokens=critic["max_new_tokens"],
+        guided=critic["guided"],
     )
 
 
