@@ -47,6 +47,8 @@ from warehouse.connection import Warehouse
 from warehouse.lineage import find_policy_versions
 
 REPO = Path(__file__).resolve().parent.parent
+# the module fixture runs curation, two critic SFTs and two RL runs: more than the default per test
+pytestmark = pytest.mark.timeout(1200)
 POLICIES = (EDIT_POLICY.name, GEN_POLICY.name)
 
 
@@ -313,7 +315,17 @@ def rl_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
         ):
             patch.delenv(name, raising=False)
         selection = AssetSelection.groups("edit", "gen", "critics", "rl")
-        first = materialize([*ASSETS, *CHECKS], resources=build_resources(), selection=selection)
+        prompts = home.parent / "prompts.txt"
+        prompts.write_text("a red cube on a table\na dog in the snow\ntwo blue cups\n")
+        small = {  # few inputs: the policies need only a critic and two prompt groups per step
+            "ops": {
+                "edit_requests": {"config": {"demo_size": 4}},
+                "gen_prompts": {"config": {"prompt_files": [str(prompts)]}},
+            }
+        }
+        first = materialize(
+            [*ASSETS, *CHECKS], resources=build_resources(), selection=selection, run_config=small
+        )
         second = materialize(
             [*ASSETS, *CHECKS], resources=build_resources(), selection=AssetSelection.groups("rl")
         )
