@@ -149,7 +149,8 @@ class ModelHandler:
                 request, prefix = self._request(payload)
             except ValueError as error:
                 return 400, {}, {"error": {"message": str(error), "type": "BadRequestError"}}
-            if not payload.get("logprobs"):
+            generating = not payload.get("logprobs") or payload["max_tokens"] > 1
+            if generating:
                 decoding = Decoding(
                     max_new_tokens=payload["max_tokens"],
                     temperature=payload["temperature"],
@@ -157,12 +158,41 @@ class ModelHandler:
                     seed=payload["seed"],
                     regex=(payload.get("structured_outputs") or {}).get("regex"),
                 )
+                if payload.get("logprobs"):
+                    return 200, {}, self._probed(request, decoding, payload["top_logprobs"])
                 return 200, {}, completion(self.backend.generate([request], decoding)[0])
             probs = self.backend.next_token_probs([request], [prefix], self.vocab)[0]
             top = sorted(probs.items(), key=lambda item: -item[1])[: payload["top_logprobs"]]
             entries = [{"token": token, "logprob": math.log(p), "bytes": None} for token, p in top]
             content = [{**entries[0], "top_logprobs": entries}]
             return 200, {}, completion(top[0][0], {"content": content})
+
+    def _probed(self, request: ChatRequest, decoding: Decoding, top_logprobs: int) -> dict[str, Any]:
+        """A generation with per-token logprobs, built from the backend's probed answer: each score
+        digit it wrote is its own entry (its logprob, and the digits' as its top_logprobs, best first,
+        cut to `top_logprobs`); the text between digits travels as one entry each, without
+        alternatives (a real server splits it finer; the client only joins the texts)."""
+        (answer,) = self.backend.generate_probed([request], decoding, list("12345"))
+        content, start = [], 0
+        for position in answer.positions:
+            if position.offset > start:
+                text = answer.text[start : position.offset]
+                content.append({"token": text, "logprob": 0.0, "bytes": None, "top_logprobs": []})
+            digit = answer.text[position.offset]
+            ranked = sorted(position.probs.items(), key=lambda item: -item[1])[:top_logprobs]
+            alternatives = [{"token": t, "logprob": math.log(p), "bytes": None} for t, p in ranked if p > 0]
+            content.append(
+                {
+                    "token": digit,
+                    "logprob": math.log(position.probs[digit]),
+                    "bytes": None,
+                    "top_logprobs": alternatives,
+                }
+            )
+            start = position.offset + 1
+        if start < len(answer.text):
+            content.append({"token": answer.text[start:], "logprob": 0.0, "bytes": None, "top_logprobs": []})
+        return completion(answer.text, {"content": content})
 
     def _request(self, payload: dict[str, Any]) -> tuple[ChatRequest, str]:
         messages = list(payload["messages"])

@@ -30,6 +30,7 @@ from loopback import (
     model_entry,
     request_text,
 )
+from PIL import Image
 
 from firm_assets.curation.parsers import CAPTION_TEXT
 from firm_assets.curation.prompts import load_template
@@ -258,6 +259,53 @@ def test_next_token_probs_match_the_serving_model(
     continued = [payload.get("continue_final_message", False) for payload in sent]
     assert sorted(continued) == [False, True, True, True]
     assert all(payload["max_tokens"] == 1 and payload["logprobs"] is True for payload in sent)
+
+
+def test_generate_probed_matches_the_serving_model(
+    client: Client,
+    model_server: tuple[LoopbackServer, ModelHandler],
+    vl: TransformersBackend,
+    requests: list[ChatRequest],
+) -> None:
+    """One request per answer, asking for logprobs: the digits' offsets are rebuilt from the token texts
+    and their probabilities read from top_logprobs (a digit outside the server's top list counts 0,
+    the generated digit is always there); token texts that do not spell the answer give no positions."""
+    server, handler = model_server
+    judge = Decoding(max_new_tokens=48, regex=JUDGE)
+    expected = [vl.generate_probed([request], judge, DIGITS)[0] for request in requests]
+    count = len(handler.payloads)
+    answers = client(server.base_url, "tiny").generate_probed(requests, judge, DIGITS)
+    assert all(p["logprobs"] is True and p["top_logprobs"] == 20 for p in handler.payloads[count:])
+    for answer, reference in zip(answers, expected, strict=True):
+        assert answer.text == reference.text
+        assert [p.offset for p in answer.positions] == [p.offset for p in reference.positions] != []
+        for position, reference_position in zip(answer.positions, reference.positions, strict=True):
+            assert position.probs == pytest.approx(reference_position.probs, rel=1e-6)
+
+    (narrow,) = client(server.base_url, "tiny", top_logprobs=1).generate_probed(requests[:1], judge, DIGITS)
+    for position, reference_position in zip(narrow.positions, expected[0].positions, strict=True):
+        written = narrow.text[position.offset]
+        best = max(reference_position.probs, key=reference_position.probs.__getitem__)
+        kept = {written, best}
+        assert position.probs == pytest.approx(
+            {d: reference_position.probs[d] if d in kept else 0.0 for d in DIGITS}, rel=1e-6
+        )
+
+
+def test_in_memory_images_travel_as_png(
+    client: Client,
+    model_server: tuple[LoopbackServer, ModelHandler],
+    vl: TransformersBackend,
+    images: list[ImagePart],
+) -> None:
+    server, handler = model_server
+    with Image.open(images[1].path) as decoded:  # RGBA from disk, held in memory
+        part = ImagePart.from_image(decoded.copy())
+    request = ChatRequest(user=(part, "What is this?"))
+    count = len(handler.mimes)
+    answers = client(server.base_url, "tiny").generate([request], GREEDY)
+    assert handler.mimes[count:] == ["image/png"]
+    assert answers == vl.generate([request], GREEDY)
 
 
 def test_tokens_outside_the_top_logprobs_are_zero(
@@ -501,7 +549,18 @@ class FakeVllm:
                     )
                     # logprob of the token "1" encodes which conversation this was; "2" is never reported
                     logprobs = [{fake.tokenizer.encode("1")[0]: SimpleNamespace(logprob=-len(text))}]
-                    completion = SimpleNamespace(text=f" {text.upper()} ", logprobs=logprobs)
+                    answer = f" {text.upper()} "
+                    token_ids = fake.tokenizer.encode(answer, add_special_tokens=False)
+                    named = kwargs["sampling_params"].kwargs.get("logprob_token_ids")
+                    if named:  # asked for named ids: at every step, id at rank r has logprob -(r + 1)
+                        logprobs = [
+                            {
+                                wanted: SimpleNamespace(logprob=-(rank + 1.0))
+                                for rank, wanted in enumerate(named)
+                            }
+                            for _ in token_ids
+                        ]
+                    completion = SimpleNamespace(text=answer, token_ids=token_ids, logprobs=logprobs)
                     outputs.append(SimpleNamespace(outputs=[completion]))
                 return outputs
 
@@ -561,6 +620,15 @@ def test_vllm_backend_drives_the_engine(
     # "Score: ", the user text of request 1, "The answer is", the user text of request 3: order is kept
     assert [row["1"] for row in probs] == [math.exp(-7), math.exp(-23), math.exp(-13), math.exp(-13)]
     assert all(row["2"] == 0.0 for row in probs)
+
+    # one pass: the digits' log-probabilities are asked by token id, read where the answer writes a digit
+    (probed,) = backend.generate_probed(requests[:1], Decoding(max_new_tokens=32), DIGITS)
+    sent = fake.chats.pop()["sampling_params"].kwargs
+    assert sent["logprob_token_ids"] == [vl.tokenizer.encode(d, add_special_tokens=False)[0] for d in DIGITS]
+    assert probed.text == " RATE THE EDIT FROM 1 TO 5. "
+    assert [probed.text[p.offset] for p in probed.positions] == ["1", "5"]
+    expected = {d: math.exp(-(rank + 1.0)) for rank, d in enumerate(DIGITS)}
+    assert all(p.probs == pytest.approx(expected) for p in probed.positions)
 
     fake.init_kwargs = {}
     VllmBackend(str(tiny_models[TEXT_NAME]))

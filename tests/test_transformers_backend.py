@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
+from PIL import Image
 
 from resources.chat import ChatRequest, Decoding, ImagePart
 from resources.tiny_models import TEXT_NAME, VL_NAME
@@ -101,3 +103,66 @@ def test_text_model_rejects_images(text: TransformersBackend, requests: list[Cha
         text.generate(requests[:1], GREEDY)
     with pytest.raises(ValueError, match="text-only"):
         text.next_token_probs(requests[:1], [""], DIGITS)
+
+
+JUDGE = Decoding(max_new_tokens=48, regex=r'\{"reasoning": "[a-z ]{0,20}", "score": [1-5]\}')
+
+
+def test_in_memory_images_answer_as_their_files_do(
+    vl: TransformersBackend, requests: list[ChatRequest]
+) -> None:
+    """An ImagePart holding the decoded image gives the same answers and probabilities as its file."""
+
+    def in_memory(request: ChatRequest) -> ChatRequest:
+        parts = tuple(
+            ImagePart.from_image(Image.open(part.path)) if isinstance(part, ImagePart) and part.path else part
+            for part in request.user
+        )
+        return ChatRequest(user=parts, system=request.system)
+
+    memory = [in_memory(request) for request in requests]
+    assert all(part.path is None for request in memory for part in request.images)
+    assert vl.generate(memory, GREEDY) == vl.generate(requests, GREEDY)
+    from_memory = vl.next_token_probs(memory, ["Score: "] * 4, DIGITS)
+    from_files = vl.next_token_probs(requests, ["Score: "] * 4, DIGITS)
+    for row, expected in zip(from_memory, from_files, strict=True):
+        assert row == pytest.approx(expected)
+
+
+def test_generate_probed_answers_as_generate_does(
+    vl: TransformersBackend, requests: list[ChatRequest]
+) -> None:
+    probed = vl.generate_probed(requests, JUDGE, DIGITS)
+    assert [answer.text for answer in probed] == vl.generate(requests, JUDGE)
+    for answer in probed:
+        assert answer.positions, "every guided answer writes its score digit"
+        for position in answer.positions:
+            assert answer.text[position.offset] in DIGITS
+            assert list(position.probs) == DIGITS
+            assert 0 < sum(position.probs.values()) <= 1
+
+
+def test_generate_probed_reads_the_distribution_the_digit_was_drawn_from(
+    vl: TransformersBackend, requests: list[ChatRequest]
+) -> None:
+    """The recorded probabilities equal a teacher-forced forward pass over the prompt and the tokens
+    actually generated before the digit (not a re-tokenisation of the answer's text)."""
+    request = requests[0]
+    (answer,) = vl.generate_probed([request], JUDGE, DIGITS)
+    generated = vl._generate_chunk([request], JUDGE, None)[0].tolist()
+    digit_ids = [vl.tokenizer.encode(digit, add_special_tokens=False)[0] for digit in DIGITS]
+    steps = [step for step, token in enumerate(generated) if token in digit_ids]
+    assert len(steps) == len(answer.positions) >= 1
+    for step, position in zip(steps, answer.positions, strict=True):
+        inputs = vl._encode([request], [vl._render(request)])
+        length = inputs["input_ids"].shape[1]
+        for key, value in inputs.items():  # every per-token row grows by the generated tokens
+            if key != "input_ids" and value.dim() == 2 and value.shape[1] == length:
+                fill = 1 if key == "attention_mask" else 0
+                inputs[key] = torch.cat([value, torch.full((1, step), fill, dtype=value.dtype)], dim=1)
+        prefix = torch.tensor([generated[:step]], dtype=inputs["input_ids"].dtype)
+        inputs["input_ids"] = torch.cat([inputs["input_ids"], prefix], dim=1)
+        with torch.inference_mode():
+            logits = vl.net(**inputs).logits[0, -1].float()
+        forced = torch.softmax(logits, dim=-1)[digit_ids].tolist()
+        assert list(position.probs.values()) == pytest.approx(forced, rel=1e-3)

@@ -239,7 +239,8 @@ class CriticScorer:
         scores = self._score(jobs, mode)
         return [GenScores(*scores[index : index + 2]) for index in range(0, len(scores), 2)]
 
-    def _decoding(self, dimension: Dimension) -> Decoding:
+    def decoding(self, dimension: Dimension) -> Decoding:
+        """How a dimension is asked: greedy, and held to its answer format when `guided`."""
         guide = dimension.task.parser.guide
         regex = guide(self.max_new_tokens) if self.guided and guide else None
         return Decoding(max_new_tokens=self.max_new_tokens, regex=regex)
@@ -251,20 +252,19 @@ class CriticScorer:
         results: list[DimensionScore | None] = [
             DimensionScore(None, job.failure) if job.request is None else None for job in jobs
         ]
-        batches: dict[Decoding, list[int]] = {}
+        batches: dict[Decoding, list[tuple[int, Dimension, ChatRequest]]] = {}
         for index, job in enumerate(jobs):
             if job.request is not None:
-                batches.setdefault(self._decoding(job.dimension), []).append(index)
-        for decoding, indices in batches.items():
-            requests = [jobs[index].request for index in indices]
-            answers = self._answers([request for request in requests if request is not None], decoding, mode)
-            for index, answer in zip(indices, answers, strict=True):
-                request = jobs[index].request
-                assert request is not None
+                batches.setdefault(self.decoding(job.dimension), []).append(
+                    (index, job.dimension, job.request)
+                )
+        for decoding, batch in batches.items():
+            answers = self._answers([request for _, _, request in batch], decoding, mode)
+            for (index, dimension, request), answer in zip(batch, answers, strict=True):
                 results[index] = (
                     DimensionScore(None, answer)
                     if isinstance(answer, str)
-                    else read_score(jobs[index].dimension, answer, prompt_text(request), mode)
+                    else read_score(dimension, answer, prompt_text(request), mode)
                 )
         return [result for result in results if result is not None]
 
@@ -312,6 +312,7 @@ def _registered_critic(uri: str, tracking_uri: str | None) -> Path:
     `save_pretrained` on first use (reused after)."""
     import mlflow.artifacts
     import mlflow.transformers
+    from mlflow import MlflowClient
 
     from resources.home import home_path
     from resources.tracking import default_tracking_uri
@@ -325,8 +326,14 @@ def _registered_critic(uri: str, tracking_uri: str | None) -> Path:
     staging = folder.with_name("staging")
     shutil.rmtree(staging, ignore_errors=True)
     store = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+    # the registry and tracking clients named explicitly: `models:/` URIs would resolve through
+    # MLflow's process-wide settings, not this store
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
+    name, version = name_version.split("/")
     logged = mlflow.artifacts.download_artifacts(
-        artifact_uri=uri, dst_path=str(staging / "logged"), tracking_uri=store, registry_uri=store
+        artifact_uri=client.get_model_version_download_uri(name, version),
+        dst_path=str(staging / "logged"),
+        tracking_uri=store,
     )
     components = mlflow.transformers.load_model(logged, return_type="components")
     components["model"].save_pretrained(staging / "model")
