@@ -88,6 +88,9 @@ def _audit(warehouse: Warehouse, args: argparse.Namespace) -> int:
         dataset_report,
         find_critic_versions,
         find_dataset_versions,
+        find_policy_versions,
+        policy_prompts,
+        policy_report,
         sample_critics,
         sample_memberships,
     )
@@ -102,6 +105,11 @@ def _audit(warehouse: Warehouse, args: argparse.Namespace) -> int:
         for row in critics.iter_rows(named=True):
             print(critic_report(row))
         return 0 if critics.height else 1
+    if args.kind == "policy":
+        policies = find_policy_versions(warehouse, args.ref)
+        for row in policies.iter_rows(named=True):
+            print(policy_report(row, policy_prompts(warehouse, row["prompt_set"], row["prompt_set_version"])))
+        return 0 if policies.height else 1
     memberships = sample_memberships(warehouse, args.ref)
     print(f"sample {args.ref}: in {memberships.height} dataset version(s)")
     for row in memberships.iter_rows(named=True):
@@ -124,15 +132,26 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("job", nargs="?", default="main")
     run.set_defaults(func=run_job)
     audit_parser = commands.add_parser(
-        "audit", help="lineage: what produced a dataset or a critic; where a sample went"
+        "audit",
+        help="lineage: what produced a dataset or a critic; which critic, data and prompts trained a"
+        " policy; where a sample went",
     )
-    audit_parser.add_argument("kind", choices=("dataset", "critic", "sample"))
+    audit_parser.add_argument("kind", choices=("dataset", "critic", "policy", "sample"))
     audit_parser.add_argument(
-        "ref", help="dataset or critic name, name@version-prefix or version prefix; or a sample id"
+        "ref", help="dataset, critic or policy name, name@version-prefix or version prefix; or a sample id"
+    )
+    audit_parser.add_argument(
+        "--version",
+        default="",
+        help="version prefix of the named dataset, critic or policy (same as name@prefix)",
     )
     audit_parser.set_defaults(func=audit)
     add_serve_parser(commands)
     args = parser.parse_args(argv)
+    if getattr(args, "version", ""):
+        if args.kind == "sample":
+            parser.error("--version names a version of a dataset, critic or policy, not of a sample")
+        args.ref = f"{args.ref}@{args.version}"
     return args.func(args)
 
 

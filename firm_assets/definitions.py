@@ -21,7 +21,9 @@ from firm_assets.gen import checklists, images, prompts
 from firm_assets.gen import checks as gen_checks
 from firm_assets.gen import dataset as gen_dataset
 from firm_assets.gen import scores as gen_scores
-from jobs.curation import edit_curation_job, gen_curation_job, main_job
+from firm_assets.rl import assets as rl_assets
+from firm_assets.rl import checks as rl_checks
+from jobs.curation import edit_curation_job, gen_curation_job, main_job, rl_job
 from resources.models import ModelsResource
 from resources.profiles import DEFAULT_PROFILE
 from resources.tracking import TrackingResource
@@ -42,6 +44,7 @@ ASSET_MODULES = [
     critic_assets,
     bench_items,
     bench_results,
+    rl_assets,
 ]
 
 
@@ -57,12 +60,12 @@ def build_resources() -> dict:
 
 
 ASSETS = load_assets_from_modules(ASSET_MODULES)
-CHECKS = load_asset_checks_from_modules([edit_checks, gen_checks, bench_checks])
+CHECKS = load_asset_checks_from_modules([edit_checks, gen_checks, bench_checks, rl_checks])
 
 defs = Definitions(
     assets=ASSETS,
     asset_checks=CHECKS,
-    jobs=[main_job, edit_curation_job, gen_curation_job],
+    jobs=[main_job, edit_curation_job, gen_curation_job, rl_job],
     schedules=[nightly_edit_recuration],
     sensors=[edit_requests_changed],
     resources=build_resources(),

@@ -4,6 +4,7 @@ from dagster import AssetSelection, define_asset_job, in_process_executor
 
 EDIT_GROUP = "edit"
 GEN_GROUP = "gen"
+RL_GROUP = "rl"
 
 main_job = define_asset_job(
     "main",
@@ -24,4 +25,12 @@ gen_curation_job = define_asset_job(
     selection=AssetSelection.groups(GEN_GROUP),
     executor_def=in_process_executor,
     description="Re-curate the FIRM-Gen chain; unchanged samples come from the cache.",
+)
+
+rl_job = define_asset_job(
+    "rl",
+    selection=AssetSelection.groups(RL_GROUP),
+    executor_def=in_process_executor,
+    description="Train the RL policies (DiffusionNFT) against the latest critics and prompt sets; a "
+    "policy version that exists is not retrained.",
 )

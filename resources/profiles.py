@@ -61,6 +61,16 @@ class CriticConfig:
 
 
 @dataclass(frozen=True)
+class PolicyConfig:
+    """An RL policy's base diffusers pipeline and its DiffusionNFT settings on this profile (run config
+    of the policy asset overrides single settings; firm_assets/rl/settings.py merges them)."""
+
+    model: str
+    nft: dict[str, Any]
+    revision: str | None = None
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     captioner: ChatModelConfig
@@ -74,6 +84,7 @@ class Profile:
     score_reader: str
     max_attempts: int
     critic: CriticConfig
+    rl: dict[str, PolicyConfig]  # "edit" and "gen"
 
 
 def _profile(name: str, data: dict[str, Any]) -> Profile:
@@ -90,6 +101,7 @@ def _profile(name: str, data: dict[str, Any]) -> Profile:
         score_reader=data["score_reader"],
         max_attempts=int(data["max_attempts"]),
         critic=CriticConfig(**data["critic"]),
+        rl={task: PolicyConfig(**policy) for task, policy in data["rl"].items()},
     )
 
 

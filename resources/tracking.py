@@ -238,6 +238,32 @@ class TrackingResource(ConfigurableResource):
                 )
             return str(version.version)
 
+    def log_image(self, run_id: str, image: Any, artifact_file: str) -> None:
+        """A PIL image as an artifact of the run (sample grids)."""
+        with self._store_lock():
+            self.client().log_image(run_id, image, artifact_file=artifact_file)
+
+    def register_folder_model(
+        self, run_id: str, name: str, folder: str, artifact_path: str, tags: dict[str, str], unique_tag: str
+    ) -> str:
+        """Copy `folder` (e.g. peft LoRA weights) into the run's artifacts and register it as a new
+        version of `name`, tagged `tags`; returns the version number. As for transformers models, a
+        version with the same `unique_tag` value is returned instead and nothing is logged."""
+        from mlflow.exceptions import MlflowException
+
+        with self._store_lock():
+            client = self.client()
+            existing = client.search_model_versions(
+                f"name = '{name}' AND tags.{unique_tag} = '{tags[unique_tag]}'"
+            )
+            if existing:
+                return str(min(int(version.version) for version in existing))
+            client.log_artifacts(run_id, folder, artifact_path)
+            source = f"{client.get_run(run_id).info.artifact_uri}/{artifact_path}"
+            with contextlib.suppress(MlflowException):  # already registered: add a version to it
+                client.create_registered_model(name)
+            return str(client.create_model_version(name, source, run_id=run_id, tags=tags).version)
+
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         with self._store_lock():
             self.client().set_terminated(run_id, status)

@@ -1,6 +1,7 @@
 """Lineage questions answered from the warehouse: what produced a dataset version or a critic, and
 where a sample went. Reads views and tables only; every answer is exact (no "latest file" guessing)."""
 
+import json
 from typing import Any
 
 import polars as pl
@@ -86,3 +87,48 @@ def sample_critics(warehouse: Warehouse, sample_id: str) -> pl.DataFrame:
         " WHERE m.sample_id = ? ORDER BY c.created_at, c.critic, c.version",
         [sample_id],
     )
+
+
+def find_policy_versions(warehouse: Warehouse, ref: str) -> pl.DataFrame:
+    """Policy versions matching `ref` (a policy name, `name@version-prefix`, or a version prefix), each
+    with its critic, that critic's training dataset and its prompt set, from the `policy_audit` view."""
+    sql, params = _ref_filter("policy", ref)
+    return warehouse.query(f"SELECT * FROM policy_audit {sql} ORDER BY created_at", params)
+
+
+def policy_prompts(warehouse: Warehouse, prompt_set: str, version: str) -> pl.DataFrame:
+    """The prompt groups of one prompt-set version."""
+    return warehouse.query(
+        "SELECT prompt_id, text, source_sha, requirement FROM rl_prompt_sets"
+        " WHERE prompt_set = ? AND version = ? ORDER BY prompt_id",
+        [prompt_set, version],
+    )
+
+
+def policy_report(row: dict[str, Any], prompts: pl.DataFrame, shown: int = 10) -> str:
+    """A policy_audit row as text for `firm audit policy`: which critic (and the data it learned
+    from), which reward, which prompts, which base pipeline, and the runs and registry entry."""
+    reward = json.loads(row["reward"])
+    weights = f"w1={reward['w1']} w2={reward['w2']} normalisation={reward['normalisation']}"
+    lines = [
+        f"policy {row['policy']} version {row['version']}",
+        f"  base model: {row['base_model']} @ {row['base_revision']}",
+        f"  critic: {row['critic']} version {row['critic_version']} (loaded from {row['critic_source']})",
+        f"  critic trained on dataset {row['critic_dataset']} version {row['critic_dataset_version']},"
+        f" registered {row['critic_registered_model']} version {row['critic_model_version']}",
+        f"  reward: {reward['formula']} {weights} score={reward['score_mode']}",
+        f"  prompts: {row['prompt_set']} version {row['prompt_set_version']}"
+        f" ({row['n_prompts']} prompt groups)",
+        *(
+            f"    {p['prompt_id']} {p['text']!r}"
+            + (f" on source {p['source_sha'][:12]}" if p["source_sha"] else "")
+            for p in prompts.head(shown).iter_rows(named=True)
+        ),
+        *([f"    ... and {prompts.height - shown} more"] if prompts.height > shown else []),
+        f"  NFT config: {row['config']}",
+        f"  steps: {row['final_step']}   final loss: {row['final_loss']}   created: {row['created_at']}",
+        f"  LoRA: {row['lora_path']}   EMA LoRA: {row['ema_lora_path']}",
+        f"  trained by Dagster run {row['trained_by_dagster_run']}, MLflow run {row['mlflow_run_id']}",
+        f"  registered model {row['registered_model']} version {row['model_version']}",
+    ]
+    return "\n".join(lines)

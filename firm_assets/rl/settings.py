@@ -1,0 +1,67 @@
+"""Run config of the RL policy assets, and how it combines with the profile: the profile names the
+base pipeline and its DiffusionNFT settings (tiny on cpu-tiny, the public trainers' on the GPU
+profiles); run config overrides single settings and picks the reward."""
+
+from typing import Any, Literal
+
+from dagster import Config
+from pydantic import Field
+
+from firm_assets.rl.rewards import RewardConfig
+from resources.profiles import PolicyConfig
+
+Task = Literal["edit", "gen"]
+NFT_OVERRIDES = ("steps", "prompts_per_step", "group_size", "sampling_steps", "size", "learning_rate", "seed")
+
+
+class RLPolicyConfig(Config):
+    """Run config of `edit_rl_policy` / `gen_rl_policy`. Unset numbers come from the profile."""
+
+    steps: int | None = Field(default=None, description="Optimizer steps; default: the profile's.")
+    prompts_per_step: int | None = None
+    group_size: int | None = Field(default=None, description="Images per prompt group (k).")
+    sampling_steps: int | None = Field(default=None, description="Denoising steps per rollout.")
+    size: int | None = Field(default=None, description="Rollout image side in px.")
+    learning_rate: float | None = None
+    seed: int | None = None
+    formula: str = Field(
+        default="",
+        description="cme | qma | execution_only | naive_sum; empty: CME for editing, QMA for generation.",
+    )
+    w1: float | None = Field(default=None, description="Base weight; default: FIRM's for the formula.")
+    w2: float | None = Field(default=None, description="Bonus weight; default: FIRM's for the formula.")
+    normalisation: str = Field(default="minus1_over4", description="minus1_over4 ((s-1)/4) or over5 (s/5).")
+    score_mode: str = Field(
+        default="expectation", description="parsed (the answer's digit) or expectation (over digit probs)."
+    )
+    held_out_critic: str = Field(
+        default="",
+        description="A critic folder or models:/<name>/<version> that scores the same rollouts for the "
+        "reward-hacking divergence monitor; empty: the training critic's other score dimension.",
+    )
+    grid_every: int = Field(default=1, description="Log a sample grid to MLflow every N steps.")
+    launcher: list[str] = Field(
+        default=[],
+        description="Command prefix that runs a Python module, e.g. ['torchrun', '--nproc-per-node', "
+        "'8', '-m']; default: this interpreter with -m.",
+    )
+
+
+def nft_settings(
+    task: Task, pipeline_path: str, policy: PolicyConfig, config: RLPolicyConfig
+) -> dict[str, Any]:
+    """The NFTConfig fields: the profile's settings, then the run's overrides, plus task and pipeline."""
+    run = {key: getattr(config, key) for key in NFT_OVERRIDES if getattr(config, key) is not None}
+    return {**policy.nft, **run, "task": task, "pipeline_path": pipeline_path}
+
+
+def reward_settings(task: Task, config: RLPolicyConfig) -> RewardConfig:
+    """FIRM's reward for the task (CME for editing, QMA for generation) unless the run picks another
+    formula; weights default to FIRM's for that task."""
+    default = RewardConfig.cme() if task == "edit" else RewardConfig.qma()
+    return RewardConfig(
+        formula=config.formula or default.formula,
+        w1=default.w1 if config.w1 is None else config.w1,
+        w2=default.w2 if config.w2 is None else config.w2,
+        normalisation=config.normalisation,
+    )

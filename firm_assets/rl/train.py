@@ -1,0 +1,198 @@
+"""Online RL of one policy with DiffusionNFT, rewarded by a critic.
+
+Runs as its own process, launched by the policy assets through Dagster Pipes (parameters arrive in a
+JSON file every rank can read). Under torchrun every rank trains; only rank 0 logs to MLflow, keeps
+the step history, registers the LoRA and talks to Dagster. Read it top to bottom: prompts -> reward
+function -> per-step tracking -> train -> register -> report.
+
+Resume: the checkpoint folder is keyed by the policy version, and `train_policy` continues from its
+newest complete checkpoint; the step history (`steps.jsonl` beside the checkpoints) survives with it,
+so the monitors the drift checks read cover the whole run, not only its last attempt.
+
+By hand: python -m firm_assets.rl.train --params params.json
+"""
+
+import argparse
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from firm_assets.critics.scoring import CriticScorer
+from firm_assets.rl.critic_reward import critic_reward_fn
+from firm_assets.rl.grids import sample_grid
+from firm_assets.rl.nft import NFTConfig, PromptItem, StepLog, train_policy
+from firm_assets.rl.rewards import RewardConfig
+from resources.tracking import TrackingResource
+
+HISTORY_FILE = "steps.jsonl"
+
+
+def load_prompts(path: Path) -> tuple[list[PromptItem], dict[str, str | None]]:
+    """The prompt groups the asset wrote (one JSON object a line) and each group's requirement."""
+    items, requirements = [], {}
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        source = Image.open(row["source_path"]).convert("RGB") if row["source_path"] else None
+        items.append(PromptItem(prompt_id=row["prompt_id"], text=row["text"], source=source))
+        requirements[row["prompt_id"]] = row["requirement"]
+    return items, requirements
+
+
+def step_metrics(log: StepLog) -> dict[str, float]:
+    """A step's numbers for MLflow and the drift checks; the loss and reward statistics of a step whose
+    rewards were all masked (no update made) are left out, never written as 0."""
+    metrics = {"masked_fraction": log.masked_fraction, "grad_norm": log.grad_norm}
+    if math.isfinite(log.loss):
+        metrics["loss"] = log.loss
+    if log.reward_mean is not None:
+        metrics["reward_mean"] = log.reward_mean
+    if log.reward_std is not None:
+        metrics["reward_std"] = log.reward_std
+    return {**metrics, **log.monitors}
+
+
+def append_history(path: Path, step: int, metrics: dict[str, float]) -> None:
+    with path.open("a") as handle:
+        handle.write(json.dumps({"step": step, "metrics": metrics}) + "\n")
+
+
+def read_history(path: Path, final_step: int) -> list[dict[str, Any]]:
+    """Step records up to `final_step`, one per step: a step redone after a resume replaces the
+    record of its first attempt; steps past the final one (a killed attempt ran ahead of its last
+    checkpoint) are dropped. A torn last line of a killed writer is skipped."""
+    steps: dict[int, dict[str, Any]] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record["step"] <= final_step:
+                steps[record["step"]] = record
+    return [steps[step] for step in sorted(steps)]
+
+
+class StepTracker:
+    """Rank 0's `on_step`: metrics and sample grids to MLflow, the step to the history file and a
+    line to the Dagster log."""
+
+    def __init__(self, tracking: TrackingResource, run_id: str, history: Path, grid_every: int, log) -> None:
+        self.tracking, self.run_id, self.history = tracking, run_id, history
+        self.grid_every, self.log = grid_every, log
+        self.steps: list[int] = []
+
+    def __call__(self, step: StepLog) -> None:
+        metrics = step_metrics(step)
+        self.tracking.log_values(self.run_id, {}, metrics, step=step.step)
+        append_history(self.history, step.step, metrics)
+        if step.samples and step.step % self.grid_every == 0:
+            grid = sample_grid(step.samples)
+            self.tracking.log_image(self.run_id, grid, f"samples/step_{step.step:05d}.png")
+        self.steps.append(step.step)
+        reward = "masked" if step.reward_mean is None else f"{step.reward_mean:.4f}"
+        self.log(f"step {step.step} loss {step.loss:.4f} reward {reward} masked {step.masked_fraction:.2f}")
+
+
+def _load_scorer(source: str, critic: dict[str, Any]) -> CriticScorer:
+    return CriticScorer.load(
+        source,
+        device=critic["device"],
+        dtype=critic["dtype"],
+        max_new_tokens=critic["max_new_tokens"],
+        guided=critic["guided"],
+    )
+
+
+def register_policy(tracking: TrackingResource, params: dict[str, Any], lora: Path, ema: Path) -> str:
+    """Both LoRA folders and a policy.json naming the base pipeline, as one artifact `policy`,
+    registered as a model version of the policy (once per policy version)."""
+    with tempfile.TemporaryDirectory() as staging:
+        folder = Path(staging)
+        shutil.copytree(lora, folder / "lora")
+        shutil.copytree(ema, folder / "ema_lora")
+        described = {key: params[key] for key in ("policy", "version", "task", "reward", "model_tags")}
+        (folder / "policy.json").write_text(json.dumps({**described, "nft": params["nft"]}, indent=1))
+        return tracking.register_folder_model(
+            params["mlflow_run_id"],
+            params["policy"],
+            str(folder),
+            "policy",
+            params["model_tags"],
+            unique_tag="policy_version",
+        )
+
+
+def train(params: dict[str, Any], log: Callable[[str], None], report, rank: int) -> dict[str, Any]:
+    # prompts
+    prompts, requirements = load_prompts(Path(params["prompts_file"]))
+
+    # reward function: the training critic in this process, plus an optional held-out critic
+    scorer = _load_scorer(params["critic"]["source"], params["critic"])
+    held_out = (
+        _load_scorer(params["held_out_critic"], params["critic"]) if params["held_out_critic"] else None
+    )
+    reward = dict(params["reward"])
+    mode = reward.pop("score_mode")
+    reward_fn = critic_reward_fn(params["task"], scorer, RewardConfig(**reward), mode, requirements, held_out)
+
+    # per-step tracking (rank 0 only)
+    checkpoints = Path(params["checkpoint_dir"])
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    tracking = TrackingResource(tracking_uri=params["tracking_uri"])
+    tracker = (
+        StepTracker(tracking, params["mlflow_run_id"], checkpoints / HISTORY_FILE, params["grid_every"], log)
+        if rank == 0
+        else None
+    )
+
+    # train (resumes from the newest complete checkpoint)
+    started = time.perf_counter()
+    result = train_policy(NFTConfig(**params["nft"]), prompts, reward_fn, checkpoints, on_step=tracker)
+    if tracker is None:
+        return {}
+
+    # register and report
+    model_version = register_policy(tracking, params, result.lora_dir, result.ema_lora_dir)
+    summary = {
+        "final_step": result.final_step,
+        "losses": result.losses,
+        "lora_dir": str(result.lora_dir),
+        "ema_lora_dir": str(result.ema_lora_dir),
+        "model_version": model_version,
+        "critic_source": scorer.critic_version,
+        "history": read_history(checkpoints / HISTORY_FILE, result.final_step),
+        "steps_this_run": len(tracker.steps),
+        "resumed_from_step": min(tracker.steps) - 1 if tracker.steps else result.final_step,
+        "train_seconds": round(time.perf_counter() - started, 2),
+    }
+    report(summary)
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--params", required=True, help="JSON file of parameters (written by the policy asset)"
+    )
+    args = parser.parse_args()
+    params = json.loads(Path(args.params).read_text())
+    from dagster_pipes import DAGSTER_PIPES_CONTEXT_ENV_VAR, open_dagster_pipes
+
+    rank = int(os.environ.get("RANK", "0"))
+    if rank != 0 or DAGSTER_PIPES_CONTEXT_ENV_VAR not in os.environ:
+        train(params, print, lambda summary: print(json.dumps({"final_step": summary["final_step"]})), rank)
+        return
+    with open_dagster_pipes() as pipes:
+        train(params, pipes.log.info, pipes.report_custom_message, rank)
+
+
+if __name__ == "__main__":
+    main()
