@@ -9,7 +9,7 @@ import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from PIL import Image
 
@@ -124,10 +124,17 @@ class ProbedAnswer:
 class ChatBackend(Protocol):
     """Implemented by the transformers, vLLM and OpenAI-compatible backends. `concurrent_calls` says
     whether calls from several threads at once are safe and fill free capacity (a server's pool of
-    request slots); a local engine that runs one batch at a time says False."""
+    request slots); a local engine that runs one batch at a time says False. `chat_template_kwargs`
+    are the extra chat template variables the role renders its prompts with (Qwen3's
+    `enable_thinking`): they change the prompt, so stages put them in the cache key."""
 
     model: ModelRef
     concurrent_calls: bool
+    chat_template_kwargs: dict[str, Any]
+
+    def close(self) -> None:
+        """Release the model (and its GPU memory, an engine's processes, a client's connections)."""
+        ...
 
     def generate(self, requests: Sequence[ChatRequest], decoding: Decoding) -> list[str]:
         """The assistant's answer text for each request, in order."""

@@ -8,9 +8,7 @@ from the pipeline's own call signature, so real weights and the tiny offline pip
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,23 +16,7 @@ from diffusers import DiffusionPipeline
 from PIL import Image, ImageOps
 
 from resources.chat import ModelRef
-
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
-
-
-def weights_revision(folder: Path) -> str:
-    """sha256 (first 16 hex) over the weight files' relative paths and bytes: a local folder has
-    no hub commit, but identical weights must give an identical revision for cache keys."""
-    digest = hashlib.sha256()
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
-    if not files:
-        raise ValueError(f"no weight files under {folder}")
-    for path in files:
-        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()[:16]
+from resources.weights import pinned
 
 
 class DiffusionBackend:
@@ -43,21 +25,20 @@ class DiffusionBackend:
     def __init__(
         self, model_path: str, revision: str | None = None, device: str = "cpu", dtype: str = "float32"
     ) -> None:
-        local = Path(model_path)
         self.device = device
+        identity, revision = pinned(model_path, revision)
         self.pipeline: DiffusionPipeline = DiffusionPipeline.from_pretrained(
-            model_path,
-            revision=None if local.is_dir() else revision,
-            dtype=getattr(torch, dtype),
+            model_path, revision=revision, dtype=getattr(torch, dtype)
         ).to(device)
         self.pipeline.set_progress_bar_config(disable=True)
-        if revision is None:
-            folder = local if local.is_dir() else Path(DiffusionPipeline.download(model_path))
-            revision = weights_revision(folder)
-        self.model = ModelRef(model_id=model_path, revision=revision, backend="diffusers")
+        self.model = ModelRef(model_id=model_path, revision=identity, backend="diffusers")
         self._call_params = set(inspect.signature(self.pipeline.__call__).parameters)
         # Edit pipelines take the source as `image`; text-to-image pipelines have no such input.
         self.is_edit = "image" in self._call_params
+
+    def close(self) -> None:
+        """Drop the pipeline, so its memory (CUDA included) can be freed."""
+        del self.pipeline
 
     @property
     def task(self) -> str:

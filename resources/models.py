@@ -1,16 +1,25 @@
-"""The `models` Dagster resource: turns the chosen profile into loaded backends, once per process."""
+"""The `models` Dagster resource: turns the chosen profile into loaded backends, once per process.
+
+On a profile with `release_between_roles` one GPU holds the roles' models in turn: loading a model
+that is not loaded yet first releases every other one (a vLLM engine shut down, CUDA memory handed
+back), so the editor, the captioner/judge and the planner never sit on the GPU together. Roles that
+share a model config (captioner and judge on one VLM) share one loaded backend, and a stage that
+asks for the model already loaded reloads nothing."""
 
 from __future__ import annotations
 
 import dataclasses
+import gc
 from pathlib import Path
 from typing import Any
 
+import torch
 from dagster import ConfigurableResource
 
 from resources.chat import ChatBackend
 from resources.home import firm_home
 from resources.profiles import (
+    ALONE_GPU_MEMORY_UTILIZATION,
     DEFAULT_PROFILE,
     TINY_PREFIX,
     ChatModelConfig,
@@ -48,21 +57,68 @@ def resolve_model_path(model: str) -> str:
     return str(path)
 
 
-def load_chat_backend(config: ChatModelConfig) -> ChatBackend:
-    """Load (or reuse, within this process) the backend a chat role's config names."""
+def release_loaded() -> None:
+    """Release every loaded backend: each is closed (a vLLM engine shut down, model weights dropped),
+    then garbage is collected and PyTorch's cached CUDA blocks are handed back, so the next model
+    finds the GPU memory free."""
+    for key in list(_LOADED):
+        _LOADED.pop(key).close()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _make_room(cache_key: Any, release_others: bool) -> None:
+    """Before loading the backend under `cache_key`: release the others when the profile says so."""
+    if release_others and cache_key not in _LOADED and _LOADED:
+        release_loaded()
+
+
+def vllm_memory_share(config: ChatModelConfig, alone: bool) -> float:
+    """The vLLM engine's share of GPU memory for a role: its own setting, else 0.85 when the engine
+    has the GPU to itself; engines that share the GPU must each be given theirs."""
+    if config.gpu_memory_utilization is not None:
+        if not 0 < config.gpu_memory_utilization <= 1:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], not {config.gpu_memory_utilization}")
+        return config.gpu_memory_utilization
+    if alone:
+        return ALONE_GPU_MEMORY_UTILIZATION
+    raise ValueError(
+        f"the vLLM role on {config.model!r} shares the GPU with other roles' models "
+        "(release_between_roles is off): set its gpu_memory_utilization in the profile"
+    )
+
+
+def load_chat_backend(config: ChatModelConfig, release_others: bool = False) -> ChatBackend:
+    """Load (or reuse, within this process) the backend a chat role's config names; with
+    `release_others`, any other loaded backend is released first."""
     cache_key = ("chat", config)
+    _make_room(cache_key, release_others)
     if cache_key not in _LOADED:
         path = resolve_model_path(config.model)
+        template_kwargs = config.chat_template_kwargs()
         if config.backend == "transformers":
             from resources.transformers_backend import TransformersBackend
 
             backend = TransformersBackend(
-                path, config.revision, config.device, config.dtype, config.batch_size
+                path,
+                config.revision,
+                config.device,
+                config.dtype,
+                config.batch_size,
+                chat_template_kwargs=template_kwargs,
             )
         elif config.backend == "vllm":
             from resources.vllm_backend import VllmBackend
 
-            backend = VllmBackend(path, config.revision, config.dtype, config.tensor_parallel_size)
+            backend = VllmBackend(
+                path,
+                config.revision,
+                config.dtype,
+                config.tensor_parallel_size,
+                gpu_memory_utilization=vllm_memory_share(config, alone=release_others),
+                chat_template_kwargs=template_kwargs,
+            )
         elif config.backend == "openai":
             from resources.openai_backend import OpenAIBackend
 
@@ -77,6 +133,7 @@ def load_chat_backend(config: ChatModelConfig) -> ChatBackend:
                 concurrency=config.concurrency,
                 max_retries=config.max_retries,
                 timeout_s=config.timeout_s,
+                chat_template_kwargs=template_kwargs,
             )
         else:
             raise ValueError(f"unknown chat backend {config.backend!r}")
@@ -85,9 +142,11 @@ def load_chat_backend(config: ChatModelConfig) -> ChatBackend:
     return _LOADED[cache_key]
 
 
-def load_image_backend(config: ImageModelConfig):
-    """Load (or reuse) a diffusers pipeline for an editor or generator config."""
+def load_image_backend(config: ImageModelConfig, release_others: bool = False):
+    """Load (or reuse) a diffusers pipeline for an editor or generator config; with `release_others`,
+    any other loaded backend is released first."""
     cache_key = ("image", config.model, config.revision, config.device, config.dtype)
+    _make_room(cache_key, release_others)
     if cache_key not in _LOADED:
         from resources.diffusion import DiffusionBackend
 
@@ -101,7 +160,8 @@ def load_image_backend(config: ImageModelConfig):
 
 class ModelsResource(ConfigurableResource):
     """Which models do the work. `profile` picks a named set; the optional fields override one role's
-    model or point every chat role at an OpenAI-compatible server (`chat_server`: `vllm` or `openai`)."""
+    model, point every chat role at an OpenAI-compatible server (`chat_server`: `vllm` or `openai`),
+    or turn the planner's Qwen3 thinking on or off (`planner_thinking`)."""
 
     profile: str = DEFAULT_PROFILE
     captioner_model: str | None = None
@@ -111,6 +171,7 @@ class ModelsResource(ConfigurableResource):
     base_url: str | None = None
     chat_server: str | None = None
     critic_base: str | None = None
+    planner_thinking: bool | None = None
 
     def settings(self) -> Profile:
         """The profile with this resource's overrides applied."""
@@ -128,15 +189,24 @@ class ModelsResource(ConfigurableResource):
                 }.items()
                 if value
             }
+            if role == "planner" and self.planner_thinking is not None:
+                override["thinking"] = self.planner_thinking
             changes[role] = dataclasses.replace(config, **override)
         if self.critic_base:
             changes["critic"] = dataclasses.replace(profile.critic, base=self.critic_base)
         return dataclasses.replace(profile, **changes)
 
+    def release_for_subprocess(self) -> None:
+        """Before a training subprocess (critic SFT, RL) takes the GPU: on a profile whose roles hold
+        the GPU in turn, hand back every model this process has loaded; elsewhere keep them."""
+        if self.settings().release_between_roles:
+            release_loaded()
+
     def chat(self, role: str) -> ChatBackend:
         if role not in CHAT_ROLES:
             raise ValueError(f"unknown chat role {role!r}; one of {CHAT_ROLES}")
-        return load_chat_backend(getattr(self.settings(), role))
+        settings = self.settings()
+        return load_chat_backend(getattr(settings, role), settings.release_between_roles)
 
     def image_backend(self, config: ImageModelConfig):
-        return load_image_backend(config)
+        return load_image_backend(config, self.settings().release_between_roles)

@@ -129,9 +129,15 @@ class OpenAIBackend:
         max_retries: int = 4,
         timeout_s: float = 120.0,
         top_logprobs: int = 20,
+        chat_template_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         if server not in SERVERS:
             raise ValueError(f"server must be one of {SERVERS}, not {server!r}")
+        if chat_template_kwargs and server != "vllm":
+            raise ValueError(
+                f"chat template variables {dict(chat_template_kwargs)} need a vLLM server "
+                f"(`chat_template_kwargs` is a vLLM request extension); this backend's server is {server!r}"
+            )
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         if max_retries < 0:
@@ -139,6 +145,8 @@ class OpenAIBackend:
         self.served_model = model
         self.server = server
         self.top_logprobs = top_logprobs
+        # Extra variables for the server's chat template (Qwen3's `enable_thinking`), sent with every request.
+        self.chat_template_kwargs = dict(chat_template_kwargs or {})
         self._client = openai.OpenAI(
             base_url=base_url,
             api_key=os.environ.get(api_key_env) or "EMPTY",
@@ -176,6 +184,13 @@ class OpenAIBackend:
         answers = self._generate_all(requests, decoding, logprobs=True, top_logprobs=self.top_logprobs)
         return [_probed(answer, tokens) for answer in answers]
 
+    def _extra_body(self, fields: dict[str, Any]) -> dict[str, Any] | None:
+        """vLLM's request extensions for one request, with the role's chat template variables; None
+        when there are none, so a plain OpenAI request stays plain."""
+        if self.chat_template_kwargs:
+            fields = {**fields, "chat_template_kwargs": self.chat_template_kwargs}
+        return fields or None
+
     def _guided(self, decoding: Decoding) -> bool:
         return decoding.regex is not None and self.server == "vllm"
 
@@ -183,7 +198,7 @@ class OpenAIBackend:
         self, requests: Sequence[ChatRequest], decoding: Decoding, **extra: Any
     ) -> list[ChatCompletion]:
         """One completion per request under `decoding` (its regex sent to vLLM servers only)."""
-        extra_body = {"structured_outputs": {"regex": decoding.regex}} if self._guided(decoding) else None
+        extra_body = {"structured_outputs": {"regex": decoding.regex}} if self._guided(decoding) else {}
 
         def call(request: ChatRequest) -> ChatCompletion:
             return self._create(
@@ -192,7 +207,7 @@ class OpenAIBackend:
                 top_p=decoding.top_p,
                 max_tokens=decoding.max_new_tokens,
                 seed=decoding.seed,
-                extra_body=extra_body,
+                extra_body=self._extra_body(extra_body),
                 **extra,
             )
 
@@ -220,9 +235,9 @@ class OpenAIBackend:
                 temperature=0.0,
                 logprobs=True,
                 top_logprobs=self.top_logprobs,
-                extra_body={"add_generation_prompt": False, "continue_final_message": True}
-                if prefix
-                else None,
+                extra_body=self._extra_body(
+                    {"add_generation_prompt": False, "continue_final_message": True} if prefix else {}
+                ),
             )
 
         answers = self._run_all(call, list(zip(requests, assistant_prefixes, strict=True)))

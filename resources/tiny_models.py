@@ -27,7 +27,7 @@ from transformers import (
     Qwen3VLVideoProcessor,
 )
 
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2  # 2: the chat template's enable_thinking switch
 MARKER = "firm_tiny.json"
 SEED = 0
 VL_NAME = "tiny-qwen3-vl"
@@ -69,7 +69,8 @@ textures, people, animals, buildings, food, vehicles, text and signs, weather an
 """
 
 # Qwen-style ChatML. Content is a string or a list of {"type": "image"|"video"|"text"} parts; every
-# message's text is emitted verbatim so `continue_final_message` can cut the chat after it.
+# message's text is emitted verbatim so `continue_final_message` can cut the chat after it. Like
+# Qwen3's own template, `enable_thinking=False` opens the answer with an empty think block.
 CHAT_TEMPLATE = (
     "{%- for message in messages %}"
     "{{- '<|im_start|>' + message['role'] + '\\n' }}"
@@ -85,7 +86,10 @@ CHAT_TEMPLATE = (
     "{%- endif %}"
     "{{- '<|im_end|>\\n' }}"
     "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}"
+    "{%- endif %}"
+    "{%- endif %}"
 )
 
 # Vision: 8-pixel patches merged 2x2, images capped at 64x64 pixels -> at most 16 image tokens.

@@ -3,9 +3,7 @@ Loads once; batches with left padding so every row's next token sits at the last
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import torch
@@ -27,24 +25,9 @@ from transformers import (
 from resources.chat import ChatRequest, Decoding, ImagePart, ModelRef, ProbedAnswer, TokenProbs, load_rgb
 from resources.guided import RegexLogitsProcessor, TokenTable
 from resources.messages import Message, chat_messages
+from resources.weights import pinned
 
 T = TypeVar("T")
-
-
-def weights_revision(model_path: str) -> str | None:
-    """A content hash of a local folder's safetensors files (16 hex chars), so lineage changes when
-    the weights do; None when the path is not a local folder with safetensors."""
-    folder = Path(model_path)
-    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
-    if not files:
-        return None
-    digest = hashlib.sha256()
-    for file in files:
-        digest.update(file.name.encode())
-        with file.open("rb") as handle:
-            while chunk := handle.read(1 << 20):
-                digest.update(chunk)
-    return digest.hexdigest()[:16]
 
 
 def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
@@ -64,6 +47,7 @@ class TransformersBackend:
         device: str = "cpu",
         dtype: str = "float32",
         batch_size: int = 8,
+        chat_template_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         torch_dtype = getattr(torch, dtype, None)
         if not isinstance(torch_dtype, torch.dtype):
@@ -72,6 +56,9 @@ class TransformersBackend:
             raise ValueError("batch_size must be at least 1")
         self.device = torch.device(device)
         self.batch_size = batch_size
+        # Extra variables for the chat template (Qwen3's `enable_thinking`): they change the prompt.
+        self.chat_template_kwargs = dict(chat_template_kwargs or {})
+        identity, revision = pinned(model_path, revision)
         config = AutoConfig.from_pretrained(model_path, revision=revision)
         self.is_vision = getattr(config, "vision_config", None) is not None
         self.processor = self._load_processor(model_path, revision)
@@ -85,9 +72,13 @@ class TransformersBackend:
         )
         self.net.to(self.device).eval()
         self.net.generation_config = self._stopping_only(self.net.generation_config)
-        resolved = revision or weights_revision(model_path) or getattr(config, "_commit_hash", None)
-        self.model = ModelRef(model_id=model_path, revision=resolved or "unknown", backend="transformers")
+        self.model = ModelRef(model_id=model_path, revision=identity, backend="transformers")
         self._token_table: TokenTable | None = None
+
+    def close(self) -> None:
+        """Drop the model and processor, so their memory (CUDA included) can be freed."""
+        del self.net, self.processor, self.tokenizer
+        self._token_table = None
 
     def _stopping_only(self, checkpoint: GenerationConfig) -> GenerationConfig:
         """Keep the checkpoint's stop and pad tokens but drop its sampling defaults (Qwen ships
@@ -125,10 +116,16 @@ class TransformersBackend:
         and trailing spaces that templates strip are put back."""
         if not assistant_prefix:
             return self.processor.apply_chat_template(
-                self._messages(request, None), tokenize=False, add_generation_prompt=True
+                self._messages(request, None),
+                tokenize=False,
+                add_generation_prompt=True,
+                **self.chat_template_kwargs,
             )
         text = self.processor.apply_chat_template(
-            self._messages(request, assistant_prefix), tokenize=False, continue_final_message=True
+            self._messages(request, assistant_prefix),
+            tokenize=False,
+            continue_final_message=True,
+            **self.chat_template_kwargs,
         )
         stripped = assistant_prefix.rstrip()
         if not text.endswith(assistant_prefix) and text.endswith(stripped):

@@ -4,11 +4,12 @@ extra, so it is imported only when a backend is built; importing this module nev
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from resources.chat import ChatRequest, Decoding, ImagePart, ModelRef, ProbedAnswer, TokenProbs, load_rgb
 from resources.messages import Message, chat_messages
+from resources.weights import pinned
 
 MAX_IMAGES_PER_PROMPT = 4
 TOP_LOGPROBS = 20  # vLLM's default max_logprobs
@@ -33,6 +34,7 @@ class VllmBackend:
         tensor_parallel_size: int = 1,
         max_model_len: int = 8192,
         gpu_memory_utilization: float = 0.85,
+        chat_template_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         try:
             from vllm import LLM, SamplingParams
@@ -44,8 +46,9 @@ class VllmBackend:
             ) from error
         from transformers import AutoConfig
 
-        from resources.transformers_backend import weights_revision
-
+        # Extra variables for the chat template (Qwen3's `enable_thinking`): they change the prompt.
+        self.chat_template_kwargs = dict(chat_template_kwargs or {})
+        identity, revision = pinned(model_path, revision)
         self._sampling_params = SamplingParams
         self._structured_outputs = StructuredOutputsParams
         config = AutoConfig.from_pretrained(model_path, revision=revision)
@@ -55,6 +58,7 @@ class VllmBackend:
         self.llm = LLM(
             model=model_path,
             revision=revision,
+            tokenizer_revision=revision,
             dtype=dtype,
             tensor_parallel_size=tensor_parallel_size,
             max_model_len=max_model_len,
@@ -62,8 +66,7 @@ class VllmBackend:
             max_logprobs=TOP_LOGPROBS,
             **multimodal,
         )
-        resolved = revision or weights_revision(model_path) or getattr(config, "_commit_hash", None)
-        self.model = ModelRef(model_id=model_path, revision=resolved or "unknown", backend="vllm")
+        self.model = ModelRef(model_id=model_path, revision=identity, backend="vllm")
 
     def generate(self, requests: Sequence[ChatRequest], decoding: Decoding) -> list[str]:
         """The assistant's answer for each request, stripped; seeded per request so sampling repeats.
@@ -71,7 +74,12 @@ class VllmBackend:
         (`SamplingParams(structured_outputs=StructuredOutputsParams(regex=...))`, current vLLM; the older
         `guided_decoding=GuidedDecodingParams(...)` was removed in v0.12), and it is returned unstripped."""
         conversations = [chat_messages(request, None, _pil_content) for request in requests]
-        outputs = self.llm.chat(conversations, sampling_params=self._params(decoding), use_tqdm=False)
+        outputs = self.llm.chat(
+            conversations,
+            sampling_params=self._params(decoding),
+            use_tqdm=False,
+            chat_template_kwargs=self.chat_template_kwargs,
+        )
         texts = [output.outputs[0].text for output in outputs]
         return texts if decoding.regex is not None else [text.strip() for text in texts]
 
@@ -85,7 +93,12 @@ class VllmBackend:
         token_ids = [self._single_token_id(token) for token in tokens]
         params = self._params(decoding, logprob_token_ids=token_ids)
         conversations = [chat_messages(request, None, _pil_content) for request in requests]
-        outputs = self.llm.chat(conversations, sampling_params=params, use_tqdm=False)
+        outputs = self.llm.chat(
+            conversations,
+            sampling_params=params,
+            use_tqdm=False,
+            chat_template_kwargs=self.chat_template_kwargs,
+        )
         tokenizer = self.llm.get_tokenizer()
         answers = []
         for output in outputs:
@@ -159,7 +172,15 @@ class VllmBackend:
             use_tqdm=False,
             add_generation_prompt=not continue_final,
             continue_final_message=continue_final,
+            chat_template_kwargs=self.chat_template_kwargs,
         )
+
+    def close(self) -> None:
+        """Shut the engine down and drop it, so its weights and KV cache leave the GPU. vLLM 0.33's
+        `LLM` has no shutdown of its own: its engine-core client's `shutdown()` stops the engine
+        process (or the in-process core) now, instead of whenever the garbage collector gets to it."""
+        self.llm.llm_engine.engine_core.shutdown()
+        del self.llm
 
     def _single_token_id(self, token: str) -> int:
         ids = self.llm.get_tokenizer().encode(token, add_special_tokens=False)

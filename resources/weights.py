@@ -34,6 +34,14 @@ def weights_identity(model: str, revision: str | None = None) -> str:
     return hub_commit(model, revision)
 
 
+def pinned(model: str, revision: str | None = None) -> tuple[str, str | None]:
+    """(identity to record, revision to load with): a hub id is loaded at exactly the commit that is
+    recorded, so a hub update between pinning and loading cannot slip other weights in; a local
+    folder has no revisions and loads itself."""
+    identity = weights_identity(model, revision)
+    return identity, None if Path(model).is_dir() else identity
+
+
 def _weight_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
 

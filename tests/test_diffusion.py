@@ -12,8 +12,9 @@ from diffusers import DiffusionPipeline, FluxKontextPipeline, StableDiffusion3Pi
 from PIL import Image
 
 from resources.chat import ModelRef
-from resources.diffusion import DiffusionBackend, weights_revision
+from resources.diffusion import DiffusionBackend
 from resources.tiny_diffusion import MARKER, build_tiny_diffusion
+from resources.weights import folder_digest
 
 SIZE = 64
 STEPS = 2
@@ -56,7 +57,7 @@ def test_build_is_fast_marked_and_idempotent(tiny_diffusion: dict[str, Path], tm
         ("tiny-flux-kontext", "FluxKontextPipeline"),
         ("tiny-sd3", "StableDiffusion3Pipeline"),
     ):
-        assert weights_revision(other[name]) == weights_revision(tiny_diffusion[name])
+        assert folder_digest(other[name]) == folder_digest(tiny_diffusion[name])
         assert json.loads((other[name] / MARKER).read_text())["pipeline"] == pipeline
     # Built already: nothing is rewritten.
     marker = other["tiny-sd3"] / MARKER
@@ -81,9 +82,9 @@ def test_model_ref_and_revision(tiny_diffusion: dict[str, Path], editor: Diffusi
     assert editor.model == ModelRef(model_id=path, revision=editor.model.revision)
     assert editor.model.backend == "diffusers"
     assert len(editor.model.revision) == 16
-    assert editor.model.revision == weights_revision(Path(path))
-    pinned = DiffusionBackend(path, revision="v1")
-    assert pinned.model.revision == "v1"
+    assert editor.model.revision == folder_digest(Path(path))
+    # A local folder has no branches: a branch name does not change what is loaded or recorded.
+    assert DiffusionBackend(path, revision="v1").model.revision == editor.model.revision
     assert editor.task == "edit"
 
 

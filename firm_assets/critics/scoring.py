@@ -37,6 +37,7 @@ from resources.chat import (
     classify_failure,
     load_rgb,
 )
+from resources.weights import weights_identity
 
 ScoreMode = Literal["parsed", "expectation"]
 SCORE_MODES = ("parsed", "expectation")
@@ -293,8 +294,6 @@ def resolve_critic(source: str, tracking_uri: str | None = None) -> tuple[Path, 
     """A critic source as (local folder, version string): a registry URI models:/<name>/<version> is
     downloaded once under FIRM_HOME and keeps the URI as its version; a local folder is versioned by
     its path and weights hash."""
-    from resources.transformers_backend import weights_revision
-
     if source.startswith(MODELS_URI):
         return _registered_critic(source, tracking_uri), source
     folder = Path(source)
@@ -303,7 +302,7 @@ def resolve_critic(source: str, tracking_uri: str | None = None) -> tuple[Path, 
             f"critic source {source!r} is neither a model folder (no config.json) "
             f"nor a registry URI {MODELS_URI}<name>/<version>"
         )
-    return folder, f"{folder.resolve()}@{weights_revision(str(folder)) or 'unknown'}"
+    return folder, f"{folder.resolve()}@{weights_identity(str(folder))}"
 
 
 def _registered_critic(uri: str, tracking_uri: str | None) -> Path:

@@ -15,8 +15,8 @@ from firm_assets.curation.versioning import short_hash
 from resources.home import firm_home
 from resources.models import ModelsResource, resolve_model_path
 from resources.tracking import TrackingResource, dagster_tags, folder_dataset
-from resources.transformers_backend import weights_revision
 from resources.warehouse_resource import WarehouseResource
+from resources.weights import weights_identity
 from warehouse.connection import Warehouse
 
 TRAIN_MODULE = "firm_assets.critics.train"
@@ -100,7 +100,7 @@ def train_critic(
     recipe = effective_recipe(profile.critic.recipe, config)
     launcher = launch_prefix(config, recipe["method"])
     base_path = resolve_model_path(profile.critic.base)
-    base_revision = weights_revision(base_path) or "unknown"
+    base_revision = weights_identity(base_path)
     version = short_hash(
         dataset_version,
         profile.critic.base,
@@ -143,6 +143,7 @@ def train_critic(
     )
     dataset = folder_dataset(dataset_frame, spec.dataset, dataset_version, params["dataset_folder"])
     tracking.log_dataset_input(run_id, dataset, "training")
+    models.release_for_subprocess()
     try:
         invocation = pipes.run(
             context=context, command=[*launcher, TRAIN_MODULE, "--params", str(params_file)]
@@ -177,7 +178,7 @@ def train_critic(
         "dataset": spec.dataset,
         "dataset_version": dataset_version,
         "path": str(output),
-        "revision": weights_revision(str(output)) or "unknown",
+        "revision": weights_identity(str(output)),
         "final_loss": summary["final_loss"],
         "mlflow_run_id": run_id,
         "registered_model": spec.name,

@@ -141,6 +141,8 @@ def run_chat_stage(
         return outcomes
 
     decoding = {**stage.decoding.as_dict(), "max_attempts": stage.max_attempts, "reader": stage.score_reader}
+    if backend.chat_template_kwargs:  # they change the prompt; absent when unset, so old keys hold
+        decoding["chat_template_kwargs"] = backend.chat_template_kwargs
     spec = CallSpec(stage.name, backend.model, stage.template.ref, stage.parser.ref, decoding)
     # a backend whose calls may overlap gets the next batch while a batch's slowest request finishes
     lookahead = 2 if backend.concurrent_calls else 1

@@ -246,6 +246,7 @@ def train_rl_policy(
         {},
     )
     launcher = config.launcher or [sys.executable, "-m"]
+    models.release_for_subprocess()
     try:
         invocation = pipes.run(
             context=context, command=[*launcher, TRAIN_MODULE, "--params", str(params_file)]
