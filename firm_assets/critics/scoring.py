@@ -19,7 +19,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 from PIL import Image
 
@@ -179,6 +179,17 @@ def _job(dimension: Dimension, variables: dict[str, str], images: dict[str, Imag
     except InputImageError as error:
         return _Job(dimension, None, str(error))
     return _Job(dimension, load_template(dimension.task.template_id).render(variables, parts), None)
+
+
+class Scorer(Protocol):
+    """What a reward function needs from a critic: this module's `CriticScorer` in-process, or
+    `firm_assets.serving.remote.RemoteScorer` in front of a `firm serve` endpoint."""
+
+    critic_version: str
+
+    def score_edit(self, queries: Sequence[EditQuery], mode: ScoreMode = ...) -> list[EditScores]: ...
+
+    def score_gen(self, queries: Sequence[GenQuery], mode: ScoreMode = ...) -> list[GenScores]: ...
 
 
 class CriticScorer:

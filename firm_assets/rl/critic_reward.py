@@ -5,13 +5,13 @@ reward-hacking monitors that go with the step."""
 from collections.abc import Mapping, Sequence
 
 from firm_assets.critics.scoring import (
-    CriticScorer,
     DimensionScore,
     EditQuery,
     EditScores,
     GenQuery,
     GenScores,
     ScoreMode,
+    Scorer,
 )
 from firm_assets.rl.nft import RewardBatch, RewardFn, Rollout
 from firm_assets.rl.rewards import Reward, RewardConfig, edit_reward, gen_reward
@@ -26,7 +26,7 @@ Scores = EditScores | GenScores
 
 def score_rollouts(
     task: Task,
-    scorer: CriticScorer,
+    scorer: Scorer,
     rollouts: Sequence[Rollout],
     requirements: Mapping[str, str | None],
     mode: ScoreMode,
@@ -79,11 +79,11 @@ def reward_divergence(trained: Sequence[Reward], held_out: Sequence[Reward]) -> 
 
 def critic_reward_fn(
     task: Task,
-    scorer: CriticScorer,
+    scorer: Scorer,
     config: RewardConfig,
     mode: ScoreMode,
     requirements: Mapping[str, str | None],
-    held_out: CriticScorer | None = None,
+    held_out: Scorer | None = None,
 ) -> RewardFn:
     """The RewardFn the trainer calls once per step with all of the step's rollouts."""
 

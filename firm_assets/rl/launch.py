@@ -112,6 +112,15 @@ def policy_version(
     )
 
 
+def server_critic_version(config: RLPolicyConfig) -> str:
+    """The critic version the configured reward server scores with (it must be up and ready)."""
+    from firm_assets.serving.remote import RemoteScorer
+
+    scorer = RemoteScorer(config.reward_server, config.reward_server_token_env)
+    scorer.client.close()
+    return scorer.critic_version
+
+
 def _existing(warehouse: Warehouse, policy: str, version: str) -> pl.DataFrame:
     columns = ", ".join(POLICY_SCHEMA)
     return warehouse.query(
@@ -187,8 +196,10 @@ def train_rl_policy(
     reward_json = json.dumps(reward, sort_keys=True)
     prompts_version = prompt_set_version(prompts)
     # the version names the model, not the folder it was resolved to on this machine
+    # a reward server scores with the critic it serves: that critic's version is the one trained against
+    critic_used = server_critic_version(config) if config.reward_server else critic["version"]
     version = policy_version(
-        policy.model, revision, critic["version"], reward_json, prompts_version, {**nft, "pipeline_path": ""}
+        policy.model, revision, critic_used, reward_json, prompts_version, {**nft, "pipeline_path": ""}
     )
     wh = warehouse.get()
     prompts_file = _record_prompts(wh, spec, prompts_version, prompts)
@@ -214,6 +225,8 @@ def train_rl_policy(
             "guided": profile.guided,
         },
         "held_out_critic": config.held_out_critic,
+        "reward_server": config.reward_server,
+        "reward_server_token_env": config.reward_server_token_env,
         "reward": reward,
         "checkpoint_dir": str(folder / "checkpoints"),
         "tracking_uri": tracking.uri(),
@@ -242,6 +255,7 @@ def train_rl_policy(
             "prompt_set_version": prompts_version,
             "prompts": prompts.height,
             "held_out_critic": config.held_out_critic or "(other score dimension)",
+            "reward_server": config.reward_server or "(critic in the training process)",
         },
         {},
     )

@@ -39,6 +39,15 @@ class RLPolicyConfig(Config):
         description="A critic folder or models:/<name>/<version> that scores the same rollouts for the "
         "reward-hacking divergence monitor; empty: the training critic's other score dimension.",
     )
+    reward_server: str = Field(
+        default="",
+        description="Base URL of a `firm serve` reward server (e.g. http://gpu-host:8000) that scores the "
+        "rollouts; its critic version goes into the policy version and lineage. Empty: the critic asset's "
+        "latest version in the training process.",
+    )
+    reward_server_token_env: str = Field(
+        default="", description="Environment variable holding the reward server's bearer token, if any."
+    )
     grid_every: int = Field(default=1, description="Log a sample grid to MLflow every N steps.")
     launcher: list[str] = Field(
         default=[],

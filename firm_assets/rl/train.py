@@ -25,11 +25,12 @@ from typing import Any
 
 from PIL import Image
 
-from firm_assets.critics.scoring import CriticScorer
+from firm_assets.critics.scoring import CriticScorer, Scorer
 from firm_assets.rl.critic_reward import critic_reward_fn
 from firm_assets.rl.grids import sample_grid
 from firm_assets.rl.nft import NFTConfig, PromptItem, StepLog, train_policy
 from firm_assets.rl.rewards import RewardConfig
+from firm_assets.serving.remote import RemoteScorer
 from resources.tracking import TrackingResource
 
 HISTORY_FILE = "steps.jsonl"
@@ -102,6 +103,7 @@ class StepTracker:
 
 
 def _load_scorer(source: str, critic: dict[str, Any]) -> CriticScorer:
+    """A critic folder or registry URI loaded into this process."""
     return CriticScorer.load(
         source,
         device=critic["device"],
@@ -134,8 +136,13 @@ def train(params: dict[str, Any], log: Callable[[str], None], report, rank: int)
     # prompts
     prompts, requirements = load_prompts(Path(params["prompts_file"]))
 
-    # reward function: the training critic in this process, plus an optional held-out critic
-    scorer = _load_scorer(params["critic"]["source"], params["critic"])
+    # reward function: the reward server or the training critic in this process, plus an optional
+    # held-out critic
+    scorer: Scorer = (
+        RemoteScorer(params["reward_server"], params["reward_server_token_env"])
+        if params["reward_server"]
+        else _load_scorer(params["critic"]["source"], params["critic"])
+    )
     held_out = (
         _load_scorer(params["held_out_critic"], params["critic"]) if params["held_out_critic"] else None
     )
