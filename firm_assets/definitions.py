@@ -11,6 +11,8 @@ from dagster import (
     load_assets_from_modules,
 )
 
+from firm_assets import inbox
+from firm_assets.automation import automation_sensor
 from firm_assets.benchmark import checks as bench_checks
 from firm_assets.benchmark import items as bench_items
 from firm_assets.benchmark import results as bench_results
@@ -23,11 +25,21 @@ from firm_assets.gen import dataset as gen_dataset
 from firm_assets.gen import scores as gen_scores
 from firm_assets.rl import assets as rl_assets
 from firm_assets.rl import checks as rl_checks
-from jobs.curation import edit_curation_job, gen_curation_job, main_job, rl_job
+from jobs.curation import (
+    bench_job,
+    edit_curation_job,
+    edit_inbox_job,
+    gen_curation_job,
+    gen_inbox_job,
+    main_job,
+    rl_job,
+)
 from resources.models import ModelsResource
 from resources.profiles import DEFAULT_PROFILE
 from resources.tracking import TrackingResource
 from resources.warehouse_resource import WarehouseIOManager, WarehouseResource
+from sensors.inbox import edit_inbox_files, gen_inbox_files
+from sensors.operations import bench_labels_changed, critic_registered, record_run_failures
 from sensors.recuration import edit_requests_changed, nightly_edit_recuration
 
 ASSET_MODULES = [
@@ -45,6 +57,7 @@ ASSET_MODULES = [
     bench_items,
     bench_results,
     rl_assets,
+    inbox,
 ]
 
 
@@ -65,8 +78,16 @@ CHECKS = load_asset_checks_from_modules([edit_checks, gen_checks, bench_checks, 
 defs = Definitions(
     assets=ASSETS,
     asset_checks=CHECKS,
-    jobs=[main_job, edit_curation_job, gen_curation_job, rl_job],
+    jobs=[main_job, edit_curation_job, gen_curation_job, rl_job, bench_job, edit_inbox_job, gen_inbox_job],
     schedules=[nightly_edit_recuration],
-    sensors=[edit_requests_changed],
+    sensors=[
+        edit_requests_changed,
+        edit_inbox_files,
+        gen_inbox_files,
+        bench_labels_changed,
+        critic_registered,
+        record_run_failures,
+        automation_sensor,
+    ],
     resources=build_resources(),
 )

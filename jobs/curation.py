@@ -2,13 +2,23 @@
 
 from dagster import AssetSelection, define_asset_job, in_process_executor
 
+from firm_assets.inbox import (
+    EDIT_INBOX_PARTITIONS,
+    GEN_INBOX_PARTITIONS,
+    edit_inbox_requests,
+    gen_inbox_prompts,
+)
+
 EDIT_GROUP = "edit"
 GEN_GROUP = "gen"
 RL_GROUP = "rl"
+BENCH_GROUP = "bench"
+INBOX_GROUP = "inbox"
 
 main_job = define_asset_job(
     "main",
-    selection=AssetSelection.all(),
+    # the inbox assets are partitioned by file; their sensors run them one file at a time
+    selection=AssetSelection.all() - AssetSelection.groups(INBOX_GROUP),
     executor_def=in_process_executor,
     description="Materialize every asset on the active profile (the README's main command).",
 )
@@ -33,4 +43,27 @@ rl_job = define_asset_job(
     executor_def=in_process_executor,
     description="Train the RL policies (DiffusionNFT) against the latest critics and prompt sets; a "
     "policy version that exists is not retrained.",
+)
+
+bench_job = define_asset_job(
+    "bench",
+    selection=AssetSelection.groups(BENCH_GROUP),
+    executor_def=in_process_executor,
+    description="Re-import FIRM-Bench and re-evaluate bench_results (the bench sensors' target).",
+)
+
+edit_inbox_job = define_asset_job(
+    "edit_inbox",
+    selection=AssetSelection.assets(edit_inbox_requests),
+    partitions_def=EDIT_INBOX_PARTITIONS,
+    executor_def=in_process_executor,
+    description="Import one edit-inbox file (a partition) into the warehouse.",
+)
+
+gen_inbox_job = define_asset_job(
+    "gen_inbox",
+    selection=AssetSelection.assets(gen_inbox_prompts),
+    partitions_def=GEN_INBOX_PARTITIONS,
+    executor_def=in_process_executor,
+    description="Import one gen-inbox prompt file (a partition) into the warehouse.",
 )

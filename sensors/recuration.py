@@ -8,7 +8,6 @@ from pathlib import Path
 
 from dagster import (
     DefaultScheduleStatus,
-    RunRequest,
     ScheduleDefinition,
     SensorEvaluationContext,
     SkipReason,
@@ -17,6 +16,7 @@ from dagster import (
 
 from firm_assets.edit.requests import REQUESTS_ENV
 from jobs.curation import edit_curation_job
+from sensors.changes import on_content_change
 
 NIGHTLY = "0 3 * * *"
 SENSOR_INTERVAL_S = 60
@@ -32,14 +32,10 @@ nightly_edit_recuration = ScheduleDefinition(
 
 @sensor(job=edit_curation_job, minimum_interval_seconds=SENSOR_INTERVAL_S)
 def edit_requests_changed(context: SensorEvaluationContext):
-    """Start a re-curation when the file named by FIRM_EDIT_REQUESTS changes content (not mtime)."""
+    """Start a re-curation when the file named by FIRM_EDIT_REQUESTS changes content (not mtime).
+    The first tick only records the content, so switching the sensor on launches nothing."""
     path = os.environ.get(REQUESTS_ENV, "")
     if not path or not Path(path).is_file():
         return SkipReason(f"${REQUESTS_ENV} does not name a file")
     digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    previous = context.cursor
-    if digest == previous:
-        return SkipReason("requests file unchanged")
-    context.update_cursor(digest)
-    # keyed by the transition, so going back to earlier content (A -> B -> A) still runs
-    return RunRequest(run_key=f"{previous}->{digest}", tags={"firm/requests_sha256": digest})
+    return on_content_change(context, digest, "requests file", "firm/requests_sha256")

@@ -1,5 +1,6 @@
 """The graph as declared: a snapshot of every asset spec, the jobs, and the sensor's behaviour."""
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -23,6 +24,11 @@ def _specs() -> dict:
             "code_version": node.code_version,
             "kinds": sorted(node.kinds),
             "checks": sorted(check.name for check in node.check_keys),
+            "automation_condition": node.automation_condition.get_label()
+            if node.automation_condition
+            else None,
+            "pools": sorted(node.pools or ()),
+            "partitions": getattr(node.partitions_def, "name", None),
         }
     return specs
 
@@ -46,8 +52,16 @@ def test_sensor_fires_once_per_content_change(tmp_path: Path, monkeypatch) -> No
     requests = tmp_path / "requests.jsonl"
     monkeypatch.setenv("FIRM_EDIT_REQUESTS", str(requests))
     assert isinstance(edit_requests_changed(build_sensor_context()), SkipReason)
+    requests.write_text('{"prompt": "0", "image": "x.png"}\n')
+    # switched on: the first tick records the content as its cursor and launches nothing
+    context = build_sensor_context()
+    switched_on = edit_requests_changed(context)
+    assert isinstance(switched_on, SkipReason) and "first tick" in switched_on.skip_message
+    baseline = context.cursor
+    assert baseline == hashlib.sha256(requests.read_bytes()).hexdigest()
+    assert isinstance(edit_requests_changed(build_sensor_context(cursor=baseline)), SkipReason)
     requests.write_text('{"prompt": "a", "image": "x.png"}\n')
-    first = edit_requests_changed(build_sensor_context())
+    first = edit_requests_changed(build_sensor_context(cursor=baseline))
     assert isinstance(first, RunRequest)
     first_digest = first.tags["firm/requests_sha256"]
     assert isinstance(edit_requests_changed(build_sensor_context(cursor=first_digest)), SkipReason)

@@ -16,6 +16,7 @@ import polars as pl
 from dagster import AssetExecutionContext, Config, DataVersion, MetadataValue, Output, asset
 from pydantic import Field
 
+from firm_assets.automation import BENCH_CONDITION, GPU_POOL
 from firm_assets.benchmark.baselines import BaselineUnavailable, mean_labels
 from firm_assets.benchmark.item_agreement import ITEM_AGREEMENT_COLUMNS, agreement_by_dimension
 from firm_assets.benchmark.plots import confusion_png, scatter_png
@@ -304,6 +305,8 @@ def _log_to_mlflow(
 
 
 @asset(
+    automation_condition=BENCH_CONDITION,
+    pool=GPU_POOL,
     group_name=GROUP,
     code_version="bench_results@2",
     kinds={"duckdb", "mlflow"},

@@ -3,6 +3,7 @@
 import polars as pl
 from dagster import AssetExecutionContext, DataVersion, MetadataValue, Output, PipesSubprocessClient, asset
 
+from firm_assets.automation import CRITIC_CONDITION, GPU_POOL
 from firm_assets.critics.recipe import CriticTrainingConfig
 from firm_assets.critics.training import TRAINING_CODE_VERSION, CriticSpec, train_critic
 from resources.models import ModelsResource
@@ -33,6 +34,8 @@ def _output(critic: pl.DataFrame, metadata: dict) -> Output[pl.DataFrame]:
 
 
 @asset(
+    automation_condition=CRITIC_CONDITION,
+    pool=GPU_POOL,
     group_name=GROUP,
     code_version=TRAINING_CODE_VERSION,
     kinds={"transformers", "mlflow"},
@@ -55,6 +58,8 @@ def firm_edit_critic(
 
 
 @asset(
+    automation_condition=CRITIC_CONDITION,
+    pool=GPU_POOL,
     group_name=GROUP,
     code_version=TRAINING_CODE_VERSION,
     kinds={"transformers", "mlflow"},

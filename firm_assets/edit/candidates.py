@@ -3,6 +3,7 @@
 import polars as pl
 from dagster import AssetExecutionContext, DataVersion, Output, asset
 
+from firm_assets.automation import CURATION_CONDITION, GPU_POOL
 from firm_assets.curation.generation import Owner, render_for_all
 from firm_assets.curation.versioning import frame_version, short_hash
 from resources.models import ModelsResource
@@ -42,6 +43,8 @@ def _imported(source_images: pl.DataFrame) -> list[dict]:
 
 
 @asset(
+    automation_condition=CURATION_CONDITION,
+    pool=GPU_POOL,
     group_name=GROUP,
     code_version=f"{EDIT_TEMPLATE}+candidates@1",
     kinds={"duckdb", "diffusers"},

@@ -8,6 +8,7 @@ from pathlib import Path
 import polars as pl
 from dagster import AssetExecutionContext, DataVersion, Output, asset
 
+from firm_assets.automation import CURATION_CONDITION, GPU_POOL
 from firm_assets.curation.parsers import CAPTION_TEXT
 from firm_assets.curation.prompts import load_template
 from firm_assets.curation.roles import chat_stage, static_code_version
@@ -46,6 +47,8 @@ def caption_inputs(source_images: pl.DataFrame, edit_candidates: pl.DataFrame) -
 
 
 @asset(
+    automation_condition=CURATION_CONDITION,
+    pool=GPU_POOL,
     group_name=GROUP,
     code_version=static_code_version(load_template(TEMPLATE).ref, CAPTION_TEXT.ref),
     kinds={"duckdb", "transformers"},

@@ -67,6 +67,6 @@ def source_images_quarantine(
     return quarantine_rate("source_images", source_images.height, warehouse, context.run.run_id)
 
 
-@asset_check(asset=firm_edit_dataset, description="The published dataset has samples.")
+@asset_check(asset=firm_edit_dataset, description="The published dataset has samples.", blocking=True)
 def firm_edit_dataset_not_empty(firm_edit_dataset: pl.DataFrame) -> AssetCheckResult:
     return AssetCheckResult(passed=firm_edit_dataset.height > 0, metadata={"rows": firm_edit_dataset.height})

@@ -4,6 +4,7 @@ import polars as pl
 from dagster import AssetExecutionContext, Config, Output, asset
 from pydantic import Field
 
+from firm_assets.automation import CURATION_CONDITION
 from firm_assets.curation.dataset import SftTask, balance_by_bin, json_score_target
 from firm_assets.curation.publishing import publish_output
 from resources.tracking import TrackingResource
@@ -79,6 +80,7 @@ def assemble(
 
 
 @asset(
+    automation_condition=CURATION_CONDITION,
     group_name=GROUP,
     code_version="edit_dataset@2",
     kinds={"duckdb", "parquet", "mlflow"},

@@ -12,6 +12,7 @@ import polars as pl
 from dagster import AssetExecutionContext, Config, DataVersion, Output, asset
 from pydantic import Field
 
+from firm_assets.automation import CURATION_CONDITION
 from firm_assets.curation.images import ImageRejected, StoredImage, ingest_image, resolve_under
 from firm_assets.curation.lines import BadLine, attempt
 from firm_assets.curation.records import record_images, record_quarantine
@@ -117,6 +118,7 @@ def edit_requests(
 
 
 @asset(
+    automation_condition=CURATION_CONDITION,
     group_name=GROUP,
     code_version="image_ingest@2",
     kinds={"duckdb"},

@@ -9,6 +9,7 @@ from pathlib import Path
 import polars as pl
 from dagster import AssetExecutionContext, DataVersion, Output, asset
 
+from firm_assets.automation import CURATION_CONDITION, GPU_POOL
 from firm_assets.curation.parsers import SCORE_JSON
 from firm_assets.curation.prompts import load_template
 from firm_assets.curation.roles import chat_stage, static_code_version
@@ -66,6 +67,8 @@ def score_inputs(
 
 
 @asset(
+    automation_condition=CURATION_CONDITION,
+    pool=GPU_POOL,
     group_name=GROUP,
     code_version=static_code_version(*(load_template(t).ref for t in TEMPLATES.values()), SCORE_JSON.ref),
     kinds={"duckdb", "transformers"},

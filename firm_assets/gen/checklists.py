@@ -5,6 +5,7 @@ import json
 import polars as pl
 from dagster import AssetExecutionContext, DataVersion, Output, asset
 
+from firm_assets.automation import CURATION_CONDITION, GPU_POOL
 from firm_assets.curation.parsers import CHECKLIST_CATEGORIES, CHECKLIST_JSON, MAX_CHECKLIST_ITEMS
 from firm_assets.curation.prompts import load_template
 from firm_assets.curation.roles import chat_stage, static_code_version
@@ -36,6 +37,8 @@ def numbered_checklist(items_json: str) -> str:
 
 
 @asset(
+    automation_condition=CURATION_CONDITION,
+    pool=GPU_POOL,
     group_name=GROUP,
     code_version=static_code_version(load_template(TEMPLATE).ref, CHECKLIST_JSON.ref),
     kinds={"duckdb", "transformers"},

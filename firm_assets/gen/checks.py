@@ -84,6 +84,6 @@ def gen_prompts_quarantine(
     return quarantine_rate("gen_prompts", gen_prompts.height, warehouse, context.run.run_id)
 
 
-@asset_check(asset=firm_gen_dataset, description="The published dataset has samples.")
+@asset_check(asset=firm_gen_dataset, description="The published dataset has samples.", blocking=True)
 def firm_gen_dataset_not_empty(firm_gen_dataset: pl.DataFrame) -> AssetCheckResult:
     return AssetCheckResult(passed=firm_gen_dataset.height > 0, metadata={"rows": firm_gen_dataset.height})

@@ -4,6 +4,7 @@ import polars as pl
 from dagster import AssetExecutionContext, Config, Output, asset
 from pydantic import Field
 
+from firm_assets.automation import CURATION_CONDITION
 from firm_assets.curation.dataset import (
     SftTask,
     balance_by_bin,
@@ -84,6 +85,7 @@ def assemble(
 
 
 @asset(
+    automation_condition=CURATION_CONDITION,
     group_name=GROUP,
     code_version="gen_dataset@3",
     kinds={"duckdb", "parquet", "mlflow"},

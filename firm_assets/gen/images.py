@@ -6,6 +6,7 @@ Images depend on the prompts only, so re-planning checklists never re-renders an
 import polars as pl
 from dagster import AssetExecutionContext, DataVersion, Output, asset
 
+from firm_assets.automation import CURATION_CONDITION, GPU_POOL
 from firm_assets.curation.generation import Owner, render_for_all
 from firm_assets.curation.versioning import frame_version
 from resources.models import ModelsResource
@@ -29,6 +30,8 @@ IMAGE_SCHEMA = {
 
 
 @asset(
+    automation_condition=CURATION_CONDITION,
+    pool=GPU_POOL,
     group_name=GROUP,
     code_version=f"{PROMPT_TEMPLATE}+generated@1",
     kinds={"duckdb", "diffusers"},

@@ -7,6 +7,7 @@ from pathlib import Path
 import polars as pl
 from dagster import AssetExecutionContext, DataVersion, Output, asset
 
+from firm_assets.automation import CURATION_CONDITION, GPU_POOL
 from firm_assets.curation.cache import CachedResult
 from firm_assets.curation.parsers import INSTRUCTION_FOLLOWING, QUALITY_JSON
 from firm_assets.curation.prompts import load_template
@@ -83,6 +84,8 @@ def _quality_fields(result: CachedResult) -> dict:
 
 
 @asset(
+    automation_condition=CURATION_CONDITION,
+    pool=GPU_POOL,
     group_name=GROUP,
     code_version=static_code_version(
         ROWS_VERSION,

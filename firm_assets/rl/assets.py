@@ -16,6 +16,7 @@ from dagster import (
     with_source_code_references,
 )
 
+from firm_assets.automation import GPU_POOL, POLICY_CONDITION
 from firm_assets.rl.launch import TRAINING_CODE_VERSION, PolicySpec, train_rl_policy
 from firm_assets.rl.settings import RLPolicyConfig
 from resources.models import ModelsResource
@@ -48,6 +49,8 @@ def _output(policy: pl.DataFrame, metadata: dict) -> Output[pl.DataFrame]:
 
 
 @asset(
+    automation_condition=POLICY_CONDITION,
+    pool=GPU_POOL,
     group_name=GROUP,
     code_version=TRAINING_CODE_VERSION,
     kinds={"diffusers", "mlflow"},
@@ -79,6 +82,8 @@ def edit_rl_policy(
 
 
 @asset(
+    automation_condition=POLICY_CONDITION,
+    pool=GPU_POOL,
     group_name=GROUP,
     code_version=TRAINING_CODE_VERSION,
     kinds={"diffusers", "mlflow"},
