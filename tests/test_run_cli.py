@@ -1,6 +1,7 @@
 """`firm run`: run config from YAML, the compact progress view, and the sweep that marks runs whose
 process died as failed. The pure parts are unit-tested; the rest through the real CLI."""
 
+import fcntl
 import os
 import signal
 import socket
@@ -142,13 +143,17 @@ def test_run_config_and_compact_output(firm_home: Path, tmp_path: Path) -> None:
 
 
 def _started_run(home: Path, timeout_s: float = 300) -> str:
+    """The run's id once the `firm run` process has it STARTED; the instance is opened under the lock
+    the CLI holds while it creates the storage."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if (home / "dagster" / "runs.db").exists():
-            with DagsterInstance.from_config(str(home / "dagster")) as instance:
-                runs = instance.get_runs()
-                if runs and runs[0].status == DagsterRunStatus.STARTED:
-                    return runs[0].run_id
+        if (home / "dagster" / "history" / "runs.db").exists():
+            with open(home / "dagster" / "instance.lock", "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                with DagsterInstance.from_config(str(home / "dagster")) as instance:
+                    runs = instance.get_runs()
+            if runs and runs[0].status == DagsterRunStatus.STARTED:
+                return runs[0].run_id
         time.sleep(0.5)
     raise AssertionError("the run never reached STARTED")
 
