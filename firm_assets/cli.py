@@ -6,12 +6,16 @@ import argparse
 import fcntl
 import os
 import sys
+import uuid
+import warnings
 from typing import TYPE_CHECKING
 
 from firm_assets.serving.command import add_serve_parser
 from resources.home import firm_home
 
 if TYPE_CHECKING:
+    from dagster import DagsterInstance
+
     from warehouse.connection import Warehouse
 
 
@@ -50,23 +54,79 @@ def _instance(dagster_home: str):
     return instance
 
 
+def read_run_config(path: str) -> dict:
+    """Run config from a YAML file in Dagster's shape (`ops: {asset: {config: ...}}`, `resources:`)."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            config = yaml.safe_load(handle)
+    except (OSError, yaml.YAMLError) as error:
+        raise ValueError(f"cannot read run config {path}: {error}") from error
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise ValueError(f"run config {path} must be a mapping, not {type(config).__name__}")
+    return config
+
+
 def run_job(args: argparse.Namespace) -> int:
-    """Materialize the named job on the active profile and print a summary."""
+    """Materialize the named job on the active profile, printing one line per finished step, then a
+    summary. Runs left STARTED by a process that died are marked failed first."""
     dagster_home = _dagster_home()
+    try:
+        run_config = read_run_config(args.config) if args.config else {}
+    except ValueError as error:
+        print(f"firm run: {error}", file=sys.stderr)
+        return 2
+    from dagster import BetaWarning, DagsterInvalidConfigError
+
     from firm_assets.definitions import defs
+    from firm_assets.run_progress import ProgressView, with_console_level
+    from firm_assets.run_sweep import owner_tags
     from resources.home import warehouse_path
     from resources.models import ensure_tiny_models
     from warehouse.connection import Warehouse
     from warehouse.summary import print_summary
 
+    if not args.verbose:  # the progress view stays compact: no repeated notes on Dagster's beta APIs
+        warnings.filterwarnings("ignore", category=BetaWarning)
     ensure_tiny_models()
     # Created and migrated up front, so the read-only summary can open it however the run ends.
     Warehouse(warehouse_path()).rows("SELECT 1")
-    result = defs.get_job_def(args.job).execute_in_process(
-        instance=_instance(dagster_home), raise_on_error=False
-    )
+    instance = _instance(dagster_home)
+    _print_swept(instance)
+    run_id = str(uuid.uuid4())
+    instance.add_event_listener(run_id, ProgressView(write=lambda line: print(line, flush=True)))
+    try:
+        result = defs.get_job_def(args.job).execute_in_process(
+            run_config=with_console_level(run_config, args.verbose),
+            instance=instance,
+            raise_on_error=False,
+            run_id=run_id,
+            tags=owner_tags(),
+        )
+    except DagsterInvalidConfigError as error:
+        print(f"firm run: run config rejected: {error}", file=sys.stderr)
+        return 2
     print_summary(result, dagster_home)
     return 0 if result.success else 1
+
+
+def _print_swept(instance: DagsterInstance) -> int:
+    from firm_assets.run_sweep import sweep_dead_runs
+
+    swept = sweep_dead_runs(instance)
+    for run in swept:
+        print(f"marked failed: run {run.run_id} ({run.job_name}), its process {run.pid} is gone")
+    return len(swept)
+
+
+def sweep_runs(_: argparse.Namespace) -> int:
+    """Mark failed every run left STARTING/STARTED by a process of this host that is gone."""
+    swept = _print_swept(_instance(_dagster_home()))
+    print(f"{swept} dead run(s) marked failed")
+    return 0
 
 
 def audit(args: argparse.Namespace) -> int:
@@ -130,7 +190,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     run = commands.add_parser("run", help="materialize a job (default: main, every asset)")
     run.add_argument("job", nargs="?", default="main")
+    run.add_argument("-c", "--config", default="", help="run config YAML (Dagster's shape: ops:, resources:)")
+    run.add_argument("-v", "--verbose", action="store_true", help="also print Dagster's DEBUG event stream")
     run.set_defaults(func=run_job)
+    runs = commands.add_parser("runs", help="run hygiene").add_subparsers(dest="action", required=True)
+    runs.add_parser(
+        "sweep", help="mark failed the runs left Started by a process that died (also done by every run)"
+    ).set_defaults(func=sweep_runs)
     audit_parser = commands.add_parser(
         "audit",
         help="lineage: what produced a dataset or a critic; which critic, data and prompts trained a"

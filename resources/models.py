@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import sys
 from pathlib import Path
 from typing import Any
 
-import torch
 from dagster import ConfigurableResource
 
 from resources.chat import ChatBackend
@@ -64,7 +64,8 @@ def release_loaded() -> None:
     for key in list(_LOADED):
         _LOADED.pop(key).close()
     gc.collect()
-    if torch.cuda.is_available():
+    torch = sys.modules.get("torch")  # a process that never imported torch holds no CUDA memory
+    if torch is not None and torch.cuda.is_available():
         torch.cuda.empty_cache()
 
 

@@ -54,14 +54,6 @@ def headline_lines(warehouse: Warehouse, run_id: str) -> list[str]:
 def print_summary(result: ExecuteInProcessResult, dagster_home: str) -> None:
     warehouse = Warehouse(warehouse_path(), read_only=True)
     print(f"run {result.run_id}: {'success' if result.success else 'FAILED'}")
-    for event in result.get_asset_materialization_events():
-        materialization = event.step_materialization_data.materialization
-        meta = materialization.metadata
-        rows = meta["rows"].value if "rows" in meta else "?"
-        stage_calls = [value.value for key, value in meta.items() if key.endswith("model_calls")]
-        calls = sum(stage_calls) if stage_calls else ""
-        key = materialization.asset_key.to_user_string()
-        print(f"  {key:24} rows={rows}" + (f" model_calls={calls}" if calls != "" else ""))
     for check in result.get_asset_check_evaluations():
         verdict = (
             "passed" if check.passed else ("warn" if check.severity == AssetCheckSeverity.WARN else "FAILED")

@@ -10,11 +10,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+
+if TYPE_CHECKING:  # matplotlib is imported when a plot is drawn, not when the code location loads
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 SCORES = (1, 2, 3, 4, 5)
 _SIZE_IN, _DPI = 4.0, 100
@@ -74,6 +76,9 @@ def _caption(n_scored: int, skipped: int) -> str:
 
 
 def _figure() -> tuple[Figure, Axes]:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(_SIZE_IN, _SIZE_IN), dpi=_DPI, layout="constrained")
     FigureCanvasAgg(figure)
     return figure, figure.add_subplot()

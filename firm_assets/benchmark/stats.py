@@ -24,7 +24,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 
 def item_errors(predicted: Sequence[float | None], human: Sequence[float]) -> np.ndarray:
@@ -87,6 +86,8 @@ def evaluate(
     n_boot: int = 1000,
 ) -> dict[str, Any]:
     """Metrics of one dimension's `predicted` against `human`, item by item, overall and per category."""
+    from scipy import stats  # seconds to import; only a bench evaluation needs it
+
     errors = item_errors(predicted, human)
     result = _summary(errors[None, :], categories, seed, n_boot)
     scored = np.isfinite(errors)

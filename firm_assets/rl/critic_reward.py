@@ -2,7 +2,10 @@
 turn the scores into rewards (masked, never 0, when an answer failed), and compute the
 reward-hacking monitors that go with the step."""
 
+from __future__ import annotations
+
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from firm_assets.critics.scoring import (
     DimensionScore,
@@ -13,9 +16,11 @@ from firm_assets.critics.scoring import (
     ScoreMode,
     Scorer,
 )
-from firm_assets.rl.nft import RewardBatch, RewardFn, Rollout
 from firm_assets.rl.rewards import Reward, RewardConfig, edit_reward, gen_reward
 from firm_assets.rl.settings import Task
+
+if TYPE_CHECKING:  # the trainer pulls in torch and diffusers; the RL checks only need DIVERGENCE
+    from firm_assets.rl.nft import RewardBatch, RewardFn, Rollout
 
 SCALE = 4.0  # the 1-5 critic scale's width: divergence is reported on [0, 1]
 DIMENSIONS = {"edit": ("execution", "consistency"), "gen": ("instruction", "quality")}
@@ -86,6 +91,7 @@ def critic_reward_fn(
     held_out: Scorer | None = None,
 ) -> RewardFn:
     """The RewardFn the trainer calls once per step with all of the step's rollouts."""
+    from firm_assets.rl.nft import RewardBatch
 
     def reward(rollouts: list[Rollout]) -> RewardBatch:
         scores = score_rollouts(task, scorer, rollouts, requirements, mode)

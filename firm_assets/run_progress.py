@@ -1,0 +1,120 @@
+"""The compact view `firm run` prints while a job runs: one line per finished step (assets, rows,
+cache hits, model calls, model seconds, elapsed) and, while a stage reports progress, how far it is
+and when it should end. Dagster's own event stream stays in its console logger, shown under `-v`."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dagster import EventLogEntry
+
+# A stage reports progress by logging this message (`progress_message`); the view parses it back.
+PROGRESS = re.compile(r"^progress (?P<done>\d+)/(?P<total>\d+) (?P<unit>[\w ]+)$")
+COUNTED = ("rows", "cache_hits", "model_calls", "model_seconds")
+
+
+def progress_message(done: int, total: int, unit: str) -> str:
+    """What a stage logs (context.log.info) to say it has done `done` of `total` units of work."""
+    return f"progress {done}/{total} {unit}"
+
+
+def console_log_level(verbose: bool) -> str:
+    """Dagster's console logger shows its DEBUG event stream only when asked; warnings and errors
+    (a quarantined input, a failed step's traceback) always."""
+    return "DEBUG" if verbose else "WARNING"
+
+
+def with_console_level(run_config: Mapping[str, Any], verbose: bool) -> dict[str, Any]:
+    """The run config with the console logger's level set, unless the config sets loggers itself."""
+    if "loggers" in run_config:
+        return dict(run_config)
+    return {**run_config, "loggers": {"console": {"config": {"log_level": console_log_level(verbose)}}}}
+
+
+def eta_seconds(done: int, total: int, elapsed_s: float) -> float | None:
+    """Seconds left at the rate so far; None before any work is done or when nothing is left to time."""
+    if done <= 0 or total <= done:
+        return None
+    return elapsed_s * (total - done) / done
+
+
+def metadata_totals(metadata: Mapping[str, Any]) -> dict[str, float]:
+    """Each counted figure of one materialization's metadata: `rows` as recorded; the model figures
+    summed over the keys that are the figure's name or end with `_<name>` (a stage-prefixed count
+    such as `planner_model_calls`)."""
+    totals: dict[str, float] = {}
+    for name in COUNTED:
+        values = [
+            getattr(value, "value", value)
+            for key, value in metadata.items()
+            if key == name or (name != "rows" and key.endswith(f"_{name}"))
+        ]
+        numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+        if numbers:
+            totals[name] = sum(numbers)
+    return totals
+
+
+def _figure(name: str, value: float) -> str:
+    return f"{name}={value:.1f}" if name == "model_seconds" else f"{name}={int(value)}"
+
+
+@dataclass
+class _Step:
+    started: float
+    assets: list[str] = field(default_factory=list)
+    totals: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class ProgressView:
+    """An instance event listener for one run (`instance.add_event_listener(run_id, view)`); prints
+    each line through `write` as the events arrive."""
+
+    write: Callable[[str], None] = print
+    clock: Callable[[], float] = time.time
+    steps: dict[str, _Step] = field(default_factory=dict)
+
+    def __call__(self, entry: EventLogEntry) -> None:
+        event = entry.dagster_event
+        key = entry.step_key or ""
+        if event is None:
+            self._progress(key, entry.user_message, entry.timestamp)
+        elif event.is_step_start:
+            self.steps[key] = _Step(started=entry.timestamp)
+        elif event.is_step_materialization:
+            materialization = event.step_materialization_data.materialization
+            step = self.steps.setdefault(key, _Step(started=entry.timestamp))
+            step.assets.append(materialization.asset_key.to_user_string())
+            for name, value in metadata_totals(materialization.metadata).items():
+                step.totals[name] = step.totals.get(name, 0) + value
+        elif event.is_step_success or event.is_step_failure:
+            step = self.steps.pop(key, _Step(started=entry.timestamp))
+            if not step.assets and event.is_step_success:
+                return  # a check's own step: the summary lists every check's verdict
+            self.write(self.step_line(key, step, entry.timestamp - step.started, event.is_step_failure))
+
+    def _progress(self, key: str, message: str, now: float) -> None:
+        match = PROGRESS.match(message)
+        if not match or key not in self.steps:
+            return
+        done, total = int(match["done"]), int(match["total"])
+        eta = eta_seconds(done, total, now - self.steps[key].started)
+        self.write(
+            f"  {key:28} {done}/{total} {match['unit']}" + ("" if eta is None else f"  ETA {eta:.0f}s")
+        )
+
+    @staticmethod
+    def step_line(key: str, step: _Step, elapsed_s: float, failed: bool) -> str:
+        """`  <step>  <assets>  rows=.. cache_hits=.. model_calls=.. model_seconds=..  <elapsed>s`."""
+        assets = ",".join(a for a in step.assets if a != key)
+        figures = " ".join(_figure(name, step.totals[name]) for name in COUNTED if name in step.totals)
+        verdict = "  FAILED" if failed else ""
+        return "  ".join(part for part in (f"  {key:28}", assets, figures) if part) + (
+            f"  {elapsed_s:.1f}s{verdict}"
+        )

@@ -1,0 +1,186 @@
+"""`firm run`: run config from YAML, the compact progress view, and the sweep that marks runs whose
+process died as failed. The pure parts are unit-tested; the rest through the real CLI."""
+
+import fcntl
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus, EventLogEntry
+
+from firm_assets.cli import read_run_config
+from firm_assets.run_progress import (
+    ProgressView,
+    _Step,
+    eta_seconds,
+    metadata_totals,
+    progress_message,
+    with_console_level,
+)
+from firm_assets.run_sweep import HOST_TAG, PID_START_TAG, PID_TAG, owner_gone, owner_tags
+
+REPO = Path(__file__).resolve().parent.parent
+HOST = socket.gethostname()
+
+
+def test_eta_from_rate_so_far() -> None:
+    assert eta_seconds(done=3, total=12, elapsed_s=6.0) == 18.0
+    assert eta_seconds(done=0, total=12, elapsed_s=6.0) is None
+    assert eta_seconds(done=12, total=12, elapsed_s=6.0) is None
+
+
+def test_metadata_totals_sum_stage_prefixed_model_figures() -> None:
+    metadata = {"rows": 9, "planner_model_calls": 4, "model_calls": 2, "cache_hits": 1, "judge_rows": 27}
+    assert metadata_totals(metadata) == {"rows": 9, "cache_hits": 1, "model_calls": 6}
+    assert metadata_totals({"source": "x", "flag": True}) == {}
+
+
+def test_console_level_only_when_config_leaves_loggers_alone() -> None:
+    config = {"ops": {"a": {"config": {"n": 1}}}}
+    assert with_console_level(config, verbose=False)["loggers"] == {
+        "console": {"config": {"log_level": "WARNING"}}
+    }
+    assert with_console_level(config, verbose=True)["loggers"]["console"]["config"]["log_level"] == "DEBUG"
+    own = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+    assert with_console_level(own, verbose=True) == own
+
+
+def _message(step: str, text: str, at: float) -> EventLogEntry:
+    return EventLogEntry(None, "INFO", text, "run", at, step, "job", None)
+
+
+def test_progress_view_prints_eta_from_progress_messages() -> None:
+    lines: list[str] = []
+    view = ProgressView(write=lines.append)
+    view.steps["edit_scores"] = _Step(started=100.0)
+    view(_message("edit_scores", progress_message(5, 20, "model calls"), 110.0))
+    view(_message("edit_scores", "an ordinary log line", 111.0))
+    view(_message("other_step", progress_message(1, 2, "model calls"), 111.0))  # step never started
+    assert len(lines) == 1
+    assert "5/20 model calls" in lines[0] and "ETA 30s" in lines[0]
+
+
+def test_step_line() -> None:
+    step = _Step(
+        started=0.0, assets=["edit_scores"], totals={"rows": 9, "model_calls": 18, "model_seconds": 3.26}
+    )
+    line = ProgressView.step_line("edit_scores", step, 4.0, failed=False)
+    assert line.split() == ["edit_scores", "rows=9", "model_calls=18", "model_seconds=3.3", "4.0s"]
+    assert ProgressView.step_line("edit_scores", _Step(0.0), 1.0, failed=True).endswith("1.0s  FAILED")
+
+
+def test_read_run_config(tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text("ops:\n  edit_requests:\n    config:\n      demo_size: 2\n")
+    assert read_run_config(str(good)) == {"ops": {"edit_requests": {"config": {"demo_size": 2}}}}
+    (tmp_path / "empty.yaml").write_text("")
+    assert read_run_config(str(tmp_path / "empty.yaml")) == {}
+    (tmp_path / "list.yaml").write_text("- a\n")
+    with pytest.raises(ValueError, match="must be a mapping"):
+        read_run_config(str(tmp_path / "list.yaml"))
+    (tmp_path / "bad.yaml").write_text("ops: [\n")
+    with pytest.raises(ValueError, match="cannot read run config"):
+        read_run_config(str(tmp_path / "bad.yaml"))
+    with pytest.raises(ValueError, match="cannot read run config"):
+        read_run_config(str(tmp_path / "missing.yaml"))
+
+
+def test_owner_gone() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead = int(done.stdout)
+    assert owner_gone({PID_TAG: str(dead), HOST_TAG: HOST}, HOST) == dead
+    mine = owner_tags()
+    assert mine[PID_TAG] == str(os.getpid()) and mine[PID_START_TAG]
+    assert owner_gone(mine, HOST) is None
+    assert owner_gone({**mine, PID_START_TAG: "1"}, HOST) == os.getpid()  # the pid now names another process
+    assert owner_gone({PID_TAG: str(dead), HOST_TAG: "elsewhere"}, HOST) is None  # cannot tell from here
+    assert owner_gone({}, HOST) is None
+
+
+def _env(home: Path) -> dict[str, str]:
+    return {**os.environ, "FIRM_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
+
+
+def _firm(home: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "firm_assets.cli", *args],
+        cwd=REPO,
+        env=_env(home),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+def test_run_config_and_compact_output(firm_home: Path, tmp_path: Path) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text("ops:\n  edit_requests:\n    config:\n      demo_size: 2\n")
+    compact = _firm(firm_home, "run", "edit_curation", "-c", str(config))
+    output = compact.stdout + compact.stderr
+    assert compact.returncode == 0, output
+    assert "DEBUG" not in output
+    lines = {line.split()[0]: line for line in compact.stdout.splitlines() if line.startswith("  ")}
+    assert "rows=2" in lines["edit_requests"].split()
+    assert "model_calls=" in lines["edit_scores"] and lines["edit_scores"].endswith("s")
+    with DagsterInstance.from_config(str(firm_home / "dagster")) as instance:
+        event = instance.get_latest_materialization_event(AssetKey("edit_requests"))
+        assert "edit-2" in event.asset_materialization.metadata["source"].value  # the config's demo set
+
+    verbose = _firm(firm_home, "run", "edit_curation", "-c", str(config), "-v")
+    assert verbose.returncode == 0, verbose.stderr
+    assert "DEBUG" in verbose.stdout + verbose.stderr
+    assert "cache_hits=" in verbose.stdout  # the second run answers from the cache
+
+    rejected = _firm(firm_home, "run", "edit_curation", "-c", str(tmp_path / "missing.yaml"))
+    assert rejected.returncode == 2 and "cannot read run config" in rejected.stderr
+
+
+def _started_run(home: Path, timeout_s: float = 300) -> str:
+    """The run's id once the `firm run` process has it STARTED; the instance is opened under the lock
+    the CLI holds while it creates the storage."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if (home / "dagster" / "history" / "runs.db").exists():
+            with open(home / "dagster" / "instance.lock", "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                with DagsterInstance.from_config(str(home / "dagster")) as instance:
+                    runs = instance.get_runs()
+            if runs and runs[0].status == DagsterRunStatus.STARTED:
+                return runs[0].run_id
+        time.sleep(0.5)
+    raise AssertionError("the run never reached STARTED")
+
+
+def test_sweep_marks_a_killed_run_failed(firm_home: Path) -> None:
+    run = subprocess.Popen(
+        [sys.executable, "-m", "firm_assets.cli", "run", "edit_curation"],
+        cwd=REPO,
+        env=_env(firm_home),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        run_id = _started_run(firm_home)
+    finally:
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait()
+    with DagsterInstance.from_config(str(firm_home / "dagster")) as instance:
+        assert instance.get_run_by_id(run_id).status == DagsterRunStatus.STARTED  # what Dagster leaves
+
+    swept = _firm(firm_home, "runs", "sweep")
+    assert swept.returncode == 0, swept.stderr
+    assert f"run {run_id} (edit_curation), its process {run.pid} is gone" in swept.stdout
+    with DagsterInstance.from_config(str(firm_home / "dagster")) as instance:
+        assert instance.get_run_by_id(run_id).status == DagsterRunStatus.FAILURE
+        failure = instance.all_logs(run_id, of_type=DagsterEventType.RUN_FAILURE)
+        assert len(failure) == 1 and f"process {run.pid} " in failure[0].dagster_event.message
+    again = _firm(firm_home, "runs", "sweep")
+    assert "0 dead run(s) marked failed" in again.stdout
