@@ -19,6 +19,7 @@ from firm_assets.benchmark import results as bench_results
 from firm_assets.critics import assets as critic_assets
 from firm_assets.edit import candidates, captions, dataset, requests, scores
 from firm_assets.edit import checks as edit_checks
+from firm_assets.executors import executor_from_env
 from firm_assets.gen import checklists, images, prompts
 from firm_assets.gen import checks as gen_checks
 from firm_assets.gen import dataset as gen_dataset
@@ -90,4 +91,7 @@ defs = Definitions(
         automation_sensor,
     ],
     resources=build_resources(),
+    # Every job and selection (UI buttons, backfills, sensors) runs in one process unless the deployment
+    # picks a cluster executor, so each model loads once per run rather than once per step.
+    executor=executor_from_env(),
 )

@@ -1,6 +1,7 @@
-"""Jobs. They run in one process so each model loads once per run, not once per step."""
+"""Jobs. They take the code location's executor (firm_assets/executors.py): one process locally, so
+each model loads once per run, not once per step."""
 
-from dagster import AssetSelection, define_asset_job, in_process_executor
+from dagster import AssetSelection, define_asset_job
 
 from firm_assets.inbox import (
     EDIT_INBOX_PARTITIONS,
@@ -19,28 +20,24 @@ main_job = define_asset_job(
     "main",
     # the inbox assets are partitioned by file; their sensors run them one file at a time
     selection=AssetSelection.all() - AssetSelection.groups(INBOX_GROUP),
-    executor_def=in_process_executor,
     description="Materialize every asset on the active profile (the README's main command).",
 )
 
 edit_curation_job = define_asset_job(
     "edit_curation",
     selection=AssetSelection.groups(EDIT_GROUP),
-    executor_def=in_process_executor,
     description="Re-curate the FIRM-Edit chain; unchanged samples come from the cache.",
 )
 
 gen_curation_job = define_asset_job(
     "gen_curation",
     selection=AssetSelection.groups(GEN_GROUP),
-    executor_def=in_process_executor,
     description="Re-curate the FIRM-Gen chain; unchanged samples come from the cache.",
 )
 
 rl_job = define_asset_job(
     "rl",
     selection=AssetSelection.groups(RL_GROUP),
-    executor_def=in_process_executor,
     description="Train the RL policies (DiffusionNFT) against the latest critics and prompt sets; a "
     "policy version that exists is not retrained.",
 )
@@ -48,7 +45,6 @@ rl_job = define_asset_job(
 bench_job = define_asset_job(
     "bench",
     selection=AssetSelection.groups(BENCH_GROUP),
-    executor_def=in_process_executor,
     description="Re-import FIRM-Bench and re-evaluate bench_results (the bench sensors' target).",
 )
 
@@ -56,7 +52,6 @@ edit_inbox_job = define_asset_job(
     "edit_inbox",
     selection=AssetSelection.assets(edit_inbox_requests),
     partitions_def=EDIT_INBOX_PARTITIONS,
-    executor_def=in_process_executor,
     description="Import one edit-inbox file (a partition) into the warehouse.",
 )
 
@@ -64,6 +59,5 @@ gen_inbox_job = define_asset_job(
     "gen_inbox",
     selection=AssetSelection.assets(gen_inbox_prompts),
     partitions_def=GEN_INBOX_PARTITIONS,
-    executor_def=in_process_executor,
     description="Import one gen-inbox prompt file (a partition) into the warehouse.",
 )

@@ -48,6 +48,14 @@ def test_jobs_and_automation_are_registered() -> None:
     assert schedule.cron_schedule == "0 3 * * *"
 
 
+def test_every_selection_runs_in_one_process_by_default() -> None:
+    """UI buttons, backfills and sensors launch the implicit asset job: it takes the code location's
+    executor, as the named jobs do (the browser test checks a UI run's steps share one process)."""
+    assert defs.resolve_implicit_global_asset_job_def().executor_def.name == "in_process"
+    for job in ("main", "edit_curation", "gen_curation"):
+        assert defs.resolve_job_def(job).executor_def.name == "in_process"
+
+
 def test_sensor_fires_once_per_content_change(tmp_path: Path, monkeypatch) -> None:
     requests = tmp_path / "requests.jsonl"
     monkeypatch.setenv("FIRM_EDIT_REQUESTS", str(requests))
