@@ -13,7 +13,7 @@ import jsonschema_rs
 import kubernetes.client
 import pytest
 import yaml
-from dagster import AssetSelection, Definitions, define_asset_job, in_process_executor, validate_run_config
+from dagster import Definitions, define_asset_job, in_process_executor, validate_run_config
 from dagster._config import validate_config
 from dagster._core.instance.config import dagster_instance_config
 from dagster._serdes import class_from_code_pointer
@@ -24,6 +24,7 @@ from dagster_k8s.models import k8s_model_from_dict, k8s_snake_case_dict
 
 from firm_assets.definitions import defs
 from firm_assets.executors import executor_from_env, executor_named
+from jobs.curation import main_job
 from resources.profiles import get_profile
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
@@ -116,7 +117,7 @@ def test_executor_is_chosen_by_the_environment(tmp_path: Path) -> None:
 def test_a_job_on_the_k8s_executor_accepts_the_deploy_run_config() -> None:
     """The k8s executor config and the torchrun training config, as one run's config, against the
     real graph's run config schema (assets, resources and executor together)."""
-    job = define_asset_job("main_k8s", selection=AssetSelection.all(), executor_def=k8s_job_executor)
+    job = define_asset_job("main_k8s", selection=main_job.selection, executor_def=k8s_job_executor)
     graph = Definitions(
         assets=defs.assets, asset_checks=defs.asset_checks, jobs=[job], resources=defs.resources
     )
