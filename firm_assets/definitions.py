@@ -16,6 +16,7 @@ from firm_assets.automation import automation_sensor
 from firm_assets.benchmark import checks as bench_checks
 from firm_assets.benchmark import items as bench_items
 from firm_assets.benchmark import results as bench_results
+from firm_assets.catalog import catalogued
 from firm_assets.critics import assets as critic_assets
 from firm_assets.edit import candidates, captions, dataset, requests, scores
 from firm_assets.edit import checks as edit_checks
@@ -73,7 +74,7 @@ def build_resources() -> dict:
     }
 
 
-ASSETS = load_assets_from_modules(ASSET_MODULES)
+ASSETS = catalogued(load_assets_from_modules(ASSET_MODULES))
 CHECKS = load_asset_checks_from_modules([edit_checks, gen_checks, bench_checks, rl_checks])
 
 defs = Definitions(

@@ -2,18 +2,15 @@
 (CME for editing, QMA for generation), trained in a Pipes subprocess and recorded with their lineage."""
 
 import json
-import warnings
 
 import polars as pl
 from dagster import (
     AssetExecutionContext,
-    BetaWarning,
     DataVersion,
     MetadataValue,
     Output,
     PipesSubprocessClient,
     asset,
-    with_source_code_references,
 )
 
 from firm_assets.automation import GPU_POOL, POLICY_CONDITION
@@ -112,9 +109,3 @@ def gen_rl_policy(
         pipes_subprocess_client,
     )
     return _output(policy, metadata)
-
-
-# the UI links each policy to the file that defines it (a beta API in Dagster 1.13, pinned in pyproject)
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", BetaWarning)
-    edit_rl_policy, gen_rl_policy = with_source_code_references([edit_rl_policy, gen_rl_policy])
