@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, MetadataValue
 
 from resources.home import home_path
 from resources.processes import process_alive, process_start
@@ -79,6 +79,9 @@ def folder_dataset(frame: pl.DataFrame, name: str, digest: str, folder: str) -> 
     return mlflow.data.from_polars(frame, source=LocalArtifactDatasetSource(folder), name=name, digest=digest)
 
 
+DEFAULT_MLFLOW_UI = "http://127.0.0.1:5000"
+
+
 class TrackingResource(ConfigurableResource):
     tracking_uri: str = ""
 
@@ -89,6 +92,13 @@ class TrackingResource(ConfigurableResource):
         from mlflow import MlflowClient
 
         return MlflowClient(tracking_uri=self.uri(), registry_uri=self.uri())
+
+    def run_link(self, run_id: str) -> MetadataValue:
+        """The run's page in the MLflow UI (FIRM_MLFLOW_UI, default the README's `mlflow ui` address),
+        as asset metadata the Dagster UI renders as a link."""
+        experiment_id = self.client().get_run(run_id).info.experiment_id
+        ui = os.environ.get("FIRM_MLFLOW_UI", DEFAULT_MLFLOW_UI).rstrip("/")
+        return MetadataValue.url(f"{ui}/#/experiments/{experiment_id}/runs/{run_id}")
 
     @contextmanager
     def _store_lock(self) -> Iterator[None]:

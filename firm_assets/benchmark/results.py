@@ -392,6 +392,7 @@ def bench_results(
             "unguided_judges": MetadataValue.json(sorted({r["judge"] for r in rows if r["guided"] is False})),
             **notes,
             "mlflow_run_id": run_id,
+            "mlflow_run": tracking.run_link(run_id),
             "plots": MetadataValue.path(str(folder)),
         },
     )

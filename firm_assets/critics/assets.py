@@ -15,7 +15,7 @@ EDIT_CRITIC = CriticSpec("firm_edit_critic", "firm_edit", ("edit_execution", "ed
 GEN_CRITIC = CriticSpec("firm_gen_critic", "firm_gen", ("gen_instruction", "gen_quality"))
 
 
-def _output(critic: pl.DataFrame, metadata: dict) -> Output[pl.DataFrame]:
+def _output(critic: pl.DataFrame, metadata: dict, tracking: TrackingResource) -> Output[pl.DataFrame]:
     row = critic.row(0, named=True)
     return Output(
         critic,
@@ -27,6 +27,7 @@ def _output(critic: pl.DataFrame, metadata: dict) -> Output[pl.DataFrame]:
             "dataset_version": row["dataset_version"],
             "final_loss": row["final_loss"],
             "mlflow_run_id": row["mlflow_run_id"],
+            "mlflow_run": tracking.run_link(row["mlflow_run_id"]),
             "registered_model": MetadataValue.text(f"{row['registered_model']} v{row['model_version']}"),
             "path": MetadataValue.path(row["path"]),
         },
@@ -54,7 +55,7 @@ def firm_edit_critic(
     critic, metadata = train_critic(
         context, EDIT_CRITIC, firm_edit_dataset, config, models, warehouse, tracking, pipes_subprocess_client
     )
-    return _output(critic, metadata)
+    return _output(critic, metadata, tracking)
 
 
 @asset(
@@ -78,4 +79,4 @@ def firm_gen_critic(
     critic, metadata = train_critic(
         context, GEN_CRITIC, firm_gen_dataset, config, models, warehouse, tracking, pipes_subprocess_client
     )
-    return _output(critic, metadata)
+    return _output(critic, metadata, tracking)

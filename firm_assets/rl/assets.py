@@ -25,7 +25,7 @@ EDIT_POLICY = PolicySpec("edit_rl_policy", "edit", "firm_edit_critic", "source_i
 GEN_POLICY = PolicySpec("gen_rl_policy", "gen", "firm_gen_critic", "gen_prompts")
 
 
-def _output(policy: pl.DataFrame, metadata: dict) -> Output[pl.DataFrame]:
+def _output(policy: pl.DataFrame, metadata: dict, tracking: TrackingResource) -> Output[pl.DataFrame]:
     row = policy.row(0, named=True)
     return Output(
         policy,
@@ -39,6 +39,7 @@ def _output(policy: pl.DataFrame, metadata: dict) -> Output[pl.DataFrame]:
             "final_step": row["final_step"],
             "final_loss": row["final_loss"],
             "mlflow_run_id": row["mlflow_run_id"],
+            "mlflow_run": tracking.run_link(row["mlflow_run_id"]),
             "registered_model": MetadataValue.text(f"{row['registered_model']} v{row['model_version']}"),
             "lora_path": MetadataValue.path(row["lora_path"]),
         },
@@ -75,7 +76,7 @@ def edit_rl_policy(
         tracking,
         pipes_subprocess_client,
     )
-    return _output(policy, metadata)
+    return _output(policy, metadata, tracking)
 
 
 @asset(
@@ -108,4 +109,4 @@ def gen_rl_policy(
         tracking,
         pipes_subprocess_client,
     )
-    return _output(policy, metadata)
+    return _output(policy, metadata, tracking)
