@@ -21,6 +21,7 @@ from transformers import AutoModelForImageTextToText
 
 from firm_assets.benchmark.checks import contaminated_items
 from firm_assets.definitions import ASSETS, CHECKS, build_resources
+from jobs.curation import main_job
 from resources.home import warehouse_path
 from resources.tiny_models import VL_NAME
 from resources.tracking import default_tracking_uri
@@ -47,7 +48,7 @@ def main_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
             "FIRM_BENCH_ROOT",
         ):
             patch.delenv(name, raising=False)
-        result = materialize([*ASSETS, *CHECKS], resources=build_resources())
+        result = materialize([*ASSETS, *CHECKS], resources=build_resources(), selection=main_job.selection)
         yield home, result, Warehouse(Path(warehouse_path()))
 
 
