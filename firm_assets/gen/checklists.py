@@ -5,6 +5,7 @@ import json
 import polars as pl
 from dagster import AssetExecutionContext, DataVersion, Output, asset
 
+from firm_assets.curation.costs import CostMeter
 from firm_assets.curation.parsers import CHECKLIST_CATEGORIES, CHECKLIST_JSON, MAX_CHECKLIST_ITEMS
 from firm_assets.curation.prompts import load_template
 from firm_assets.curation.roles import chat_stage, static_code_version
@@ -48,6 +49,7 @@ def gen_checklists(
     models: ModelsResource,
     warehouse: WarehouseResource,
 ) -> Output[pl.DataFrame]:
+    meter = CostMeter()
     profile = models.settings()
     stage = chat_stage(profile, "gen_checklists", TEMPLATE, CHECKLIST_JSON, "checklist", scored=False)
     inputs = [
@@ -75,12 +77,13 @@ def gen_checklists(
         )
     frame = pl.DataFrame(rows, schema=CHECKLIST_SCHEMA).sort("prompt_id")
     version = frame_version(frame)
+    meter.record(context, warehouse.get(), version)
     coverage = frame["geneval_coverage"].drop_nulls()
     return Output(
         frame,
         data_version=DataVersion(version),
         metadata={
-            **stats.as_metadata(),
+            **meter.add(stats).as_metadata(),
             "mean_items": float(frame["n_items"].mean() or 0.0),
             # plans the parser repaired (truncated, category read as "other"): the notes are in the cache
             "repaired_plans": sum(

@@ -8,6 +8,7 @@ import polars as pl
 from dagster import AssetExecutionContext, DataVersion, Output, asset
 
 from firm_assets.curation.cache import CachedResult
+from firm_assets.curation.costs import CostMeter
 from firm_assets.curation.parsers import INSTRUCTION_FOLLOWING, QUALITY_JSON
 from firm_assets.curation.prompts import load_template
 from firm_assets.curation.roles import chat_stage, static_code_version
@@ -103,6 +104,7 @@ def gen_scores(
     models: ModelsResource,
     warehouse: WarehouseResource,
 ) -> Output[pl.DataFrame]:
+    meter = CostMeter()
     profile = models.settings()
     prompts = dict(zip(gen_prompts["prompt_id"], gen_prompts["prompt"], strict=True))
     checklists = {
@@ -154,8 +156,9 @@ def gen_scores(
     ]
     frame = pl.DataFrame(rows, schema=SCORE_SCHEMA).sort("image_id")
     version = frame_version(frame)
-    metadata = {f"if_{k}": v for k, v in if_stats.as_metadata().items()}
-    metadata.update({f"quality_{k}": v for k, v in quality_stats.as_metadata().items()})
+    meter.record(context, warehouse.get(), version)
+    metadata = {f"if_{k}": v for k, v in meter.add(if_stats).as_metadata().items()}
+    metadata.update({f"quality_{k}": v for k, v in meter.add(quality_stats).as_metadata().items()})
     coverage = frame["verdict_coverage"].drop_nulls()
     metadata["verdict_coverage"] = float(coverage.mean()) if coverage.len() else None
     return Output(
