@@ -198,3 +198,46 @@ def test_firm_cost_prints_the_summaries(tmp_path: Path, monkeypatch, capsys) -> 
     assert row.split() == ["edit_scores", "v1", "2", "8", "7", "3.00", "8.50", "1.00", "180", "18", "0"]
     assert "edit_candidates" not in out
     assert main(["cost", "--run", "nope"]) == 1
+
+
+def test_the_transformers_backend_counts_prompt_and_answer_tokens(tiny_models: dict[str, Path]) -> None:
+    from resources.chat import ChatRequest, Decoding
+    from resources.tiny_models import TEXT_NAME
+    from resources.transformers_backend import TransformersBackend
+
+    backend = TransformersBackend(str(tiny_models[TEXT_NAME]))
+    requests = [ChatRequest(("a red car",)), ChatRequest(("two blue birds on a wire, at dusk",))]
+    prompts = [len(backend.tokenizer.encode(backend._render(r), add_special_tokens=False)) for r in requests]
+    backend.generate(requests, Decoding(max_new_tokens=4))
+    tokens_in, tokens_out = backend.usage.snapshot()
+    assert tokens_in == sum(prompts)  # padding is not counted
+    assert 2 <= tokens_out <= 8  # each answer is 1 to 4 tokens (an end token counts)
+    backend.next_token_probs(requests[:1], ["Score: "], ["1"])
+    assert backend.usage.snapshot()[1] == tokens_out  # a forward pass generates nothing
+    assert backend.usage.snapshot()[0] > tokens_in
+
+
+def test_a_real_gen_run_records_its_costs_and_runs_the_canary(firm_home: Path, capsys) -> None:
+    from graph_runs import materialize_group, metadata
+
+    result = materialize_group("gen")
+    assert result.success
+    wh = Warehouse(firm_home / "warehouse.duckdb")
+    rows = model_summary(wh, run=result.run_id)
+    by_asset = {row["asset_key"]: row for row in rows.iter_rows(named=True)}
+    assert set(by_asset) == {"gen_checklists", "generated_images", "gen_scores"}
+    for asset in ("gen_checklists", "gen_scores"):
+        row = by_asset[asset]
+        assert row["model_calls"] > 0 and row["model_seconds"] > 0
+        assert row["tokens_in"] > row["tokens_out"] > 0
+    assert metadata(result, "gen_checklists")["tokens_in"] == by_asset["gen_checklists"]["tokens_in"]
+    meta = metadata(result, "gen_scores")
+    assert meta["if_tokens_in"] + meta["quality_tokens_in"] == by_asset["gen_scores"]["tokens_in"]
+    images = by_asset["generated_images"]
+    assert images["images_generated"] == images["model_calls"] == 20 and images["tokens_in"] == 0
+    assert asset_summary(wh, run=result.run_id).filter(asset_key="gen_scores")["cpu_seconds"][0] > 0
+    drift = next(c for c in result.get_asset_check_evaluations() if c.check_name == "gen_scores_judge_drift")
+    assert drift.passed and drift.metadata["previous_judge"].value == "-"
+    assert drift.metadata["canary_found"].value.endswith("of 6")
+    assert main(["cost", "--run", result.run_id[:8]]) == 0
+    assert "gen_scores" in capsys.readouterr().out

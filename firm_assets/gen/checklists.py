@@ -59,6 +59,7 @@ def gen_checklists(
     results, stats = run_chat_stage(
         stage, models.chat("planner"), inputs, warehouse.get(), profile.planner.batch_size, context.run_id
     )
+    meter.add(stats)
     geneval = dict(zip(gen_prompts["prompt_id"], gen_prompts["geneval"], strict=True))
     rows = []
     for prompt_id, result in results.items():
@@ -83,7 +84,7 @@ def gen_checklists(
         frame,
         data_version=DataVersion(version),
         metadata={
-            **meter.add(stats).as_metadata(),
+            **stats.as_metadata(),
             "mean_items": float(frame["n_items"].mean() or 0.0),
             # plans the parser repaired (truncated, category read as "other"): the notes are in the cache
             "repaired_plans": sum(

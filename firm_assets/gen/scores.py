@@ -144,6 +144,8 @@ def gen_scores(
     quality_results, quality_stats = run_chat_stage(
         quality_stage, judge, quality_inputs, wh, profile.judge.batch_size, context.run_id
     )
+    meter.add(if_stats)
+    meter.add(quality_stats)
 
     rows = [
         {
@@ -157,8 +159,8 @@ def gen_scores(
     frame = pl.DataFrame(rows, schema=SCORE_SCHEMA).sort("image_id")
     version = frame_version(frame)
     meter.record(context, warehouse.get(), version)
-    metadata = {f"if_{k}": v for k, v in meter.add(if_stats).as_metadata().items()}
-    metadata.update({f"quality_{k}": v for k, v in meter.add(quality_stats).as_metadata().items()})
+    metadata = {f"if_{k}": v for k, v in if_stats.as_metadata().items()}
+    metadata.update({f"quality_{k}": v for k, v in quality_stats.as_metadata().items()})
     coverage = frame["verdict_coverage"].drop_nulls()
     metadata["verdict_coverage"] = float(coverage.mean()) if coverage.len() else None
     return Output(
