@@ -182,6 +182,32 @@ def _audit(warehouse: Warehouse, args: argparse.Namespace) -> int:
     return 0 if memberships.height else 1
 
 
+def cost(args: argparse.Namespace) -> int:
+    """Print what model-calling materializations cost, per asset and data version and per model; exit 1
+    when nothing matches, 2 when the warehouse is missing, busy or older than cost accounting."""
+    import duckdb
+
+    from resources.home import warehouse_path
+    from warehouse.connection import Warehouse, WarehouseBusy
+    from warehouse.costs import asset_summary, cost_report, model_summary
+
+    warehouse = Warehouse(warehouse_path(), read_only=True)
+    try:
+        assets = asset_summary(warehouse, args.asset, args.run)
+        models = model_summary(warehouse, args.asset, args.run)
+    except (WarehouseBusy, FileNotFoundError) as error:
+        print(f"firm cost: {error}", file=sys.stderr)
+        return 2
+    except duckdb.CatalogException:
+        print("firm cost: this warehouse has no cost tables yet (run a job to migrate it)", file=sys.stderr)
+        return 2
+    if not assets.height:
+        print("firm cost: no recorded cost matches", file=sys.stderr)
+        return 1
+    print(cost_report(assets, models))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="firm", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -212,6 +238,12 @@ def main(argv: list[str] | None = None) -> int:
         help="version prefix of the named dataset, critic or policy (same as name@prefix)",
     )
     audit_parser.set_defaults(func=audit)
+    cost_parser = commands.add_parser(
+        "cost", help="model calls, seconds, tokens and images per asset and data version, and per model"
+    )
+    cost_parser.add_argument("--asset", default="", help="one asset key, e.g. edit_scores")
+    cost_parser.add_argument("--run", default="", help="one Dagster run id (or its prefix)")
+    cost_parser.set_defaults(func=cost)
     add_serve_parser(commands)
     args = parser.parse_args(argv)
     if getattr(args, "version", ""):

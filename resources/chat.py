@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,6 +103,25 @@ class ModelRef:
     backend: str = field(default="transformers", compare=False)
 
 
+class TokenUsage:
+    """Tokens a backend has read (prompt) and written (answer) since it was loaded, summed over
+    threads; a stage reads it before and after its calls, so cache hits cost no tokens."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.tokens_in = 0
+        self.tokens_out = 0
+
+    def add(self, tokens_in: int, tokens_out: int) -> None:
+        with self._lock:
+            self.tokens_in += tokens_in
+            self.tokens_out += tokens_out
+
+    def snapshot(self) -> tuple[int, int]:
+        with self._lock:
+            return self.tokens_in, self.tokens_out
+
+
 @dataclass(frozen=True)
 class TokenProbs:
     """The probabilities of the asked-for tokens at one generated position, read from the same forward
@@ -126,11 +146,15 @@ class ChatBackend(Protocol):
     whether calls from several threads at once are safe and fill free capacity (a server's pool of
     request slots); a local engine that runs one batch at a time says False. `chat_template_kwargs`
     are the extra chat template variables the role renders its prompts with (Qwen3's
-    `enable_thinking`): they change the prompt, so stages put them in the cache key."""
+    `enable_thinking`): they change the prompt, so stages put them in the cache key. `usage` counts
+    the tokens its calls read and wrote (cost accounting); `on_gpu` says whether they ran on a local
+    CUDA device (a server's GPU time is the server's)."""
 
     model: ModelRef
     concurrent_calls: bool
     chat_template_kwargs: dict[str, Any]
+    usage: TokenUsage
+    on_gpu: bool
 
     def close(self) -> None:
         """Release the model (and its GPU memory, an engine's processes, a client's connections)."""

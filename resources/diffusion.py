@@ -26,6 +26,7 @@ class DiffusionBackend:
         self, model_path: str, revision: str | None = None, device: str = "cpu", dtype: str = "float32"
     ) -> None:
         self.device = device
+        self.on_gpu = device.startswith("cuda")
         identity, revision = pinned(model_path, revision)
         self.pipeline: DiffusionPipeline = DiffusionPipeline.from_pretrained(
             model_path, revision=revision, dtype=getattr(torch, dtype)

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import openai
 from openai.types.chat import ChatCompletion
 
-from resources.chat import ChatRequest, Decoding, ImagePart, ModelRef, ProbedAnswer, TokenProbs
+from resources.chat import ChatRequest, Decoding, ImagePart, ModelRef, ProbedAnswer, TokenProbs, TokenUsage
 from resources.messages import chat_messages
 
 # Which kind of server answers: only a vLLM server gets vLLM's extensions to the request
@@ -117,6 +117,7 @@ class OpenAIBackend:
     vLLM server without `--api-key` accepts)."""
 
     concurrent_calls = True  # callers share the pool, so a second batch fills the slots the first left
+    on_gpu = False  # the server's GPU time is the server's to account for
 
     def __init__(
         self,
@@ -147,6 +148,7 @@ class OpenAIBackend:
         self.top_logprobs = top_logprobs
         # Extra variables for the server's chat template (Qwen3's `enable_thinking`), sent with every request.
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
+        self.usage = TokenUsage()
         self._client = openai.OpenAI(
             base_url=base_url,
             api_key=os.environ.get(api_key_env) or "EMPTY",
@@ -285,9 +287,12 @@ class OpenAIBackend:
     def _create(self, **params: Any) -> ChatCompletion:
         """One chat completion, retried by the SDK; its exceptions become ChatAPIErrors."""
         try:
-            return self._client.chat.completions.create(model=self.served_model, **params)
+            answer = self._client.chat.completions.create(model=self.served_model, **params)
         except openai.APIError as error:
             raise api_error(error) from error
+        if answer.usage is not None:  # the API's own counts; a server that reports none adds nothing
+            self.usage.add(answer.usage.prompt_tokens, answer.usage.completion_tokens)
+        return answer
 
 
 def _first_choice(answer: ChatCompletion) -> Any:

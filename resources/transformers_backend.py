@@ -22,7 +22,16 @@ from transformers import (
     ProcessorMixin,
 )
 
-from resources.chat import ChatRequest, Decoding, ImagePart, ModelRef, ProbedAnswer, TokenProbs, load_rgb
+from resources.chat import (
+    ChatRequest,
+    Decoding,
+    ImagePart,
+    ModelRef,
+    ProbedAnswer,
+    TokenProbs,
+    TokenUsage,
+    load_rgb,
+)
 from resources.guided import RegexLogitsProcessor, TokenTable
 from resources.messages import Message, chat_messages
 from resources.weights import pinned
@@ -55,6 +64,8 @@ class TransformersBackend:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.device = torch.device(device)
+        self.on_gpu = self.device.type == "cuda"
+        self.usage = TokenUsage()
         self.batch_size = batch_size
         # Extra variables for the chat template (Qwen3's `enable_thinking`): they change the prompt.
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
@@ -206,7 +217,11 @@ class TransformersBackend:
             output = self.net.generate(
                 **inputs, generation_config=config, logits_processor=processors or None
             )
-        return output[:, prompt_length:]
+        new_tokens = output[:, prompt_length:]
+        self.usage.add(
+            int(inputs["attention_mask"].sum()), sum(answer_lengths(new_tokens, self._eos_token_ids()))
+        )
+        return new_tokens
 
     def _regex_processors(self, decoding: Decoding, prompt_length: int) -> LogitsProcessorList | None:
         """The regex constraint for one generate() call, if asked for; the token table behind it is
@@ -240,6 +255,7 @@ class TransformersBackend:
             inputs = self._encode([request for request, _ in chunk], texts)
             with torch.inference_mode():
                 logits = self.net(**inputs, logits_to_keep=1).logits[:, -1, :]
+            self.usage.add(int(inputs["attention_mask"].sum()), 0)  # one forward pass, nothing generated
             probs = torch.softmax(logits.float(), dim=-1)[:, token_ids].cpu().tolist()
             results += [dict(zip(tokens, row, strict=True)) for row in probs]
         return results
@@ -253,6 +269,16 @@ class TransformersBackend:
     def _rng_devices(self) -> list[int]:
         """CUDA devices whose RNG state `fork_rng` must save and restore (none on the CPU)."""
         return [self.device.index or 0] if self.device.type == "cuda" else []
+
+
+def answer_lengths(new_tokens: torch.Tensor, eos_ids: Sequence[int]) -> list[int]:
+    """Tokens each row generated: up to and including its first end-of-sequence token (what follows is
+    padding to the batch's longest answer), or the whole row when it ran to max_new_tokens."""
+    lengths = []
+    for row in new_tokens.tolist():
+        ends = [step for step, token in enumerate(row) if token in eos_ids]
+        lengths.append(ends[0] + 1 if ends else len(row))
+    return lengths
 
 
 def _load_image(part: ImagePart) -> Image.Image:

@@ -7,7 +7,16 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from resources.chat import ChatRequest, Decoding, ImagePart, ModelRef, ProbedAnswer, TokenProbs, load_rgb
+from resources.chat import (
+    ChatRequest,
+    Decoding,
+    ImagePart,
+    ModelRef,
+    ProbedAnswer,
+    TokenProbs,
+    TokenUsage,
+    load_rgb,
+)
 from resources.messages import Message, chat_messages
 from resources.weights import pinned
 
@@ -67,6 +76,16 @@ class VllmBackend:
             **multimodal,
         )
         self.model = ModelRef(model_id=model_path, revision=identity, backend="vllm")
+        self.usage = TokenUsage()
+
+    on_gpu = True  # the offline engine runs on this machine's GPUs
+
+    def _count(self, outputs: Sequence[Any]) -> None:
+        """Add a chat call's prompt and answer token counts (vLLM's own token ids) to the usage."""
+        self.usage.add(
+            sum(len(output.prompt_token_ids or []) for output in outputs),
+            sum(len(output.outputs[0].token_ids) for output in outputs),
+        )
 
     def generate(self, requests: Sequence[ChatRequest], decoding: Decoding) -> list[str]:
         """The assistant's answer for each request, stripped; seeded per request so sampling repeats.
@@ -80,6 +99,7 @@ class VllmBackend:
             use_tqdm=False,
             chat_template_kwargs=self.chat_template_kwargs,
         )
+        self._count(outputs)
         texts = [output.outputs[0].text for output in outputs]
         return texts if decoding.regex is not None else [text.strip() for text in texts]
 
@@ -99,6 +119,7 @@ class VllmBackend:
             use_tqdm=False,
             chat_template_kwargs=self.chat_template_kwargs,
         )
+        self._count(outputs)
         tokenizer = self.llm.get_tokenizer()
         answers = []
         for output in outputs:
@@ -166,7 +187,7 @@ class VllmBackend:
         return results
 
     def _chat(self, conversations: list[list[Message]], params: Any, continue_final: bool) -> list[Any]:
-        return self.llm.chat(
+        outputs = self.llm.chat(
             conversations,
             sampling_params=params,
             use_tqdm=False,
@@ -174,6 +195,8 @@ class VllmBackend:
             continue_final_message=continue_final,
             chat_template_kwargs=self.chat_template_kwargs,
         )
+        self._count(outputs)
+        return outputs
 
     def close(self) -> None:
         """Shut the engine down and drop it, so its weights and KV cache leave the GPU. vLLM 0.33's

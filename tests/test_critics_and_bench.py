@@ -278,3 +278,65 @@ def test_gen_judges_report_item_agreement_on_labelled_bench_items(main_run) -> N
     assert predictions.filter(pl.col("text_score").is_null())["verdicts"].null_count() == (
         predictions.height - parsed.height
     )
+
+
+MODEL_ASSETS = {
+    "edit_candidates": "images",
+    "difference_captions": "tokens",
+    "edit_scores": "tokens",
+    "generated_images": "images",
+    "gen_checklists": "tokens",
+    "gen_scores": "tokens",
+    "bench_results": "tokens",
+}
+
+
+def test_every_model_calling_asset_records_its_cost(main_run, capsys) -> None:
+    home, result, wh = main_run
+    costs = wh.query(
+        "SELECT m.asset_key, m.cpu_seconds, m.gpu_seconds, sum(c.model_calls) AS calls,"
+        " sum(c.model_seconds) AS seconds, sum(c.tokens_in) AS tokens_in, sum(c.tokens_out) AS tokens_out,"
+        " sum(c.images_generated) AS images FROM materialization_costs m JOIN model_costs c"
+        " USING (dagster_run_id, asset_key) WHERE dagster_run_id = ? GROUP BY ALL",
+        [result.run_id],
+    )
+    by_asset = {row["asset_key"]: row for row in costs.iter_rows(named=True)}
+    assert set(by_asset) == set(MODEL_ASSETS)
+    for asset, kind in MODEL_ASSETS.items():
+        row = by_asset[asset]
+        assert row["calls"] > 0 and row["seconds"] > 0 and row["cpu_seconds"] > 0, row
+        assert row["gpu_seconds"] == 0.0  # cpu-tiny runs on the CPU
+        if kind == "tokens":
+            assert row["tokens_in"] > row["tokens_out"] > 0, row
+        else:
+            assert row["images"] == row["calls"] and row["tokens_in"] == 0, row
+    bench = next(
+        event.step_materialization_data.materialization.metadata
+        for event in result.get_asset_materialization_events()
+        if event.asset_key.to_user_string() == "bench_results"
+    )
+    assert bench["model_calls"].value == sum(
+        wh.rows("SELECT sum(model_calls) FROM model_costs WHERE asset_key = 'bench_results'")[0]
+    )
+    assert bench["model_calls"].value > 0 and bench["model_seconds"].value > 0
+    assert bench["tokens_in"].value == by_asset["bench_results"]["tokens_in"]
+    assert "cache_hits" in bench
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FIRM_HOME", str(home))
+        from firm_assets.cli import main
+
+        assert main(["cost", "--run", result.run_id[:8]]) == 0
+    out = capsys.readouterr().out
+    assert all(any(line.startswith(asset) for line in out.splitlines()) for asset in MODEL_ASSETS)
+
+
+def test_judge_drift_canary_runs_on_both_score_assets(main_run) -> None:
+    _, result, _ = main_run
+    drift = {
+        c.check_name: c for c in result.get_asset_check_evaluations() if c.check_name.endswith("judge_drift")
+    }
+    assert set(drift) == {"edit_scores_judge_drift", "gen_scores_judge_drift"}
+    for check in drift.values():  # the demo data holds the whole canary; this is the first judge
+        assert check.passed
+        assert check.metadata["canary_found"].value == "6 of 6"
+        assert check.metadata["previous_judge"].value == "-"

@@ -29,6 +29,7 @@ def test_demo_chain_end_to_end(firm_home: Path) -> None:
         "difference_captions_failure_rate": True,
         "edit_scores_in_range": True,
         "edit_scores_failure_rate": True,
+        "edit_scores_judge_drift": True,  # the demo holds the canary; no previous judge yet
         "firm_edit_dataset_not_empty": True,
     }
     renders = next(

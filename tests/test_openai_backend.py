@@ -561,7 +561,8 @@ class FakeVllm:
                             for _ in token_ids
                         ]
                     completion = SimpleNamespace(text=answer, token_ids=token_ids, logprobs=logprobs)
-                    outputs.append(SimpleNamespace(outputs=[completion]))
+                    prompt_ids = fake.tokenizer.encode(text, add_special_tokens=False)
+                    outputs.append(SimpleNamespace(outputs=[completion], prompt_token_ids=prompt_ids))
                 return outputs
 
         self.module = SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams)
@@ -593,6 +594,10 @@ def test_vllm_backend_drives_the_engine(
     ]
     (chat,) = fake.chats
     assert chat["sampling_params"].kwargs == {"max_tokens": 5, "temperature": 0.5, "top_p": 0.9, "seed": 4}
+    # the engine's own token ids are counted: the stand-in answers " <TEXT> " to the prompt's text
+    tokens_in, tokens_out = backend.usage.snapshot()
+    assert tokens_out == sum(len(vl.tokenizer.encode(f" {a} ", add_special_tokens=False)) for a in answers)
+    assert tokens_in > 0
     contents = [c[-1]["content"] for c in chat["messages"]]
     assert isinstance(contents[2], str)  # text only: one string, as for the server
     images = [

@@ -22,6 +22,8 @@ from firm_assets.benchmark.item_agreement import ITEM_AGREEMENT_COLUMNS, agreeme
 from firm_assets.benchmark.plots import confusion_png, scatter_png
 from firm_assets.benchmark.stats import evaluate, evaluate_overall
 from firm_assets.critics.inference import CriticTask, score_with_critic, tasks_for
+from firm_assets.curation.cache import StageStats
+from firm_assets.curation.costs import CostMeter
 from firm_assets.curation.versioning import frame_version
 from resources.chat import ChatBackend
 from resources.home import firm_home
@@ -118,8 +120,9 @@ def _predict(
     backend: ChatBackend | None,
     models,
     warehouse,
-) -> pl.DataFrame:
-    """One task's predictions: item_id, dimension, text_score, expectation_score, verdicts (JSON)."""
+) -> tuple[pl.DataFrame, StageStats | None]:
+    """One task's predictions (item_id, dimension, text_score, expectation_score, verdicts as JSON) and
+    the stage's stats; the constant baseline calls no model and has none."""
     if judge.constants is not None:
         value = judge.constants[task.dimension]
         frame = items.select(
@@ -129,9 +132,9 @@ def _predict(
             pl.lit(value).alias("expectation_score"),
             pl.lit(None, pl.String).alias("verdicts"),
         )
-        return frame
+        return frame, None
     profile = models.settings()
-    predictions, _ = score_with_critic(
+    predictions, stats = score_with_critic(
         backend,
         task,
         items,
@@ -142,7 +145,7 @@ def _predict(
         judge.expectation,
         bool(judge.guided),
     )
-    return predictions.select("item_id", "dimension", "text_score", "expectation_score", "verdicts")
+    return predictions.select("item_id", "dimension", "text_score", "expectation_score", "verdicts"), stats
 
 
 def _score_side(
@@ -154,11 +157,15 @@ def _score_side(
     models,
     warehouse,
     n_boot: int,
+    meter: CostMeter,
 ) -> tuple[pl.DataFrame, list[dict]]:
-    """Predictions of one judge on one side (with each item's human score) and its leaderboard rows."""
+    """Predictions of one judge on one side (with each item's human score) and its leaderboard rows;
+    each scoring stage's stats go to `meter`."""
     parts = []
     for task in tasks_for(side):
-        predictions = _predict(context, task, items, judge, backend, models, warehouse)
+        predictions, stats = _predict(context, task, items, judge, backend, models, warehouse)
+        if stats is not None:
+            meter.add(stats)
         human = items.select("item_id", pl.col(f"human_{task.dimension}").cast(pl.Float64).alias("human"))
         parts.append(
             human.join(predictions, on="item_id", how="left").with_columns(dimension=pl.lit(task.dimension))
@@ -325,6 +332,7 @@ def bench_results(
     warehouse: WarehouseResource,
     tracking: TrackingResource,
 ) -> Output[pl.DataFrame]:
+    meter = CostMeter()
     folder = firm_home() / "bench" / context.run_id
     folder.mkdir(parents=True, exist_ok=True)
     frames, rows, plots, notes = [], [], [], {}
@@ -339,7 +347,7 @@ def bench_results(
         for judge in side_judges:
             backend = load_chat_backend(judge.config) if judge.config is not None else None
             predictions, judge_rows = _score_side(
-                context, side, items, judge, backend, models, warehouse, config.bootstrap
+                context, side, items, judge, backend, models, warehouse, config.bootstrap, meter
             )
             frames.append(predictions)
             rows.extend(judge_rows)
@@ -365,11 +373,14 @@ def bench_results(
             )
     constant = [f"{r['bench']}/{r['judge']}/{r['dimension']}" for r in rows if r["constant_predictions"]]
     frame = pl.concat(frames).sort("bench", "judge", "dimension", "item_id")
+    version = frame_version(frame)
+    meter.record(context, warehouse.get(), version)
     return Output(
         frame,
-        data_version=DataVersion(frame_version(frame)),
+        data_version=DataVersion(version),
         metadata={
             "rows": frame.height,
+            **meter.totals(),
             "leaderboard": MetadataValue.md(_markdown(rows, plots)),
             "per_category": MetadataValue.json(
                 {f"{r['bench']}/{r['judge']}/{r['dimension']}": r["per_category"] for r in rows}

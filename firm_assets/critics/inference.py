@@ -12,6 +12,7 @@ from pathlib import Path
 
 import polars as pl
 
+from firm_assets.curation.cache import StageStats
 from firm_assets.curation.parsers import PLAN_THEN_SCORE, SCORE_JSON, Parser
 from firm_assets.curation.prompts import load_template
 from firm_assets.curation.stage import ChatStage, StageInput, run_chat_stage
@@ -80,8 +81,9 @@ def score_with_critic(
     run_id: str | None,
     expectation: bool = True,
     guided: bool = False,
-) -> tuple[pl.DataFrame, dict]:
-    """One row per item: text score (None when the answer did not parse) and expectation score.
+) -> tuple[pl.DataFrame, StageStats]:
+    """One row per item: text score (None when the answer did not parse) and expectation score, and
+    the stage's stats (calls, cache hits, seconds, tokens).
     `guided` holds the answer to the parser's format, as curation does on a guided profile."""
     regex = task.parser.guide(max_new_tokens) if guided and task.parser.guide else None
     stage = ChatStage(
@@ -108,4 +110,4 @@ def score_with_critic(
                 "verdicts": json.dumps(parsed["verdicts"]) if "verdicts" in parsed else None,
             }
         )
-    return pl.DataFrame(rows, schema=PREDICTION_SCHEMA), stats.as_metadata()
+    return pl.DataFrame(rows, schema=PREDICTION_SCHEMA), stats

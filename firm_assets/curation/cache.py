@@ -86,6 +86,9 @@ def failed_outcome(error: Exception) -> Outcome:
 
 @dataclass
 class StageStats:
+    """What one stage did: the counts an asset reports, and what the calls cost (`costs.py` records
+    them per model). Tokens and images count calls made now; a cache hit costs nothing."""
+
     rows: int = 0
     cache_hits: int = 0
     model_calls: int = 0
@@ -94,6 +97,12 @@ class StageStats:
     extra: dict[str, int] = field(default_factory=dict)
 
     transient_failures: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    images_generated: int = 0
+    stage: str = ""
+    model: ModelRef | None = None
+    on_gpu: bool = False  # the calls ran on a local CUDA device, so their seconds are GPU seconds
 
     def as_metadata(self) -> dict[str, float | int]:
         return {
@@ -103,6 +112,9 @@ class StageStats:
             "failures": self.failures,
             "transient_failures": self.transient_failures,
             "model_seconds": round(self.model_seconds, 3),
+            "tokens_in": self.tokens_in,
+            "tokens_out": self.tokens_out,
+            "images_generated": self.images_generated,
             **self.extra,
         }
 
@@ -306,7 +318,7 @@ def run_cached(
         raise ValueError("lookahead must be at least 1")
     keyed = [(spec.key(item.inputs), item) for item in items]
     cached = _lookup(warehouse, sorted({key for key, _ in keyed}))
-    stats = StageStats(rows=len(keyed))
+    stats = StageStats(rows=len(keyed), stage=spec.stage, model=spec.model)
     misses: dict[str, CacheItem] = {}
     for key, item in keyed:
         if key in cached:

@@ -22,6 +22,7 @@ from firm_assets.curation.cache import (
     failed_outcome,
     run_cached,
 )
+from firm_assets.curation.costs import CostMeter
 from firm_assets.curation.images import save_generated
 from firm_assets.curation.records import record_images
 from firm_assets.curation.versioning import short_hash
@@ -63,7 +64,10 @@ def run_image_stage(
         for job in jobs
     ]
 
+    made = 0  # images rendered now (not found in the cache)
+
     def compute(batch: list[ImageJob]) -> list[Outcome]:
+        nonlocal made
         outcomes, stored = [], []
         for job in batch:
             started = time.perf_counter()
@@ -76,6 +80,7 @@ def run_image_stage(
             parsed = {"image_sha": image.sha256, "image_path": str(image.path)}
             outcomes.append(Outcome(image.sha256, parsed, None, 1, time.perf_counter() - started))
         record_images(warehouse, stored)
+        made += len(stored)
         return outcomes
 
     decoding = {
@@ -85,7 +90,9 @@ def run_image_stage(
         "dtype": config.dtype,
     }
     spec = CallSpec(stage, backend.model, template_ref, IMAGE_OUTPUT, decoding)
-    return run_cached(warehouse, spec, items, compute, batch_size=4, run_id=run_id)
+    results, stats = run_cached(warehouse, spec, items, compute, batch_size=4, run_id=run_id)
+    stats.images_generated, stats.on_gpu = made, backend.on_gpu
+    return results, stats
 
 
 def _editor(backend, config: ImageModelConfig) -> Callable[[ImageJob], Image.Image]:
@@ -136,8 +143,10 @@ def render_for_all(
     models,
     warehouse: Warehouse,
     run_id: str | None,
+    meter: CostMeter,
 ) -> tuple[list[Rendered], dict[str, float]]:
-    """Every config x seed for every owner through the cache; failed renders are left out (counted)."""
+    """Every config x seed for every owner through the cache; failed renders are left out (counted);
+    each config's cost goes to `meter`."""
     rendered: list[Rendered] = []
     metadata: dict[str, float] = {}
     for config in configs:
@@ -163,7 +172,7 @@ def render_for_all(
             firm_home() / "images",
             run_id,
         )
-        counts = stats.as_metadata()
+        counts = meter.add(stats).as_metadata()
         counts["renders"] = counts.pop("rows")  # jobs asked for; the asset's `rows` is what it outputs
         for key, value in counts.items():
             metadata[key] = metadata.get(key, 0) + value

@@ -146,7 +146,11 @@ def run_chat_stage(
     spec = CallSpec(stage.name, backend.model, stage.template.ref, stage.parser.ref, decoding)
     # a backend whose calls may overlap gets the next batch while a batch's slowest request finishes
     lookahead = 2 if backend.concurrent_calls else 1
+    in_before, out_before = backend.usage.snapshot()
     results, stats = run_cached(warehouse, spec, items, compute, batch_size, run_id, lookahead=lookahead)
+    in_after, out_after = backend.usage.snapshot()
+    stats.tokens_in, stats.tokens_out = in_after - in_before, out_after - out_before
+    stats.on_gpu = backend.on_gpu
     if stage.score_reader:
         stats.extra["text_parse_failures"] = sum(1 for r in results.values() if _text_failed(r.outcome))
     return results, stats

@@ -4,6 +4,7 @@ import polars as pl
 from dagster import AssetExecutionContext, DataVersion, Output, asset
 
 from firm_assets.automation import CURATION_CONDITION, GPU_POOL
+from firm_assets.curation.costs import CostMeter
 from firm_assets.curation.generation import Owner, render_for_all
 from firm_assets.curation.versioning import frame_version, short_hash
 from resources.models import ModelsResource
@@ -57,6 +58,7 @@ def edit_candidates(
     models: ModelsResource,
     warehouse: WarehouseResource,
 ) -> Output[pl.DataFrame]:
+    meter = CostMeter()
     profile = models.settings()
     owners = [
         Owner(row["request_id"], row["instruction"], row["source_path"], row["source_sha"])
@@ -71,6 +73,7 @@ def edit_candidates(
         models,
         warehouse.get(),
         context.run_id,
+        meter,
     )
     rows = _imported(source_images) + [
         {
@@ -88,5 +91,6 @@ def edit_candidates(
     metadata["imported"] = len(rows) - len(rendered)
     frame = pl.DataFrame(rows, schema=CANDIDATE_SCHEMA).sort("candidate_id")
     version = frame_version(frame.drop("image_path"))
+    meter.record(context, warehouse.get(), version)
     context.log.info(f"edit_candidates: {frame.height} candidates, {metadata}")
     return Output(frame, data_version=DataVersion(version), metadata={**metadata, "rows": frame.height})

@@ -9,6 +9,7 @@ import polars as pl
 from dagster import AssetExecutionContext, DataVersion, Output, asset
 
 from firm_assets.automation import CURATION_CONDITION, GPU_POOL
+from firm_assets.curation.costs import CostMeter
 from firm_assets.curation.parsers import CAPTION_TEXT
 from firm_assets.curation.prompts import load_template
 from firm_assets.curation.roles import chat_stage, static_code_version
@@ -62,12 +63,14 @@ def difference_captions(
     models: ModelsResource,
     warehouse: WarehouseResource,
 ) -> Output[pl.DataFrame]:
+    meter = CostMeter()
     profile = models.settings()
     stage = chat_stage(profile, "difference_captions", TEMPLATE, CAPTION_TEXT, "caption", scored=False)
     inputs = caption_inputs(source_images, edit_candidates)
     results, stats = run_chat_stage(
         stage, models.chat("captioner"), inputs, warehouse.get(), profile.captioner.batch_size, context.run_id
     )
+    meter.add(stats)
     request_of = dict(zip(edit_candidates["candidate_id"], edit_candidates["request_id"], strict=True))
     frame = pl.DataFrame(
         [
@@ -83,6 +86,7 @@ def difference_captions(
         schema=CAPTION_SCHEMA,
     ).sort("candidate_id")
     version = frame_version(frame)
+    meter.record(context, warehouse.get(), version)
     return Output(
         frame, data_version=DataVersion(version), metadata={**stats.as_metadata(), "data_version": version}
     )

@@ -3,6 +3,7 @@
 import polars as pl
 from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetKey, asset_check
 
+from firm_assets.curation.canary import MAX_MEAN_ABS_DELTA, MIN_EXACT_AGREEMENT, canary_check
 from firm_assets.curation.gates import (
     MAX_FAILURE_RATE,
     failure_rate,
@@ -31,6 +32,17 @@ def edit_scores_in_range(edit_scores: pl.DataFrame) -> AssetCheckResult:
 )
 def edit_scores_failure_rate(edit_scores: pl.DataFrame) -> AssetCheckResult:
     return failure_rate(edit_scores, SCORE_COLUMNS)
+
+
+@asset_check(
+    asset=edit_scores,
+    description="Judge drift: on the pinned canary, the current judge agrees with the previous one "
+    f"(mean |delta| <= {MAX_MEAN_ABS_DELTA}, exact agreement >= {MIN_EXACT_AGREEMENT:.0%}; warn).",
+)
+def edit_scores_judge_drift(edit_scores: pl.DataFrame, warehouse: WarehouseResource) -> AssetCheckResult:
+    keys = {key for d in DIMENSIONS for key in edit_scores[f"{d}_key"].drop_nulls()}
+    stages = [f"{d}_scores" for d in DIMENSIONS]
+    return canary_check(warehouse.get(), "edit", stages, set(edit_scores["candidate_id"]), keys)
 
 
 @asset_check(

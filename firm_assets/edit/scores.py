@@ -10,6 +10,7 @@ import polars as pl
 from dagster import AssetExecutionContext, DataVersion, Output, asset
 
 from firm_assets.automation import CURATION_CONDITION, GPU_POOL
+from firm_assets.curation.costs import CostMeter
 from firm_assets.curation.parsers import SCORE_JSON
 from firm_assets.curation.prompts import load_template
 from firm_assets.curation.roles import chat_stage, static_code_version
@@ -83,6 +84,7 @@ def edit_scores(
     models: ModelsResource,
     warehouse: WarehouseResource,
 ) -> Output[pl.DataFrame]:
+    meter = CostMeter()
     profile = models.settings()
     inputs = score_inputs(source_images, edit_candidates, difference_captions)
     request_of = {sample.sample_id: sample for sample in inputs}
@@ -99,7 +101,9 @@ def edit_scores(
         results, stats = run_chat_stage(
             stage, models.chat("judge"), inputs, warehouse.get(), profile.judge.batch_size, context.run_id
         )
-        metadata.update({f"{dimension}_{key}": value for key, value in stats.as_metadata().items()})
+        metadata.update(
+            {f"{dimension}_{key}": value for key, value in meter.add(stats).as_metadata().items()}
+        )
         for sample_id, result in results.items():
             parsed = result.outcome.parsed or {}
             rows[sample_id].update(
@@ -113,5 +117,6 @@ def edit_scores(
             )
     frame = pl.DataFrame(list(rows.values()), schema=SCORE_SCHEMA).sort("candidate_id")
     version = frame_version(frame)
+    meter.record(context, warehouse.get(), version)
     metadata["rows"] = frame.height
     return Output(frame, data_version=DataVersion(version), metadata={**metadata, "data_version": version})

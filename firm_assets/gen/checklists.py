@@ -6,6 +6,7 @@ import polars as pl
 from dagster import AssetExecutionContext, DataVersion, Output, asset
 
 from firm_assets.automation import CURATION_CONDITION, GPU_POOL
+from firm_assets.curation.costs import CostMeter
 from firm_assets.curation.parsers import CHECKLIST_CATEGORIES, CHECKLIST_JSON, MAX_CHECKLIST_ITEMS
 from firm_assets.curation.prompts import load_template
 from firm_assets.curation.roles import chat_stage, static_code_version
@@ -51,6 +52,7 @@ def gen_checklists(
     models: ModelsResource,
     warehouse: WarehouseResource,
 ) -> Output[pl.DataFrame]:
+    meter = CostMeter()
     profile = models.settings()
     stage = chat_stage(profile, "gen_checklists", TEMPLATE, CHECKLIST_JSON, "checklist", scored=False)
     inputs = [
@@ -60,6 +62,7 @@ def gen_checklists(
     results, stats = run_chat_stage(
         stage, models.chat("planner"), inputs, warehouse.get(), profile.planner.batch_size, context.run_id
     )
+    meter.add(stats)
     geneval = dict(zip(gen_prompts["prompt_id"], gen_prompts["geneval"], strict=True))
     rows = []
     for prompt_id, result in results.items():
@@ -78,6 +81,7 @@ def gen_checklists(
         )
     frame = pl.DataFrame(rows, schema=CHECKLIST_SCHEMA).sort("prompt_id")
     version = frame_version(frame)
+    meter.record(context, warehouse.get(), version)
     coverage = frame["geneval_coverage"].drop_nulls()
     return Output(
         frame,

@@ -7,6 +7,7 @@ import polars as pl
 from dagster import AssetExecutionContext, DataVersion, Output, asset
 
 from firm_assets.automation import CURATION_CONDITION, GPU_POOL
+from firm_assets.curation.costs import CostMeter
 from firm_assets.curation.generation import Owner, render_for_all
 from firm_assets.curation.versioning import frame_version
 from resources.models import ModelsResource
@@ -44,6 +45,7 @@ def generated_images(
     models: ModelsResource,
     warehouse: WarehouseResource,
 ) -> Output[pl.DataFrame]:
+    meter = CostMeter()
     profile = models.settings()
     owners = [Owner(row["prompt_id"], row["prompt"]) for row in gen_prompts.iter_rows(named=True)]
     rendered, metadata = render_for_all(
@@ -55,6 +57,7 @@ def generated_images(
         models,
         warehouse.get(),
         context.run_id,
+        meter,
     )
     rows = [
         {
@@ -73,4 +76,5 @@ def generated_images(
     ]
     frame = pl.DataFrame(rows, schema=IMAGE_SCHEMA).sort("image_id")
     version = frame_version(frame.drop("image_path"))
+    meter.record(context, warehouse.get(), version)
     return Output(frame, data_version=DataVersion(version), metadata={**metadata, "rows": frame.height})

@@ -9,6 +9,7 @@ from dagster import AssetExecutionContext, DataVersion, Output, asset
 
 from firm_assets.automation import CURATION_CONDITION, GPU_POOL
 from firm_assets.curation.cache import CachedResult
+from firm_assets.curation.costs import CostMeter
 from firm_assets.curation.parsers import INSTRUCTION_FOLLOWING, QUALITY_JSON
 from firm_assets.curation.prompts import load_template
 from firm_assets.curation.roles import chat_stage, static_code_version
@@ -106,6 +107,7 @@ def gen_scores(
     models: ModelsResource,
     warehouse: WarehouseResource,
 ) -> Output[pl.DataFrame]:
+    meter = CostMeter()
     profile = models.settings()
     prompts = dict(zip(gen_prompts["prompt_id"], gen_prompts["prompt"], strict=True))
     checklists = {
@@ -145,6 +147,8 @@ def gen_scores(
     quality_results, quality_stats = run_chat_stage(
         quality_stage, judge, quality_inputs, wh, profile.judge.batch_size, context.run_id
     )
+    meter.add(if_stats)
+    meter.add(quality_stats)
 
     rows = [
         {
@@ -157,6 +161,7 @@ def gen_scores(
     ]
     frame = pl.DataFrame(rows, schema=SCORE_SCHEMA).sort("image_id")
     version = frame_version(frame)
+    meter.record(context, warehouse.get(), version)
     metadata = {f"if_{k}": v for k, v in if_stats.as_metadata().items()}
     metadata.update({f"quality_{k}": v for k, v in quality_stats.as_metadata().items()})
     coverage = frame["verdict_coverage"].drop_nulls()
