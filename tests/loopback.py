@@ -14,6 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from resources.chat import ChatRequest, Decoding, ImagePart
 from resources.transformers_backend import TransformersBackend
 
@@ -312,3 +314,15 @@ class AppServer:
     def close(self) -> None:
         self._server.should_exit = True
         self._thread.join(30)
+
+
+def wait_ready(base_url: str, expect: int = 200, timeout_s: float = 60) -> dict[str, Any]:
+    """Poll a reward server's /healthz until it is past loading its critic (the app answers at once, the
+    critic loads in the background) and return the final health body; that answer's status must be
+    `expect` (200: loaded; 503: the load failed)."""
+    deadline = time.monotonic() + timeout_s
+    while (health := httpx.get(f"{base_url}/healthz")).json()["status"] == "loading":
+        assert time.monotonic() < deadline, f"{base_url} still loading its critic after {timeout_s} s"
+        time.sleep(0.05)
+    assert health.status_code == expect, health.text
+    return health.json()

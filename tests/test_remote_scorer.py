@@ -4,11 +4,10 @@ server that changed critics mid-run."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
-from loopback import AppServer
+from loopback import AppServer, wait_ready
 from PIL import Image
 
 from firm_assets.critics.scoring import CriticScorer, EditQuery, GenQuery
@@ -29,21 +28,13 @@ def critic(tiny_models: dict[str, Path]) -> CriticScorer:
 @pytest.fixture(scope="module")
 def server(critic: CriticScorer):
     app_server = AppServer(create_app(ServerSettings(), lambda: critic))
+    wait_ready(app_server.base_url)
     yield app_server
     app_server.close()
 
 
-def _ready(url: str) -> RemoteScorer:
-    for _ in range(600):
-        try:
-            return RemoteScorer(url)
-        except ValueError:  # still loading the critic
-            time.sleep(0.1)
-    raise AssertionError("server never became ready")
-
-
 def test_remote_scores_equal_in_process_scores(server: AppServer, critic: CriticScorer) -> None:
-    remote = _ready(server.base_url)
+    remote = RemoteScorer(server.base_url)
     assert remote.critic_version == critic.critic_version
     source, edited = Image.new("RGB", (32, 32), "red"), Image.new("RGB", (32, 32), "blue")
     queries = [
@@ -61,7 +52,7 @@ def test_remote_scores_equal_in_process_scores(server: AppServer, critic: Critic
 
 def test_reward_fn_through_the_server(server: AppServer, critic: CriticScorer) -> None:
     """The trainer's reward function fed by the server: CME of the returned scores, one per rollout."""
-    remote = _ready(server.base_url)
+    remote = RemoteScorer(server.base_url)
     source = Image.new("RGB", (32, 32), "red")
     rollouts = [
         Rollout("p1", "make it blue", source, Image.new("RGB", (32, 32), colour), seed)
@@ -75,7 +66,7 @@ def test_reward_fn_through_the_server(server: AppServer, critic: CriticScorer) -
 
 
 def test_a_server_that_changed_critics_is_refused(server: AppServer) -> None:
-    remote = _ready(server.base_url)
+    remote = RemoteScorer(server.base_url)
     remote.critic_version = "models:/firm_edit_critic/1"  # what the run started with
     with pytest.raises(RuntimeError, match="one critic version"):
         remote.score_gen([GenQuery(Image.new("RGB", (32, 32), "blue"), "a blue square")])

@@ -17,7 +17,7 @@ import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
-from loopback import AppServer
+from loopback import AppServer, wait_ready
 from PIL import Image
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
@@ -54,19 +54,12 @@ def serve(critic: CriticScorer) -> Iterator[Callable[..., AppServer]]:
     def start(factory: Callable[[], Any] | None = None, **settings: Any) -> AppServer:
         server = AppServer(create_app(ServerSettings(**settings), factory or (lambda: critic)))
         servers.append(server)
-        wait_ready(server)
+        wait_ready(server.base_url)
         return server
 
     yield start
     for server in servers:
         server.close()
-
-
-def wait_ready(server: AppServer, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while httpx.get(f"{server.base_url}/healthz").status_code != 200:
-        assert time.monotonic() < deadline, "the critic did not load"
-        time.sleep(0.05)
 
 
 class Delayed:
@@ -341,8 +334,7 @@ def test_healthz_and_503_while_the_critic_loads(tiny_models: dict[str, Path]) ->
         assert refused.status_code == 503 and refused.headers["retry-after"] == "2"
         assert "still loading" in refused.json()["detail"]
         release.set()
-        wait_ready(server)
-        health = httpx.get(f"{server.base_url}/healthz").json()
+        health = wait_ready(server.base_url)
         assert health["status"] == "ok" and health["critic_version"]
     finally:
         release.set()
@@ -355,12 +347,8 @@ def test_a_critic_that_cannot_load_says_why() -> None:
 
     server = AppServer(create_app(ServerSettings(), broken))
     try:
-        deadline = time.monotonic() + 10
-        while httpx.get(f"{server.base_url}/healthz").json()["status"] == "loading":
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        health = httpx.get(f"{server.base_url}/healthz")
-        assert health.status_code == 503 and "no critic at /nowhere" in health.json()["detail"]
+        health = wait_ready(server.base_url, expect=503, timeout_s=10)
+        assert health["status"] == "failed" and "no critic at /nowhere" in health["detail"]
         refused = httpx.post(f"{server.base_url}/v1/gen", json={"items": [{"image": png(), "prompt": "p"}]})
         assert refused.status_code == 503 and "failed to load" in refused.json()["detail"]
     finally:
@@ -464,7 +452,7 @@ def api_schema(critic: CriticScorer) -> Iterator[Any]:
     whole schemathesis run."""
     server = AppServer(create_app(ServerSettings(max_batch=8, max_wait_ms=2), lambda: critic))
     try:
-        wait_ready(server)
+        wait_ready(server.base_url)
         yield schemathesis.openapi.from_url(f"{server.base_url}/openapi.json")
     finally:
         server.close()
