@@ -9,6 +9,7 @@ import secrets
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Response
@@ -18,7 +19,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ValidationError
 
 from firm_assets.critics.scoring import CriticScorer, EditQuery, GenQuery, ScoreMode
-from firm_assets.rl.rewards import RewardConfig, edit_reward, gen_reward
+from firm_assets.rl.rewards import Reward, RewardConfig, edit_reward, gen_reward
 from firm_assets.serving.batching import Batcher, Kind, Overloaded, Unavailable
 from firm_assets.serving.metrics import MetricsMiddleware, ServerMetrics
 from firm_assets.serving.payload import BodyLimitMiddleware
@@ -28,9 +29,11 @@ from firm_assets.serving.wire import (
     EditItem,
     EditRequest,
     EditResponse,
+    EditResult,
     GenItem,
     GenRequest,
     GenResponse,
+    GenResult,
     Health,
     ImageLimits,
     ImageRejected,
@@ -134,16 +137,19 @@ def create_app(settings: ServerSettings, scorer_factory: Callable[[], CriticScor
         except Unavailable as error:
             raise HTTPException(503, str(error), headers=retry) from None
 
-    @app.post("/v1/edit", response_model=EditResponse, responses=ERRORS, dependencies=guarded)
-    async def edit(body: EditRequest, response: Response) -> EditResponse:
-        """Execution and consistency of each edit (one critic batch) and its reward (CME by default)."""
+    async def answer(
+        route: Route, body: EditRequest | GenRequest, default: RewardConfig, response: Response
+    ) -> EditResponse | GenResponse:
+        """The sequence both scoring endpoints share: reward config, image decoding (off the event
+        loop), one batcher job, a reward per scored item, and the response with its request id."""
         request_id = body.request_id or uuid.uuid4().hex
-        config = reward_config("edit", body.reward, settings.edit_reward)
-        queries = await run_in_threadpool(edit_queries, body.items, limits)
-        results = [edit_result(s, edit_reward(config, s)) for s in await scored("edit", body.mode, queries)]
-        metrics.item_failures.labels("edit").inc(sum(r.reward.masked for r in results))
+        config = reward_config(route.kind, body.reward, default)
+        queries = await run_in_threadpool(route.queries, body.items, limits)
+        scores = await scored(route.kind, body.mode, queries)
+        results = [route.result(s, route.reward(config, s)) for s in scores]
+        metrics.item_failures.labels(route.kind).inc(sum(r.reward.masked for r in results))
         response.headers["X-Request-ID"] = request_id
-        return EditResponse(
+        return route.response(
             request_id=request_id,
             critic_version=batcher.critic_version or "",
             mode=body.mode,
@@ -151,22 +157,15 @@ def create_app(settings: ServerSettings, scorer_factory: Callable[[], CriticScor
             results=results,
         )
 
+    @app.post("/v1/edit", response_model=EditResponse, responses=ERRORS, dependencies=guarded)
+    async def edit(body: EditRequest, response: Response) -> EditResponse:
+        """Execution and consistency of each edit (one critic batch) and its reward (CME by default)."""
+        return await answer(EDIT, body, settings.edit_reward, response)
+
     @app.post("/v1/gen", response_model=GenResponse, responses=ERRORS, dependencies=guarded)
     async def gen(body: GenRequest, response: Response) -> GenResponse:
         """Instruction following and quality of each image and its reward (QMA by default)."""
-        request_id = body.request_id or uuid.uuid4().hex
-        config = reward_config("gen", body.reward, settings.gen_reward)
-        queries = await run_in_threadpool(gen_queries, body.items, limits)
-        results = [gen_result(s, gen_reward(config, s)) for s in await scored("gen", body.mode, queries)]
-        metrics.item_failures.labels("gen").inc(sum(r.reward.masked for r in results))
-        response.headers["X-Request-ID"] = request_id
-        return GenResponse(
-            request_id=request_id,
-            critic_version=batcher.critic_version or "",
-            mode=body.mode,
-            reward_config=RewardConfigOut(**config.model_dump()),
-            results=results,
-        )
+        return await answer(GEN, body, settings.gen_reward, response)
 
     @app.get("/healthz", response_model=Health, responses={503: {"model": Health}})
     async def healthz() -> JSONResponse:
@@ -219,3 +218,18 @@ def gen_queries(items: Sequence[GenItem], limits: ImageLimits) -> list[GenQuery]
         GenQuery(image=_image(item.image, f"items[{i}].image", limits), prompt=item.prompt)
         for i, item in enumerate(items)
     ]
+
+
+@dataclass(frozen=True)
+class Route:
+    """What sets the edit and gen endpoints apart; the sequence they share is `answer` in `create_app`."""
+
+    kind: Kind
+    queries: Callable[[Sequence[Any], ImageLimits], list[Any]]
+    reward: Callable[[RewardConfig, Any], Reward]
+    result: Callable[[Any, Reward], EditResult | GenResult]
+    response: type[EditResponse] | type[GenResponse]
+
+
+EDIT = Route("edit", edit_queries, edit_reward, edit_result, EditResponse)
+GEN = Route("gen", gen_queries, gen_reward, gen_result, GenResponse)
