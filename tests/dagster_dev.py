@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,62 @@ LAUNCH = """mutation Launch($params: ExecutionParams!) { launchPipelineExecution
 RUN_STATUS = "query Run($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }"
 
 FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
+
+AssetPath = tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The assets (by key path) and asset checks (by asset key path and check name) a run executes."""
+
+    assets: frozenset[AssetPath]
+    checks: frozenset[tuple[AssetPath, str]]
+
+    def differences(self, other: Selection) -> str:
+        """What only this selection has and what only `other` has, for an error message."""
+        mine = [*sorted(self.assets - other.assets), *sorted(self.checks - other.checks)]
+        theirs = [*sorted(other.assets - self.assets), *sorted(other.checks - self.checks)]
+        return f"only in this selection: {mine}; only in the other: {theirs}"
+
+
+def job_selection(job_name: str) -> Selection:
+    """What the code location's job executes, resolved from its Definitions (`firm run main` runs the
+    `main` job): a UI launch meant to do the same work must select exactly this."""
+    from firm_assets.definitions import defs
+
+    layer = defs.resolve_job_def(job_name).asset_layer
+    return Selection(
+        assets=frozenset(tuple(key.path) for key in layer.selected_asset_keys),
+        checks=frozenset((tuple(key.asset_key.path), key.name) for key in layer.asset_graph.asset_check_keys),
+    )
+
+
+def asset_path(node: dict[str, Any]) -> AssetPath:
+    return tuple(node["assetKey"]["path"])
+
+
+def node_selection(nodes: list[dict[str, Any]]) -> Selection:
+    """The assets and checks a launch of these GraphQL asset nodes selects (`launch_assets`)."""
+    return Selection(
+        assets=frozenset(asset_path(node) for node in nodes),
+        checks=frozenset(
+            (asset_path(node), check["name"])
+            for node in nodes
+            for check in (node["assetChecksOrError"] or {}).get("checks", [])
+        ),
+    )
+
+
+def job_nodes(nodes: list[dict[str, Any]], job_name: str) -> list[dict[str, Any]]:
+    """The webserver's asset nodes in the job's selection (derived from its definition), in the
+    webserver's order; a ValueError unless launching them, with the checks the webserver lists for
+    them, selects exactly the assets and checks the job executes."""
+    job = job_selection(job_name)
+    chosen = [node for node in nodes if asset_path(node) in job.assets]
+    launched = node_selection(chosen)
+    if launched != job:
+        raise ValueError(f"a launch of these nodes is not job {job_name}'s work: {launched.differences(job)}")
+    return chosen
 
 
 def free_port() -> int:
@@ -87,17 +144,15 @@ class DagsterDev:
         """Launch the assets of `nodes` and their checks as the UI's Materialize button does: the
         implicit asset job, no run config; returns the run id."""
         repository = nodes[0]["repository"]
-        checks = [
-            {"assetKey": {"path": node["assetKey"]["path"]}, "name": check["name"]}
-            for node in nodes
-            for check in (node["assetChecksOrError"] or {}).get("checks", [])
-        ]
+        selection = node_selection(nodes)
         selector = {
             "repositoryLocationName": repository["location"]["name"],
             "repositoryName": repository["name"],
             "pipelineName": "__ASSET_JOB",
-            "assetSelection": [{"path": node["assetKey"]["path"]} for node in nodes],
-            "assetCheckSelection": checks,
+            "assetSelection": [{"path": list(path)} for path in sorted(selection.assets)],
+            "assetCheckSelection": [
+                {"assetKey": {"path": list(path)}, "name": name} for path, name in sorted(selection.checks)
+            ],
         }
         result = self.graphql(LAUNCH, {"params": {"selector": selector, "mode": "default"}})
         launched = result["launchPipelineExecution"]
