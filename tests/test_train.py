@@ -107,6 +107,14 @@ def test_training_lowers_the_loss_and_saves_loadable_weights(
     model = AutoModelForImageTextToText.from_pretrained(output)
     assert type(model).__name__ == "Qwen3VLForConditionalGeneration"
 
+    # a relaunch of the same version (its parent died after training, e.g. at registration) reports
+    # the saved summary and leaves the saved weights alone instead of training again
+    saved = {path.name: path.stat().st_mtime_ns for path in output.iterdir()}
+    again = _train(params)
+    assert "already holds this version's trained weights" in again.stdout
+    assert _summary(again) == summary
+    assert {path.name: path.stat().st_mtime_ns for path in output.iterdir()} == saved
+
 
 def test_gradient_checkpointing_and_workers_change_no_loss(tmp_path: Path, tiny_models) -> None:
     dataset = _dataset(tmp_path / "exports")

@@ -44,6 +44,7 @@ from firm_assets.critics.data import (
 )
 
 STATE_FILE = "trainer_state.json"
+SUMMARY_FILE = "training_summary.json"  # saved with the weights: marks them finished
 KEEP_CHECKPOINTS = 2
 # test hook: the process SIGKILLs itself right after this optimizer update, to prove resume works
 KILL_AFTER_UPDATE = "FIRM_TRAIN_SIGKILL_AFTER_UPDATE"
@@ -91,7 +92,25 @@ def validation_loss(accelerator: Accelerator, model, loader) -> float:
     return (total / tokens).item()
 
 
+def finished_summary(output: Path) -> dict[str, Any] | None:
+    """The summary saved beside finished weights, if this output folder holds any. The folder is only
+    ever replaced whole (weights, processor and summary together), so a summary there means the weights
+    are complete."""
+    path = output / SUMMARY_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def train(params: dict[str, Any], log, report) -> dict[str, Any]:
+    """Train (or resume) one critic version and save it to `output_dir`. If a previous process already
+    saved this version's weights (and then its parent failed, e.g. at registration), report that
+    process's summary instead of training again: the output folder is per version, so the weights
+    there are exactly what these parameters produce."""
+    if (done := finished_summary(Path(params["output_dir"]))) is not None and os.environ.get(
+        "RANK", "0"
+    ) == "0":
+        log(f"{params['output_dir']} already holds this version's trained weights; not training again")
+        report(done)
+        return done
     recipe = params["recipe"]
     bf16 = recipe["bf16"] and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     accelerator = Accelerator(
@@ -215,19 +234,6 @@ def train(params: dict[str, Any], log, report) -> dict[str, Any]:
     # save: merged full weights, loadable with from_pretrained like the base (FSDP gathers them)
     weights = accelerator.get_state_dict(model)
     output = Path(params["output_dir"])
-    if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        if recipe["method"] == "lora":
-            unwrapped, weights = unwrapped.merge_and_unload(), None
-        tmp = output.with_name(output.name + f".tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        unwrapped.save_pretrained(tmp, state_dict=weights)
-        processor.save_pretrained(tmp)
-        shutil.rmtree(output, ignore_errors=True)
-        os.replace(tmp, output)
-        if folder:
-            shutil.rmtree(folder, ignore_errors=True)
-    accelerator.wait_for_everyone()
     summary = {
         "examples": len(index),
         "train_examples": len(train_set),
@@ -248,6 +254,20 @@ def train(params: dict[str, Any], log, report) -> dict[str, Any]:
             "dataloader_workers": recipe["dataloader_workers"],
         },
     }
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        if recipe["method"] == "lora":
+            unwrapped, weights = unwrapped.merge_and_unload(), None
+        tmp = output.with_name(output.name + f".tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        unwrapped.save_pretrained(tmp, state_dict=weights)
+        processor.save_pretrained(tmp)
+        (tmp / SUMMARY_FILE).write_text(json.dumps(summary))
+        shutil.rmtree(output, ignore_errors=True)
+        os.replace(tmp, output)
+        if folder:
+            shutil.rmtree(folder, ignore_errors=True)
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         report(summary)
     return summary
