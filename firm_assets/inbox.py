@@ -5,7 +5,9 @@ They are separate from `edit_requests`/`gen_prompts` (which read one configured 
 because the curation chain downstream is unpartitioned: partitioning the importers would make every
 stage downstream depend on all files. Here each file is imported once per content, its rows kept in
 `inbox_edit_requests`/`inbox_gen_prompts` (replaced when the file changes) and its import in
-`inbox_files`; the same importers and quarantine rules as the chain's apply.
+`inbox_files`; the same importers and quarantine rules as the chain's apply. The entry assets read
+those rows back (`inbox_edit_rows`, `inbox_prompts`) after their configured source, so a dropped file
+reaches the datasets on their next run.
 """
 
 import hashlib
@@ -25,7 +27,7 @@ from dagster import (
 from firm_assets.curation.lines import Quarantined
 from firm_assets.curation.records import record_quarantine
 from firm_assets.edit.importer import read_edit_requests
-from firm_assets.gen.importers import read_prompts
+from firm_assets.gen.importers import GenPrompt, read_prompts
 from resources.home import firm_home
 from resources.warehouse_resource import WarehouseResource
 from warehouse.connection import Warehouse
@@ -100,6 +102,53 @@ def import_gen_file(warehouse: Warehouse, name: str, run_id: str) -> dict[str, i
     rows = [(p.prompt_id, p.prompt, p.locator, p.tag, p.geneval) for p in imported.prompts]
     bad = imported.bad + imported.duplicates
     return _store(warehouse, GEN_INBOX, name, file_digest(path), "inbox_gen_prompts", rows, bad, run_id)
+
+
+def imported_files(warehouse: Warehouse, inbox: str) -> dict[str, str]:
+    """Each imported file of an inbox (its partition key) and the content hash imported."""
+    with warehouse.transaction() as con:
+        rows = con.execute(
+            "SELECT file, sha256 FROM inbox_files WHERE inbox = ? ORDER BY file", [inbox]
+        ).fetchall()
+    return dict(rows)
+
+
+def inbox_edit_rows(warehouse: Warehouse) -> list[dict]:
+    """The imported edit requests, in the entry asset's row shape plus `file`, by file then line
+    (the order that decides which of two equal requests is the first)."""
+    with warehouse.transaction() as con:
+        rows = con.execute(
+            "SELECT file, request_id, instruction, requirement, image, edited_images, images_root, line"
+            " FROM inbox_edit_requests ORDER BY file, line"
+        ).fetchall()
+    return [
+        {
+            "file": file,
+            "request_id": request_id,
+            "instruction": instruction,
+            "requirement": requirement,
+            "image": image,
+            "edited_images": list(edited),
+            "images_root": root,
+            "source": str(Path(root) / file),
+            "line": line,
+        }
+        for file, request_id, instruction, requirement, image, edited, root, line in rows
+    ]
+
+
+def inbox_prompts(warehouse: Warehouse) -> list[GenPrompt]:
+    """The imported prompts, by file (a file holds no repeats: its import quarantined them)."""
+    with warehouse.transaction() as con:
+        rows = con.execute(
+            "SELECT file, prompt_id, prompt, locator, tag, geneval FROM inbox_gen_prompts"
+            " ORDER BY file, prompt_id"
+        ).fetchall()
+    folder = inbox_dir(GEN_INBOX)
+    return [
+        GenPrompt(prompt_id, prompt, str(folder / file), locator, tag, geneval)
+        for file, prompt_id, prompt, locator, tag, geneval in rows
+    ]
 
 
 def _metadata(imports: list[dict[str, int | str]]) -> dict:

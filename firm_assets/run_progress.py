@@ -4,6 +4,7 @@ and when it should end. Dagster's own event stream stays in its console logger, 
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -21,6 +22,45 @@ COUNTED = ("rows", "cache_hits", "model_calls", "model_seconds")
 def progress_message(done: int, total: int, unit: str) -> str:
     """What a stage logs (context.log.info) to say it has done `done` of `total` units of work."""
     return f"progress {done}/{total} {unit}"
+
+
+# a stage reports after each tenth of its work and at least this often, and always at the end
+REPORT_EVERY_S = 30.0
+
+
+def report_due(done: int, total: int, last_done: int, since_last_s: float, every_s: float) -> bool:
+    """Whether progress is worth a message: the work is finished, another tenth of it is done since
+    the last message, or `every_s` seconds have passed since then with something new done (so the
+    first finished unit always reports). A stage of thousands of calls logs about a dozen messages
+    plus one per `every_s`, yet a short one reports each batch."""
+    if done <= last_done:
+        return False
+    return done >= total or 10 * (done - last_done) >= total or since_last_s >= every_s
+
+
+@dataclass
+class ProgressReporter:
+    """Counts a stage's finished units and logs `progress_message` through `log` when `report_due`
+    says so. `done` may start above 0 (a resumed training run)."""
+
+    total: int
+    unit: str
+    log: Callable[[str], None]
+    done: int = 0
+    every_s: float = REPORT_EVERY_S
+    clock: Callable[[], float] = time.monotonic
+    _last_done: int = field(default=0, init=False)
+    _last_at: float = field(default=-math.inf, init=False)
+
+    def __post_init__(self) -> None:
+        self._last_done = self.done
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        now = self.clock()
+        if report_due(self.done, self.total, self._last_done, now - self._last_at, self.every_s):
+            self.log(progress_message(min(self.done, self.total), self.total, self.unit))
+            self._last_done, self._last_at = self.done, now
 
 
 def console_log_level(verbose: bool) -> str:

@@ -18,18 +18,35 @@ from dagster import (
 )
 
 from firm_assets.definitions import ASSETS, CHECKS, build_resources
+from firm_assets.run_progress import PROGRESS
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "firm_assets" / "curation" / "templates"
 
 
-def materialize_group(group: str, run_config: dict[str, Any] | None = None) -> ExecuteInProcessResult:
-    """Materialize one asset group and its checks, with resources built from the current environment."""
+def materialize_group(
+    group: str, run_config: dict[str, Any] | None = None, instance: DagsterInstance | None = None
+) -> ExecuteInProcessResult:
+    """Materialize one asset group and its checks, with resources built from the current environment
+    (in `instance` when given, to read the run's log messages back)."""
     return materialize(
         [*ASSETS, *CHECKS],
         resources=build_resources(),
         run_config=run_config or {},
         selection=AssetSelection.groups(group),
+        instance=instance,
     )
+
+
+def progress_reports(instance: DagsterInstance, run_id: str) -> dict[str, list[tuple[int, int, str]]]:
+    """Each step's progress messages (`run_progress.progress_message`) as (done, total, unit), in order."""
+    reports: dict[str, list[tuple[int, int, str]]] = {}
+    for entry in instance.all_logs(run_id):
+        found = PROGRESS.match(entry.user_message) if entry.dagster_event is None else None
+        if found:
+            reports.setdefault(entry.step_key or "", []).append(
+                (int(found["done"]), int(found["total"]), found["unit"])
+            )
+    return reports
 
 
 def edit_config(requests: Path) -> dict[str, Any]:

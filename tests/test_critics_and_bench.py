@@ -14,7 +14,8 @@ import mlflow.transformers
 import polars as pl
 import pytest
 import torch
-from dagster import AssetSelection, materialize
+from dagster import AssetSelection, DagsterInstance, materialize
+from graph_runs import progress_reports
 from loopback import LoopbackServer, ModelHandler, model_entry
 from mlflow import MlflowClient
 from transformers import AutoModelForImageTextToText
@@ -39,7 +40,14 @@ pytestmark = pytest.mark.timeout(1500)
 
 
 @pytest.fixture(scope="module")
-def main_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
+def main_instance():
+    """The Dagster instance the main run is recorded in, to read its log messages back."""
+    with DagsterInstance.ephemeral() as instance:
+        yield instance
+
+
+@pytest.fixture(scope="module")
+def main_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, main_instance: DagsterInstance):
     home = tmp_path_factory.mktemp("main") / "firm-home"
     (home / "models").mkdir(parents=True)
     (home / "models" / "tiny").symlink_to(tiny_model_dir)
@@ -53,7 +61,12 @@ def main_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
             "FIRM_BENCH_ROOT",
         ):
             patch.delenv(name, raising=False)
-        result = materialize([*ASSETS, *CHECKS], resources=build_resources(), selection=main_job.selection)
+        result = materialize(
+            [*ASSETS, *CHECKS],
+            resources=build_resources(),
+            selection=main_job.selection,
+            instance=main_instance,
+        )
         yield home, result, Warehouse(Path(warehouse_path()))
 
 
@@ -67,6 +80,23 @@ def test_main_job_succeeds_with_every_gate(main_run) -> None:
     warn_only |= {"trained_critic_beats_base"}
     assert all(passed for name, passed in checks.items() if name not in warn_only), checks
     assert checks["bench_contamination"]
+
+
+def test_training_and_bench_report_progress(main_run, main_instance: DagsterInstance) -> None:
+    """Critic SFT (from its Pipes process), bench scoring and RL training log progress messages, done
+    rising to the total: updates, model calls, steps."""
+    _, result, _ = main_run
+    reports = progress_reports(main_instance, result.run_id)
+    for critic in ("firm_edit_critic", "firm_gen_critic"):
+        updates = result.asset_materializations_for_node(critic)[0].metadata["updates"].value
+        done = [d for d, _, _ in reports[critic]]
+        assert len(done) >= 2 and done == sorted(set(done)) and done[-1] == updates, reports[critic]
+        assert {(total, unit) for _, total, unit in reports[critic]} == {(updates, "updates")}
+    bench = reports["bench_results"]
+    assert bench and {unit for _, _, unit in bench} == {"model calls"}
+    assert bench[-1][0] == bench[-1][1]
+    for policy in ("edit_rl_policy", "gen_rl_policy"):
+        assert reports[policy] == [(1, 2, "steps"), (2, 2, "steps")], reports[policy]
 
 
 def test_critics_train_on_exact_dataset_versions_and_are_registered(main_run) -> None:

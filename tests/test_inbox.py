@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from dagster import SensorResult, SkipReason, build_sensor_context, instance_for_test, materialize
 
+from firm_assets.edit.requests import edit_requests, with_inbox_rows
+from firm_assets.gen.prompts import gen_prompts
 from firm_assets.inbox import (
     EDIT_INBOX_PARTITIONS,
     GEN_INBOX_PARTITIONS,
@@ -143,3 +145,126 @@ def test_gen_inbox_backfill_imports_a_range_of_files_in_one_run(home: Path, inst
     materializations = run.asset_materializations_for_node("gen_inbox_prompts")
     assert sorted(m.partition for m in materializations) == ["p1.txt", "p2.json"]
     assert {m.metadata["files"].value for m in materializations} == {2}
+
+
+def _request(request_id: str, source: str, line: int) -> dict:
+    return {
+        "request_id": request_id,
+        "instruction": "add a hat",
+        "image": "x.png",
+        "source": source,
+        "line": line,
+    }
+
+
+def test_with_inbox_rows_keeps_first_occurrences_and_quarantines_repeats() -> None:
+    configured = [_request("r1", "/data/requests.jsonl", 1)]
+    inbox = [
+        _request("r2", "/inbox/a.jsonl", 1),
+        _request("r1", "/inbox/a.jsonl", 2),
+        _request("r2", "/inbox/b.jsonl", 4),
+    ]
+    kept, repeats = with_inbox_rows(configured, inbox)
+    assert [(r["request_id"], r["source"]) for r in kept] == [
+        ("r1", "/data/requests.jsonl"),
+        ("r2", "/inbox/a.jsonl"),
+    ]
+    assert [(q.source, q.locator, q.reason) for q in repeats] == [
+        ("/inbox/a.jsonl", "line 2", "duplicate of /data/requests.jsonl line 1"),
+        ("/inbox/b.jsonl", "line 4", "duplicate of /inbox/a.jsonl line 1"),
+    ]
+    assert json.loads(repeats[0].raw) == {"prompt": "add a hat", "image": "x.png"}
+    assert with_inbox_rows(configured, []) == (configured, [])
+
+
+def _import_dropped(sensor, asset, instance) -> None:
+    """What the daemon does with a dropped file: the sensor's tick, then the run it requests."""
+    [request] = _tick(sensor, instance, None).run_requests
+    resources = {"warehouse": WarehouseResource()}
+    assert materialize(
+        [asset], partition_key=request.partition_key, instance=instance, resources=resources
+    ).success
+
+
+def _entry_run(asset, instance, config: dict):
+    result = materialize(
+        [asset],
+        instance=instance,
+        resources={"warehouse": WarehouseResource()},
+        run_config={"ops": {asset.key.to_user_string(): {"config": config}}},
+    )
+    assert result.success
+    [materialization] = result.asset_materializations_for_node(asset.key.to_user_string())
+    return result.asset_value(asset.key), materialization
+
+
+def test_a_dropped_edit_file_reaches_edit_requests_once(home: Path, instance, tmp_path: Path) -> None:
+    configured = tmp_path / "requests.jsonl"
+    configured.write_text('{"prompt": "add a hat", "image": "x.png"}\n')
+    inbox = home / "inbox" / "edit"
+    inbox.mkdir(parents=True)
+    dropped = inbox / "a.jsonl"
+    dropped.write_text(
+        '{"prompt": "remove the cup", "image": "y.png", "requirement": "keep the table"}\n'
+        '{"prompt": "add a hat", "image": "x.png"}\n'  # the configured file's request again
+        "not json\n"
+    )
+    before, first = _entry_run(edit_requests, instance, {"requests_path": str(configured)})
+    assert before["instruction"].to_list() == ["add a hat"]
+    _import_dropped(edit_inbox_files, edit_inbox_requests, instance)
+
+    frame, materialization = _entry_run(edit_requests, instance, {"requests_path": str(configured)})
+    assert frame.select("instruction", "requirement", "line").rows() == [
+        ("add a hat", None, 1),
+        ("remove the cup", "keep the table", 1),
+    ]
+    new = frame.row(1, named=True)
+    assert (new["images_root"], new["source"]) == (str(inbox.resolve()), str(inbox.resolve() / "a.jsonl"))
+    assert json.loads(materialization.metadata["inbox_files"].value) == {"a.jsonl": _sha(dropped)}
+    # the repeat is quarantined by the entry asset, pointing at the first; the bad line by the import
+    assert _rows(
+        home, "SELECT asset, locator, reason LIKE 'duplicate of%' FROM quarantine ORDER BY asset"
+    ) == [
+        ("edit_requests", "line 2", True),
+        ("inbox_edit_requests", "line 3", False),
+    ]
+    assert _rows(home, "SELECT reason FROM quarantine WHERE asset = 'edit_requests'") == [
+        (f"duplicate of {configured} line 1",)
+    ]
+
+    again, rerun = _entry_run(edit_requests, instance, {"requests_path": str(configured)})
+    assert again.equals(frame)  # a re-run adds nothing
+    versions = [m.metadata["data_version"].value for m in (first, materialization, rerun)]
+    assert versions[0] != versions[1] == versions[2]
+
+
+def test_a_dropped_prompt_file_reaches_gen_prompts_once(home: Path, instance, tmp_path: Path) -> None:
+    configured = tmp_path / "prompts.txt"
+    configured.write_text("a red cube\n")
+    inbox = home / "inbox" / "gen"
+    inbox.mkdir(parents=True)
+    (inbox / "p.txt").write_text("A red cube.\na green cone\n")
+    (inbox / "q.txt").write_text("a green cone\n")  # the same prompt in a later inbox file
+    _, before = _entry_run(gen_prompts, instance, {"prompt_files": [str(configured)]})
+    assert before.metadata["rows"].value == 1
+    run = _tick(gen_inbox_files, instance, None)
+    assert [r.partition_key for r in run.run_requests] == ["p.txt", "q.txt"]
+    resources = {"warehouse": WarehouseResource()}
+    for request in run.run_requests:
+        assert materialize(
+            [gen_inbox_prompts], partition_key=request.partition_key, instance=instance, resources=resources
+        ).success
+
+    frame, materialization = _entry_run(gen_prompts, instance, {"prompt_files": [str(configured)]})
+    assert sorted(frame.select("prompt", "source").rows()) == [
+        ("a green cone", str(inbox / "p.txt")),
+        ("a red cube", str(configured)),
+    ]
+    assert json.loads(materialization.metadata["inbox_files"].value) == {"p.txt": _sha(inbox / "p.txt")}
+    assert materialization.metadata["duplicates"].value == 2
+    assert sorted(_rows(home, "SELECT source, reason FROM quarantine WHERE asset = 'gen_prompts'")) == [
+        (str(inbox / "p.txt"), f"duplicate of {configured} line 1"),
+        (str(inbox / "q.txt"), f"duplicate of {inbox / 'p.txt'} line 2"),
+    ]
+    again, _ = _entry_run(gen_prompts, instance, {"prompt_files": [str(configured)]})
+    assert again.equals(frame)

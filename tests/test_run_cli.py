@@ -15,11 +15,13 @@ from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatu
 
 from firm_assets.cli import read_run_config
 from firm_assets.run_progress import (
+    ProgressReporter,
     ProgressView,
     _Step,
     eta_seconds,
     metadata_totals,
     progress_message,
+    report_due,
     with_console_level,
 )
 from firm_assets.run_sweep import HOST_TAG, PID_START_TAG, PID_TAG, owner_gone, owner_tags
@@ -32,6 +34,37 @@ def test_eta_from_rate_so_far() -> None:
     assert eta_seconds(done=3, total=12, elapsed_s=6.0) == 18.0
     assert eta_seconds(done=0, total=12, elapsed_s=6.0) is None
     assert eta_seconds(done=12, total=12, elapsed_s=6.0) is None
+
+
+def test_report_due_each_tenth_every_interval_and_at_the_end() -> None:
+    assert report_due(done=1000, total=1000, last_done=990, since_last_s=0.0, every_s=30.0)  # the end
+    assert report_due(done=100, total=1000, last_done=0, since_last_s=0.0, every_s=30.0)  # a tenth
+    assert not report_due(done=99, total=1000, last_done=0, since_last_s=29.9, every_s=30.0)
+    assert report_due(done=1, total=1000, last_done=0, since_last_s=30.0, every_s=30.0)  # time
+    assert not report_due(done=5, total=1000, last_done=5, since_last_s=60.0, every_s=30.0)  # nothing new
+
+
+def test_progress_reporter_logs_batches_of_a_small_stage_and_tenths_of_a_large_one() -> None:
+    now = [0.0]
+    small: list[str] = []
+    reporter = ProgressReporter(20, "model calls", small.append, clock=lambda: now[0])
+    for _ in range(3):
+        reporter.advance(8)  # the last batch is larger than what is left: the count stops at the total
+    assert small == [progress_message(n, 20, "model calls") for n in (8, 16, 20)]
+
+    large: list[str] = []
+    reporter = ProgressReporter(1000, "model calls", large.append, clock=lambda: now[0])
+    for _ in range(125):
+        reporter.advance(8)
+    # the first batch, then whenever a tenth (100) is done since the last message, then the end
+    expected = [8, 112, 216, 320, 424, 528, 632, 736, 840, 944, 1000]
+    assert large == [progress_message(n, 1000, "model calls") for n in expected]
+    resumed: list[str] = []
+    reporter = ProgressReporter(50, "updates", resumed.append, done=40, clock=lambda: now[0])
+    reporter.advance()
+    now[0] += 31.0
+    reporter.advance()
+    assert resumed == ["progress 41/50 updates", "progress 42/50 updates"]
 
 
 def test_metadata_totals_sum_stage_prefixed_model_figures() -> None:

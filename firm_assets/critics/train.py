@@ -42,6 +42,7 @@ from firm_assets.critics.data import (
     row_loss_sums,
     split_validation,
 )
+from firm_assets.run_progress import ProgressReporter
 
 STATE_FILE = "trainer_state.json"
 SUMMARY_FILE = "training_summary.json"  # saved with the weights: marks them finished
@@ -188,6 +189,7 @@ def train(params: dict[str, Any], log, report) -> dict[str, Any]:
 
     # loop
     losses, val_losses = state["losses"], state["val_losses"]
+    progress = ProgressReporter(total_updates, "updates", log, done=len(losses))
     started = time.perf_counter()
     window: list[float] = []
     for epoch in range(state["epoch"], recipe["epochs"]):
@@ -209,6 +211,7 @@ def train(params: dict[str, Any], log, report) -> dict[str, Any]:
             losses.append(sum(window) / len(window))
             window = []
             update = len(losses)
+            progress.advance()
             if update % recipe["log_every"] == 0 or update == total_updates:
                 log(f"epoch {epoch} update {update}/{total_updates} loss {losses[-1]:.4f}")
             if len(val_positions) and recipe["eval_every"] and update % recipe["eval_every"] == 0:

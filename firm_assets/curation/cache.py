@@ -21,8 +21,10 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+from dagster import DagsterInvariantViolationError, OpExecutionContext
 
 from firm_assets.curation.leases import LEASE_S, Leases, claim_size, split_window
+from firm_assets.run_progress import ProgressReporter
 from resources.chat import ModelRef, classify_failure
 from warehouse.connection import Warehouse
 
@@ -288,6 +290,16 @@ def _start(pool: ThreadPoolExecutor | None, compute: ComputeBatch, payloads: lis
     return future
 
 
+def step_log() -> Callable[[str], None]:
+    """The running Dagster step's `log.info`, so every stage reports its progress into the run's
+    event log (what `firm run` turns into an ETA) without each asset passing it down; outside a step
+    (a script, a unit test) a no-op."""
+    try:
+        return OpExecutionContext.get().log.info
+    except DagsterInvariantViolationError:
+        return lambda _message: None
+
+
 def run_cached(
     warehouse: Warehouse,
     spec: CallSpec,
@@ -313,7 +325,10 @@ def run_cached(
     in worker threads, so one slow request at a batch's end does not idle a server's other slots; each
     finished batch is handled here as above (this thread alone touches the database). It runs ahead
     only once the model has answered something, so a server that is down is asked one batch, not n;
-    after a whole batch fails, nothing more is sent and the batches in flight are collected."""
+    after a whole batch fails, nothing more is sent and the batches in flight are collected.
+
+    Progress (misses settled: answered here, found committed by another run, or not sent) is logged
+    to the running Dagster step as `progress_message`s (`run_progress.py`)."""
     if lookahead < 1:
         raise ValueError("lookahead must be at least 1")
     keyed = [(spec.key(item.inputs), item) for item in items]
@@ -326,6 +341,7 @@ def run_cached(
         elif key not in misses:
             misses[key] = item
     work = _Work(deque(misses))
+    progress = ProgressReporter(len(misses), "model calls", step_log())
     leases = Leases(spec.stage, run_id, lease_s)
     shared: set[str] = set()  # answers another run computed while this one ran
     last_sync = time.monotonic()
@@ -342,6 +358,7 @@ def run_cached(
                     found = _sync(warehouse, spec, leases, work, want, run_id)
                     cached.update(found)
                     shared.update(found)
+                    progress.advance(len(found))
                     last_sync = time.monotonic()
                 if work.mine:
                     batch = [work.mine.popleft() for _ in range(min(batch_size, len(work.mine)))]
@@ -371,13 +388,16 @@ def run_cached(
                 work.finished.append(key)
                 if not out.transient:
                     work.uncommitted.append((key, misses[key], out))
+            progress.advance(len(batch))
             stats.model_seconds += sum(out.model_seconds for out in outcomes)
             answered = answered or not all(out.transient for out in outcomes)
             if len(batch) > 1 and all(out.transient for out in outcomes):
                 reason = (outcomes[-1].failure or "").removeprefix("transient: ")
                 unavailable = f"transient: not sent, a whole batch before it failed ({reason})"
-                for key in work.drop_all():
+                dropped = work.drop_all()
+                for key in dropped:
                     cached[key] = Outcome(None, None, unavailable, transient=True)
+                progress.advance(len(dropped))
     finally:
         if pool is not None:  # batches still computing (an error stopped the loop) end before the claims
             pool.shutdown(wait=True)

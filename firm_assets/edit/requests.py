@@ -1,10 +1,12 @@
-"""`edit_requests` and `source_images`: import FIRM-style JSONL, then validate and store the images.
+"""`edit_requests` and `source_images`: import FIRM-style JSONL (the configured file, then the requests
+imported from the edit inbox), then validate and store the images.
 
 Two assets so that a fixed typo in one line re-validates no images, and a corrupt image quarantines
 one request, never the run: any error while reading one image becomes a quarantine row naming the
 request file and line.
 """
 
+import json
 import os
 from pathlib import Path
 
@@ -14,11 +16,12 @@ from pydantic import Field
 
 from firm_assets.automation import CURATION_CONDITION
 from firm_assets.curation.images import ImageRejected, StoredImage, ingest_image, resolve_under
-from firm_assets.curation.lines import BadLine, attempt
+from firm_assets.curation.lines import BadLine, Quarantined, attempt, quarantined
 from firm_assets.curation.records import record_images, record_quarantine
 from firm_assets.curation.versioning import frame_version
 from firm_assets.edit.demo import write_demo_edit_dataset
 from firm_assets.edit.importer import read_edit_requests
+from firm_assets.inbox import EDIT_INBOX, imported_files, inbox_edit_rows
 from resources.home import firm_home
 from resources.warehouse_resource import WarehouseResource
 
@@ -66,43 +69,59 @@ def requests_file(config: EditRequestsConfig) -> Path:
     return write_demo_edit_dataset(firm_home() / "demo" / f"edit-{config.demo_size}", n=config.demo_size)
 
 
+def with_inbox_rows(rows: list[dict], inbox: list[dict]) -> tuple[list[dict], list[Quarantined]]:
+    """`rows` then the inbox rows whose request is not already there (same id: same content); a
+    repeat is quarantined pointing at its first occurrence, as within one file."""
+    first = {row["request_id"]: row for row in rows}
+    kept, repeats = list(rows), []
+    for row in inbox:
+        if row["request_id"] in first:
+            earlier = first[row["request_id"]]
+            raw = json.dumps({"prompt": row["instruction"], "image": row["image"]}, ensure_ascii=False)
+            reason = f"duplicate of {earlier['source']} line {earlier['line']}"
+            repeats.append(quarantined(Path(row["source"]), f"line {row['line']}", raw, reason))
+            continue
+        first[row["request_id"]] = row
+        kept.append(row)
+    return kept, repeats
+
+
 @asset(
     group_name=GROUP,
     code_version="edit_importer@1",
     kinds={"duckdb"},
     description="Edit requests (instruction, requirement, source image path, pre-edited images) "
-    "imported from FIRM-style JSONL; bad lines are quarantined with a reason.",
+    "imported from FIRM-style JSONL, then those imported from the edit inbox; bad lines and repeats "
+    "are quarantined with a reason.",
 )
 def edit_requests(
     context: AssetExecutionContext, config: EditRequestsConfig, warehouse: WarehouseResource
 ) -> Output[pl.DataFrame]:
+    wh = warehouse.get()
     path = requests_file(config)
     root = Path(config.images_root) if config.images_root else path.parent
     requests, bad = read_edit_requests(path)
-    quarantined = record_quarantine(
-        warehouse.get(),
-        "edit_requests",
-        [q.as_row() for q in bad],
-        context.run_id,
-    )
-    frame = pl.DataFrame(
-        [
-            {
-                "request_id": r.request_id,
-                "instruction": r.instruction,
-                "requirement": r.requirement,
-                "image": r.image,
-                "edited_images": list(r.edited_images),
-                "images_root": str(root.resolve()),
-                "source": r.source,
-                "line": r.line,
-            }
-            for r in requests
-        ],
-        schema=REQUEST_SCHEMA,
-    )
+    configured = [
+        {
+            "request_id": r.request_id,
+            "instruction": r.instruction,
+            "requirement": r.requirement,
+            "image": r.image,
+            "edited_images": list(r.edited_images),
+            "images_root": str(root.resolve()),
+            "source": r.source,
+            "line": r.line,
+        }
+        for r in requests
+    ]
+    rows, repeats = with_inbox_rows(configured, inbox_edit_rows(wh))
+    bad += repeats
+    count = record_quarantine(wh, "edit_requests", [q.as_row() for q in bad], context.run_id)
+    files = imported_files(wh, EDIT_INBOX)
+    fed = sorted({row["file"] for row in rows if "file" in row})  # only inbox rows name a file
+    frame = pl.DataFrame(rows, schema=REQUEST_SCHEMA)
     if bad:
-        context.log.warning(f"{len(bad)} line(s) of {path} quarantined; see the quarantine table")
+        context.log.warning(f"{len(bad)} request(s) quarantined; see the quarantine table")
     # Where a request sits in its file is not part of it: moving lines leaves the version alone.
     version = frame_version(frame.drop("source", "line"), "request_id")
     return Output(
@@ -110,8 +129,9 @@ def edit_requests(
         data_version=DataVersion(version),
         metadata={
             "rows": frame.height,
-            "quarantined": quarantined,
+            "quarantined": count,
             "source": str(path),
+            "inbox_files": json.dumps({name: files[name] for name in fed}),
             "data_version": version,
         },
     )

@@ -64,6 +64,23 @@ class PromptImport:
     prompts: list[GenPrompt] = field(default_factory=list)
     bad: list[Quarantined] = field(default_factory=list)
     duplicates: list[Quarantined] = field(default_factory=list)
+    first: dict[str, GenPrompt] = field(default_factory=dict)  # prompt id -> the prompt kept
+
+    def add(self, path: Path, locator: str, raw: bytes | str, entry: GenPrompt | BadLine) -> None:
+        """One entry, after every earlier one: kept, a repeat of a kept prompt, or bad."""
+        if isinstance(entry, BadLine):
+            self.bad.append(quarantined(path, locator, raw, entry.reason))
+        elif entry.prompt_id not in self.first:
+            self.first[entry.prompt_id] = entry
+            self.prompts.append(entry)
+        else:
+            kept = self.first[entry.prompt_id]
+            where = kept.locator if kept.source == entry.source else f"{kept.source} {kept.locator}"
+            if entry.geneval is not None and kept.geneval is not None and entry.geneval != kept.geneval:
+                reason = f"same prompt as {where}, with different GenEval metadata (the first is kept)"
+                self.bad.append(quarantined(path, locator, raw, reason))
+            else:
+                self.duplicates.append(quarantined(path, locator, raw, f"duplicate of {where}"))
 
 
 def normalise(prompt: str) -> str:
@@ -83,24 +100,10 @@ def read_prompts(path: Path) -> PromptImport:
 def read_prompt_files(paths: Iterable[Path]) -> PromptImport:
     """Prompt files in order, a prompt repeated within or across them kept once (its first time)."""
     result = PromptImport()
-    first: dict[str, GenPrompt] = {}
     for path in paths:
         for locator, raw, entry in _entries(path):
-            if entry is None:
-                continue
-            if isinstance(entry, GenPrompt) and entry.prompt_id in first:
-                kept = first[entry.prompt_id]
-                where = kept.locator if kept.source == entry.source else f"{kept.source} {kept.locator}"
-                if entry.geneval is not None and kept.geneval is not None and entry.geneval != kept.geneval:
-                    reason = f"same prompt as {where}, with different GenEval metadata (the first is kept)"
-                    result.bad.append(quarantined(path, locator, raw, reason))
-                else:
-                    result.duplicates.append(quarantined(path, locator, raw, f"duplicate of {where}"))
-            elif isinstance(entry, GenPrompt):
-                first[entry.prompt_id] = entry
-                result.prompts.append(entry)
-            else:
-                result.bad.append(quarantined(path, locator, raw, entry.reason))
+            if entry is not None:
+                result.add(path, locator, raw, entry)
     return result
 
 

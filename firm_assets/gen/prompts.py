@@ -1,5 +1,7 @@
-"""`gen_prompts`: text-to-image prompts from JSON lists, plain text and GenEval metadata files."""
+"""`gen_prompts`: text-to-image prompts from JSON lists, plain text and GenEval metadata files, then
+the prompts imported from the gen inbox (`firm_assets.inbox`)."""
 
+import json
 import os
 from pathlib import Path
 
@@ -10,6 +12,7 @@ from pydantic import Field
 from firm_assets.curation.records import record_quarantine
 from firm_assets.curation.versioning import frame_version
 from firm_assets.gen.importers import read_prompt_files
+from firm_assets.inbox import GEN_INBOX, imported_files, inbox_prompts
 from resources.warehouse_resource import WarehouseResource
 
 GROUP = "gen"
@@ -48,15 +51,23 @@ def prompt_files(config: GenPromptsConfig) -> list[Path]:
     group_name=GROUP,
     code_version="gen_importer@1",
     kinds={"duckdb"},
-    description="Text-to-image prompts, deduplicated by normalised text across files; GenEval metadata "
-    "kept as a ground-truth checklist; bad entries and repeats quarantined with a reason.",
+    description="Text-to-image prompts from the configured files, then the gen inbox's imported files, "
+    "deduplicated by normalised text across all of them; GenEval metadata kept as a ground-truth "
+    "checklist; bad entries and repeats quarantined with a reason.",
 )
 def gen_prompts(
     context: AssetExecutionContext, config: GenPromptsConfig, warehouse: WarehouseResource
 ) -> Output[pl.DataFrame]:
+    wh = warehouse.get()
     imported = read_prompt_files(prompt_files(config))
+    from_inbox = inbox_prompts(wh)
+    for prompt in from_inbox:  # after the configured files, so theirs is a prompt's first occurrence
+        imported.add(Path(prompt.source), prompt.locator, prompt.prompt, prompt)
+    kept = set(imported.prompts)
+    fed = sorted({Path(prompt.source).name for prompt in from_inbox if prompt in kept})
+    files = imported_files(wh, GEN_INBOX)
     rows = [q.as_row() for q in imported.bad + imported.duplicates]
-    count = record_quarantine(warehouse.get(), "gen_prompts", rows, context.run_id)
+    count = record_quarantine(wh, "gen_prompts", rows, context.run_id)
     if imported.bad:
         context.log.warning(f"{len(imported.bad)} prompt entries quarantined; see the quarantine table")
     frame = pl.DataFrame([p.__dict__ for p in imported.prompts], schema=PROMPT_SCHEMA).sort("prompt_id")
@@ -68,6 +79,7 @@ def gen_prompts(
             "rows": frame.height,
             "quarantined": count,
             "duplicates": len(imported.duplicates),
+            "inbox_files": json.dumps({name: files[name] for name in fed}),
             "data_version": version,
         },
     )

@@ -30,6 +30,7 @@ from firm_assets.rl.critic_reward import critic_reward_fn
 from firm_assets.rl.grids import sample_grid
 from firm_assets.rl.nft import NFTConfig, PromptItem, StepLog, train_policy
 from firm_assets.rl.rewards import RewardConfig
+from firm_assets.run_progress import progress_message
 from firm_assets.serving.remote import RemoteScorer
 from resources.tracking import TrackingResource
 
@@ -82,12 +83,15 @@ def read_history(path: Path, final_step: int) -> list[dict[str, Any]]:
 
 
 class StepTracker:
-    """Rank 0's `on_step`: metrics and sample grids to MLflow, the step to the history file and a
-    line to the Dagster log."""
+    """Rank 0's `on_step`: metrics and sample grids to MLflow, the step to the history file, and a
+    line and a progress message (steps done of `total_steps`; a step takes long enough that each is
+    worth one) to the Dagster log."""
 
-    def __init__(self, tracking: TrackingResource, run_id: str, history: Path, grid_every: int, log) -> None:
+    def __init__(
+        self, tracking: TrackingResource, run_id: str, history: Path, grid_every: int, total_steps: int, log
+    ) -> None:
         self.tracking, self.run_id, self.history = tracking, run_id, history
-        self.grid_every, self.log = grid_every, log
+        self.grid_every, self.total_steps, self.log = grid_every, total_steps, log
         self.steps: list[int] = []
 
     def __call__(self, step: StepLog) -> None:
@@ -100,6 +104,7 @@ class StepTracker:
         self.steps.append(step.step)
         reward = "masked" if step.reward_mean is None else f"{step.reward_mean:.4f}"
         self.log(f"step {step.step} loss {step.loss:.4f} reward {reward} masked {step.masked_fraction:.2f}")
+        self.log(progress_message(step.step, self.total_steps, "steps"))
 
 
 def _load_scorer(source: str, critic: dict[str, Any]) -> CriticScorer:
@@ -155,7 +160,14 @@ def train(params: dict[str, Any], log: Callable[[str], None], report, rank: int)
     checkpoints.mkdir(parents=True, exist_ok=True)
     tracking = TrackingResource(tracking_uri=params["tracking_uri"])
     tracker = (
-        StepTracker(tracking, params["mlflow_run_id"], checkpoints / HISTORY_FILE, params["grid_every"], log)
+        StepTracker(
+            tracking,
+            params["mlflow_run_id"],
+            checkpoints / HISTORY_FILE,
+            params["grid_every"],
+            params["nft"]["steps"],
+            log,
+        )
         if rank == 0
         else None
     )

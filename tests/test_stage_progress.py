@@ -1,0 +1,38 @@
+"""Model stages report their progress into the run's event log while they work, which is what
+`firm run` turns into an ETA; a stage answered wholly from the cache reports nothing."""
+
+from pathlib import Path
+
+from dagster import DagsterInstance
+from graph_runs import materialize_group, metadata, progress_reports
+
+from firm_assets.run_progress import ProgressView, metadata_totals
+
+
+def test_edit_stages_report_model_calls_up_to_their_total(firm_home: Path) -> None:
+    with DagsterInstance.ephemeral() as instance:
+        first = materialize_group("edit", instance=instance)
+        assert first.success
+        reports = progress_reports(instance, first.run_id)
+        lines: list[str] = []
+        view = ProgressView(write=lines.append)
+        for entry in instance.all_logs(first.run_id):
+            view(entry)
+        second = materialize_group("edit", instance=instance)
+        assert second.success
+        again = progress_reports(instance, second.run_id)
+
+    for stage in ("edit_candidates", "difference_captions"):
+        calls = metadata(first, stage)["model_calls"]
+        done = [d for d, _, _ in reports[stage]]
+        assert calls > 8 and len(done) >= 2, (stage, reports[stage])  # several batches, each reported
+        assert done == sorted(set(done)) and done[-1] == calls  # increasing, up to every call made
+        assert {(total, unit) for _, total, unit in reports[stage]} == {(calls, "model calls")}
+    # edit_scores runs one stage per dimension: each ends at its total, and the totals add up
+    finished = [total for done, total, _ in reports["edit_scores"] if done == total]
+    assert len(finished) == 2
+    assert sum(finished) == metadata_totals(metadata(first, "edit_scores"))["model_calls"]
+    # the compact view of `firm run` shows them with an ETA while a stage is under way
+    assert any(line.split()[0] == "difference_captions" and "ETA" in line for line in lines), lines
+    assert metadata(second, "difference_captions")["model_calls"] == 0
+    assert "difference_captions" not in again and "edit_candidates" not in again
