@@ -8,10 +8,11 @@ Read it top to bottom: data -> model -> optimiser and schedule -> resume -> loop
 
 Records are read and encoded a batch at a time in DataLoader workers (`data.py`), so memory does
 not grow with the dataset. A validation split (by record hash) is scored every `eval_every` updates
-and at the end. Every `checkpoint_every` updates the full training state (weights, optimizer, scheduler,
-RNG, data position, loss history) is written atomically to `checkpoint_dir`; a relaunch with the
-same parameters resumes from the newest complete checkpoint with the same data order and produces
-the same losses as an uninterrupted run. The checkpoints are deleted once the final weights are saved.
+and at the end. Every `checkpoint_every` updates the full training state (weights, optimizer,
+scheduler, RNG, data position, loss history) is written atomically to `checkpoint_dir`; a relaunch
+with the same parameters resumes from the newest complete checkpoint with the same data order and
+produces the same losses as an uninterrupted run. The checkpoints are deleted once the final
+weights are saved.
 
 By hand: python -m firm_assets.critics.train --params params.json
 """
