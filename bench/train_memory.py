@@ -1,12 +1,18 @@
 """P6: the critic trainer's memory does not grow with the dataset, and its loop keeps up with a bare one.
 
 Builds a one-task ShareGPT export of N distinct image records (the 1x set) and one with every
-record copied FACTOR times (the 10x set), then runs, each in a fresh process so peak RSS is clean:
-- the product's training process (`firm_assets.critics.train.train`, cpu-tiny recipe: no
-  validation split or checkpoints, so only training is timed) on 1x and on 10x: peak RSS of the
-  process (the largest of it and its DataLoader workers);
-- a bare loop over the 10x set's batches in the same order, encoded before the clock starts:
-  forward, backward and the same AdamW step, nothing else.
+record copied FACTOR times (the 10x set), then runs, each in a fresh process (OMP_NUM_THREADS=1) so
+peak RSS is clean:
+- the product's training process (`firm_assets.critics.train.train`, cpu-tiny recipe: batch 4, one
+  epoch, no validation split or checkpoints, and cpu-tiny's DataLoader workers unless --workers
+  says otherwise) on 1x and on 10x: peak RSS of the process (the largest of it and its workers).
+  Its timed loop (`train_seconds`) reads and encodes each batch (`encode_batch`, in the workers,
+  or in line with 0 workers), runs forward and backward through accelerate, clips the gradient
+  norm, steps AdamW and the cosine schedule and records the loss;
+- a bare loop on the 10x set: the same base model, the same examples in the same order (the
+  trainer's sampler), the same batches made by the same `encode_batch`, all encoded before the
+  clock starts; timed: forward, backward and the same AdamW step, nothing else (no clipping, no
+  schedule, no accelerate, no DataLoader).
 Prints `P6 rss_ratio=<peak RSS 10x / 1x> throughput_ratio=<training examples/s / bare examples/s>`.
 The tiny processor caps an image at a few dozen patches (about 100 KiB of pixel values per example),
 so the ratio alone barely tells streaming from encoding everything up front at this scale; the
@@ -70,19 +76,18 @@ def child_bare(params: dict) -> dict:
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from firm_assets.critics.data import EpochSampler, SftDataset, collate, index_tasks, split_validation
+    from firm_assets.critics.data import EpochSampler, SftDataset, encode_batch, index_tasks, split_validation
 
     recipe = params["recipe"]
     torch.manual_seed(recipe["seed"])
     processor = AutoProcessor.from_pretrained(params["base_model"])
     index = index_tasks(Path(params["dataset_folder"]), params["tasks"])
     train_positions, _ = split_validation(index.keys, recipe["val_fraction"])
-    dataset = SftDataset(index, train_positions, processor)
+    dataset = SftDataset(index, train_positions)
     order = list(EpochSampler(len(dataset), recipe["seed"]))
     size = recipe["per_device_batch_size"]
-    pad_id = processor.tokenizer.pad_token_id
     batches = [
-        collate([dataset[i] for i in order[start : start + size]], pad_id)
+        encode_batch(processor, [dataset[i] for i in order[start : start + size]])
         for start in range(0, len(order), size)
     ]
     model = AutoModelForImageTextToText.from_pretrained(params["base_model"], dtype=torch.float32)

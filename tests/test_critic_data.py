@@ -14,7 +14,6 @@ from PIL import Image
 from firm_assets.critics.data import (
     IGNORE,
     EpochSampler,
-    collate,
     index_tasks,
     json_values,
     record_key,
@@ -97,28 +96,6 @@ def test_epoch_sampler_order_depends_on_seed_and_epoch_only() -> None:
     again = EpochSampler(10, seed=42)
     again.set_epoch(1)
     assert list(again) == second and list(EpochSampler(10, seed=7)) != first
-
-
-def test_collate_right_pads_token_tensors_and_concatenates_the_rest() -> None:
-    items = [
-        {
-            "input_ids": torch.tensor([[5, 6]]),
-            "labels": torch.tensor([[IGNORE, 6]]),
-            "attention_mask": torch.tensor([[1, 1]]),
-            "pixel_values": torch.ones(4, 3),
-        },
-        {
-            "input_ids": torch.tensor([[7, 8, 9]]),
-            "labels": torch.tensor([[IGNORE, 8, 9]]),
-            "attention_mask": torch.tensor([[1, 1, 1]]),
-            "pixel_values": torch.zeros(2, 3),
-        },
-    ]
-    batch = collate(items, pad_id=0)
-    assert batch["input_ids"].tolist() == [[5, 6, 0], [7, 8, 9]]
-    assert batch["labels"].tolist() == [[IGNORE, 6, IGNORE], [IGNORE, 8, 9]]
-    assert batch["attention_mask"].tolist() == [[1, 1, 0], [1, 1, 1]]
-    assert batch["pixel_values"].shape == (6, 3)
 
 
 def test_row_loss_sums_add_the_answer_tokens_next_token_losses() -> None:
@@ -204,12 +181,12 @@ def test_encode_masks_exactly_the_prompt_as_a_separate_encoding_would(
 ) -> None:
     from transformers import AutoProcessor
 
-    from firm_assets.critics.data import chat_messages, encode, example
+    from firm_assets.critics.data import chat_messages, encode_batch, example
 
     processor = AutoProcessor.from_pretrained(tiny_models["tiny-qwen3-vl"])
     folder = _export(tmp_path, ['{"reasoning": "red", "score": 5}'])
     item = example(index_tasks(folder, ["task"]).record(0))
-    encoded = encode(processor, item)
+    encoded = encode_batch(processor, [item])
     messages = chat_messages(item["request"], None, lambda _part: {"type": "image"})
     prompt = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     with Image.open(item["images"][0]) as image:
@@ -217,6 +194,37 @@ def test_encode_masks_exactly_the_prompt_as_a_separate_encoding_would(
     masked = int((encoded["labels"] == IGNORE).sum())
     assert masked == prompt_ids.shape[1]
     assert encoded["labels"][0, masked:].tolist() == encoded["input_ids"][0, masked:].tolist()
+
+
+def test_a_batch_holds_each_example_as_encoded_alone_right_padded(
+    tmp_path: Path, tiny_models: dict[str, Path]
+) -> None:
+    from transformers import AutoProcessor
+
+    from firm_assets.critics.data import encode_batch, example
+
+    processor = AutoProcessor.from_pretrained(tiny_models["tiny-qwen3-vl"])
+    processor.tokenizer.padding_side = "left"  # a tokenizer that pads on the left is overridden
+    folder = _export(
+        tmp_path, ['{"score": 5}', '{"reasoning": "a much longer answer than the first", "score": 1}']
+    )
+    index = index_tasks(folder, ["task"])
+    items = [example(index.record(i)) for i in range(2)]
+    batch = encode_batch(processor, items)
+    alone = [encode_batch(processor, [item]) for item in items]
+    short, width = alone[0]["input_ids"].shape[1], alone[1]["input_ids"].shape[1]
+    assert short < width and batch["input_ids"].shape == (2, width)
+    pad = processor.tokenizer.pad_token_id
+    for key, padding in (
+        ("input_ids", pad),
+        ("attention_mask", 0),
+        ("labels", IGNORE),
+        ("mm_token_type_ids", 0),
+    ):
+        assert batch[key][0].tolist() == alone[0][key][0].tolist() + [padding] * (width - short), key
+        assert batch[key][1].tolist() == alone[1][key][0].tolist(), key
+    for key in ("pixel_values", "image_grid_thw"):  # per image, in row order
+        assert torch.equal(batch[key], torch.cat([one[key] for one in alone])), key
 
 
 def test_prompt_length_encodes_the_prompt_again_when_the_answer_merges_with_it(
@@ -228,13 +236,14 @@ def test_prompt_length_encodes_the_prompt_again_when_the_answer_merges_with_it(
 
     processor = AutoProcessor.from_pretrained(tiny_models["tiny-qwen3-vl"])
     tokenizer = processor.tokenizer
-    full_ids = torch.tensor([tokenizer("reasoning", add_special_tokens=False)["input_ids"]])  # re|ason|ing
+    full_ids = torch.tensor(tokenizer("reasoning", add_special_tokens=False)["input_ids"])  # re|ason|ing
     # the answer "soning" alone does not end "reasoning" tokenized whole, so the tail check fails
     answer = tokenizer("soning", add_special_tokens=False)["input_ids"]
-    assert full_ids[0, -len(answer) :].tolist() != answer
+    assert full_ids[-len(answer) :].tolist() != answer
     prompt_ids = tokenizer("rea", add_special_tokens=False)["input_ids"]
-    assert prompt_length(processor, "rea", "reasoning", full_ids, []) == len(prompt_ids) == 2
+    assert prompt_length(processor, "rea", full_ids, answer, []) == len(prompt_ids) == 2
     # a clean boundary: the answer's own tokens are the tail
-    full_ids = torch.tensor([tokenizer("hello\nscore", add_special_tokens=False)["input_ids"]])
-    start = prompt_length(processor, "hello\n", "hello\nscore", full_ids, [])
-    assert full_ids[0, start:].tolist() == tokenizer("score", add_special_tokens=False)["input_ids"]
+    full_ids = torch.tensor(tokenizer("hello\nscore", add_special_tokens=False)["input_ids"])
+    answer = tokenizer("score", add_special_tokens=False)["input_ids"]
+    start = prompt_length(processor, "hello\n", full_ids, answer, [])
+    assert full_ids[start:].tolist() == answer and start == len(full_ids) - len(answer)

@@ -27,6 +27,7 @@ from firm_assets.curation.sharegpt import (
     INFO_FILE,
     PLACEHOLDERS,
     ExportContractError,
+    RecordEncoder,
     escape,
     index_exports,
     parse_record,
@@ -369,18 +370,41 @@ def test_exports_are_world_readable_under_a_restrictive_umask(published: dict) -
 
 
 def test_records_are_written_one_per_line_as_a_json_array(tmp_path: Path) -> None:
-    records = [{"a": 1}, {"b": "<\\image> é"}]
+    records = ['{"a": 1}', '{"b": "<\\\\image> \\u00e9"}']
     path = tmp_path / "task.json"
     assert write_records(path, iter(records)) == 2
     assert path.read_text() == '[\n{"a": 1},\n{"b": "<\\\\image> \\u00e9"}\n]\n'
-    assert json.loads(path.read_text()) == records
+    assert json.loads(path.read_text()) == [{"a": 1}, {"b": "<\\image> é"}]
     assert write_records(tmp_path / "empty.json", iter([])) == 0
     assert (tmp_path / "empty.json").read_text() == "[]\n"
 
 
-def _whole_list_export(task: SftTask, frame: pl.DataFrame, image_refs: dict[str, str]) -> str:
-    """The former writer: every record rendered with the row's own image parts, kept in one list,
-    then dumped at once."""
+def _record_dict(system: str | None, user: str, images: list[str], answer: str) -> dict:
+    """A record as the former writer built it, as a dict that `json.dumps` then encoded."""
+    messages = [{"role": "user", "content": "<image>" * len(images) + escape(user)}]
+    if system:
+        messages.insert(0, {"role": "system", "content": escape(system)})
+    messages.append({"role": "assistant", "content": escape(answer)})
+    return {"messages": messages, "images": list(images)}
+
+
+def test_a_record_is_the_json_dumps_text_of_the_former_dict() -> None:
+    rng = random.Random(5)
+    pieces = (*TRICKY, "é", "日本", "\U0001f600", '"', "\n", "\t", "\x00", "\x1f", "\u2028", "{}", ", ")
+    for _ in range(500):
+        system = rng.choice([None, "", "".join(rng.choice(pieces) for _ in range(rng.randint(1, 6)))])
+        user, answer = ("".join(rng.choice(pieces) for _ in range(rng.randint(0, 10))) for _ in range(2))
+        images = [f"d/v/images/{rng.choice(pieces)}{k}.png" for k in range(rng.randint(0, 2))]
+        encode = RecordEncoder(system, len(images))
+        assert encode(user, images, answer) == json.dumps(_record_dict(system, user, images, answer))
+        assert sharegpt_record(system, user, images, answer) == encode(user, images, answer)
+    with pytest.raises(ValueError, match="1 images given for records of 2"):
+        RecordEncoder("s", 2)("u", ["a.png"], "a")
+
+
+def _whole_list_export(task: SftTask, frame: pl.DataFrame, image_refs: dict[str, str]) -> list[dict]:
+    """The former writer's records: each rendered with the row's own image parts and the whole row,
+    built as a dict (all kept in one list)."""
     template = load_template(task.template_id)
     records = []
     for row in frame.iter_rows(named=True):
@@ -392,8 +416,8 @@ def _whole_list_export(task: SftTask, frame: pl.DataFrame, image_refs: dict[str,
         request = template.render(variables, images)
         text = next(part for part in request.user if isinstance(part, str))
         refs = [image_refs[row[column]] for column in task.image_columns]
-        records.append(sharegpt_record(request.system, text, refs, task.target(row)))
-    return json.dumps(records, indent=1)
+        records.append(_record_dict(request.system, text, refs, task.target(row)))
+    return records
 
 
 @pytest.mark.parametrize(("dataset", "tasks"), [("firm_edit", EDIT_TASKS), ("firm_gen", GEN_TASKS)])
@@ -413,8 +437,9 @@ def test_streamed_exports_hold_the_records_of_the_whole_list_writer(
             image_refs[original] = f"{dataset}/{folder.name}/{relative}"
     for task in tasks:
         written = (folder / f"{task.name}.json").read_text()
-        assert len(written.splitlines()) == frame.height + 2  # "[", one line per record, "]"
-        assert json.loads(written) == json.loads(_whole_list_export(task, frame, image_refs))
+        # byte for byte what the former writer wrote: "[", json.dumps of one record a line, "]"
+        records = _whole_list_export(task, frame, image_refs)
+        assert written == "[\n" + ",\n".join(json.dumps(record) for record in records) + "\n]\n"
         assert len(read_task(folder, task.name)) == frame.height
 
 
@@ -438,3 +463,16 @@ def test_parquet_is_written_a_row_group_at_a_time(tmp_path: Path, monkeypatch: p
     dataset_module._write_parquet(tmp_path / "empty.parquet", frame.head(0), {}, ["edited_path"])
     empty = pl.read_parquet(tmp_path / "empty.parquet")
     assert empty.height == 0 and empty.columns == frame.columns
+
+
+def test_a_task_reads_only_its_prompt_image_and_answer_columns() -> None:
+    assert EDIT_TASKS[0].columns == [
+        "instruction",
+        "requirement",
+        "source_path",
+        "edited_path",
+        "execution_reasoning",
+        "execution_score",
+    ]
+    assert GEN_TASKS[0].columns == ["prompt", "image_path", "verdicts", "if_reasoning", "if_score"]
+    assert GEN_TASKS[1].columns == ["image_path", "quality_scores", "quality_reasoning"]

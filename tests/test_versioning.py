@@ -20,3 +20,9 @@ def test_version_is_the_sha256_of_column_names_and_ndjson_whatever_the_slice(
     expected = hashlib.sha256(("a,b" + NDJSON).encode()).hexdigest()[:32]
     assert frame_version(frame, "a") == expected
     assert frame_version(frame.head(0)) == hashlib.sha256(b"a,b").hexdigest()[:32]
+
+
+def test_non_ascii_and_escapes_are_hashed_as_the_utf8_of_polars_ndjson() -> None:
+    frame = pl.DataFrame({"a": [1], "b": ['é " \n \\']})
+    ndjson = '{"a":1,"b":"é \\" \\n \\\\"}\n'
+    assert frame_version(frame) == hashlib.sha256(("a,b" + ndjson).encode("utf-8")).hexdigest()[:32]

@@ -1,11 +1,12 @@
-"""The critic trainer's data: ShareGPT records read lazily and encoded one at a time.
+"""The critic trainer's data: ShareGPT records read lazily and encoded a batch at a time.
 
 A published task file can hold hundreds of thousands of records, and an encoded Qwen-VL example with
 two 1024 px images is tens of MiB of pixel values, so nothing is kept per record but its byte span
 in the task file and a key for the validation split (numpy arrays: no Python objects whose
 reference counts would copy the pages into every DataLoader worker). Each record is checked against
 the LLaMA-Factory contract once, when the index is built, so a broken export fails before training
-starts; `__getitem__` reads, parses and encodes the record in the DataLoader worker that asks for it.
+starts; `__getitem__` reads and parses the record in the DataLoader worker that asks for it, and
+that worker encodes the batch's records together (`encode_batch`).
 """
 
 import codecs
@@ -157,69 +158,75 @@ def example(record: SftRecord) -> dict[str, Any]:
     return {"request": request, "target": record.answer, "images": [p.path for p in request.images]}
 
 
-def prompt_length(processor, prompt: str, full: str, full_ids: torch.Tensor, images: list) -> int:
-    """How many of `full_ids` (the encoded prompt + answer) belong to the prompt. The answer text is
-    tokenized alone, which is cheap; only if those tokens are not exactly the tail of `full_ids` (a
-    template whose answer merges with the prompt's last characters) is the prompt encoded again,
-    images and all."""
-    answer = processor.tokenizer(full[len(prompt) :], add_special_tokens=False)["input_ids"]
-    start = full_ids.shape[1] - len(answer)
-    if full_ids[0, start:].tolist() == answer:
+def prompt_length(processor, prompt: str, ids: torch.Tensor, answer_ids: list[int], images: list) -> int:
+    """How many of `ids` (one row's encoded prompt + answer, padding left off) belong to the prompt.
+    `answer_ids` is the answer text tokenized alone, which is cheap; only if those tokens are not
+    exactly the tail of `ids` (a template whose answer merges with the prompt's last characters) is
+    the prompt encoded again, images and all."""
+    start = len(ids) - len(answer_ids)
+    if ids[start:].tolist() == answer_ids:
         return start
     return processor(text=[prompt], images=images or None, add_special_tokens=False, return_tensors="pt")[
         "input_ids"
     ].shape[1]
 
 
-def encode(processor, item: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """Token ids of prompt + answer; labels mask the prompt so only the answer is learned."""
-    messages = chat_messages(item["request"], None, lambda _part: {"type": "image"})
-    prompt = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    full = processor.apply_chat_template(
-        [*messages, {"role": "assistant", "content": item["target"]}], tokenize=False
+def encode_batch(processor, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """A batch's token ids of prompt + answer, right-padded, and the processor's vision tensors (Qwen-VL
+    packs patches and grids per image, not per row), from one processor call: a call per example
+    costs several times more, the processor's fixed cost per call being most of a small example's
+    encoding. Labels mask each prompt and the padding, so only the answers are learned. This is the
+    DataLoader's `collate_fn`, so it runs in the workers."""
+    prompts, fulls, images = [], [], []
+    for item in items:
+        messages = chat_messages(item["request"], None, lambda _part: {"type": "image"})
+        prompt = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        full = processor.apply_chat_template(
+            [*messages, {"role": "assistant", "content": item["target"]}], tokenize=False
+        )
+        if not full.startswith(prompt):
+            raise ValueError("the chat template renders the prompt differently with an answer appended")
+        prompts.append(prompt)
+        fulls.append(full)
+        row_images = []
+        for path in item["images"]:
+            with Image.open(path) as image:
+                row_images.append(image.convert("RGB"))
+        images.append(row_images)
+    batch = processor(
+        text=fulls,
+        images=[image for row in images for image in row] or None,
+        add_special_tokens=False,
+        padding=True,
+        padding_side="right",
+        return_tensors="pt",
     )
-    if not full.startswith(prompt):
-        raise ValueError("the chat template renders the prompt differently with an answer appended")
-    images = []
-    for path in item["images"]:
-        with Image.open(path) as image:
-            images.append(image.convert("RGB"))
-    full_ids = processor(text=[full], images=images or None, add_special_tokens=False, return_tensors="pt")
-    labels = full_ids["input_ids"].clone()
-    labels[:, : prompt_length(processor, prompt, full, full_ids["input_ids"], images)] = IGNORE
-    return {**dict(full_ids), "labels": labels}
-
-
-def collate(batch: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad the per-token tensors (ids, labels, masks, multimodal token types); concatenate the
-    rest (Qwen-VL packs vision patches and grids per image, not per row)."""
-    width = max(item["input_ids"].shape[1] for item in batch)
-    pad_values = {"input_ids": pad_id, "labels": IGNORE}
-    out = {}
-    for key in batch[0]:
-        values = [item[key] for item in batch]
-        if values[0].dim() == 2 and values[0].shape[1] == batch[0]["input_ids"].shape[1]:
-            value = pad_values.get(key, 0)
-            out[key] = torch.cat(
-                [torch.nn.functional.pad(v, (0, width - v.shape[1]), value=value) for v in values]
-            )
-        else:
-            out[key] = torch.cat(values)
-    return out
+    answers = processor.tokenizer(
+        [full[len(prompt) :] for prompt, full in zip(prompts, fulls, strict=True)], add_special_tokens=False
+    )["input_ids"]
+    labels = batch["input_ids"].clone()
+    lengths = batch["attention_mask"].sum(dim=1).tolist()
+    for row, length in enumerate(lengths):
+        masked = prompt_length(
+            processor, prompts[row], batch["input_ids"][row, :length], answers[row], images[row]
+        )
+        labels[row, :masked] = IGNORE
+        labels[row, length:] = IGNORE
+    return {**dict(batch), "labels": labels}
 
 
 class SftDataset(torch.utils.data.Dataset):
-    """Some records of an index (the training or the validation positions), each read and encoded
-    when a DataLoader worker asks for it."""
+    """Some records of an index (the training or the validation positions), each read when a
+    DataLoader worker asks for it; `encode_batch` encodes them a batch at a time."""
 
-    def __init__(self, index: RecordIndex, positions: np.ndarray, processor) -> None:
-        self.index, self.positions, self.processor = index, positions, processor
+    def __init__(self, index: RecordIndex, positions: np.ndarray) -> None:
+        self.index, self.positions = index, positions
 
     def __len__(self) -> int:
         return len(self.positions)
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return encode(self.processor, example(self.index.record(int(self.positions[i]))))
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return example(self.index.record(int(self.positions[i])))
 
 
 class EpochSampler(torch.utils.data.Sampler[int]):

@@ -6,12 +6,13 @@ a JSON file every rank can read; logs and final metrics go back over Pipes from 
 shipped configs in `accelerate/`: FSDP full fine-tuning on 8 GPUs, LoRA on one) or `torchrun`.
 Read it top to bottom: data -> model -> optimiser and schedule -> resume -> loop -> save -> report.
 
-Records are read and encoded per item in DataLoader workers (`data.py`), so memory does not grow
-with the dataset. A validation split (by record hash) is scored every `eval_every` updates and at
-the end. Every `checkpoint_every` updates the full training state (weights, optimizer, scheduler,
-RNG, data position, loss history) is written atomically to `checkpoint_dir`; a relaunch with the
-same parameters resumes from the newest complete checkpoint with the same data order and produces
-the same losses as an uninterrupted run. The checkpoints are deleted once the final weights are saved.
+Records are read and encoded a batch at a time in DataLoader workers (`data.py`), so memory does
+not grow with the dataset. A validation split (by record hash) is scored every `eval_every` updates
+and at the end. Every `checkpoint_every` updates the full training state (weights, optimizer,
+scheduler, RNG, data position, loss history) is written atomically to `checkpoint_dir`; a relaunch
+with the same parameters resumes from the newest complete checkpoint with the same data order and
+produces the same losses as an uninterrupted run. The checkpoints are deleted once the final
+weights are saved.
 
 By hand: python -m firm_assets.critics.train --params params.json
 """
@@ -37,7 +38,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, get_cosine_
 from firm_assets.critics.data import (
     EpochSampler,
     SftDataset,
-    collate,
+    encode_batch,
     index_tasks,
     row_loss_sums,
     split_validation,
@@ -121,21 +122,24 @@ def train(params: dict[str, Any], log, report) -> dict[str, Any]:
     random.seed(recipe["seed"])
     torch.manual_seed(recipe["seed"])
 
-    # data: an index of byte spans, split by record hash; records are encoded per item in workers
+    # data: an index of byte spans, split by record hash; records are read and encoded a batch at a
+    # time in DataLoader workers (with 0 workers, in line)
     processor = AutoProcessor.from_pretrained(params["base_model"])
     index = index_tasks(Path(params["dataset_folder"]), params["tasks"])
     train_positions, val_positions = split_validation(index.keys, recipe["val_fraction"])
     loader_args = {
         "batch_size": recipe["per_device_batch_size"],
-        "collate_fn": partial(collate, pad_id=processor.tokenizer.pad_token_id),
+        "collate_fn": partial(encode_batch, processor),
         "num_workers": recipe["dataloader_workers"],
+        # workers stay up across epochs and validation passes instead of starting anew for each
+        "persistent_workers": recipe["dataloader_workers"] > 0,
         "generator": torch.Generator().manual_seed(recipe["seed"]),  # keeps the global RNG untouched
     }
-    train_set = SftDataset(index, train_positions, processor)
+    train_set = SftDataset(index, train_positions)
     loader = torch.utils.data.DataLoader(
         train_set, sampler=EpochSampler(len(train_set), recipe["seed"]), **loader_args
     )
-    val_loader = torch.utils.data.DataLoader(SftDataset(index, val_positions, processor), **loader_args)
+    val_loader = torch.utils.data.DataLoader(SftDataset(index, val_positions), **loader_args)
 
     # model: fp32 master weights for full fine-tuning (bf16 compute comes from autocast or FSDP's
     # mixed precision: AdamW updates of 1e-5 would vanish in bf16 weights); LoRA keeps the frozen
@@ -191,7 +195,7 @@ def train(params: dict[str, Any], log, report) -> dict[str, Any]:
     losses, val_losses = state["losses"], state["val_losses"]
     progress = ProgressReporter(total_updates, "updates", log, done=len(losses))
     started = time.perf_counter()
-    window: list[float] = []
+    window: list[torch.Tensor] = []  # this update's micro-batch losses, read once it is done
     for epoch in range(state["epoch"], recipe["epochs"]):
         skip = state["batches_in_epoch"] if epoch == state["epoch"] else 0
         batches = accelerator.skip_first_batches(loader, skip) if skip else loader
@@ -200,7 +204,7 @@ def train(params: dict[str, Any], log, report) -> dict[str, Any]:
             with accelerator.accumulate(model):
                 loss = model(**batch).loss
                 accelerator.backward(loss)
-                window.append(loss.item())
+                window.append(loss.detach())
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), recipe["max_grad_norm"])
                 optimizer.step()
@@ -208,7 +212,7 @@ def train(params: dict[str, Any], log, report) -> dict[str, Any]:
                 optimizer.zero_grad()
             if not accelerator.sync_gradients:
                 continue
-            losses.append(sum(window) / len(window))
+            losses.append(torch.stack(window).mean().item())  # one device sync per update
             window = []
             update = len(losses)
             progress.advance()

@@ -24,15 +24,26 @@ import pyarrow.parquet as pq
 from firm_assets.curation.parsers import format_plan_then_score
 from firm_assets.curation.prompts import load_template
 from firm_assets.curation.records import record_lineage
-from firm_assets.curation.sharegpt import image_ref, index_exports, sharegpt_record, write_tasks
+from firm_assets.curation.sharegpt import RecordEncoder, image_ref, index_exports, write_tasks
 from firm_assets.curation.versioning import frame_version, short_hash
-from resources.chat import ImagePart
 from resources.home import firm_home
 from warehouse.connection import Warehouse
 
 # part of every version's params: a change to the files of a version folder makes new versions
 EXPORT_LAYOUT = 3  # 3: task files hold one record per line
 PARQUET_ROWS = 50_000  # rows per Parquet row group, converted and written one group at a time
+
+
+@dataclass(frozen=True)
+class RowTarget:
+    """How a row becomes the assistant's target answer, and which columns that reads (the exporter
+    reads only the columns its tasks use)."""
+
+    columns: tuple[str, ...]
+    answer: Callable[[dict], str]
+
+    def __call__(self, row: dict) -> str:
+        return self.answer(row)
 
 
 @dataclass(frozen=True)
@@ -44,30 +55,35 @@ class SftTask:
     template_id: str
     image_columns: tuple[str, ...]
     variable_columns: dict[str, str]
-    target: Callable[[dict], str]
+    target: RowTarget
+
+    @property
+    def columns(self) -> list[str]:
+        """Every column a record of this task is made from, each once."""
+        return list(
+            dict.fromkeys([*self.variable_columns.values(), *self.image_columns, *self.target.columns])
+        )
 
 
-def json_score_target(reasoning_column: str, score_column: str) -> Callable[[dict], str]:
+def json_score_target(reasoning_column: str, score_column: str) -> RowTarget:
     """`{"reasoning": ..., "score": N}` — the edit critic's answer format."""
 
     def target(row: dict) -> str:
         return json.dumps({"reasoning": row[reasoning_column] or "", "score": round(row[score_column])})
 
-    return target
+    return RowTarget((reasoning_column, score_column), target)
 
 
-def quality_target(scores_column: str, reasoning_column: str) -> Callable[[dict], str]:
+def quality_target(scores_column: str, reasoning_column: str) -> RowTarget:
     """`{"score": [aesthetics, technical, structure], "reasoning": ...}` — the quality answer format."""
 
     def target(row: dict) -> str:
         return json.dumps({"score": list(row[scores_column]), "reasoning": row[reasoning_column] or ""})
 
-    return target
+    return RowTarget((scores_column, reasoning_column), target)
 
 
-def plan_then_score_target(
-    verdicts_column: str, reasoning_column: str, score_column: str
-) -> Callable[[dict], str]:
+def plan_then_score_target(verdicts_column: str, reasoning_column: str, score_column: str) -> RowTarget:
     """The generation critic's instruction-following answer: the judge's answered checklist items
     (question | yes/no | evidence), its analysis, then `\\boxed{N}` (layout in `format_plan_then_score`).
     Items the judge skipped are left out: a critic should not learn to skip."""
@@ -76,7 +92,7 @@ def plan_then_score_target(
         answered = [v for v in json.loads(row[verdicts_column] or "[]") if v["verdict"] is not None]
         return format_plan_then_score(answered, row[reasoning_column] or "", round(row[score_column]))
 
-    return target
+    return RowTarget((verdicts_column, reasoning_column, score_column), target)
 
 
 @dataclass(frozen=True)
@@ -101,21 +117,21 @@ def balance_by_bin(frame: pl.DataFrame, column: str, max_per_bin: int | None, se
     return ranked.filter(pl.int_range(pl.len()).over("_bin") < max_per_bin).drop("_bin", "_rank")
 
 
-def _task_records(task: SftTask, frame: pl.DataFrame, image_refs: dict[str, str]) -> Iterator[dict]:
-    """The task's ShareGPT records in frame order, made one at a time as the writer asks for them.
-    The record's images are `image_refs` of the row's image columns; the rendered text does not
-    depend on them, so the template is rendered with its image slots filled once."""
+def _task_records(task: SftTask, frame: pl.DataFrame, image_refs: dict[str, str]) -> Iterator[str]:
+    """The task's ShareGPT records (JSON texts) in frame order, made one at a time as the writer asks
+    for them, from the task's own columns only. The record's images are `image_refs` of the row's
+    image columns, placed before the rendered text as the template's image slots are."""
     template = load_template(task.template_id)
-    slots = {
-        name: ImagePart(Path(column), "")
-        for name, column in zip(template.images, task.image_columns, strict=True)
-    }
-    for row in frame.iter_rows(named=True):
+    if len(template.images) != len(task.image_columns):
+        raise ValueError(
+            f"template {template.id} has {len(template.images)} image slots, task {task.name}"
+            f" names {len(task.image_columns)} image columns"
+        )
+    encode = RecordEncoder(template.system_text, len(task.image_columns))
+    for row in frame.select(task.columns).iter_rows(named=True):
         variables = {name: row[column] or "none" for name, column in task.variable_columns.items()}
-        request = template.render(variables, slots)
-        text = next(part for part in request.user if isinstance(part, str))
         images = [image_refs[row[column]] for column in task.image_columns]
-        yield sharegpt_record(request.system, text, images, task.target(row))
+        yield encode(template.user_text(variables), images, task.target(row))
 
 
 def _link_or_copy(source: Path, dest: Path) -> None:

@@ -37,14 +37,25 @@ class PromptTemplate:
         """`id@version#sha` — the sha catches an edit made without bumping the version."""
         return f"{self.id}@{self.version}#{self.text_sha[:8]}"
 
+    @property
+    def system_text(self) -> str | None:
+        """The system turn of every rendering (None when the template has none)."""
+        return self.system.strip() or None
+
+    def user_text(self, variables: dict[str, str]) -> str:
+        """The user turn's text with its placeholders filled (what `render` puts after the images)."""
+        return self.user.format_map(variables).strip()
+
     def render(self, variables: dict[str, str], images: dict[str, ImagePart]) -> ChatRequest:
         """Fill the text placeholders and put the named images, in template order, before the text."""
         missing = [name for name in self.images if name not in images]
         if missing:
             raise KeyError(f"template {self.id} needs images {missing}")
-        text = self.user.format_map(variables).strip()
-        parts: tuple[str | ImagePart, ...] = (*(images[name] for name in self.images), text)
-        return ChatRequest(user=parts, system=self.system.strip() or None)
+        parts: tuple[str | ImagePart, ...] = (
+            *(images[name] for name in self.images),
+            self.user_text(variables),
+        )
+        return ChatRequest(user=parts, system=self.system_text)
 
 
 def load_template(template_id: str) -> PromptTemplate:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 
 import polars as pl
 
@@ -15,8 +16,13 @@ def frame_version(frame: pl.DataFrame, sort_by: str | None = None) -> str:
     if sort_by and frame.height:
         frame = frame.sort(sort_by)
     digest = hashlib.sha256(",".join(frame.columns).encode())
+    buffer = io.BytesIO()
     for part in frame.iter_slices(HASH_ROWS):
-        digest.update(part.write_ndjson().encode())
+        buffer.seek(0)
+        buffer.truncate()
+        part.write_ndjson(buffer)  # the UTF-8 bytes straight from polars, never a Python str
+        with buffer.getbuffer() as written:
+            digest.update(written)
     return digest.hexdigest()[:32]
 
 
