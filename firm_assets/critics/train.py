@@ -42,6 +42,7 @@ from firm_assets.critics.data import (
     row_loss_sums,
     split_validation,
 )
+from firm_assets.curation.costs import training_figures
 
 STATE_FILE = "trainer_state.json"
 KEEP_CHECKPOINTS = 2
@@ -169,13 +170,16 @@ def train(params: dict[str, Any], log, report) -> dict[str, Any]:
 
     # loop
     losses, val_losses = state["losses"], state["val_losses"]
+    resumed_at = len(losses)
     started = time.perf_counter()
+    tokens = 0  # training tokens this process read (padding excluded), for the cost row
     window: list[float] = []
     for epoch in range(state["epoch"], recipe["epochs"]):
         skip = state["batches_in_epoch"] if epoch == state["epoch"] else 0
         batches = accelerator.skip_first_batches(loader, skip) if skip else loader
         batches.set_epoch(epoch)  # a skipping loader is new: it must be told the epoch too
         for done, batch in enumerate(batches, start=skip + 1):
+            tokens += int(batch["attention_mask"].sum())
             with accelerator.accumulate(model):
                 loss = model(**batch).loss
                 accelerator.backward(loss)
@@ -211,6 +215,7 @@ def train(params: dict[str, Any], log, report) -> dict[str, Any]:
         val_losses.append([len(losses), validation_loss(accelerator, model, val_loader)])
         log(f"update {len(losses)} val_loss {val_losses[-1][1]:.4f}")
     train_seconds = time.perf_counter() - started
+    tokens = int(accelerator.reduce(torch.tensor(tokens, device=accelerator.device), reduction="sum"))
 
     # save: merged full weights, loadable with from_pretrained like the base (FSDP gathers them)
     weights = accelerator.get_state_dict(model)
@@ -239,6 +244,14 @@ def train(params: dict[str, Any], log, report) -> dict[str, Any]:
         "val_losses": val_losses,
         "final_val_loss": val_losses[-1][1] if val_losses else None,
         "train_seconds": round(train_seconds, 2),
+        # this process's share of the materialization's cost: updates made now (not before a resume)
+        "cost": training_figures(
+            train_seconds,
+            accelerator.device.type == "cuda",
+            accelerator.num_processes,
+            model_calls=len(losses) - resumed_at,
+            tokens_in=tokens,
+        ),
         "ran": {
             "mixed_precision": accelerator.mixed_precision,
             "weights_dtype": str(weights_dtype).removeprefix("torch."),
