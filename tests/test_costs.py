@@ -268,7 +268,17 @@ def test_a_real_gen_run_records_its_costs_and_runs_the_canary(firm_home: Path, c
         assert row["tokens_in"] > row["tokens_out"] > 0
     assert metadata(result, "gen_checklists")["tokens_in"] == by_asset["gen_checklists"]["tokens_in"]
     meta = metadata(result, "gen_scores")
-    assert meta["if_tokens_in"] + meta["quality_tokens_in"] == by_asset["gen_scores"]["tokens_in"]
+    canary_tokens = meta["gen_canary_tokens_in"]  # the canary's own stages, asked once per judge
+    assert (
+        meta["if_tokens_in"] + meta["quality_tokens_in"] + canary_tokens
+        == by_asset["gen_scores"]["tokens_in"]
+    )
+    found = int(
+        next(c for c in result.get_asset_check_evaluations() if c.check_name == "gen_scores_judge_drift")
+        .metadata["canary_found"]
+        .value.split()[0]
+    )
+    assert canary_tokens > 0 and meta["gen_canary_model_calls"] == 2 * found  # each item, 2 stages
     images = by_asset["generated_images"]
     assert images["images_generated"] == images["model_calls"] == 20 and images["tokens_in"] == 0
     assert asset_summary(wh, run=result.run_id).filter(asset_key="gen_scores")["cpu_seconds"][0] > 0
