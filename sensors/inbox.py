@@ -17,7 +17,6 @@ from dagster import (
     SkipReason,
     sensor,
 )
-from dagster._core.definitions.sensor_definition import ExecutableDefinition
 
 from firm_assets.inbox import (
     EDIT_INBOX,
@@ -80,12 +79,10 @@ def evaluate_inbox(
     )
 
 
-def inbox_sensor(
-    inbox: str, job: ExecutableDefinition, partitions: DynamicPartitionsDefinition
-) -> SensorDefinition:
+def inbox_sensor(inbox: str, job_name: str, partitions: DynamicPartitionsDefinition) -> SensorDefinition:
     @sensor(
+        job_name,
         name=f"{inbox}_inbox_files",
-        job=job,
         minimum_interval_seconds=SENSOR_INTERVAL_S,
         description=f"Each new or changed file in the {inbox} inbox becomes a partition and one import run.",
     )
@@ -95,5 +92,5 @@ def inbox_sensor(
     return _sensor
 
 
-edit_inbox_files = inbox_sensor(EDIT_INBOX, edit_inbox_job, EDIT_INBOX_PARTITIONS)
-gen_inbox_files = inbox_sensor(GEN_INBOX, gen_inbox_job, GEN_INBOX_PARTITIONS)
+edit_inbox_files = inbox_sensor(EDIT_INBOX, edit_inbox_job.name, EDIT_INBOX_PARTITIONS)
+gen_inbox_files = inbox_sensor(GEN_INBOX, gen_inbox_job.name, GEN_INBOX_PARTITIONS)

@@ -3,7 +3,10 @@ computed), and `firm cost`."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +14,7 @@ import torch
 
 from firm_assets.cli import main
 from firm_assets.curation.cache import StageStats
-from firm_assets.curation.costs import CostMeter, merge, model_cost
+from firm_assets.curation.costs import CostMeter, children_cpu_seconds, merge, model_cost, training_figures
 from resources.chat import ModelRef, TokenUsage
 from resources.transformers_backend import answer_lengths
 from warehouse.connection import Warehouse
@@ -86,6 +89,39 @@ def test_meter_totals_and_cost() -> None:
     cost = meter.cost("run", "asset", "v1")
     assert cost.cpu_seconds > 0 and cost.wall_seconds > 0 and cost.gpu_seconds == 0.0
     assert len(cost.models) == 2
+
+
+def test_training_figures_count_gpu_seconds_on_every_cuda_rank() -> None:
+    assert training_figures(10.0, False, 4, tokens_in=7) == {
+        "model_seconds": 10.0,
+        "gpu_seconds": 0.0,
+        "tokens_in": 7,
+    }
+    assert training_figures(2.5, True, 8, images_generated=12)["gpu_seconds"] == 20.0
+    with pytest.raises(ValueError, match="not cost figures"):
+        training_figures(1.0, False, 1, steps=3)
+
+
+def test_a_training_line_names_the_model_and_zeroes_what_was_not_reported() -> None:
+    meter = CostMeter()
+    figures = training_figures(3.0, True, 2, model_calls=4, images_generated=4)
+    meter.add_training("nft", ModelRef("pipe", "r9", backend="diffusers"), figures)
+    assert meter.lines == [
+        ModelCost("nft", "pipe", "r9", "diffusers", 4, 0, 3.0, 6.0, 0, 0, 4),
+    ]
+    assert meter.cost("run", "policy", "v").gpu_seconds == 6.0
+
+
+def test_the_meter_counts_the_cpu_time_of_a_child_it_waited_for() -> None:
+    burn = "import time\nend = time.process_time() + 0.4\nwhile time.process_time() < end: pass"
+    meter = CostMeter()
+    own_before, children_before = time.process_time(), children_cpu_seconds()
+    subprocess.run([sys.executable, "-c", burn], check=True)
+    child = children_cpu_seconds() - children_before
+    own = time.process_time() - own_before
+    assert child >= 0.4  # the child's startup and its 0.4 s loop
+    cost = meter.cost("run", "asset", None)
+    assert cost.cpu_seconds >= child > own  # the parent only waited
 
 
 def _costs(wh: Warehouse) -> None:
@@ -232,7 +268,17 @@ def test_a_real_gen_run_records_its_costs_and_runs_the_canary(firm_home: Path, c
         assert row["tokens_in"] > row["tokens_out"] > 0
     assert metadata(result, "gen_checklists")["tokens_in"] == by_asset["gen_checklists"]["tokens_in"]
     meta = metadata(result, "gen_scores")
-    assert meta["if_tokens_in"] + meta["quality_tokens_in"] == by_asset["gen_scores"]["tokens_in"]
+    canary_tokens = meta["gen_canary_tokens_in"]  # the canary's own stages, asked once per judge
+    assert (
+        meta["if_tokens_in"] + meta["quality_tokens_in"] + canary_tokens
+        == by_asset["gen_scores"]["tokens_in"]
+    )
+    found = int(
+        next(c for c in result.get_asset_check_evaluations() if c.check_name == "gen_scores_judge_drift")
+        .metadata["canary_found"]
+        .value.split()[0]
+    )
+    assert canary_tokens > 0 and meta["gen_canary_model_calls"] == 2 * found  # each item, 2 stages
     images = by_asset["generated_images"]
     assert images["images_generated"] == images["model_calls"] == 20 and images["tokens_in"] == 0
     assert asset_summary(wh, run=result.run_id).filter(asset_key="gen_scores")["cpu_seconds"][0] > 0

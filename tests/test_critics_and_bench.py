@@ -323,6 +323,10 @@ MODEL_ASSETS = {
     "gen_checklists": "tokens",
     "gen_scores": "tokens",
     "bench_results": "tokens",
+    "firm_edit_critic": "training",
+    "firm_gen_critic": "training",
+    "edit_rl_policy": "images",
+    "gen_rl_policy": "images",
 }
 
 
@@ -343,6 +347,8 @@ def test_every_model_calling_asset_records_its_cost(main_run, capsys) -> None:
         assert row["gpu_seconds"] == 0.0  # cpu-tiny runs on the CPU
         if kind == "tokens":
             assert row["tokens_in"] > row["tokens_out"] > 0, row
+        elif kind == "training":  # SFT reads tokens and writes none
+            assert row["tokens_in"] > 0 and row["tokens_out"] == 0 and row["images"] == 0, row
         else:
             assert row["images"] == row["calls"] and row["tokens_in"] == 0, row
     bench = next(

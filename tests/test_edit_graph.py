@@ -114,6 +114,7 @@ def test_no_change_rerun_makes_no_model_calls_and_keeps_versions(firm_home: Path
         "difference_captions": 0,
         "execution": 0,
         "consistency": 0,
+        "edit_canary": 0,
     }
     for asset in ("edit_candidates", "difference_captions", "edit_scores", "firm_edit_dataset"):
         before = first.asset_materializations_for_node(asset)[0]
@@ -144,6 +145,7 @@ def test_changing_one_request_recomputes_only_that_request(firm_home: Path, tmp_
         "difference_captions": generated,
         "execution": scored,
         "consistency": scored,
+        "edit_canary": 0,  # a changed request is a new candidate id, never a pinned canary item
     }
     after = wh.query("SELECT * FROM assets.edit_scores ORDER BY candidate_id")
     old_ids = set(before["candidate_id"]) & set(after["candidate_id"])
@@ -159,11 +161,15 @@ def test_editing_a_template_recomputes_that_stage_only(firm_home: Path, tmp_path
     monkeypatch.setenv("FIRM_TEMPLATE_DIR", str(templates))
     second = materialize_group("edit")
     scored = metadata(first, "edit_scores")["rows"]
-    # captions and execution scores are cache hits; every consistency score is asked again
+    canary = metadata(first, "edit_scores")["edit_canary_model_calls"] // 2  # items: once per dimension
+    # captions and execution scores are cache hits; every consistency score is asked again, and the
+    # canary's consistency answers with it (the canary's judge changed)
     assert model_calls(second) == {
         "edit_candidates": 0,
         "difference_captions": 0,
         "execution": 0,
         "consistency": scored,
+        "edit_canary": canary,
     }
+    assert canary > 0
     assert scored > 0

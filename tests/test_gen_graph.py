@@ -106,6 +106,7 @@ def test_editing_one_prompt_recomputes_only_that_prompt(firm_home: Path, tmp_pat
         "generated_images": seeds,
         "if": seeds,
         "quality": seeds,
+        "gen_canary": 0,  # canary items are unchanged (cache hits) or not among these prompts
     }
 
 
@@ -140,11 +141,14 @@ def test_changing_the_quality_template_rescores_quality_only(
     templates = edited_template(tmp_path / "templates", "gen_quality_score", "on its own", "by itself")
     monkeypatch.setenv("FIRM_TEMPLATE_DIR", str(templates))
     second = materialize_group("gen")
-    # plans, images and instruction-following verdicts are cache hits; every quality score is asked again
+    # plans, images and instruction-following verdicts are cache hits; every quality score is asked
+    # again, and the canary's quality answers with it
     assert model_calls(second) == {
         "gen_checklists": 0,
         "generated_images": 0,
         "if": 0,
         "quality": metadata(first, "gen_scores")["rows"],
+        "gen_canary": metadata(first, "gen_scores")["gen_canary_model_calls"] // 2,
     }
     assert metadata(first, "gen_scores")["rows"] == 20
+    assert metadata(first, "gen_scores")["gen_canary_model_calls"] > 0

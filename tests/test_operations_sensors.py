@@ -21,11 +21,13 @@ from resources.tracking import TrackingResource
 from resources.warehouse_resource import WarehouseResource
 from sensors.operations import (
     BENCH_RESULTS,
+    RegisteredVersion,
     bench_digest,
     bench_labels_changed,
     critic_registered,
-    new_critic_versions,
+    new_versions,
     record_run_failures,
+    sort_versions,
 )
 from warehouse.connection import Warehouse
 
@@ -62,38 +64,93 @@ def test_bench_labels_sensor_records_first_then_runs_on_new_labels(tmp_path: Pat
     assert request.run_key == f"{context.cursor}->{bench_digest(tmp_path)}"
 
 
-def test_new_critic_versions() -> None:
-    assert new_critic_versions({}, {"a": 1}) == {"a": 1}
-    assert new_critic_versions({"a": 2}, {"a": 2, "b": 1}) == {"b": 1}
-    assert new_critic_versions({"a": 3}, {"a": 2}) == {}
+def test_new_versions_are_above_the_seen_or_still_pending() -> None:
+    registry = [RegisteredVersion("a", n, True) for n in (1, 2, 3)] + [RegisteredVersion("b", 1, False)]
+    assert new_versions(registry, {}, []) == registry
+    assert [str(v) for v in new_versions(registry, {"a": 2, "b": 1}, [])] == ["a:v3"]
+    assert [str(v) for v in new_versions(registry, {"a": 3, "b": 1}, ["a:v2"])] == ["a:v2"]
 
 
-def test_critic_registry_sensor_benches_each_new_version_once(tmp_path: Path, monkeypatch) -> None:
+def test_sort_versions_by_lineage_and_who_registered() -> None:
+    found = [
+        RegisteredVersion("a", 1, True),
+        RegisteredVersion("a", 2, True),
+        RegisteredVersion("a", 3, False),
+    ]
+    bench, waiting, unbenchable = sort_versions(found, {("a", 1), ("b", 2)})
+    assert [str(v) for v in bench] == ["a:v1"]
+    assert [str(v) for v in waiting] == ["a:v2"]  # the asset registered it; its row is not written yet
+    assert [str(v) for v in unbenchable] == ["a:v3"]  # registered by hand: no lineage
+    # a hand-registered version that somehow has a warehouse row is benched like any other
+    assert sort_versions(found[2:], {("a", 3)}) == (found[2:], [], [])
+
+
+def _lineage(wh: Warehouse, model_version: str) -> None:
+    """The warehouse row a critic asset writes for the registered version `model_version`."""
+    with wh.transaction() as con:
+        con.execute(
+            "INSERT INTO critics (critic, version, base_model, base_revision, dataset, dataset_version,"
+            " recipe, path, revision, registered_model, model_version)"
+            " VALUES ('firm_edit_critic', ?, 'base', 'r', 'firm_edit', 'd1', '{}', '/x', 'r',"
+            " 'firm_edit_critic', ?)",
+            [f"critic{model_version}", model_version],
+        )
+
+
+def test_critic_registry_sensor_benches_versions_with_lineage_and_names_the_others(
+    tmp_path: Path, monkeypatch
+) -> None:
     monkeypatch.setenv("FIRM_HOME", str(tmp_path / "home"))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    resources = {"tracking": TrackingResource(tracking_uri=uri)}
+    wh_path = tmp_path / "warehouse.duckdb"
+    resources = {
+        "tracking": TrackingResource(tracking_uri=uri),
+        "warehouse": WarehouseResource(path=str(wh_path)),
+    }
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     weights = tmp_path / "weights"
     weights.mkdir()
     client.create_registered_model("firm_edit_critic")
-    client.create_model_version("firm_edit_critic", str(weights))
+    client.create_model_version("firm_edit_critic", str(weights))  # v1, by hand
 
-    context = build_sensor_context(resources=resources)
-    first = critic_registered(context)
+    def tick(cursor: str | None):
+        context = build_sensor_context(cursor=cursor, resources=resources)
+        return critic_registered(context), context.cursor
+
+    first, cursor = tick(None)
     assert isinstance(first, SkipReason) and "first tick" in first.skip_message
-    assert json.loads(context.cursor) == {"firm_edit_critic": 1}
-    assert isinstance(
-        critic_registered(build_sensor_context(cursor=context.cursor, resources=resources)), SkipReason
-    )
+    assert json.loads(cursor) == {"seen": {"firm_edit_critic": 1}, "pending": []}
+    assert tick(cursor)[0].skip_message == "no new critic version in the registry"
 
+    # v2 as the critic asset registers it (tagged), before it has written its warehouse row; no
+    # warehouse file exists yet either
+    client.create_model_version("firm_edit_critic", str(weights), tags={"critic_version": "critic2"})
+    waiting, cursor = tick(cursor)
+    assert isinstance(waiting, SkipReason) and not wh_path.exists()
+    assert "waiting for the warehouse lineage of firm_edit_critic:v2" in waiting.skip_message
+    assert json.loads(cursor)["pending"] == ["firm_edit_critic:v2"]
+
+    # v3 registered by hand: named once, never benched
     client.create_model_version("firm_edit_critic", str(weights))
-    after = build_sensor_context(cursor=context.cursor, resources=resources)
-    request = critic_registered(after)
+    both, cursor = tick(cursor)
+    assert isinstance(both, SkipReason)
+    assert "not benched: firm_edit_critic:v3 registered without a critic asset" in both.skip_message
+    assert "firm_edit_critic:v2" in both.skip_message
+
+    # the asset writes v2's lineage: now it is benched, and v3 is not mentioned again
+    _lineage(Warehouse(wh_path), "2")
+    request, cursor = tick(cursor)
     assert isinstance(request, RunRequest)
     assert request.run_key == "firm_edit_critic:v2" and request.asset_selection == [BENCH_RESULTS]
-    assert isinstance(
-        critic_registered(build_sensor_context(cursor=after.cursor, resources=resources)), SkipReason
-    )
+    assert json.loads(cursor) == {"seen": {"firm_edit_critic": 3}, "pending": []}
+    assert tick(cursor)[0].skip_message == "no new critic version in the registry"
+
+    # a new version with lineage at once is benched on the next tick; a cursor written before
+    # pending versions existed ({name: highest seen}) still reads
+    client.create_model_version("firm_edit_critic", str(weights), tags={"critic_version": "critic4"})
+    _lineage(Warehouse(wh_path), "4")
+    request, _ = tick(json.dumps({"firm_edit_critic": 3}))
+    assert isinstance(request, RunRequest) and request.run_key == "firm_edit_critic:v4"
 
 
 @op

@@ -443,6 +443,51 @@ def test_second_materialize_skips_existing_versions(rl_run) -> None:
     assert len(client.search_runs([experiment.experiment_id])) == 2  # no run for a skip
 
 
+def _cost_rows(wh: Warehouse, run_id: str) -> dict[str, dict]:
+    """This run's cost per asset: the materialization's seconds and its model lines summed (None
+    figures where it has no model line)."""
+    costs = wh.query(
+        "SELECT m.asset_key, m.data_version, m.wall_seconds, m.cpu_seconds, m.gpu_seconds,"
+        " count(c.stage) AS lines, any_value(c.stage) AS stage, any_value(c.backend) AS backend,"
+        " sum(c.model_calls) AS calls, sum(c.model_seconds) AS seconds, sum(c.tokens_in) AS tokens_in,"
+        " sum(c.tokens_out) AS tokens_out, sum(c.images_generated) AS images"
+        " FROM materialization_costs m LEFT JOIN model_costs c USING (dagster_run_id, asset_key)"
+        " WHERE dagster_run_id = ? GROUP BY ALL",
+        [run_id],
+    )
+    return {row["asset_key"]: row for row in costs.iter_rows(named=True)}
+
+
+def test_critic_and_policy_training_record_their_costs(rl_run) -> None:
+    _, first, second, wh = rl_run
+    costs = _cost_rows(wh, first.run_id)
+    for critic in ("firm_edit_critic", "firm_gen_critic"):
+        row, meta = costs[critic], _metadata(first, critic)
+        assert row["data_version"] == meta["critic_version"] and (row["stage"], row["lines"]) == ("sft", 1)
+        assert row["calls"] == meta["updates"] > 0  # optimizer updates of this (unresumed) run
+        # the trainer's CPU time is the child's, counted in the asset's; its wall time is inside the body's
+        assert row["cpu_seconds"] > 0 and 0 < row["seconds"] <= row["wall_seconds"]
+        assert row["gpu_seconds"] == 0.0  # cpu-tiny trains on the CPU
+        assert row["tokens_in"] == meta["tokens_in"] >= meta["examples"] - meta["val_examples"]
+        assert row["tokens_out"] == 0 and row["images"] == 0
+    profile = get_profile("cpu-tiny").rl
+    for spec in (EDIT_POLICY, GEN_POLICY):
+        row, meta = costs[spec.name], _metadata(first, spec.name)
+        nft = nft_settings(spec.task, "", profile[spec.task], RLPolicyConfig())
+        rollouts = nft["steps"] * nft["prompts_per_step"] * nft["group_size"]
+        assert row["data_version"] == meta["policy_version"]
+        assert (row["stage"], row["backend"], row["lines"]) == ("nft", "diffusers", 1)
+        assert row["images"] == row["calls"] == meta["images_generated"] == rollouts
+        assert row["cpu_seconds"] > 0 and 0 < row["seconds"] <= row["wall_seconds"]
+        assert row["gpu_seconds"] == 0.0 and row["tokens_in"] == row["tokens_out"] == 0
+    # the second run found both policies: a cost row each, with seconds and no model line
+    skipped = _cost_rows(wh, second.run_id)
+    assert set(skipped) == set(POLICIES)
+    for policy in POLICIES:
+        assert skipped[policy]["lines"] == 0 and skipped[policy]["wall_seconds"] > 0
+        assert skipped[policy]["data_version"] == costs[policy]["data_version"]
+
+
 def test_rl_job_selects_only_the_policies() -> None:
     job = defs.resolve_job_def("rl")
     assert {key.to_user_string() for key in job.asset_layer.executable_asset_keys} == set(POLICIES)

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 from transformers import AutoModelForImageTextToText
 
+from firm_assets.critics.data import SftDataset, index_tasks, split_validation
 from firm_assets.critics.recipe import PAPER_RECIPE
 from firm_assets.critics.train import KILL_AFTER_UPDATE
 from firm_assets.curation.sharegpt import index_exports, sharegpt_record, write_tasks
@@ -65,6 +66,16 @@ def _params(tmp_path: Path, base: Path, dataset: Path, **recipe) -> Path:
     return tmp_path / "params.json"
 
 
+def _example_tokens(base: Path, dataset: Path, val_fraction: float) -> int:
+    """Tokens (padding excluded) of one pass over the training split, encoded as the trainer does."""
+    from transformers import AutoProcessor
+
+    index = index_tasks(dataset, ["task"])
+    train_positions, _ = split_validation(index.keys, val_fraction)
+    examples = SftDataset(index, train_positions, AutoProcessor.from_pretrained(base))
+    return sum(int(examples[i]["attention_mask"].sum()) for i in range(len(examples)))
+
+
 def _train(params: Path, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "firm_assets.critics.train", "--params", str(params)],
@@ -85,11 +96,17 @@ def _summary(run: subprocess.CompletedProcess) -> dict:
 def test_training_lowers_the_loss_and_saves_loadable_weights(
     method: str, tmp_path: Path, tiny_models
 ) -> None:
-    params = _params(tmp_path, tiny_models["tiny-qwen3-vl"], _dataset(tmp_path / "exports"), method=method)
+    dataset = _dataset(tmp_path / "exports")
+    params = _params(tmp_path, tiny_models["tiny-qwen3-vl"], dataset, method=method)
     summary = _summary(_train(params))
     # 4 records: 1 held out for validation, 3 trained on in 2 batches per epoch for 6 epochs
     assert (summary["examples"], summary["train_examples"], summary["val_examples"]) == (4, 3, 1)
     assert summary["updates"] == 12 and len(summary["losses"]) == 12
+    # the cost: 12 updates, every training token of 6 epochs (padding not counted), no GPU
+    val_fraction = json.loads(params.read_text())["recipe"]["val_fraction"]
+    cost = summary["cost"]
+    assert cost["model_calls"] == 12 and cost["gpu_seconds"] == 0.0 and cost["model_seconds"] > 0
+    assert cost["tokens_in"] == 6 * _example_tokens(tiny_models["tiny-qwen3-vl"], dataset, val_fraction)
     assert summary["final_loss"] < summary["first_loss"]
     # no eval_every inside 12 updates (the default is 200): one validation loss, at the end
     assert [step for step, _ in summary["val_losses"]] == [12] and summary["final_val_loss"] > 0
@@ -112,7 +129,9 @@ def test_training_lowers_the_loss_and_saves_loadable_weights(
     saved = {path.name: path.stat().st_mtime_ns for path in output.iterdir()}
     again = _train(params)
     assert "already holds this version's trained weights" in again.stdout
-    assert _summary(again) == summary
+    reported = _summary(again)
+    assert {**reported, "cost": None} == {**summary, "cost": None}
+    assert reported["cost"] == {"model_seconds": 0.0, "gpu_seconds": 0.0, "model_calls": 0, "tokens_in": 0}
     assert {path.name: path.stat().st_mtime_ns for path in output.iterdir()} == saved
 
 
@@ -166,6 +185,9 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_losses(tmp_path: Path, ti
     resumed = _train(params)
     summary = _summary(resumed)
     assert "resuming from step-00000006: epoch 1, update 6" in resumed.stdout
+    # the resumed process's cost is its own: the 6 updates after the checkpoint and fewer tokens
+    assert (straight["cost"]["model_calls"], summary["cost"]["model_calls"]) == (12, 6)
+    assert 0 < summary["cost"]["tokens_in"] < straight["cost"]["tokens_in"]
     assert summary["losses"] == pytest.approx(straight["losses"], abs=1e-6, rel=0)
     assert [s for s, _ in summary["val_losses"]] == [s for s, _ in straight["val_losses"]]
     assert [v for _, v in summary["val_losses"]] == pytest.approx(

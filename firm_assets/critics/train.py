@@ -43,6 +43,7 @@ from firm_assets.critics.data import (
     row_loss_sums,
     split_validation,
 )
+from firm_assets.curation.costs import training_figures
 from firm_assets.run_progress import ProgressReporter
 
 STATE_FILE = "trainer_state.json"
@@ -111,6 +112,10 @@ def train(params: dict[str, Any], log, report) -> dict[str, Any]:
         "RANK", "0"
     ) == "0":
         log(f"{params['output_dir']} already holds this version's trained weights; not training again")
+        done = {
+            **done,
+            "cost": training_figures(0.0, False, 1, model_calls=0, tokens_in=0),
+        }  # nothing spent now
         report(done)
         return done
     recipe = params["recipe"]
@@ -193,14 +198,17 @@ def train(params: dict[str, Any], log, report) -> dict[str, Any]:
 
     # loop
     losses, val_losses = state["losses"], state["val_losses"]
-    progress = ProgressReporter(total_updates, "updates", log, done=len(losses))
+    resumed_at = len(losses)
+    progress = ProgressReporter(total_updates, "updates", log, done=resumed_at)
     started = time.perf_counter()
+    tokens = 0  # training tokens this process read (padding excluded), for the cost row
     window: list[torch.Tensor] = []  # this update's micro-batch losses, read once it is done
     for epoch in range(state["epoch"], recipe["epochs"]):
         skip = state["batches_in_epoch"] if epoch == state["epoch"] else 0
         batches = accelerator.skip_first_batches(loader, skip) if skip else loader
         batches.set_epoch(epoch)  # a skipping loader is new: it must be told the epoch too
         for done, batch in enumerate(batches, start=skip + 1):
+            tokens += int(batch["attention_mask"].sum())
             with accelerator.accumulate(model):
                 loss = model(**batch).loss
                 accelerator.backward(loss)
@@ -237,6 +245,7 @@ def train(params: dict[str, Any], log, report) -> dict[str, Any]:
         val_losses.append([len(losses), validation_loss(accelerator, model, val_loader)])
         log(f"update {len(losses)} val_loss {val_losses[-1][1]:.4f}")
     train_seconds = time.perf_counter() - started
+    tokens = int(accelerator.reduce(torch.tensor(tokens, device=accelerator.device), reduction="sum"))
 
     # save: merged full weights, loadable with from_pretrained like the base (FSDP gathers them)
     weights = accelerator.get_state_dict(model)
@@ -252,6 +261,14 @@ def train(params: dict[str, Any], log, report) -> dict[str, Any]:
         "val_losses": val_losses,
         "final_val_loss": val_losses[-1][1] if val_losses else None,
         "train_seconds": round(train_seconds, 2),
+        # this process's share of the materialization's cost: updates made now (not before a resume)
+        "cost": training_figures(
+            train_seconds,
+            accelerator.device.type == "cuda",
+            accelerator.num_processes,
+            model_calls=len(losses) - resumed_at,
+            tokens_in=tokens,
+        ),
         "ran": {
             "mixed_precision": accelerator.mixed_precision,
             "weights_dtype": str(weights_dtype).removeprefix("torch."),

@@ -1,6 +1,11 @@
 """Train one critic version through Dagster Pipes, log it to MLflow as an `mlflow.transformers` model
 and register it once; skip the work when the same version (same dataset version, base weights and
-recipe) already exists."""
+recipe) already exists.
+
+Each materialization records its cost (`firm cost`): the asset's and the trainer's CPU seconds, and
+one line for the base model (stage `sft`) with the trainer's wall time as model seconds (GPU
+seconds on CUDA), its optimizer updates as calls and the training tokens it read as tokens in. A
+skip records its seconds and no model line."""
 
 import json
 from dataclasses import dataclass
@@ -11,7 +16,9 @@ import polars as pl
 from dagster import AssetExecutionContext, PipesSubprocessClient
 
 from firm_assets.critics.recipe import CriticTrainingConfig, effective_recipe, launch_prefix
+from firm_assets.curation.costs import CostMeter
 from firm_assets.curation.versioning import short_hash
+from resources.chat import ModelRef
 from resources.home import firm_home
 from resources.models import ModelsResource, resolve_model_path
 from resources.tracking import TrackingResource, dagster_tags, folder_dataset
@@ -93,6 +100,7 @@ def train_critic(
     pipes: PipesSubprocessClient,
 ) -> tuple[pl.DataFrame, dict]:
     """The critic row (trained now or found) and metadata for the materialization."""
+    meter = CostMeter()
     if dataset_frame.is_empty():
         raise ValueError(f"{spec.dataset} is empty: nothing to train {spec.name} on")
     dataset_version = dataset_frame["dataset_version"][0]
@@ -113,6 +121,7 @@ def train_critic(
     existing = _existing(wh, spec.name, version)
     if existing.height and Path(existing["path"][0]).exists():
         context.log.info(f"{spec.name} {version} already trained on {dataset_version}; not retraining")
+        meter.record(context, wh, version)
         return existing, {"trained": False}
 
     output = firm_home() / "critics" / spec.name / version
@@ -193,6 +202,8 @@ def train_critic(
             " dagster_run_id = excluded.dagster_run_id, created_at = now()",
             [*row.values(), json.dumps(recipe, sort_keys=True), context.run_id],
         )
+    meter.add_training("sft", ModelRef(profile.critic.base, base_revision), summary["cost"])
+    meter.record(context, wh, version)
     metadata = {
         "trained": True,
         "first_loss": summary["first_loss"],
@@ -201,6 +212,7 @@ def train_critic(
         "val_examples": summary["val_examples"],
         "final_val_loss": summary["final_val_loss"],
         "train_seconds": summary["train_seconds"],
+        "tokens_in": summary["cost"]["tokens_in"],
         **{f"ran_{k}": v for k, v in summary["ran"].items()},
     }
     return pl.DataFrame([row], schema=CRITIC_SCHEMA), metadata

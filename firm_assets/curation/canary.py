@@ -1,9 +1,12 @@
 """Judge-drift canary: a pinned set of score items (`canary.yaml`) whose scores under the current judge
-are compared with the previous judge's. A judge is the identity its cache rows carry (model id,
-weights revision, template id and version, decoding): changing any of them changes every cache key,
-so the score asset re-scores the canary with the new judge, and the previous judge's answers are
-still in the cache to compare with. The check warns when agreement drops past the thresholds below
-and lists the items that moved.
+are compared with the previous judge's. The score assets ask the canary items among their inputs
+once more, in a stage of their own (`canary:<stage>`) whose cache keys also hold the backend's name;
+a judge is the identity those rows carry (model id, weights revision, backend, template id and
+version, decoding). Changing any of them re-scores the canary with the new judge, and the previous
+judge's answers are still in the cache to compare with. The curation stages' keys stay backend-free
+(the same weights behind another backend are cache hits there), so only the canary pays for a
+backend move, and it is how that move is checked. The check warns when agreement drops past the
+thresholds below and lists the items that moved.
 
 Items are pinned by content-derived ids: an edit item is an imported candidate, whose id hashes its
 request (instruction, paths) and the edited image's sha256; a gen item is a generated image, whose id
@@ -12,6 +15,7 @@ that id (the cache's sample_id)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -20,9 +24,14 @@ from pathlib import Path
 import yaml
 from dagster import AssetCheckResult, AssetCheckSeverity, MetadataValue
 
+from firm_assets.curation.cache import StageStats
+from firm_assets.curation.stage import ChatStage, StageInput, run_chat_stage
+from resources.chat import ChatBackend
 from warehouse.connection import Warehouse
 
 CANARY_FILE = Path(__file__).parent / "canary.yaml"
+CANARY_PREFIX = "canary:"
+CANARY_KEYS = "canary_keys"  # the score assets' metadata entry the drift checks read
 MAX_MEAN_ABS_DELTA = 0.75  # mean |current - previous| over the canary, on the 1-5 scale
 MIN_EXACT_AGREEMENT = 0.6  # share of canary scores that round to the same integer as before
 
@@ -50,6 +59,41 @@ def load_canary(path: Path = CANARY_FILE) -> Canary:
             raise ValueError(f"{path}: `{side}` must be a non-empty list of item ids")
         items[side] = tuple(ids)
     return Canary(data["version"], items)
+
+
+def canary_stage(stage: str) -> str:
+    """The canary's own stage for a score stage: its cache rows are the canary's judges."""
+    return CANARY_PREFIX + stage
+
+
+def score_canary(
+    side: str,
+    stage: ChatStage,
+    backend: ChatBackend,
+    inputs: list[StageInput],
+    warehouse: Warehouse,
+    batch_size: int,
+    run_id: str | None,
+) -> tuple[set[str], StageStats]:
+    """Ask the canary items among `inputs` again as `stage` would, in the canary's stage and with the
+    backend's name in their keys (cache hits while the judge and its backend stay the same); returns
+    their cache keys, which the drift check reads as the current judge's, and the stage's stats."""
+    pinned = set(load_canary().items[side])
+    canary = dataclasses.replace(stage, name=canary_stage(stage.name))
+    chosen = [sample for sample in inputs if sample.sample_id in pinned]
+    identity = {"backend": backend.model.backend}
+    results, stats = run_chat_stage(canary, backend, chosen, warehouse, batch_size, run_id, identity)
+    return {result.cache_key for result in results.values()}, stats
+
+
+def canary_metadata(side: str, keys: set[str], stats: list[StageStats]) -> dict:
+    """What a score asset reports of its canary stages: the keys the drift check compares (`CANARY_KEYS`)
+    and the calls and tokens they cost (as `<side>_canary_model_calls`, ...)."""
+    figures = ("model_calls", "cache_hits", "tokens_in", "tokens_out")
+    return {
+        CANARY_KEYS: MetadataValue.json(sorted(keys)),
+        **{f"{side}_canary_{f}": sum(getattr(s, f) for s in stats) for f in figures},
+    }
 
 
 def half_up(score: float) -> int:
@@ -100,9 +144,10 @@ class JudgeScores:
 
 def _judge(row: dict) -> str:
     decoding = json.loads(row["decoding"])
+    backend = decoding.pop("backend", "?")  # the canary stages store it with the decoding
     return (
-        f"{row['model_id']}@{row['model_revision'][:12]} {row['template_id']}@{row['template_version']}"
-        f" decoding {json.dumps(decoding, sort_keys=True)}"
+        f"{row['model_id']}@{row['model_revision'][:12]} via {backend}"
+        f" {row['template_id']}@{row['template_version']} decoding {json.dumps(decoding, sort_keys=True)}"
     )
 
 
@@ -143,9 +188,10 @@ def _scores(rows: list[dict]) -> dict[tuple[str, str], float]:
 def canary_check(
     warehouse: Warehouse, side: str, stages: list[str], present: set[str], current_keys: set[str]
 ) -> AssetCheckResult:
-    """The drift check for one score asset: `present` are the item ids in its output, `current_keys`
-    the cache keys of its scores. Warns when the canary is not among the inputs (nothing can be
-    compared), and when agreement with the previous judge drops past the thresholds."""
+    """The drift check for one score asset: `stages` are its canary stages, `present` the item ids in
+    its output, `current_keys` the cache keys of its canary answers (`score_canary`). Warns when the
+    canary is not among the inputs (nothing can be compared), and when agreement with the previous
+    judge drops past the thresholds."""
     canary = load_canary()
     pinned = list(canary.items[side])
     found = [item for item in pinned if item in present]

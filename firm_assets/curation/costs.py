@@ -1,16 +1,21 @@
 """Cost accounting for a model-calling asset: a meter made at the start of the asset's body collects
-each stage's stats and, as the asset returns, records the materialization's wall and CPU
-seconds, GPU seconds and per-model calls, tokens and images in the warehouse (`warehouse/costs.py`).
+each stage's stats (or a training subprocess's own figures) and, as the asset returns, records the
+materialization's wall and CPU seconds, GPU seconds and per-model calls, tokens and images in the
+warehouse (`warehouse/costs.py`).
 
-CPU seconds are the process's CPU time (all threads, model threads included) over the body; GPU
-seconds are the model seconds of calls that ran on a local CUDA device (a server's are its own)."""
+CPU seconds are the process's CPU time (all threads, model threads included) over the body, plus
+that of the child processes it waited for meanwhile (a Pipes training subprocess, the ranks its
+launcher started, their DataLoader workers); GPU seconds are the model seconds of calls that ran on
+a local CUDA device (a server's are its own), and a trainer's wall time on every CUDA rank."""
 
 from __future__ import annotations
 
+import resource
 import time
 from dataclasses import dataclass, field, replace
 
 from firm_assets.curation.cache import StageStats
+from resources.chat import ModelRef
 from warehouse.connection import Warehouse
 from warehouse.costs import MODEL_FIGURES, MaterializationCost, ModelCost, record_cost
 
@@ -48,6 +53,23 @@ def merge(lines: list[ModelCost]) -> list[ModelCost]:
     return list(merged.values())
 
 
+def children_cpu_seconds() -> float:
+    """User + system CPU seconds of this process's finished children that were waited for (their own
+    waited-for children included, so a launcher's ranks count)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def training_figures(seconds: float, on_cuda: bool, processes: int, **counts: int) -> dict[str, float | int]:
+    """What a training subprocess reports as its cost: its training wall time as model seconds, the
+    same on each of its `processes` ranks as GPU seconds when they ran on CUDA (none on the CPU), and
+    counts such as `tokens_in` or `images_generated`."""
+    unknown = counts.keys() - set(MODEL_FIGURES)
+    if unknown:
+        raise ValueError(f"not cost figures: {sorted(unknown)}")
+    return {"model_seconds": seconds, "gpu_seconds": seconds * processes if on_cuda else 0.0, **counts}
+
+
 @dataclass
 class CostMeter:
     """What one materialization has spent since the meter was made (at the start of the asset's body);
@@ -55,11 +77,18 @@ class CostMeter:
 
     wall_start: float = field(default_factory=time.perf_counter)
     cpu_start: float = field(default_factory=time.process_time)
+    children_cpu_start: float = field(default_factory=children_cpu_seconds)
     lines: list[ModelCost] = field(default_factory=list)
 
     def add(self, stats: StageStats) -> StageStats:
         self.lines.append(model_cost(stats))
         return stats
+
+    def add_training(self, stage: str, model: ModelRef, figures: dict[str, float | int]) -> None:
+        """A training subprocess's figures (`training_figures`, sent back over Pipes) as the line of
+        the model it trained; what it did not report is 0 (it reads no cache)."""
+        values = dict.fromkeys(MODEL_FIGURES, 0) | figures
+        self.lines.append(ModelCost(stage, model.model_id, model.revision, model.backend, **values))
 
     def totals(self) -> dict[str, float | int]:
         """Calls, cache hits, model seconds and tokens over every stage so far (an asset's metadata)."""
@@ -78,7 +107,7 @@ class CostMeter:
             asset_key,
             data_version,
             time.perf_counter() - self.wall_start,
-            time.process_time() - self.cpu_start,
+            time.process_time() - self.cpu_start + children_cpu_seconds() - self.children_cpu_start,
             tuple(merge(self.lines)),
         )
 

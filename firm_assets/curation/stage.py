@@ -126,9 +126,11 @@ def run_chat_stage(
     warehouse,
     batch_size: int,
     run_id: str | None = None,
+    identity: dict[str, str] | None = None,
 ) -> tuple[dict[str, CachedResult], StageStats]:
     """Render every sample, then answer the cache misses through `run_cached`, which narrows a batch
-    that raises (a model error, an undecodable image) down to the items that failed."""
+    that raises (a model error, an undecodable image) down to the items that failed. `identity` adds
+    to what every key holds (stored with the decoding): the canary keys its answers by backend too."""
     items = []
     for sample in inputs:
         request = stage.template.render(sample.variables, sample.images)
@@ -143,6 +145,7 @@ def run_chat_stage(
     decoding = {**stage.decoding.as_dict(), "max_attempts": stage.max_attempts, "reader": stage.score_reader}
     if backend.chat_template_kwargs:  # they change the prompt; absent when unset, so old keys hold
         decoding["chat_template_kwargs"] = backend.chat_template_kwargs
+    decoding.update(identity or {})
     spec = CallSpec(stage.name, backend.model, stage.template.ref, stage.parser.ref, decoding)
     # a backend whose calls may overlap gets the next batch while a batch's slowest request finishes
     lookahead = 2 if backend.concurrent_calls else 1

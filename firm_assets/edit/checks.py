@@ -3,7 +3,13 @@
 import polars as pl
 from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetKey, asset_check
 
-from firm_assets.curation.canary import MAX_MEAN_ABS_DELTA, MIN_EXACT_AGREEMENT, canary_check
+from firm_assets.curation.canary import (
+    CANARY_KEYS,
+    MAX_MEAN_ABS_DELTA,
+    MIN_EXACT_AGREEMENT,
+    canary_check,
+    canary_stage,
+)
 from firm_assets.curation.gates import (
     MAX_FAILURE_RATE,
     failure_rate,
@@ -39,9 +45,11 @@ def edit_scores_failure_rate(edit_scores: pl.DataFrame) -> AssetCheckResult:
     description="Judge drift: on the pinned canary, the current judge agrees with the previous one "
     f"(mean |delta| <= {MAX_MEAN_ABS_DELTA}, exact agreement >= {MIN_EXACT_AGREEMENT:.0%}; warn).",
 )
-def edit_scores_judge_drift(edit_scores: pl.DataFrame, warehouse: WarehouseResource) -> AssetCheckResult:
-    keys = {key for d in DIMENSIONS for key in edit_scores[f"{d}_key"].drop_nulls()}
-    stages = [f"{d}_scores" for d in DIMENSIONS]
+def edit_scores_judge_drift(
+    context: AssetCheckExecutionContext, edit_scores: pl.DataFrame, warehouse: WarehouseResource
+) -> AssetCheckResult:
+    keys = set(materialization_metadata(context, AssetKey("edit_scores")).get(CANARY_KEYS, []))
+    stages = [canary_stage(f"{d}_scores") for d in DIMENSIONS]
     return canary_check(warehouse.get(), "edit", stages, set(edit_scores["candidate_id"]), keys)
 
 

@@ -10,6 +10,7 @@ import polars as pl
 from dagster import AssetExecutionContext, DataVersion, Output, asset
 
 from firm_assets.automation import CURATION_CONDITION, GPU_POOL
+from firm_assets.curation.canary import canary_metadata, score_canary
 from firm_assets.curation.costs import CostMeter
 from firm_assets.curation.parsers import SCORE_JSON
 from firm_assets.curation.prompts import load_template
@@ -96,11 +97,23 @@ def edit_scores(
         if sample_id in request_of
     }
     metadata: dict[str, float | int] = {}
+    canary_keys, canary_stats = set(), []
     for dimension, template in TEMPLATES.items():
         stage = chat_stage(profile, f"{dimension}_scores", template, SCORE_JSON, "score", scored=True)
         results, stats = run_chat_stage(
             stage, models.chat("judge"), inputs, warehouse.get(), profile.judge.batch_size, context.run_id
         )
+        keys, canary = score_canary(
+            "edit",
+            stage,
+            models.chat("judge"),
+            inputs,
+            warehouse.get(),
+            profile.judge.batch_size,
+            context.run_id,
+        )
+        canary_keys |= keys
+        canary_stats.append(meter.add(canary))
         metadata.update(
             {f"{dimension}_{key}": value for key, value in meter.add(stats).as_metadata().items()}
         )
@@ -119,4 +132,5 @@ def edit_scores(
     version = frame_version(frame)
     meter.record(context, warehouse.get(), version)
     metadata["rows"] = frame.height
+    metadata.update(canary_metadata("edit", canary_keys, canary_stats))
     return Output(frame, data_version=DataVersion(version), metadata={**metadata, "data_version": version})

@@ -4,7 +4,13 @@ GenEval coverage."""
 import polars as pl
 from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, AssetKey, asset_check
 
-from firm_assets.curation.canary import MAX_MEAN_ABS_DELTA, MIN_EXACT_AGREEMENT, canary_check
+from firm_assets.curation.canary import (
+    CANARY_KEYS,
+    MAX_MEAN_ABS_DELTA,
+    MIN_EXACT_AGREEMENT,
+    canary_check,
+    canary_stage,
+)
 from firm_assets.curation.gates import (
     MAX_FAILURE_RATE,
     failure_rate,
@@ -41,9 +47,11 @@ def gen_scores_failure_rate(gen_scores: pl.DataFrame) -> AssetCheckResult:
     description="Judge drift: on the pinned canary, the current judge agrees with the previous one "
     f"(mean |delta| <= {MAX_MEAN_ABS_DELTA}, exact agreement >= {MIN_EXACT_AGREEMENT:.0%}; warn).",
 )
-def gen_scores_judge_drift(gen_scores: pl.DataFrame, warehouse: WarehouseResource) -> AssetCheckResult:
-    keys = {key for column in ("if_key", "quality_key") for key in gen_scores[column].drop_nulls()}
-    stages = ["gen_instruction_following", "gen_quality"]
+def gen_scores_judge_drift(
+    context: AssetCheckExecutionContext, gen_scores: pl.DataFrame, warehouse: WarehouseResource
+) -> AssetCheckResult:
+    keys = set(materialization_metadata(context, AssetKey("gen_scores")).get(CANARY_KEYS, []))
+    stages = [canary_stage(stage) for stage in ("gen_instruction_following", "gen_quality")]
     return canary_check(warehouse.get(), "gen", stages, set(gen_scores["image_id"]), keys)
 
 

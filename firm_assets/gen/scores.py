@@ -9,6 +9,7 @@ from dagster import AssetExecutionContext, DataVersion, Output, asset
 
 from firm_assets.automation import CURATION_CONDITION, GPU_POOL
 from firm_assets.curation.cache import CachedResult
+from firm_assets.curation.canary import canary_metadata, score_canary
 from firm_assets.curation.costs import CostMeter
 from firm_assets.curation.parsers import INSTRUCTION_FOLLOWING, QUALITY_JSON
 from firm_assets.curation.prompts import load_template
@@ -149,6 +150,13 @@ def gen_scores(
     )
     meter.add(if_stats)
     meter.add(quality_stats)
+    canary_keys, canary_stats = set(), []
+    for stage, stage_inputs in ((if_stage, if_inputs), (quality_stage, quality_inputs)):
+        keys, canary = score_canary(
+            "gen", stage, judge, stage_inputs, wh, profile.judge.batch_size, context.run_id
+        )
+        canary_keys |= keys
+        canary_stats.append(meter.add(canary))
 
     rows = [
         {
@@ -166,6 +174,7 @@ def gen_scores(
     metadata.update({f"quality_{k}": v for k, v in quality_stats.as_metadata().items()})
     coverage = frame["verdict_coverage"].drop_nulls()
     metadata["verdict_coverage"] = float(coverage.mean()) if coverage.len() else None
+    metadata.update(canary_metadata("gen", canary_keys, canary_stats))
     return Output(
         frame,
         data_version=DataVersion(version),

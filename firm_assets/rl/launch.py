@@ -2,7 +2,12 @@
 same version (same base weights, critic version, reward, prompt set, NFT config and code) exists.
 
 A killed run resumes: the checkpoint folder is keyed by the policy version under FIRM_HOME, and the
-trainer continues from its newest complete checkpoint."""
+trainer continues from its newest complete checkpoint.
+
+Each materialization records its cost (`firm cost`): the asset's and the trainer's CPU seconds, and
+one line for the policy's base pipeline (stage `nft`, backend diffusers) with the trainer's wall time
+as model seconds (GPU seconds on CUDA) and this run's rollouts as calls and images generated. A skip
+records its seconds and no model line."""
 
 import json
 import sys
@@ -13,8 +18,10 @@ from typing import Any
 import polars as pl
 from dagster import AssetExecutionContext, PipesSubprocessClient
 
+from firm_assets.curation.costs import CostMeter
 from firm_assets.curation.versioning import frame_version, short_hash
 from firm_assets.rl.settings import RLPolicyConfig, Task, nft_settings, reward_settings
+from resources.chat import ModelRef
 from resources.home import firm_home
 from resources.models import ModelsResource, resolve_model_path
 from resources.tracking import TrackingResource, dagster_tags
@@ -181,6 +188,7 @@ def train_rl_policy(
     pipes: PipesSubprocessClient,
 ) -> tuple[pl.DataFrame, dict]:
     """The policy row (trained now or found) and metadata for the materialization."""
+    meter = CostMeter()
     if critic_frame.is_empty():
         raise ValueError(f"{spec.critic} has no trained version: nothing to reward {spec.name} with")
     prompts = prompt_set(spec, prompt_frame)
@@ -206,6 +214,7 @@ def train_rl_policy(
     existing = _existing(wh, spec.name, version)
     if existing.height and Path(existing["lora_path"][0]).exists():
         context.log.info(f"{spec.name} {version} already trained with {spec.critic} {critic['version']}")
+        meter.record(context, wh, version)
         return existing, {"trained": False}
 
     folder = firm_home() / "rl" / spec.name / version
@@ -292,10 +301,13 @@ def train_rl_policy(
         "model_version": summary["model_version"],
     }
     _record_policy(wh, row, summary["history"], context.run_id)
+    meter.add_training("nft", ModelRef(policy.model, revision, backend="diffusers"), summary["cost"])
+    meter.record(context, wh, version)
     metadata = {
         "trained": True,
         "steps_this_run": summary["steps_this_run"],
         "resumed_from_step": summary["resumed_from_step"],
         "train_seconds": summary["train_seconds"],
+        "images_generated": summary["cost"]["images_generated"],
     }
     return pl.DataFrame([row], schema=POLICY_SCHEMA), metadata

@@ -26,6 +26,7 @@ from typing import Any
 from PIL import Image
 
 from firm_assets.critics.scoring import CriticScorer, Scorer
+from firm_assets.curation.costs import training_figures
 from firm_assets.rl.critic_reward import critic_reward_fn
 from firm_assets.rl.grids import sample_grid
 from firm_assets.rl.nft import NFTConfig, PromptItem, StepLog, train_policy
@@ -85,7 +86,8 @@ def read_history(path: Path, final_step: int) -> list[dict[str, Any]]:
 class StepTracker:
     """Rank 0's `on_step`: metrics and sample grids to MLflow, the step to the history file, and a
     line and a progress message (steps done of `total_steps`; a step takes long enough that each is
-    worth one) to the Dagster log."""
+    worth one) to the Dagster log; it counts the rollouts of the steps it saw (this run's, for the
+    cost)."""
 
     def __init__(
         self, tracking: TrackingResource, run_id: str, history: Path, grid_every: int, total_steps: int, log
@@ -93,6 +95,7 @@ class StepTracker:
         self.tracking, self.run_id, self.history = tracking, run_id, history
         self.grid_every, self.total_steps, self.log = grid_every, total_steps, log
         self.steps: list[int] = []
+        self.rollouts = 0
 
     def __call__(self, step: StepLog) -> None:
         metrics = step_metrics(step)
@@ -102,6 +105,7 @@ class StepTracker:
             grid = sample_grid(step.samples)
             self.tracking.log_image(self.run_id, grid, f"samples/step_{step.step:05d}.png")
         self.steps.append(step.step)
+        self.rollouts += len(step.samples)
         reward = "masked" if step.reward_mean is None else f"{step.reward_mean:.4f}"
         self.log(f"step {step.step} loss {step.loss:.4f} reward {reward} masked {step.masked_fraction:.2f}")
         self.log(progress_message(step.step, self.total_steps, "steps"))
@@ -174,9 +178,11 @@ def train(params: dict[str, Any], log: Callable[[str], None], report, rank: int)
 
     # train (resumes from the newest complete checkpoint)
     started = time.perf_counter()
-    result = train_policy(NFTConfig(**params["nft"]), prompts, reward_fn, checkpoints, on_step=tracker)
+    config = NFTConfig(**params["nft"])
+    result = train_policy(config, prompts, reward_fn, checkpoints, on_step=tracker)
     if tracker is None:
         return {}
+    train_seconds = time.perf_counter() - started
 
     # register and report
     model_version = register_policy(tracking, params, result.lora_dir, result.ema_lora_dir)
@@ -190,7 +196,15 @@ def train(params: dict[str, Any], log: Callable[[str], None], report, rank: int)
         "history": read_history(checkpoints / HISTORY_FILE, result.final_step),
         "steps_this_run": len(tracker.steps),
         "resumed_from_step": min(tracker.steps) - 1 if tracker.steps else result.final_step,
-        "train_seconds": round(time.perf_counter() - started, 2),
+        "train_seconds": round(train_seconds, 2),
+        # the materialization's cost: this run's rollouts (each one generated image) and seconds
+        "cost": training_figures(
+            train_seconds,
+            config.device.startswith("cuda"),
+            int(os.environ.get("WORLD_SIZE", "1")),
+            model_calls=tracker.rollouts,
+            images_generated=tracker.rollouts,
+        ),
     }
     report(summary)
     return summary
