@@ -4,8 +4,6 @@ each model loads once per run, not once per step."""
 from dagster import AssetSelection, define_asset_job
 
 from firm_assets.inbox import (
-    EDIT_INBOX_PARTITIONS,
-    GEN_INBOX_PARTITIONS,
     edit_inbox_requests,
     gen_inbox_prompts,
 )
@@ -51,13 +49,11 @@ bench_job = define_asset_job(
 edit_inbox_job = define_asset_job(
     "edit_inbox",
     selection=AssetSelection.assets(edit_inbox_requests),
-    partitions_def=EDIT_INBOX_PARTITIONS,
     description="Import one edit-inbox file (a partition) into the warehouse.",
 )
 
 gen_inbox_job = define_asset_job(
     "gen_inbox",
     selection=AssetSelection.assets(gen_inbox_prompts),
-    partitions_def=GEN_INBOX_PARTITIONS,
     description="Import one gen-inbox prompt file (a partition) into the warehouse.",
 )

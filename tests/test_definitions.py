@@ -42,10 +42,11 @@ def test_asset_specs_match_snapshot() -> None:
 
 
 def test_jobs_and_automation_are_registered() -> None:
-    assert defs.get_job_def("main") is not None
-    assert defs.get_job_def("edit_curation") is not None
-    schedule = defs.get_schedule_def("nightly_edit_recuration")
+    jobs = {"main", "edit_curation", "gen_curation", "rl", "bench", "edit_inbox", "gen_inbox"}
+    assert {job.name for job in defs.resolve_all_job_defs()} >= jobs
+    schedule = defs.resolve_schedule_def("nightly_edit_recuration")
     assert schedule.cron_schedule == "0 3 * * *"
+    assert schedule.job_name == "edit_curation"
 
 
 def test_every_selection_runs_in_one_process_by_default() -> None:

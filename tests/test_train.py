@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from transformers import AutoModelForImageTextToText
 
-from firm_assets.critics.data import SftDataset, index_tasks, split_validation
+from firm_assets.critics.data import SftDataset, encode_batch, index_tasks, split_validation
 from firm_assets.critics.recipe import PAPER_RECIPE
 from firm_assets.critics.train import KILL_AFTER_UPDATE
 from firm_assets.curation.sharegpt import index_exports, sharegpt_record, write_tasks
@@ -72,8 +72,11 @@ def _example_tokens(base: Path, dataset: Path, val_fraction: float) -> int:
 
     index = index_tasks(dataset, ["task"])
     train_positions, _ = split_validation(index.keys, val_fraction)
-    examples = SftDataset(index, train_positions, AutoProcessor.from_pretrained(base))
-    return sum(int(examples[i]["attention_mask"].sum()) for i in range(len(examples)))
+    examples = SftDataset(index, train_positions)
+    processor = AutoProcessor.from_pretrained(base)
+    return sum(
+        int(encode_batch(processor, [examples[i]])["attention_mask"].sum()) for i in range(len(examples))
+    )
 
 
 def _train(params: Path, **env: str) -> subprocess.CompletedProcess:
