@@ -24,7 +24,8 @@ def progress_message(done: int, total: int, unit: str) -> str:
     return f"progress {done}/{total} {unit}"
 
 
-# a stage reports after each tenth of its work and at least this often, and always at the end
+# a stage reports after each tenth of its work, at its next finished unit once this long has passed
+# since its last report, and always at the end
 REPORT_EVERY_S = 30.0
 
 
@@ -41,19 +42,17 @@ def report_due(done: int, total: int, last_done: int, since_last_s: float, every
 @dataclass
 class ProgressReporter:
     """Counts a stage's finished units and logs `progress_message` through `log` when `report_due`
-    says so. `done` may start above 0 (a resumed training run)."""
+    says so. `total` is the work this step does (a resumed training run: the updates left), since
+    the view's ETA is that count's rate over the step's elapsed time."""
 
     total: int
     unit: str
     log: Callable[[str], None]
-    done: int = 0
     every_s: float = REPORT_EVERY_S
     clock: Callable[[], float] = time.monotonic
+    done: int = field(default=0, init=False)
     _last_done: int = field(default=0, init=False)
     _last_at: float = field(default=-math.inf, init=False)
-
-    def __post_init__(self) -> None:
-        self._last_done = self.done
 
     def advance(self, n: int = 1) -> None:
         self.done += n

@@ -39,10 +39,10 @@ from firm_assets.rl.launch import policy_version, prompt_set, prompt_set_version
 from firm_assets.rl.nft import Rollout, StepLog
 from firm_assets.rl.rewards import Reward, RewardConfig
 from firm_assets.rl.settings import RLPolicyConfig, nft_settings, reward_settings
-from firm_assets.rl.train import append_history, read_history, step_metrics
+from firm_assets.rl.train import StepTracker, append_history, read_history, step_metrics
 from resources.home import warehouse_path
 from resources.profiles import PolicyConfig, get_profile
-from resources.tracking import default_tracking_uri
+from resources.tracking import TrackingResource, default_tracking_uri
 from warehouse.connection import Warehouse
 from warehouse.lineage import find_policy_versions
 
@@ -177,6 +177,23 @@ def _step(step: int, reward_mean: float | None) -> StepLog:
         monitors={"brightness": 0.4},
         samples=[],
     )
+
+
+def test_a_resumed_run_reports_progress_over_the_steps_it_has_left(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("FIRM_HOME", str(tmp_path))
+    tracking = TrackingResource(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    logged: list[str] = []
+    run_id = tracking.create_run("firm-rl-progress", "resumed", {})
+    tracker = StepTracker(tracking, run_id, tmp_path / "history.jsonl", 100, 10, logged.append)
+    for step in (7, 8, 9, 10):  # resumed from the checkpoint of step 6 of 10
+        tracker(_step(step, 0.5))
+    assert [line for line in logged if line.startswith("progress")] == [
+        "progress 1/4 steps",
+        "progress 2/4 steps",
+        "progress 3/4 steps",
+        "progress 4/4 steps",
+    ]
+    assert tracker.steps == [7, 8, 9, 10]
 
 
 def test_step_metrics_leave_out_rewards_of_a_fully_masked_step() -> None:

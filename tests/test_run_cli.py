@@ -59,12 +59,14 @@ def test_progress_reporter_logs_batches_of_a_small_stage_and_tenths_of_a_large_o
     # the first batch, then whenever a tenth (100) is done since the last message, then the end
     expected = [8, 112, 216, 320, 424, 528, 632, 736, 840, 944, 1000]
     assert large == [progress_message(n, 1000, "model calls") for n in expected]
-    resumed: list[str] = []
-    reporter = ProgressReporter(50, "updates", resumed.append, done=40, clock=lambda: now[0])
+    slow: list[str] = []
+    reporter = ProgressReporter(50, "updates", slow.append, clock=lambda: now[0])
     reporter.advance()
-    now[0] += 31.0
+    now[0] += 29.0
+    reporter.advance()  # under a tenth and under 30 s since the first message: not reported
+    now[0] += 1.0
     reporter.advance()
-    assert resumed == ["progress 41/50 updates", "progress 42/50 updates"]
+    assert slow == ["progress 1/50 updates", "progress 3/50 updates"]
 
 
 def test_metadata_totals_sum_stage_prefixed_model_figures() -> None:

@@ -15,10 +15,12 @@ from transformers import AutoModelForImageTextToText
 
 from firm_assets.critics.data import SftDataset, encode_batch, index_tasks, split_validation
 from firm_assets.critics.recipe import PAPER_RECIPE
-from firm_assets.critics.train import KILL_AFTER_UPDATE
+from firm_assets.critics.train import KILL_AFTER_UPDATE, SUMMARY_FILE, train
 from firm_assets.curation.sharegpt import index_exports, sharegpt_record, write_tasks
 
 REPO = Path(__file__).resolve().parent.parent
+# what a relaunch after training finished reports as its cost: nothing spent now
+NO_COST = {"model_seconds": 0.0, "gpu_seconds": 0.0, "model_calls": 0, "tokens_in": 0}
 COLOURS = ("red", "blue", "green", "white", "black", "yellow", "orange", "purple")
 
 
@@ -134,8 +136,26 @@ def test_training_lowers_the_loss_and_saves_loadable_weights(
     assert "already holds this version's trained weights" in again.stdout
     reported = _summary(again)
     assert {**reported, "cost": None} == {**summary, "cost": None}
-    assert reported["cost"] == {"model_seconds": 0.0, "gpu_seconds": 0.0, "model_calls": 0, "tokens_in": 0}
+    assert reported["cost"] == NO_COST
     assert {path.name: path.stat().st_mtime_ns for path in output.iterdir()} == saved
+
+
+@pytest.mark.parametrize(("rank", "reports"), [("0", 1), ("1", 0)])
+def test_every_rank_of_a_relaunch_after_training_finished_stops(
+    rank: str, reports: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under torchrun a rank that trained on while rank 0 reported the saved summary would wait for
+    rank 0 at its first collective forever: every rank returns, only rank 0 logs and reports. The
+    parameters name no recipe and no existing model, so a rank that tried to train would fail."""
+    output = tmp_path / "critic"
+    output.mkdir()
+    (output / SUMMARY_FILE).write_text(json.dumps({"updates": 12, "final_loss": 0.5}))
+    monkeypatch.setenv("RANK", rank)
+    logged, reported = [], []
+    params = {"output_dir": str(output), "base_model": str(tmp_path / "no-such-model")}
+    done = train(params, logged.append, reported.append)
+    assert done == {"updates": 12, "final_loss": 0.5, "cost": NO_COST}
+    assert reported == [done] * reports and len(logged) == reports
 
 
 def test_gradient_checkpointing_and_workers_change_no_loss(tmp_path: Path, tiny_models) -> None:
@@ -188,6 +208,9 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_losses(tmp_path: Path, ti
     resumed = _train(params)
     summary = _summary(resumed)
     assert "resuming from step-00000006: epoch 1, update 6" in resumed.stdout
+    # its progress counts the 6 updates it makes (the rate `firm run`'s ETA needs), each one reported
+    progress = [line for line in resumed.stdout.splitlines() if line.startswith("progress ")]
+    assert progress == [f"progress {n}/6 updates" for n in range(1, 7)]
     # the resumed process's cost is its own: the 6 updates after the checkpoint and fewer tokens
     assert (straight["cost"]["model_calls"], summary["cost"]["model_calls"]) == (12, 6)
     assert 0 < summary["cost"]["tokens_in"] < straight["cost"]["tokens_in"]

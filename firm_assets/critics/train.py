@@ -107,16 +107,16 @@ def train(params: dict[str, Any], log, report) -> dict[str, Any]:
     """Train (or resume) one critic version and save it to `output_dir`. If a previous process already
     saved this version's weights (and then its parent failed, e.g. at registration), report that
     process's summary instead of training again: the output folder is per version, so the weights
-    there are exactly what these parameters produce."""
-    if (done := finished_summary(Path(params["output_dir"]))) is not None and os.environ.get(
-        "RANK", "0"
-    ) == "0":
-        log(f"{params['output_dir']} already holds this version's trained weights; not training again")
+    there are exactly what these parameters produce. Every rank stops there (one that went on would
+    wait for the others at its first collective forever); rank 0 reports."""
+    if (done := finished_summary(Path(params["output_dir"]))) is not None:
         done = {
             **done,
             "cost": training_figures(0.0, False, 1, model_calls=0, tokens_in=0),
         }  # nothing spent now
-        report(done)
+        if os.environ.get("RANK", "0") == "0":
+            log(f"{params['output_dir']} already holds this version's trained weights; not training again")
+            report(done)
         return done
     recipe = params["recipe"]
     bf16 = recipe["bf16"] and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
@@ -199,7 +199,7 @@ def train(params: dict[str, Any], log, report) -> dict[str, Any]:
     # loop
     losses, val_losses = state["losses"], state["val_losses"]
     resumed_at = len(losses)
-    progress = ProgressReporter(total_updates, "updates", log, done=resumed_at)
+    progress = ProgressReporter(total_updates - resumed_at, "updates", log)  # this process's updates
     started = time.perf_counter()
     tokens = 0  # training tokens this process read (padding excluded), for the cost row
     window: list[torch.Tensor] = []  # this update's micro-batch losses, read once it is done

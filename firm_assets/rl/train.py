@@ -85,9 +85,10 @@ def read_history(path: Path, final_step: int) -> list[dict[str, Any]]:
 
 class StepTracker:
     """Rank 0's `on_step`: metrics and sample grids to MLflow, the step to the history file, and a
-    line and a progress message (steps done of `total_steps`; a step takes long enough that each is
-    worth one) to the Dagster log; it counts the rollouts of the steps it saw (this run's, for the
-    cost)."""
+    line and a progress message to the Dagster log (a step takes long enough that each is worth one:
+    this run's steps done of those it has left of `total_steps`, since a resumed run starts past
+    step 0 and the view's ETA is the rate of this run's steps); it counts the rollouts of the steps it
+    saw (this run's, for the cost)."""
 
     def __init__(
         self, tracking: TrackingResource, run_id: str, history: Path, grid_every: int, total_steps: int, log
@@ -108,7 +109,8 @@ class StepTracker:
         self.rollouts += len(step.samples)
         reward = "masked" if step.reward_mean is None else f"{step.reward_mean:.4f}"
         self.log(f"step {step.step} loss {step.loss:.4f} reward {reward} masked {step.masked_fraction:.2f}")
-        self.log(progress_message(step.step, self.total_steps, "steps"))
+        before = self.steps[0] - 1  # steps done before this run
+        self.log(progress_message(len(self.steps), self.total_steps - before, "steps"))
 
 
 def _load_scorer(source: str, critic: dict[str, Any]) -> CriticScorer:
