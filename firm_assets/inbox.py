@@ -106,24 +106,23 @@ def import_gen_file(warehouse: Warehouse, name: str, run_id: str) -> dict[str, i
     return _store(warehouse, GEN_INBOX, name, file_digest(path), "inbox_gen_prompts", rows, bad, run_id)
 
 
-def imported_files(warehouse: Warehouse, inbox: str) -> dict[str, str]:
+def _file_hashes(con, inbox: str) -> dict[str, str]:
     """Each imported file of an inbox (its partition key) and the content hash imported."""
-    with warehouse.transaction() as con:
-        rows = con.execute(
-            "SELECT file, sha256 FROM inbox_files WHERE inbox = ? ORDER BY file", [inbox]
-        ).fetchall()
-    return dict(rows)
+    rows = con.execute("SELECT file, sha256 FROM inbox_files WHERE inbox = ? ORDER BY file", [inbox])
+    return dict(rows.fetchall())
 
 
-def inbox_edit_rows(warehouse: Warehouse) -> list[dict]:
+def inbox_edit_rows(warehouse: Warehouse) -> tuple[list[dict], dict[str, str]]:
     """The imported edit requests, in the entry asset's row shape plus `file`, by file then line
-    (the order that decides which of two equal requests is the first)."""
+    (the order that decides which of two equal requests is the first), and each file's imported
+    hash, read in one transaction so the hashes are those of the rows returned."""
     with warehouse.transaction() as con:
         rows = con.execute(
             "SELECT file, request_id, instruction, requirement, image, edited_images, images_root, line"
             " FROM inbox_edit_requests ORDER BY file, line"
         ).fetchall()
-    return [
+        hashes = _file_hashes(con, EDIT_INBOX)
+    requests = [
         {
             "file": file,
             "request_id": request_id,
@@ -137,20 +136,24 @@ def inbox_edit_rows(warehouse: Warehouse) -> list[dict]:
         }
         for file, request_id, instruction, requirement, image, edited, root, line in rows
     ]
+    return requests, hashes
 
 
-def inbox_prompts(warehouse: Warehouse) -> list[GenPrompt]:
-    """The imported prompts, by file (a file holds no repeats: its import quarantined them)."""
+def inbox_prompts(warehouse: Warehouse) -> tuple[list[GenPrompt], dict[str, str]]:
+    """The imported prompts, by file (a file holds no repeats: its import quarantined them), and each
+    file's imported hash, read in one transaction so the hashes are those of the prompts returned."""
     with warehouse.transaction() as con:
         rows = con.execute(
             "SELECT file, prompt_id, prompt, locator, tag, geneval FROM inbox_gen_prompts"
             " ORDER BY file, prompt_id"
         ).fetchall()
+        hashes = _file_hashes(con, GEN_INBOX)
     folder = inbox_dir(GEN_INBOX)
-    return [
+    prompts = [
         GenPrompt(prompt_id, prompt, str(folder / file), locator, tag, geneval)
         for file, prompt_id, prompt, locator, tag, geneval in rows
     ]
+    return prompts, hashes
 
 
 def _metadata(imports: list[dict[str, int | str]]) -> dict:

@@ -21,7 +21,7 @@ from firm_assets.curation.records import record_images, record_quarantine
 from firm_assets.curation.versioning import frame_version
 from firm_assets.edit.demo import write_demo_edit_dataset
 from firm_assets.edit.importer import read_edit_requests
-from firm_assets.inbox import EDIT_INBOX, imported_files, inbox_edit_rows
+from firm_assets.inbox import inbox_edit_rows
 from resources.home import firm_home
 from resources.warehouse_resource import WarehouseResource
 
@@ -114,10 +114,10 @@ def edit_requests(
         }
         for r in requests
     ]
-    rows, repeats = with_inbox_rows(configured, inbox_edit_rows(wh))
+    from_inbox, files = inbox_edit_rows(wh)
+    rows, repeats = with_inbox_rows(configured, from_inbox)
     bad += repeats
     count = record_quarantine(wh, "edit_requests", [q.as_row() for q in bad], context.run_id)
-    files = imported_files(wh, EDIT_INBOX)
     fed = sorted({row["file"] for row in rows if "file" in row})  # only inbox rows name a file
     frame = pl.DataFrame(rows, schema=REQUEST_SCHEMA)
     if bad:

@@ -12,7 +12,7 @@ from pydantic import Field
 from firm_assets.curation.records import record_quarantine
 from firm_assets.curation.versioning import frame_version
 from firm_assets.gen.importers import read_prompt_files
-from firm_assets.inbox import GEN_INBOX, imported_files, inbox_prompts
+from firm_assets.inbox import inbox_prompts
 from resources.warehouse_resource import WarehouseResource
 
 GROUP = "gen"
@@ -60,12 +60,11 @@ def gen_prompts(
 ) -> Output[pl.DataFrame]:
     wh = warehouse.get()
     imported = read_prompt_files(prompt_files(config))
-    from_inbox = inbox_prompts(wh)
+    from_inbox, files = inbox_prompts(wh)
     for prompt in from_inbox:  # after the configured files, so theirs is a prompt's first occurrence
         imported.add(Path(prompt.source), prompt.locator, prompt.prompt, prompt)
     kept = set(imported.prompts)
     fed = sorted({Path(prompt.source).name for prompt in from_inbox if prompt in kept})
-    files = imported_files(wh, GEN_INBOX)
     rows = [q.as_row() for q in imported.bad + imported.duplicates]
     count = record_quarantine(wh, "gen_prompts", rows, context.run_id)
     if imported.bad:
