@@ -51,8 +51,9 @@ class RLPolicyConfig(Config):
     grid_every: int = Field(default=1, description="Log a sample grid to MLflow every N steps.")
     launcher: list[str] = Field(
         default=[],
-        description="Command prefix that runs a Python module, e.g. ['torchrun', '--nproc-per-node', "
-        "'8', '-m']; default: this interpreter with -m.",
+        description="Command prefix that runs a Python module as one process (the trainer refuses "
+        "WORLD_SIZE > 1: it has no data parallelism), e.g. ['/opt/firm/.venv/bin/python', '-m']; "
+        "default: this interpreter with -m.",
     )
 
 

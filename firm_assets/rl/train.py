@@ -1,9 +1,10 @@
 """Online RL of one policy with DiffusionNFT, rewarded by a critic.
 
 Runs as its own process, launched by the policy assets through Dagster Pipes (parameters arrive in a
-JSON file every rank can read). Under torchrun every rank trains; only rank 0 logs to MLflow, keeps
-the step history, registers the LoRA and talks to Dagster. Read it top to bottom: prompts -> reward
-function -> per-step tracking -> train -> register -> report.
+JSON file). It is one process: `nft.train_policy` has no data parallelism, so under torchrun every
+rank would train its own copy into the same checkpoint folder; a launch with WORLD_SIZE > 1 is
+refused. Read it top to bottom: prompts -> reward function -> per-step tracking -> train ->
+register -> report.
 
 Resume: the checkpoint folder is keyed by the policy version, and `train_policy` continues from its
 newest complete checkpoint; the step history (`steps.jsonl` beside the checkpoints) survives with it,
@@ -17,6 +18,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -143,7 +145,7 @@ def register_policy(tracking: TrackingResource, params: dict[str, Any], lora: Pa
         )
 
 
-def train(params: dict[str, Any], log: Callable[[str], None], report, rank: int) -> dict[str, Any]:
+def train(params: dict[str, Any], log: Callable[[str], None], report) -> dict[str, Any]:
     # prompts
     prompts, requirements = load_prompts(Path(params["prompts_file"]))
 
@@ -161,29 +163,23 @@ def train(params: dict[str, Any], log: Callable[[str], None], report, rank: int)
     mode = reward.pop("score_mode")
     reward_fn = critic_reward_fn(params["task"], scorer, RewardConfig(**reward), mode, requirements, held_out)
 
-    # per-step tracking (rank 0 only)
+    # per-step tracking
     checkpoints = Path(params["checkpoint_dir"])
     checkpoints.mkdir(parents=True, exist_ok=True)
     tracking = TrackingResource(tracking_uri=params["tracking_uri"])
-    tracker = (
-        StepTracker(
-            tracking,
-            params["mlflow_run_id"],
-            checkpoints / HISTORY_FILE,
-            params["grid_every"],
-            params["nft"]["steps"],
-            log,
-        )
-        if rank == 0
-        else None
+    tracker = StepTracker(
+        tracking,
+        params["mlflow_run_id"],
+        checkpoints / HISTORY_FILE,
+        params["grid_every"],
+        params["nft"]["steps"],
+        log,
     )
 
     # train (resumes from the newest complete checkpoint)
     started = time.perf_counter()
     config = NFTConfig(**params["nft"])
     result = train_policy(config, prompts, reward_fn, checkpoints, on_step=tracker)
-    if tracker is None:
-        return {}
     train_seconds = time.perf_counter() - started
 
     # register and report
@@ -203,7 +199,7 @@ def train(params: dict[str, Any], log: Callable[[str], None], report, rank: int)
         "cost": training_figures(
             train_seconds,
             config.device.startswith("cuda"),
-            int(os.environ.get("WORLD_SIZE", "1")),
+            1,
             model_calls=tracker.rollouts,
             images_generated=tracker.rollouts,
         ),
@@ -218,15 +214,20 @@ def main() -> None:
         "--params", required=True, help="JSON file of parameters (written by the policy asset)"
     )
     args = parser.parse_args()
+    if (world := int(os.environ.get("WORLD_SIZE", "1"))) > 1:
+        sys.exit(
+            f"firm_assets.rl.train: launched with WORLD_SIZE={world}, but the DiffusionNFT trainer is one "
+            "process (no data parallelism: every rank would train its own copy into the same checkpoint "
+            "folder). Launch it without torchrun (run config `launcher: []`)."
+        )
     params = json.loads(Path(args.params).read_text())
     from dagster_pipes import DAGSTER_PIPES_CONTEXT_ENV_VAR, open_dagster_pipes
 
-    rank = int(os.environ.get("RANK", "0"))
-    if rank != 0 or DAGSTER_PIPES_CONTEXT_ENV_VAR not in os.environ:
-        train(params, print, lambda summary: print(json.dumps({"final_step": summary["final_step"]})), rank)
+    if DAGSTER_PIPES_CONTEXT_ENV_VAR not in os.environ:
+        train(params, print, lambda summary: print(json.dumps({"final_step": summary["final_step"]})))
         return
     with open_dagster_pipes() as pipes:
-        train(params, pipes.log.info, pipes.report_custom_message, rank)
+        train(params, pipes.log.info, pipes.report_custom_message)
 
 
 if __name__ == "__main__":
