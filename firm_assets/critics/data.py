@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from firm_assets.curation.sharegpt import (
     INFO_FILE,
@@ -29,7 +28,7 @@ from firm_assets.curation.sharegpt import (
     entry_path,
     parse_record,
 )
-from resources.chat import ChatRequest, ImagePart
+from resources.chat import ChatRequest, ImagePart, load_rgb
 from resources.messages import chat_messages
 
 IGNORE = -100
@@ -188,11 +187,7 @@ def encode_batch(processor, items: list[dict[str, Any]]) -> dict[str, torch.Tens
             raise ValueError("the chat template renders the prompt differently with an answer appended")
         prompts.append(prompt)
         fulls.append(full)
-        row_images = []
-        for path in item["images"]:
-            with Image.open(path) as image:
-                row_images.append(image.convert("RGB"))
-        images.append(row_images)
+        images.append([load_rgb(path) for path in item["images"]])
     batch = processor(
         text=fulls,
         images=[image for row in images for image in row] or None,
