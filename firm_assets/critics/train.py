@@ -109,11 +109,9 @@ def train(params: dict[str, Any], log, report) -> dict[str, Any]:
     process's summary instead of training again: the output folder is per version, so the weights
     there are exactly what these parameters produce. Every rank stops there (one that went on would
     wait for the others at its first collective forever); rank 0 reports."""
-    if (done := finished_summary(Path(params["output_dir"]))) is not None:
-        done = {
-            **done,
-            "cost": training_figures(0.0, False, 1, model_calls=0, tokens_in=0),
-        }  # nothing spent now
+    if (saved := finished_summary(Path(params["output_dir"]))) is not None:
+        nothing_spent = training_figures(0.0, False, 1, model_calls=0, tokens_in=0)
+        done = {**saved, "cost": nothing_spent}
         if os.environ.get("RANK", "0") == "0":
             log(f"{params['output_dir']} already holds this version's trained weights; not training again")
             report(done)

@@ -86,7 +86,7 @@ def read_history(path: Path, final_step: int) -> list[dict[str, Any]]:
 
 
 class StepTracker:
-    """Rank 0's `on_step`: metrics and sample grids to MLflow, the step to the history file, and a
+    """The trainer's `on_step`: metrics and sample grids to MLflow, the step to the history file, and a
     line and a progress message to the Dagster log (a step takes long enough that each is worth one:
     this run's steps done of those it has left of `total_steps`, since a resumed run starts past
     step 0 and the view's ETA is the rate of this run's steps); it counts the rollouts of the steps it
