@@ -2,7 +2,7 @@
 PYTHON ?= python3.11
 VENV := .venv
 
-.PHONY: demo test lint
+.PHONY: demo test lint chromium
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,9 +14,18 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(VENV)/bin/firm run main
 
-## test: set up, then lint and run the whole test suite
-test: $(VENV)/.installed lint
-	$(VENV)/bin/pytest -q -p no:cacheprovider
+# The browser test drives the system's Chromium (Debian's package; Playwright never downloads one).
+# Installed only when missing; as root directly, otherwise through sudo.
+chromium:
+	@if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium; \
+	fi
+
+## test: set up (the venv and Chromium), then lint and run the whole test suite
+test: $(VENV)/.installed chromium lint
+	$(VENV)/bin/pytest -q -p no:cacheprovider --durations=25
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -11,6 +11,16 @@ from PIL import Image
 from resources.chat import ImagePart
 from resources.tiny_models import build_tiny_models
 
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """`../shared/data` beside the clone: present in CI, absent on a user's machine (then skip)."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"{SHARED_DATA} is absent (it sits beside the clone in CI only)")
+    return SHARED_DATA
+
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:

@@ -12,8 +12,6 @@ from PIL import Image
 from resources.home import warehouse_path
 from warehouse.connection import Warehouse
 
-SHARED_PAIRS = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "edit_pairs"
-
 
 def _png(path: Path, size: tuple[int, int] = (48, 48), colour: str = "red") -> None:
     Image.new("RGB", size, colour).save(path)
@@ -70,9 +68,11 @@ def test_bad_inputs_are_quarantined_and_the_run_succeeds(firm_home: Path, tmp_pa
     assert scores.height >= 1
 
 
-def test_shared_real_edit_pairs_go_through_ingestion_and_captioning(firm_home: Path, tmp_path: Path) -> None:
+def test_shared_real_edit_pairs_go_through_ingestion_and_captioning(
+    firm_home: Path, tmp_path: Path, shared_data: Path
+) -> None:
     root = tmp_path / "pairs"
-    shutil.copytree(SHARED_PAIRS, root / "images")
+    shutil.copytree(shared_data / "edit_pairs", root / "images")
     groups = sorted({p.name.split("-")[0] for p in (root / "images").iterdir()})
     rows = [
         {

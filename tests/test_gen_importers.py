@@ -8,20 +8,18 @@ import pytest
 from firm_assets.gen.coverage import checklist_coverage, ground_truth_facts
 from firm_assets.gen.importers import normalise, read_prompts
 
-PROMPTS = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "prompts"
-
 
 @pytest.mark.parametrize(
     ("name", "count"), [("drawbench.txt", 200), ("geneval_metadata.jsonl", 553), ("ocr.txt", 1018)]
 )
-def test_shared_prompt_sets_import_cleanly(name: str, count: int) -> None:
-    imported = read_prompts(PROMPTS / name)
+def test_shared_prompt_sets_import_cleanly(name: str, count: int, shared_data: Path) -> None:
+    imported = read_prompts(shared_data / "prompts" / name)
     assert (len(imported.prompts), imported.bad, imported.duplicates) == (count, [], [])
     assert len({p.prompt_id for p in imported.prompts}) == count
 
 
-def test_geneval_metadata_is_kept_as_ground_truth() -> None:
-    prompts = read_prompts(PROMPTS / "geneval_metadata.jsonl").prompts
+def test_geneval_metadata_is_kept_as_ground_truth(shared_data: Path) -> None:
+    prompts = read_prompts(shared_data / "prompts" / "geneval_metadata.jsonl").prompts
     first = prompts[0]
     assert first.prompt == "a photo of two wine glasses" and first.tag == "counting"
     spec = json.loads(first.geneval)

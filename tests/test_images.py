@@ -31,8 +31,6 @@ from firm_assets.curation.images import (
     sweep_orphans,
 )
 
-EDIT_PAIRS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "edit_pairs"
-
 
 def _image_bytes(fmt: str, size: tuple[int, int] = (64, 48), **save: object) -> bytes:
     image = Image.linear_gradient("L").resize(size).convert("RGB")
@@ -192,10 +190,8 @@ def test_a_batch_continues_past_bad_images(tmp_path: Path) -> None:
     assert sorted(rejected) == ["huge.png", "noise.png", "page.bmp", "sliver.png"]
 
 
-def test_real_edit_pairs_ingest(tmp_path: Path) -> None:
-    if not EDIT_PAIRS.is_dir():
-        pytest.skip(f"{EDIT_PAIRS} not available")
-    files = sorted(EDIT_PAIRS.iterdir())
+def test_real_edit_pairs_ingest(tmp_path: Path, shared_data: Path) -> None:
+    files = sorted((shared_data / "edit_pairs").iterdir())
     assert files
     notes = {}
     for path in files:
@@ -271,10 +267,8 @@ def test_resolve_under_rejects_invalid_paths(root: Path, relative: str) -> None:
     assert "invalid image path" in _resolve_reason(root, relative)
 
 
-def test_resolve_under_then_ingest_a_copy_of_real_data(tmp_path: Path) -> None:
-    if not EDIT_PAIRS.is_dir():
-        pytest.skip(f"{EDIT_PAIRS} not available")
-    shutil.copytree(EDIT_PAIRS, tmp_path / "ds" / "images")
+def test_resolve_under_then_ingest_a_copy_of_real_data(tmp_path: Path, shared_data: Path) -> None:
+    shutil.copytree(shared_data / "edit_pairs", tmp_path / "ds" / "images")
     stored = ingest_image(resolve_under(tmp_path / "ds", "images/0-1.webp"), tmp_path / "store")
     assert stored.format == "WEBP"
 
