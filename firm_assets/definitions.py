@@ -11,7 +11,6 @@ from dagster import (
     load_assets_from_modules,
 )
 
-from firm_assets import inbox
 from firm_assets.automation import automation_sensor
 from firm_assets.benchmark import checks as bench_checks
 from firm_assets.benchmark import items as bench_items
@@ -20,10 +19,12 @@ from firm_assets.catalog import catalogued
 from firm_assets.critics import assets as critic_assets
 from firm_assets.edit import candidates, captions, dataset, requests, scores
 from firm_assets.edit import checks as edit_checks
+from firm_assets.edit import inbox as edit_inbox
 from firm_assets.executors import executor_from_env
 from firm_assets.gen import checklists, images, prompts
 from firm_assets.gen import checks as gen_checks
 from firm_assets.gen import dataset as gen_dataset
+from firm_assets.gen import inbox as gen_inbox
 from firm_assets.gen import scores as gen_scores
 from firm_assets.rl import assets as rl_assets
 from firm_assets.rl import checks as rl_checks
@@ -59,7 +60,8 @@ ASSET_MODULES = [
     bench_items,
     bench_results,
     rl_assets,
-    inbox,
+    edit_inbox,
+    gen_inbox,
 ]
 
 

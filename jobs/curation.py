@@ -3,10 +3,8 @@ each model loads once per run, not once per step."""
 
 from dagster import AssetSelection, define_asset_job
 
-from firm_assets.inbox import (
-    edit_inbox_requests,
-    gen_inbox_prompts,
-)
+from firm_assets.edit.inbox import edit_inbox_requests
+from firm_assets.gen.inbox import gen_inbox_prompts
 
 EDIT_GROUP = "edit"
 GEN_GROUP = "gen"

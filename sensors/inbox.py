@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 
 from dagster import (
-    DynamicPartitionsDefinition,
     RunRequest,
     SensorDefinition,
     SensorEvaluationContext,
@@ -18,16 +17,9 @@ from dagster import (
     sensor,
 )
 
-from firm_assets.inbox import (
-    EDIT_INBOX,
-    EDIT_INBOX_PARTITIONS,
-    FILE_NAME,
-    GEN_INBOX,
-    GEN_INBOX_PARTITIONS,
-    SUFFIXES,
-    file_digest,
-    inbox_dir,
-)
+from firm_assets.curation.inbox import FILE_NAME, Inbox, file_digest, inbox_dir
+from firm_assets.edit.inbox import EDIT_INBOX
+from firm_assets.gen.inbox import GEN_INBOX
 from jobs.curation import edit_inbox_job, gen_inbox_job
 
 SENSOR_INTERVAL_S = 30
@@ -37,18 +29,16 @@ def inbox_run_key(name: str, digest: str) -> str:
     return f"{name}@{digest}"
 
 
-def evaluate_inbox(
-    context: SensorEvaluationContext, inbox: str, partitions: DynamicPartitionsDefinition
-) -> SensorResult | SkipReason:
+def evaluate_inbox(context: SensorEvaluationContext, inbox: Inbox) -> SensorResult | SkipReason:
     """New partitions and run requests for the files whose content the cursor has not seen."""
     folder = inbox_dir(inbox)
     if not folder.is_dir():
         return SkipReason(f"no inbox folder at {folder}")
     seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
-    known = set(context.instance.get_dynamic_partitions(partitions.name))
+    known = set(context.instance.get_dynamic_partitions(inbox.partitions.name))
     new_keys, requests, refused = [], [], []
     for path in sorted(folder.iterdir()):
-        if not path.is_file() or path.suffix.lower() not in SUFFIXES[inbox]:
+        if not path.is_file() or path.suffix.lower() not in inbox.suffixes:
             continue
         if not FILE_NAME.match(path.name):
             refused.append(path.name)
@@ -63,34 +53,35 @@ def evaluate_inbox(
             RunRequest(
                 run_key=inbox_run_key(path.name, digest),
                 partition_key=path.name,
-                tags={"firm/inbox": inbox, "firm/inbox_sha256": digest},
+                tags={"firm/inbox": inbox.name, "firm/inbox_sha256": digest},
             )
         )
     if refused:
-        context.log.warning(f"{inbox} inbox: file names outside [A-Za-z0-9._-] ignored: {refused}")
+        context.log.warning(f"{inbox.name} inbox: file names outside [A-Za-z0-9._-] ignored: {refused}")
     if not requests:
         return SkipReason(
-            f"{inbox} inbox: no new or changed files" + (f"; ignored {refused}" if refused else "")
+            f"{inbox.name} inbox: no new or changed files" + (f"; ignored {refused}" if refused else "")
         )
     return SensorResult(
         run_requests=requests,
-        dynamic_partitions_requests=[partitions.build_add_request(new_keys)] if new_keys else [],
+        dynamic_partitions_requests=[inbox.partitions.build_add_request(new_keys)] if new_keys else [],
         cursor=json.dumps(seen, sort_keys=True),
     )
 
 
-def inbox_sensor(inbox: str, job_name: str, partitions: DynamicPartitionsDefinition) -> SensorDefinition:
+def inbox_sensor(inbox: Inbox, job_name: str) -> SensorDefinition:
     @sensor(
         job_name,
-        name=f"{inbox}_inbox_files",
+        name=f"{inbox.name}_inbox_files",
         minimum_interval_seconds=SENSOR_INTERVAL_S,
-        description=f"Each new or changed file in the {inbox} inbox becomes a partition and one import run.",
+        description=f"Each new or changed file in the {inbox.name} inbox becomes a partition and one "
+        "import run.",
     )
     def _sensor(context: SensorEvaluationContext) -> SensorResult | SkipReason:
-        return evaluate_inbox(context, inbox, partitions)
+        return evaluate_inbox(context, inbox)
 
     return _sensor
 
 
-edit_inbox_files = inbox_sensor(EDIT_INBOX, edit_inbox_job.name, EDIT_INBOX_PARTITIONS)
-gen_inbox_files = inbox_sensor(GEN_INBOX, gen_inbox_job.name, GEN_INBOX_PARTITIONS)
+edit_inbox_files = inbox_sensor(EDIT_INBOX, edit_inbox_job.name)
+gen_inbox_files = inbox_sensor(GEN_INBOX, gen_inbox_job.name)

@@ -8,14 +8,10 @@ from pathlib import Path
 import pytest
 from dagster import SensorResult, SkipReason, build_sensor_context, instance_for_test, materialize
 
+from firm_assets.edit.inbox import EDIT_INBOX, edit_inbox_requests
 from firm_assets.edit.requests import edit_requests, with_inbox_rows
+from firm_assets.gen.inbox import GEN_INBOX, gen_inbox_prompts
 from firm_assets.gen.prompts import gen_prompts
-from firm_assets.inbox import (
-    EDIT_INBOX_PARTITIONS,
-    GEN_INBOX_PARTITIONS,
-    edit_inbox_requests,
-    gen_inbox_prompts,
-)
 from resources.warehouse_resource import WarehouseResource
 from sensors.inbox import edit_inbox_files, gen_inbox_files, inbox_run_key
 from warehouse.connection import Warehouse
@@ -65,7 +61,7 @@ def test_edit_inbox_sensor_partitions_run_keys_and_changes(home: Path, instance)
 
     result = _tick(edit_inbox_files, instance, None)
     assert isinstance(result, SensorResult)
-    assert instance.get_dynamic_partitions(EDIT_INBOX_PARTITIONS.name) == ["a.jsonl", "b.jsonl"]
+    assert instance.get_dynamic_partitions(EDIT_INBOX.partitions.name) == ["a.jsonl", "b.jsonl"]
     assert [(r.partition_key, r.run_key) for r in result.run_requests] == [
         ("a.jsonl", f"a.jsonl@{_sha(first)}"),
         ("b.jsonl", f"b.jsonl@{_sha(second)}"),
@@ -81,7 +77,7 @@ def test_edit_inbox_sensor_partitions_run_keys_and_changes(home: Path, instance)
     [request] = changed.run_requests
     assert request.partition_key == "b.jsonl"
     assert request.run_key == inbox_run_key("b.jsonl", _sha(second)) != result.run_requests[1].run_key
-    assert instance.get_dynamic_partitions(EDIT_INBOX_PARTITIONS.name) == ["a.jsonl", "b.jsonl"]
+    assert instance.get_dynamic_partitions(EDIT_INBOX.partitions.name) == ["a.jsonl", "b.jsonl"]
 
 
 def test_edit_inbox_asset_imports_one_file_and_replaces_it_when_changed(home: Path, instance) -> None:
@@ -89,7 +85,7 @@ def test_edit_inbox_asset_imports_one_file_and_replaces_it_when_changed(home: Pa
     inbox.mkdir(parents=True)
     requests = inbox / "a.jsonl"
     requests.write_text('{"prompt": "add a hat", "image": "x.png"}\nnot json\n')
-    instance.add_dynamic_partitions(EDIT_INBOX_PARTITIONS.name, ["a.jsonl"])
+    instance.add_dynamic_partitions(EDIT_INBOX.partitions.name, ["a.jsonl"])
     resources = {"warehouse": WarehouseResource()}
 
     result = materialize(
@@ -119,7 +115,7 @@ def test_gen_inbox_backfill_imports_a_range_of_files_in_one_run(home: Path, inst
     (inbox / "p2.json").write_text(json.dumps([{"prompt": "two cats"}, "a dog"]))
     result = _tick(gen_inbox_files, instance, None)
     assert [r.partition_key for r in result.run_requests] == ["p1.txt", "p2.json"]
-    assert instance.get_dynamic_partitions(GEN_INBOX_PARTITIONS.name) == ["p1.txt", "p2.json"]
+    assert instance.get_dynamic_partitions(GEN_INBOX.partitions.name) == ["p1.txt", "p2.json"]
 
     # BackfillPolicy.single_run(): a backfill over both partitions is one run importing both files
     run = materialize(

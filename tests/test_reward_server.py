@@ -21,8 +21,8 @@ from loopback import AppServer, wait_ready
 from PIL import Image
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
+from firm_assets.critics.rewards import RewardConfig
 from firm_assets.critics.scoring import CriticScorer, EditQuery, GenQuery, ScoreMode
-from firm_assets.rl.rewards import RewardConfig
 from firm_assets.serving.app import create_app, reward_config
 from firm_assets.serving.batching import Batcher, failed_scores
 from firm_assets.serving.client import RewardClient, RewardServerError, retry_delay

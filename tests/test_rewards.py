@@ -5,8 +5,8 @@ from __future__ import annotations
 import pydantic
 import pytest
 
+from firm_assets.critics.rewards import Reward, RewardConfig, edit_reward, gen_reward, normalise
 from firm_assets.critics.scoring import DimensionScore, EditScores, GenScores
-from firm_assets.rl.rewards import Reward, RewardConfig, edit_reward, gen_reward, normalise
 
 
 def ok(score: float) -> DimensionScore:

@@ -17,6 +17,7 @@ from dagster import AssetSelection, materialize
 from mlflow import MlflowClient
 from PIL import Image
 
+from firm_assets.critics.rewards import Reward, RewardConfig
 from firm_assets.critics.scoring import DimensionScore, EditScores, GenScores
 from firm_assets.definitions import ASSETS, CHECKS, build_resources, defs
 from firm_assets.rl.assets import EDIT_POLICY, GEN_POLICY
@@ -37,7 +38,6 @@ from firm_assets.rl.critic_reward import (
 from firm_assets.rl.grids import sample_grid
 from firm_assets.rl.launch import policy_version, prompt_set, prompt_set_version
 from firm_assets.rl.nft import Rollout, StepLog
-from firm_assets.rl.rewards import Reward, RewardConfig
 from firm_assets.rl.settings import RLPolicyConfig, nft_settings, reward_settings
 from firm_assets.rl.train import StepTracker, append_history, read_history, step_metrics
 from resources.home import warehouse_path

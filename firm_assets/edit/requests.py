@@ -21,7 +21,7 @@ from firm_assets.curation.records import record_images, record_quarantine
 from firm_assets.curation.versioning import frame_version
 from firm_assets.edit.demo import write_demo_edit_dataset
 from firm_assets.edit.importer import read_edit_requests
-from firm_assets.inbox import inbox_edit_rows
+from firm_assets.edit.inbox import inbox_edit_rows
 from resources.home import firm_home
 from resources.warehouse_resource import WarehouseResource
 

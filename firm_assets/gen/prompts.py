@@ -1,5 +1,5 @@
 """`gen_prompts`: text-to-image prompts from JSON lists, plain text and GenEval metadata files, then
-the prompts imported from the gen inbox (`firm_assets.inbox`)."""
+the prompts imported from the gen inbox (`firm_assets/gen/inbox.py`)."""
 
 import json
 import os
@@ -12,7 +12,7 @@ from pydantic import Field
 from firm_assets.curation.records import record_quarantine
 from firm_assets.curation.versioning import frame_version
 from firm_assets.gen.importers import read_prompt_files
-from firm_assets.inbox import inbox_prompts
+from firm_assets.gen.inbox import inbox_prompts
 from resources.warehouse_resource import WarehouseResource
 
 GROUP = "gen"

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from firm_assets.critics.rewards import Reward, RewardConfig, edit_reward, gen_reward
 from firm_assets.critics.scoring import (
     DimensionScore,
     EditQuery,
@@ -16,7 +17,6 @@ from firm_assets.critics.scoring import (
     ScoreMode,
     Scorer,
 )
-from firm_assets.rl.rewards import Reward, RewardConfig, edit_reward, gen_reward
 from firm_assets.rl.settings import Task
 
 if TYPE_CHECKING:  # the trainer pulls in torch and diffusers; the RL checks only need DIVERGENCE

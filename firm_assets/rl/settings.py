@@ -7,7 +7,7 @@ from typing import Any, Literal
 from dagster import Config
 from pydantic import Field
 
-from firm_assets.rl.rewards import RewardConfig
+from firm_assets.critics.rewards import RewardConfig
 from resources.profiles import PolicyConfig
 
 Task = Literal["edit", "gen"]

@@ -27,12 +27,12 @@ from typing import Any
 
 from PIL import Image
 
+from firm_assets.critics.rewards import RewardConfig
 from firm_assets.critics.scoring import CriticScorer, Scorer
 from firm_assets.curation.costs import training_figures
 from firm_assets.rl.critic_reward import critic_reward_fn
 from firm_assets.rl.grids import sample_grid
 from firm_assets.rl.nft import NFTConfig, PromptItem, StepLog, train_policy
-from firm_assets.rl.rewards import RewardConfig
 from firm_assets.run_progress import progress_message
 from firm_assets.serving.remote import RemoteScorer
 from resources.tracking import TrackingResource

@@ -18,8 +18,8 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ValidationError
 
+from firm_assets.critics.rewards import Reward, RewardConfig, edit_reward, gen_reward
 from firm_assets.critics.scoring import CriticScorer, EditQuery, GenQuery, ScoreMode
-from firm_assets.rl.rewards import Reward, RewardConfig, edit_reward, gen_reward
 from firm_assets.serving.batching import Batcher, Kind, Overloaded, Unavailable
 from firm_assets.serving.metrics import MetricsMiddleware, ServerMetrics
 from firm_assets.serving.payload import BodyLimitMiddleware

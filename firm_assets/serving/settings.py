@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from firm_assets.rl.rewards import RewardConfig
+from firm_assets.critics.rewards import RewardConfig
 
 
 class ServerSettings(BaseModel):

@@ -15,8 +15,8 @@ from typing import Annotated, Literal
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
+from firm_assets.critics.rewards import Reward, RewardConfig
 from firm_assets.critics.scoring import DimensionScore, EditScores, GenScores
-from firm_assets.rl.rewards import Reward, RewardConfig
 
 WIRE_VERSION = 1
 MAX_ITEMS_PER_REQUEST = 64
