@@ -20,7 +20,7 @@ from PIL import Image
 
 from firm_assets.critics.scoring import EXECUTION, CriticScorer, read_score
 from firm_assets.curation.expectation import SCORE_TOKENS, expected_digit
-from firm_assets.curation.parsers import SCORE_JSON
+from firm_assets.curation.parsers import EXECUTION_JSON
 from firm_assets.curation.prompts import load_template
 from firm_assets.curation.stage import ChatStage, StageInput, run_chat_stage
 from firm_assets.rl.rewards import normalise
@@ -126,7 +126,7 @@ def test_a_stage_stores_the_one_hot_five_as_five(
     stage = ChatStage(
         "execution",
         load_template("execution_score"),
-        SCORE_JSON,
+        EXECUTION_JSON,
         Decoding(max_new_tokens=64),
         score_reader="expectation",
     )

@@ -46,7 +46,7 @@ DEFAULT_MAX_NEW_TOKENS = 256
 MODELS_URI = "models:/"
 
 _DIGIT = r'"?([1-5])"?'
-_JSON_SCORE = re.compile(r'"score"\s*:\s*\[?\s*' + _DIGIT)
+_JSON_SCORE = re.compile(r"""["']?score["']?\s*:\s*\[?\s*["']?([1-5])""", re.IGNORECASE)
 _BOXED_SCORE = re.compile(r"\\boxed\{\s*([1-5])\s*\}")
 _FRACTION_SCORE = re.compile(r"(?<![\w./])([1-5])\s*/\s*5")
 _QUALITY_SCORES = re.compile(r'"score"\s*:\s*\[\s*' + r"\s*,\s*".join([_DIGIT] * 3) + r"\s*\]")
