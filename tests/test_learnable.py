@@ -4,7 +4,7 @@ Here the labels do carry information: the edited image's dominant colour decides
 score. The tiny critic is exported, trained and read back through the project's own code (the
 ShareGPT export the dataset asset writes, the training process the critic asset launches, the
 critic inference FIRM-Bench uses), and on held-out images it must beat the constant predictor that
-answers the mean training label."""
+answers the median training label."""
 
 import hashlib
 import json
@@ -203,6 +203,6 @@ def test_trained_critic_beats_the_constant_predictor_on_held_out_items(
         "val_loss": summary["final_val_loss"],
     }
     print(f"LEARNABLE {figures}")  # the README's figures: `pytest -s tests/test_learnable.py -k trained`
-    assert constant_mae == pytest.approx(1.2)  # balanced labels: the mean label 3 is off by 1.2 on average
+    assert constant_mae == pytest.approx(1.2)  # balanced labels: the median label 3 is off by 1.2 on average
     assert figures["text"] <= MARGIN * constant_mae, figures
     assert figures["expectation"] <= MARGIN * constant_mae, figures
