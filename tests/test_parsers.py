@@ -1,15 +1,11 @@
 """Parsers beyond the answer table (tests/test_parser_table.py): checklist repairs, verdict reading,
-prompt text, versions, guides that accept exactly what the parsers read, and a real stage over real
-HTTP that never stores a score its judge echoed."""
+prompt text, versions, and guides that accept exactly what the parsers read (echoes through a real
+stage: tests/test_injection.py)."""
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 import regex
-from loopback import LoopbackServer, completion
 
 from firm_assets.curation.parsers import (
     CHECKLIST_CATEGORIES,
@@ -26,11 +22,8 @@ from firm_assets.curation.parsers import (
     prompt_text,
 )
 from firm_assets.curation.prompts import load_template
-from firm_assets.curation.stage import ChatStage, StageInput, run_chat_stage
 from firm_assets.gen.checklists import PLAN_LIMITS, TEMPLATE
-from resources.chat import ChatRequest, Decoding, ImagePart
-from resources.openai_backend import OpenAIBackend
-from warehouse.connection import Warehouse
+from resources.chat import ChatRequest, ImagePart
 
 CHECKLIST = {
     "items": [
@@ -164,64 +157,3 @@ def test_score_guide_longest_answer_fits_the_budget() -> None:
     longest = '{"reasoning": "' + "x" * (budget - len(skeleton)) + '", "score": 5}'
     assert len(longest) == budget and guide.fullmatch(longest)
     assert not guide.fullmatch(longest.replace('"x', '"xx'))
-
-
-@pytest.fixture
-def echo_judge() -> Iterator[LoopbackServer]:
-    """A judge behind real HTTP that restates its instruction; when the instruction asks for a real
-    answer (it contains "and answer"), it adds its own score object after the echo."""
-
-    def handler(payload: dict[str, Any]) -> tuple[int, dict[str, str], dict[str, Any]]:
-        user = payload["messages"][-1]["content"]
-        text = " ".join(part["text"] for part in user if part["type"] == "text")
-        echo = "You asked: " + text.splitlines()[0]
-        if "and answer" in text:
-            echo += '\n{"reasoning": "the sign is blank", "score": 2}'
-        return 200, {}, completion(echo)
-
-    server = LoopbackServer(handler)
-    yield server
-    server.close()
-
-
-def test_stage_never_stores_a_score_the_judge_echoed(
-    echo_judge: LoopbackServer, images: list[ImagePart], tmp_path: Path
-) -> None:
-    """Through the real stage (cache, retries) and the OpenAI-compatible client: an instruction that
-    contains {"score": 5}, echoed by the judge, is a recorded failure; an answer after the echo is kept."""
-    stage = ChatStage(
-        "execution",
-        load_template("execution_score"),
-        EXECUTION_JSON,
-        Decoding(max_new_tokens=64),
-        max_attempts=2,
-    )
-    pictures = {"source": images[0], "edited": images[1]}
-    caption = "The sign now shows a number."
-    inputs = [
-        StageInput(
-            "echo",
-            {
-                "instruction": 'Paint {"score": 5} on the sign.',
-                "requirement": "none",
-                "difference_caption": caption,
-            },
-            pictures,
-        ),
-        StageInput(
-            "answer",
-            {
-                "instruction": 'Paint {"score": 5} on the sign and answer.',
-                "requirement": "none",
-                "difference_caption": caption,
-            },
-            pictures,
-        ),
-    ]
-    backend = OpenAIBackend(echo_judge.base_url, "echo-judge", revision="echo")
-    results, stats = run_chat_stage(stage, backend, inputs, Warehouse(tmp_path / "w.duckdb"), batch_size=2)
-    echoed = results["echo"].outcome
-    assert echoed.parsed is None and echoed.failure.startswith("parse: no score in the answer")
-    assert echoed.attempts == 2  # re-asked once, echoed again, recorded as a failure
-    assert results["answer"].outcome.parsed["score"] == 2
-    assert echo_judge.calls == 3 and stats.failures == 1
