@@ -274,7 +274,7 @@ PATHOLOGICAL = [
 ]
 
 
-def best_seconds(parser: Parser, text: str, prompt: str, repeats: int = 5) -> float:
+def best_seconds(parser: Parser, text: str, prompt: str, repeats: int = 3) -> float:
     best = float("inf")
     for _ in range(repeats):
         started = time.perf_counter()
@@ -286,11 +286,11 @@ def best_seconds(parser: Parser, text: str, prompt: str, repeats: int = 5) -> fl
 
 @pytest.mark.parametrize("unit", PATHOLOGICAL)
 def test_reading_is_linear_in_the_answer_length(unit: str) -> None:
-    """10 KB then 100 KB of the same pattern: ten times the text may take at most ~40 times as long
-    (quadratic reading took 27 times as long for five times the text), and 100 KB stays far below a
-    second even on a loaded machine (the figure itself is in docs/bench.md, not asserted here)."""
+    """10 KB then 100 KB of the same pattern. Loose on purpose (the machine may be busy): 100 KB reads
+    in under a second and in at most 50 times the 10 KB time (floored at 5 ms); quadratic reading took
+    6.6 s for 10 KB of "3/5 " alone. The measured figures are in docs/bench.md (bench/parse_time.py)."""
     prompt = "Edit instruction: make the mug blue.\n" * 40
     for parser in (EXECUTION_JSON, PLAN_THEN_SCORE, INSTRUCTION_FOLLOWING, QUALITY_JSON, CHECKLIST_JSON):
         small = best_seconds(parser, (unit * 10_000)[:10_000], prompt)
         large = best_seconds(parser, (unit * 100_000)[:100_000], prompt)
-        assert large < 40 * max(small, 1e-3) and large < 1.0, (parser.id, unit, small, large)
+        assert large < min(1.0, 50 * max(small, 0.005)), (parser.id, unit, small, large)
