@@ -288,7 +288,7 @@ def best_seconds(parser: Parser, text: str, prompt: str, repeats: int = 3) -> fl
 def test_reading_is_linear_in_the_answer_length(unit: str) -> None:
     """10 KB then 100 KB of the same pattern, in CPU time (a busy machine does not stretch it). Loose on
     purpose: 100 KB reads in under a second and in at most 50 times the 10 KB time (floored at 5 ms);
-    quadratic reading took 6.6 s for 10 KB of "3/5 " alone. The measured figures are in docs/bench.md (bench/parse_time.py)."""
+    quadratic reading took 6.6 s for 10 KB of "3/5 " alone. Measured figures: docs/bench.md."""
     prompt = "Edit instruction: make the mug blue.\n" * 40
     for parser in (EXECUTION_JSON, PLAN_THEN_SCORE, INSTRUCTION_FOLLOWING, QUALITY_JSON, CHECKLIST_JSON):
         small = best_seconds(parser, (unit * 10_000)[:10_000], prompt)
