@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from firm_assets.benchmark.baselines import BaselineUnavailable, mean_labels
+from firm_assets.benchmark.baselines import BaselineUnavailable, median_labels
 from firm_assets.benchmark.checks import compare, headline_errors, trained_critic_beats_base
 from firm_assets.benchmark.results import mlflow_metrics
 from warehouse.connection import Warehouse
@@ -28,17 +28,19 @@ def _register(warehouse: Warehouse, dataset: str, version: str, frame: pl.DataFr
         )
 
 
-def test_mean_labels_are_the_mean_rounded_training_label(tmp_path: Path) -> None:
+def test_median_labels_are_the_median_rounded_training_label(tmp_path: Path) -> None:
     warehouse = Warehouse(tmp_path / "w.duckdb")
-    # labels as the SFT targets round them: 4.4 -> 4, 2.6 -> 3, 5 -> 5 (execution mean 4);
-    # 1.2 -> 1, 2 -> 2, None is not a label (consistency mean 1.5)
+    # labels as the SFT targets round them: 4.4 -> 4, 2.6 -> 3, 5 -> 5 (execution median 4);
+    # 1.2 -> 1, 2 -> 2, None is not a label (consistency: median_low of 1, 2 is 1)
     edit = pl.DataFrame({"execution_score": [4.4, 2.6, 5.0], "consistency_score": [1.2, 2.0, None]})
     _register(warehouse, "firm_edit", "v1", edit, tmp_path)
-    assert mean_labels(warehouse, "firm_edit", "v1") == {"execution": 4.0, "consistency": 1.5}
-    _register(warehouse, "firm_gen", "g1", pl.DataFrame({"if_score": [1.0, 2.0, 2.0, 5.0]}), tmp_path)
-    assert mean_labels(warehouse, "firm_gen", "g1") == {"instruction": 2.5}
+    assert median_labels(warehouse, "firm_edit", "v1") == {"execution": 4.0, "consistency": 1.0}
+    # mean 3.4, median 4: the median is what minimises the mean absolute error
+    skewed = pl.DataFrame({"if_score": [1.0, 1.0, 4.0, 4.0, 4.0, 5.0, 5.0, 4.0, 2.0, 4.0]})
+    _register(warehouse, "firm_gen", "g1", skewed, tmp_path)
+    assert median_labels(warehouse, "firm_gen", "g1") == {"instruction": 4.0}
     with pytest.raises(BaselineUnavailable, match="not in the warehouse"):
-        mean_labels(warehouse, "firm_edit", "missing")
+        median_labels(warehouse, "firm_edit", "missing")
     _register(
         warehouse,
         "firm_gen",
@@ -47,9 +49,9 @@ def test_mean_labels_are_the_mean_rounded_training_label(tmp_path: Path) -> None
         tmp_path,
     )
     with pytest.raises(BaselineUnavailable, match="no if_score labels"):
-        mean_labels(warehouse, "firm_gen", "empty")
+        median_labels(warehouse, "firm_gen", "empty")
     with pytest.raises(BaselineUnavailable, match="no label columns"):
-        mean_labels(warehouse, "other", "v1")
+        median_labels(warehouse, "other", "v1")
 
 
 def test_mlflow_metric_names_are_stable_and_leave_the_judge_out() -> None:
@@ -180,3 +182,57 @@ def test_gate_warns_when_there_is_nothing_to_compare() -> None:
     missing = result.metadata["nothing_to_compare"].value
     assert "edit: no trained judge" in missing and "edit: no constant judge" in missing
     assert "gen: no base judge" in missing
+
+
+def test_gate_warns_for_a_near_constant_critic_against_the_median_constant(tmp_path: Path) -> None:
+    """A critic that answers 4 on every item but one (exact there) on the demo bench's labels: against
+    the constant answering the median training label (4) its margin is that one item, and the gate
+    warns; against the mean label (3.0) the same critic would pass."""
+    execution = [1.0, 2.0, 5.0, 5.0, 5.0, 5.0, 4.0, 2.0]
+    consistency = [5.0, 5.0, 5.0, 3.0, 3.0, 4.0, 4.0, 2.0]
+    human = {"execution": execution * 4, "consistency": consistency * 4}  # 32 items
+    training = [1.0, 2.0, 4.0, 4.0, 4.0, 4.0, 4.0, 5.0, 1.0, 1.0]  # median 4, mean 3.0
+    warehouse = Warehouse(tmp_path / "w.duckdb")
+    labels = pl.DataFrame({"execution_score": training, "consistency_score": training})
+    _register(warehouse, "firm_edit", "v1", labels, tmp_path)
+    constant = median_labels(warehouse, "firm_edit", "v1")
+    assert constant == {"execution": 4.0, "consistency": 4.0}
+
+    def predictions(judge: str, kind: str, scores: dict[str, list[float]]) -> pl.DataFrame:
+        return pl.concat(
+            pl.DataFrame(
+                {
+                    "item_id": [f"i{n:02d}" for n in range(32)],
+                    "dimension": d,
+                    "text_score": scores[d],
+                    "human": human[d],
+                    "bench": "edit",
+                    "judge": judge,
+                    "judge_kind": kind,
+                }
+            )
+            for d in human
+        )
+
+    near_constant = {d: [human[d][0]] + [4.0] * 31 for d in human}
+    frame = pl.concat(
+        [
+            predictions("critic", "trained", near_constant),
+            predictions("base", "base", {d: [1.0] * 32 for d in human}),
+            predictions("constant", "constant", {d: [constant[d]] * 32 for d in human}),
+        ]
+    )
+    result = trained_critic_beats_base(bench_results=frame)
+    verdict = result.metadata["edit/critic vs constant"].value
+    assert result.passed is False and result.severity.value == "WARN"
+    assert verdict.startswith("does not beat: MAE margin +0.062") and verdict.endswith(
+        "(margin CI reaches 0)"
+    )
+    mean = frame.filter(pl.col("judge") != "constant").vstack(
+        predictions("constant", "constant", {d: [3.0] * 32 for d in human})
+    )
+    assert (
+        trained_critic_beats_base(bench_results=mean)
+        .metadata["edit/critic vs constant"]
+        .value.startswith("beats")
+    )

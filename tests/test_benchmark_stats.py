@@ -141,18 +141,29 @@ def test_overall_row_counts_an_item_scored_only_when_both_dimensions_parsed() ->
         [[2, None, 3, 5], [1, 2, None, 4]], [[1, 2, 3, 3], [1, 3, 4, 5]], ["a", "a", "b", "b"]
     )
     assert (overall["n_items"], overall["n_scored"], overall["parse_failure_rate"]) == (4, 2, 0.5)
-    assert overall["mae"] == pytest.approx((3 / 3 + 2 / 3) / 2)  # each dimension over its parsed items
+    # the MAE counts the same two items (0 and 3): execution 1, 2 and consistency 0, 1
+    assert overall["mae"] == pytest.approx((3 / 2 + 1 / 2) / 2)
     assert all(overall[k] is None for k in ("pearson", "spearman", "kendall", "pairwise_agreement"))
-    # category a: execution 1 (one parsed), consistency 0.5; b: execution 1, consistency 1
+    # category a: item 0 (execution 1, consistency 0); b: item 3 (execution 2, consistency 1)
     assert overall["per_category"] == {
-        "a": {"n_scored": 1, "mae": pytest.approx(0.75)},
-        "b": {"n_scored": 1, "mae": pytest.approx(1.0)},
+        "a": {"n_scored": 1, "mae": pytest.approx(0.5)},
+        "b": {"n_scored": 1, "mae": pytest.approx(1.5)},
     }
     assert overall["constant_predictions"] is False
     nothing = evaluate_overall([[None, None], [1, 2]], [[1, 2], [1, 2]], ["a", "a"])
     assert nothing["mae"] is None and nothing["mae_ci_low"] is None  # no execution MAE: no overall
     with pytest.raises(ValueError, match="dimensions"):
         evaluate_overall([[1]], [[1], [2]], ["a"])
+
+
+def test_overall_counts_agree_when_the_dimensions_parse_on_different_items() -> None:
+    """Execution parsed on items 0-1 only, consistency on 2-3 only: no item is scored, so the failure
+    rate is 1.0 and there is no MAE (the figure was 2.0, over items the row called unscored)."""
+    overall = evaluate_overall(
+        [[3, 3, None, None], [None, None, 3, 3]], [[1, 1, 1, 1], [5, 5, 5, 5]], ["a"] * 4
+    )
+    assert (overall["n_scored"], overall["parse_failure_rate"], overall["mae"]) == (0, 1.0, None)
+    assert overall["mae_ci_low"] is None and overall["per_category"] == {"a": {"n_scored": 0, "mae": None}}
 
 
 def test_overall_interval_resamples_the_same_items_for_both_dimensions() -> None:

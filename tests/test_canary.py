@@ -19,7 +19,7 @@ from firm_assets.curation.canary import (
     load_canary,
     score_canary,
 )
-from firm_assets.curation.parsers import SCORE_JSON
+from firm_assets.curation.parsers import EXECUTION_JSON
 from firm_assets.curation.roles import chat_stage
 from firm_assets.curation.stage import StageInput, run_chat_stage
 from resources.chat import ImagePart, ModelRef
@@ -168,7 +168,7 @@ def test_the_canary_stage_asks_only_canary_items_with_the_backend_in_its_keys(
     wh = Warehouse(tmp_path / "w.duckdb")
     backend = TransformersBackend(str(tiny_models[VL_NAME]))
     profile = get_profile("cpu-tiny")
-    stage = chat_stage(profile, "execution_scores", "execution_score", SCORE_JSON, "score", scored=True)
+    stage = chat_stage(profile, "execution_scores", "execution_score", EXECUTION_JSON, "score", scored=True)
     variables = {"instruction": "make it blue", "requirement": "none", "difference_caption": "it is blue"}
     inputs = [
         StageInput(sample, variables, {"source": images[0], "edited": images[i]})

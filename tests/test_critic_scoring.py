@@ -126,8 +126,9 @@ def test_requirement_reaches_the_prompt_and_none_when_absent(scorer: CriticScore
     (batch,) = scorer.backend.batches  # type: ignore[attr-defined]
     texts = [prompt_text(request) for request in batch]
     assert len(texts) == 4  # execution and consistency of both queries
-    assert all("Extra requirement: keep the red border" in text for text in texts[:2])
-    assert all("Extra requirement: none" in text for text in texts[2:])
+    fenced = "<requirement>\n{}\n</requirement>"
+    assert all(fenced.format("keep the red border") in text for text in texts[:2])
+    assert all(fenced.format("none") in text for text in texts[2:])
     assert "Was the requested change carried out?" in texts[0]
     assert "Did anything change that the instruction did not ask for?" in texts[1]
 

@@ -214,9 +214,9 @@ def test_a_model_exception_mid_batch_loses_no_other_answer(
 
 
 def _echo(payload: dict[str, Any]) -> tuple[int, dict[str, str], dict[str, Any]]:
-    """A server that answers with the first line of the user's message (where the prompt is)."""
+    """A server that answers with the fenced user text of the message (where the prompt is)."""
     user = request_text({"messages": payload["messages"][-1:]})
-    return 200, {}, completion("seen: " + user.strip().splitlines()[0])
+    return 200, {}, completion("seen: " + user.split("<prompt>", 1)[1].split("</prompt>", 1)[0])
 
 
 @pytest.fixture

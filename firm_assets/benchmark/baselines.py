@@ -1,11 +1,18 @@
-"""The constant baseline: a judge that always answers the mean training label of a dimension.
+"""The constant baseline: a judge that always answers the median training label of a dimension.
 
 A critic that learned only the label distribution of its training data scores about as well as
 this judge, so a leaderboard needs it to show whether a critic learned anything about the images.
+The median, not the mean: the constant that minimises the mean absolute error (the bench's metric)
+is the median, so it is the strongest constant a critic must beat (on the demo bench the median 4
+scores MAE 1.125 where the mean scores 1.443, and a critic answering 4 on all but one item would
+beat the mean). `statistics.median_low`, so the constant answers a whole score as a critic does;
+between the two middle labels every value has the same training MAE.
 It needs no model and no cache: its answers are read from the critic's exact dataset version.
 """
 
 from __future__ import annotations
+
+import statistics
 
 import polars as pl
 
@@ -22,8 +29,8 @@ class BaselineUnavailable(ValueError):
     """The critic's training data cannot give a constant baseline (the reason is the message)."""
 
 
-def mean_labels(warehouse: Warehouse, dataset: str, dataset_version: str) -> dict[str, float]:
-    """Mean training label per bench dimension of one dataset version. Labels are rounded to whole
+def median_labels(warehouse: Warehouse, dataset: str, dataset_version: str) -> dict[str, float]:
+    """Median training label per bench dimension of one dataset version. Labels are rounded to whole
     scores first, as the SFT targets the critic learned from are (`round`, like the exporter)."""
     if dataset not in LABEL_COLUMNS:
         raise BaselineUnavailable(f"no label columns known for dataset {dataset!r}")
@@ -35,10 +42,10 @@ def mean_labels(warehouse: Warehouse, dataset: str, dataset_version: str) -> dic
         raise BaselineUnavailable(f"dataset {dataset} version {dataset_version} is not in the warehouse")
     columns = LABEL_COLUMNS[dataset]
     training = pl.read_parquet(rows[0][0], columns=list(columns.values()))
-    means = {}
+    medians = {}
     for dimension, column in columns.items():
         labels = [round(value) for value in training[column].drop_nulls()]
         if not labels:
             raise BaselineUnavailable(f"dataset {dataset} version {dataset_version} has no {column} labels")
-        means[dimension] = sum(labels) / len(labels)
-    return means
+        medians[dimension] = float(statistics.median_low(labels))
+    return medians

@@ -120,7 +120,7 @@ def compare(
 
 @asset_check(
     asset=bench_results,
-    description="Each trained critic beats the untrained base and the constant baseline (mean training "
+    description="Each trained critic beats the untrained base and the constant baseline (median training "
     "label) on the headline MAE, by a margin whose paired bootstrap CI is above 0; warns when there "
     "is nothing to compare.",
 )

@@ -1,5 +1,5 @@
 """`bench_results`: every critic in scope scored on FIRM-Bench — each trained critic version, the
-untrained base model zero-shot, the constant baseline (the mean training label) and an optional
+untrained base model zero-shot, the constant baseline (the median training label) and an optional
 OpenAI-compatible judge — with MAE, correlations, bootstrap intervals, parse-failure rates and
 per-category breakdowns; a leaderboard in DuckDB and MLflow, plots in the asset's metadata.
 
@@ -17,7 +17,7 @@ from dagster import AssetExecutionContext, Config, DataVersion, MetadataValue, O
 from pydantic import Field
 
 from firm_assets.automation import BENCH_CONDITION, GPU_POOL
-from firm_assets.benchmark.baselines import BaselineUnavailable, mean_labels
+from firm_assets.benchmark.baselines import BaselineUnavailable, median_labels
 from firm_assets.benchmark.item_agreement import ITEM_AGREEMENT_COLUMNS, agreement_by_dimension
 from firm_assets.benchmark.plots import confusion_png, scatter_png
 from firm_assets.benchmark.stats import evaluate, evaluate_overall
@@ -107,9 +107,9 @@ def judges(
 def constant_judge(warehouse: Warehouse, critic: pl.DataFrame) -> Judge:
     """The constant baseline for the training data of this side's critic (its current version)."""
     row = critic.row(0, named=True)
-    means = mean_labels(warehouse, row["dataset"], row["dataset_version"])
+    medians = median_labels(warehouse, row["dataset"], row["dataset_version"])
     name = f"constant:{row['dataset']}@{row['dataset_version'][:8]}"
-    return Judge(name, "constant", None, True, None, means)
+    return Judge(name, "constant", None, True, None, medians)
 
 
 def _predict(
@@ -250,7 +250,7 @@ MARKDOWN_COLUMNS = (
 NOTE = (
     "Edit overall MAE = mean of the execution and consistency MAEs; its CI resamples items for both "
     "at once; an item counts as scored there only when both parsed; correlations are per dimension "
-    "only. `constant` always answers the mean training label. `guided`: answers held to the "
+    "only. `constant` always answers the median training label. `guided`: answers held to the "
     "parser's format (trained and base alike; API judges never)."
 )
 

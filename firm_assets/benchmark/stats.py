@@ -9,7 +9,9 @@ The edit "overall" figure is the paper's: the mean of the execution MAE and the 
 (0.53 and 0.73 give the published 0.62 within rounding), never the MAE of per-item averaged
 scores, which lets opposite errors cancel. Its interval resamples items, the same indices for both
 dimensions. On the overall row an item counts as scored only when both dimensions parsed, and the
-correlations and pairwise agreement are None: they need one score per item, and the only one
+item count, the parse-failure rate and the MAE all count those same items (each dimension's MAE is
+taken over the items parsed in every dimension, so no MAE covers items the row calls unscored);
+the correlations and pairwise agreement are None: they need one score per item, and the only one
 there is would be the averaged score the paper's metric avoids.
 
 Errors are carried as a (dimensions x items) array with NaN for an unparsed answer, so one set of
@@ -37,12 +39,19 @@ def item_errors(predicted: Sequence[float | None], human: Sequence[float]) -> np
     return np.abs(pred - truth)
 
 
-def mae(errors: np.ndarray) -> float | None:
-    """Mean over dimensions of each dimension's MAE over its parsed items (errors: dims x items).
+def scored_in_every_dimension(errors: np.ndarray) -> np.ndarray:
+    """The errors (dims x items) with every item that failed in some dimension set to NaN in all."""
+    errors = np.atleast_2d(errors)
+    return np.where(np.isfinite(errors).all(axis=0), errors, np.nan)
 
-    None when some dimension has no parsed item: a mean that silently drops a dimension would not
-    be the same figure."""
-    per_dimension = _masked_means(np.atleast_2d(errors)[:, None, :])[:, 0]
+
+def mae(errors: np.ndarray) -> float | None:
+    """Mean over dimensions of each dimension's MAE over the items parsed in every dimension
+    (errors: dims x items).
+
+    None when no item parsed in every dimension: a mean over other items, or one that silently
+    drops a dimension, would not be the same figure."""
+    per_dimension = _masked_means(scored_in_every_dimension(errors)[:, None, :])[:, 0]
     return float(per_dimension.mean()) if np.isfinite(per_dimension).all() else None
 
 
@@ -190,7 +199,7 @@ def _masked_means(errors: np.ndarray) -> np.ndarray:
 
 def _resampled_mae(errors: np.ndarray, draws: np.ndarray) -> np.ndarray:
     """`mae` of each resample (one row of item indices per resample); NaN where undefined."""
-    return _masked_means(errors[:, draws]).mean(axis=0)
+    return _masked_means(scored_in_every_dimension(errors)[:, draws]).mean(axis=0)
 
 
 def _percentiles(values: np.ndarray) -> tuple[float | None, float | None]:

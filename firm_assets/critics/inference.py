@@ -13,7 +13,7 @@ from pathlib import Path
 import polars as pl
 
 from firm_assets.curation.cache import StageStats
-from firm_assets.curation.parsers import PLAN_THEN_SCORE, SCORE_JSON, Parser
+from firm_assets.curation.parsers import CONSISTENCY_JSON, EXECUTION_JSON, PLAN_THEN_SCORE, Parser
 from firm_assets.curation.prompts import load_template
 from firm_assets.curation.stage import ChatStage, StageInput, run_chat_stage
 from resources.chat import ChatBackend, Decoding, ImagePart
@@ -33,8 +33,8 @@ class CriticTask:
 
 
 CRITIC_TASKS = (
-    CriticTask("edit", "execution", "critic_edit_execution", SCORE_JSON),
-    CriticTask("edit", "consistency", "critic_edit_consistency", SCORE_JSON),
+    CriticTask("edit", "execution", "critic_edit_execution", EXECUTION_JSON),
+    CriticTask("edit", "consistency", "critic_edit_consistency", CONSISTENCY_JSON),
     CriticTask("gen", "instruction", "critic_gen_instruction", PLAN_THEN_SCORE),
 )
 

@@ -4,7 +4,8 @@ Unlike bench inference (`critics/inference.py`), nothing here touches the DuckDB
 never repeat), the edit requirement is passed through, generation quality is scored (so QMA can be
 computed), and the expectation score is read in the same generate call as the answer: the backend
 records the probabilities of the digits "1".."5" wherever the answer writes one, and the score is the
-expectation sum(d * p_d) / sum(p_d) at the position where the parsed score digit sits. Where those
+expectation sum(d * p_d) / sum(p_d) at the position where the parsed score digit sits, clamped to 1..5
+(`curation.expectation.expected_digit`: float rounding would otherwise give 5.000000000000001). Where those
 probabilities cannot be read the parsed digit is used and the result says so (`fallback`).
 
 Failures are per item: an image that cannot be decoded, a request the backend refuses, an answer
@@ -24,9 +25,9 @@ from typing import Literal, Protocol
 from PIL import Image
 
 from firm_assets.critics.inference import CRITIC_TASKS, NO_REQUIREMENT, CriticTask
+from firm_assets.curation.expectation import SCORE_TOKENS, expected_digit
 from firm_assets.curation.parsers import QUALITY_JSON, ParseError, prompt_text
 from firm_assets.curation.prompts import load_template
-from firm_assets.curation.stage import SCORE_TOKENS
 from resources.chat import (
     ChatBackend,
     ChatRequest,
@@ -45,7 +46,7 @@ DEFAULT_MAX_NEW_TOKENS = 256
 MODELS_URI = "models:/"
 
 _DIGIT = r'"?([1-5])"?'
-_JSON_SCORE = re.compile(r'"score"\s*:\s*\[?\s*' + _DIGIT)
+_JSON_SCORE = re.compile(r"""["']?score["']?\s*:\s*\[?\s*["']?([1-5])""", re.IGNORECASE)
 _BOXED_SCORE = re.compile(r"\\boxed\{\s*([1-5])\s*\}")
 _FRACTION_SCORE = re.compile(r"(?<![\w./])([1-5])\s*/\s*5")
 _QUALITY_SCORES = re.compile(r'"score"\s*:\s*\[\s*' + r"\s*,\s*".join([_DIGIT] * 3) + r"\s*\]")
@@ -122,14 +123,6 @@ def score_offsets(text: str, patterns: Sequence[re.Pattern[str]], scores: Sequen
             ):
                 best = match
     return [best.start(group) for group in range(1, len(scores) + 1)] if best else None
-
-
-def expected_digit(probs: dict[str, float]) -> float | None:
-    """sum(d * p_d) / sum(p_d) over the digits "1".."5"; None when they carry no probability at all."""
-    mass = sum(probs.values())
-    if mass <= 0:
-        return None
-    return sum(int(digit) * p for digit, p in probs.items()) / mass
 
 
 def read_score(dimension: Dimension, answer: ProbedAnswer, prompt: str, mode: ScoreMode) -> DimensionScore:

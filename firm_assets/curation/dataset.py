@@ -129,7 +129,7 @@ def _task_records(task: SftTask, frame: pl.DataFrame, image_refs: dict[str, str]
         )
     encode = RecordEncoder(template.system_text, len(task.image_columns))
     for row in frame.select(task.columns).iter_rows(named=True):
-        variables = {name: row[column] or "none" for name, column in task.variable_columns.items()}
+        variables = {name: row[column] for name, column in task.variable_columns.items()}
         images = [image_refs[row[column]] for column in task.image_columns]
         yield encode(template.user_text(variables), images, task.target(row))
 

@@ -1,32 +1,45 @@
 """Parsers turn a model's answer text into fields; a failure is an exception, never a number.
 
-Each parser is strict first (the whole answer is the expected JSON) and tolerant second (the last
-well-formed JSON object in fences or prose, a trailing \\boxed{N}, a "Score: N/5"). Every parse also
-gets the rendered prompt: an object, \\boxed{N} or N/5 that is a verbatim span of the prompt is an
-echo, never an answer, so a prompt (or an instruction, caption or user prompt inside it) that quotes
-`{"score": 5}` cannot put a 5 in the store.
+Every parser reads the whole answer: the JSON objects in it (strict when the answer is exactly one),
+a \\boxed{N}, a labelled or answer-ending "N/5" or "N out of 5", a "Score: N". A score parser reads
+the score of its own dimension: keyed by it (`{"execution": {"score": 4}}`), named before it in prose
+("consistency is only 2/5"), or unlabelled; scores of another dimension are not its own. Two different
+scores for the dimension are a failure ("ambiguous"), never "the last one wins". Every parse also gets
+the rendered prompt: a score inside a stretch of the answer that copies the prompt (on a normal form,
+so reformatting does not hide it) is an echo, never an answer. Any exception while reading is a
+parse failure of that answer (`Parser.parse`), and reading is linear in the answer's length
+(`score_text.py`).
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
+
+from firm_assets.curation.score_text import (
+    BOXED,
+    MAX_PLACES,
+    OUT_OF_FIVE,
+    EchoCheck,
+    Found,
+    TooManyPlaces,
+    dimension_of_key,
+    is_score_key,
+    json_objects,
+    prose_scores,
+)
 
 if TYPE_CHECKING:
     from resources.chat import ChatRequest
 
 SCORE_MIN, SCORE_MAX = 1, 5
 MAX_CAPTION_CHARS = 4000
-_BOXED = re.compile(r"\\boxed\{\s*([0-9]+(?:\.[0-9]+)?)\s*\}")
-# "4/5", "Score: 4 / 5." — not part of a date, a longer fraction or a decimal ("1/5/24", "4/50")
-_OUT_OF_FIVE = re.compile(r"(?<![\w./])([0-9]+(?:\.[0-9]+)?)\s*/\s*5(?![\w/]|\.[0-9])")
-# a fraction in prose is a score only when labelled as one or when it ends the answer
-# ("about 1/5 of the sky changed" is not a score)
-_SCORE_LABEL = re.compile(r"\b(score|rating|rated?|grade|give|overall)\b[^\n0-9]{0,20}$", re.IGNORECASE)
-_ANSWER_END = re.compile(r"[\s.!*)\]]*")
+_FORM_PRIORITY = {"strict": 0, "tolerant": 0, "boxed": 1, "fraction": 2, "labelled": 3}
 
 
 class ParseError(ValueError):
@@ -45,7 +58,7 @@ class Parser:
 
     id: str
     version: str
-    parse: Callable[[str, str], dict[str, Any]]
+    read: Callable[[str, str], dict[str, Any]]
     guide: Callable[[int], str] | None = None
     score_prefix: Callable[[str], str] | None = None
 
@@ -53,20 +66,22 @@ class Parser:
     def ref(self) -> str:
         return f"{self.id}@{self.version}"
 
+    def parse(self, text: str, prompt: str = "") -> dict[str, Any]:
+        """`read`, with any exception it raises turned into a ParseError: an answer that breaks a
+        parser is that answer's permanent failure, never a transient error to ask again about."""
+        try:
+            return self.read(text, prompt)
+        except ParseError:
+            raise
+        except TooManyPlaces as error:
+            raise ParseError(str(error)) from error
+        except Exception as error:  # every other failure of reading is the answer's too
+            raise ParseError(f"unreadable answer ({type(error).__name__}: {str(error)[:200]})") from error
+
 
 def prompt_text(request: ChatRequest) -> str:
     """The text the model was shown (system, then the user's text parts), for echo checks."""
     return "\n".join([request.system or "", *(part for part in request.user if isinstance(part, str))])
-
-
-def _squash(text: str) -> str:
-    return " ".join(text.split())
-
-
-def _echoed(span: str, prompt: str) -> bool:
-    """Whether a span of the answer appears verbatim in the prompt (whitespace runs count as one)."""
-    squashed = _squash(span)
-    return bool(squashed) and squashed in _squash(prompt)
 
 
 def _score_value(value: Any) -> int:
@@ -75,11 +90,11 @@ def _score_value(value: Any) -> int:
         raise ParseError("score is a boolean")
     if isinstance(value, str):
         value = value.strip()
-        fraction = _OUT_OF_FIVE.fullmatch(value)
+        fraction = OUT_OF_FIVE.fullmatch(value)
         if fraction:
             value = fraction.group(1)
-        if not re.fullmatch(r"[0-9]+(\.0+)?", value):
-            raise ParseError(f"score {value!r} is not a number")
+        if not re.fullmatch(r"[0-9]{1,3}(\.0+)?", value):
+            raise ParseError(f"score {value[:20]!r} is not a number")
         value = float(value)
     if isinstance(value, float):
         if not value.is_integer():
@@ -101,81 +116,181 @@ def _single_score(value: Any) -> int:
     return _score_value(value)
 
 
-def _json_objects(text: str, prompt: str) -> list[dict[str, Any]]:
-    """Every JSON object that decodes from some '{' in the text and is not an echo of the prompt,
-    the one ending last first (an enclosing object before the objects nested in it)."""
-    decoder = json.JSONDecoder()
-    found = []
-    for match in re.finditer(r"\{", text):
-        try:
-            value, end = decoder.raw_decode(text, match.start())
-        except json.JSONDecodeError:
-            continue
-        if isinstance(value, dict) and not _echoed(text[match.start() : end], prompt):
-            found.append((-end, match.start(), value))
-    return [value for _, _, value in sorted(found, key=lambda entry: entry[:2])]
+@dataclass(frozen=True)
+class _Reading:
+    """One place an answer gives a result: the parsed fields, how it was written (parse mode), the
+    dimension it is named by (None: unlabelled) and where it ends."""
+
+    fields: dict[str, Any]
+    mode: str
+    named: str | None
+    end: int
+
+
+def _decide(readings: list[_Reading], errors: list[str], dimension: str | None, what: str) -> dict[str, Any]:
+    """The one result of an answer: readings named by another dimension are not this parser's; those
+    named by its own dimension go before unlabelled ones; different scores are "ambiguous"; among
+    agreeing readings the JSON object goes first, then \\boxed, "N/5", "Score: N"; the last of a kind."""
+    mine = [r for r in readings if r.named is None or dimension is None or r.named == dimension]
+    named = [r for r in mine if dimension is not None and r.named == dimension]
+    pool = named or mine
+    if not pool:
+        others = sorted({r.named for r in readings if r.named})
+        last = f" (last: {errors[-1]})" if errors else ""
+        reason = f" (only for {', '.join(others)})" if others else last
+        raise ParseError(f"no {what} in the answer{reason}")
+    scores = {json.dumps(r.fields.get("scores", r.fields.get("score"))) for r in pool}
+    if len(scores) > 1:
+        raise ParseError(f"ambiguous: the answer gives {what}s {', '.join(sorted(scores))}")
+    best = min(pool, key=lambda r: (_FORM_PRIORITY[r.mode], -r.end))
+    return {**best.fields, "parse": best.mode}
+
+
+def _objects(text: str, echo: EchoCheck) -> list[Found]:
+    """The answer's JSON objects that are not echoes of the prompt."""
+    return [found for found in json_objects(text) if not echo(found.start, found.end)]
+
+
+def _object_mode(found: Found, text: str) -> str:
+    return "strict" if found.strict and found.start == 0 and found.end == len(text) else "tolerant"
+
+
+def _nested(value: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """An object, then the objects nested in it (depth-first): where a wrapped answer may sit."""
+    yield value
+    for inner in value.values():
+        if isinstance(inner, dict):
+            yield from _nested(inner)
+
+
+def _object_readings(
+    text: str, prompt: str, validate: Callable[[dict[str, Any]], dict[str, Any]]
+) -> tuple[list[_Reading], list[str], EchoCheck, list[tuple[int, int]]]:
+    """Per JSON object of the answer, the first object in it (itself, then nested ones) that validates;
+    the failures, the echo check and the spans of the objects (echoes excluded)."""
+    echo = EchoCheck(text, prompt)
+    readings, errors, spans = [], [], []
+    for found in _objects(text, echo):
+        spans.append((found.start, found.end))
+        for candidate in _nested(found.value):
+            try:
+                readings.append(_Reading(validate(candidate), _object_mode(found, text), None, found.end))
+                break
+            except ParseError as error:
+                errors.append(str(error))
+    return readings, errors, echo, spans
 
 
 def _first_valid(
-    text: str, prompt: str, validate: Callable[[dict[str, Any]], dict[str, Any]]
+    text: str, prompt: str, validate: Callable[[dict[str, Any]], dict[str, Any]], what: str = "valid object"
 ) -> dict[str, Any]:
-    """Strict whole-answer JSON first, then the last JSON object in fences or prose that validates;
-    objects that are verbatim spans of the prompt are skipped."""
+    """The answer's one valid object (strict when it is the whole answer); the last when several
+    agree on their score, "ambiguous" when they do not; echoed objects are never read."""
     stripped = text.strip()
-    try:
-        obj = json.loads(stripped)
-        if isinstance(obj, dict) and not _echoed(stripped, prompt):
-            return {**validate(obj), "parse": "strict"}
-    except (json.JSONDecodeError, ParseError):
-        pass
-    errors = []
-    for obj in _json_objects(stripped, prompt):
-        try:
-            return {**validate(obj), "parse": "tolerant"}
-        except ParseError as error:
-            errors.append(str(error))
-    raise ParseError("no valid object in the answer" + (f" (last: {errors[0]})" if errors else ""))
+    readings, errors, _, _ = _object_readings(stripped, prompt, validate)
+    return _decide(readings, errors, None, what)
 
 
-def _final_boxed(text: str, prompt: str) -> re.Match[str] | None:
-    """The \\boxed{N} the answer ends with, unless it repeats the prompt."""
-    matches = list(_BOXED.finditer(text))
-    if not matches or matches[-1].end() != len(text) or _echoed(matches[-1].group(0), prompt):
-        return None
-    return matches[-1]
+def _field(obj: dict[str, Any], name: str, default: Any = None) -> Any:
+    """A key's value in any case ("Score", "score")."""
+    key = next((k for k in obj if k.strip().lower() == name), None)
+    return obj[key] if key is not None else default
 
 
-def _score_object(obj: dict[str, Any]) -> dict[str, Any]:
-    if "score" not in obj:
-        raise ParseError("no 'score' key")
-    reasoning = obj.get("reasoning", "")
+def _reasoning_of(obj: dict[str, Any]) -> str:
+    reasoning = _field(obj, "reasoning", "")
     if not isinstance(reasoning, str):
         raise ParseError("'reasoning' is not a string")
-    return {"reasoning": reasoning.strip(), "score": _single_score(obj["score"])}
+    return reasoning.strip()
 
 
-def parse_score_json(text: str, prompt: str = "") -> dict[str, Any]:
-    """`{"reasoning": str, "score": 1-5}` (also `[4]`, `"4"`): strict, then the last embedded JSON
-    object, then a final \\boxed{N}, then the last "N/5" in prose that is labelled as a score or ends
-    the answer; never a span of the prompt."""
-    try:
-        return _first_valid(text, prompt, _score_object)
-    except ParseError as error:
-        failure = error
+def _keyed_scores(obj: dict[str, Any], scope: str | None) -> Iterator[tuple[Any, str | None, str]]:
+    """(score value, dimension it belongs to, reasoning) for every score in an object: a value keyed
+    by a dimension (`"execution": 4` or `"execution": {"score": 4}`), a "score" key (belonging to the
+    enclosing dimension key, or to a "dimension" field's value, or unlabelled); objects under other
+    keys are searched only when the object has no score of its own."""
+    reasoning = _reasoning_of(obj)
+    named_field = next((v for k, v in obj.items() if k.strip().lower() in ("dimension", "aspect")), None)
+    own_scope = dimension_of_key(named_field) if isinstance(named_field, str) else scope
+    found_here = False
+    for key, value in obj.items():
+        dimension = dimension_of_key(key)
+        if dimension is not None:
+            found_here = True
+            if isinstance(value, dict):
+                yield from _keyed_scores(value, dimension)
+            else:
+                yield value, dimension, reasoning
+        elif is_score_key(key):
+            found_here = True
+            yield value, own_scope, reasoning
+    if not found_here:
+        for value in obj.values():
+            if isinstance(value, dict):
+                yield from _keyed_scores(value, own_scope)
+
+
+def parse_score_json(text: str, prompt: str = "", *, dimension: str) -> dict[str, Any]:
+    """`{"reasoning": str, "score": 1-5}` (also `[4]`, `"4"`, a "Score" key, single quotes, trailing
+    commas), an object keyed by dimensions, \\boxed{N}, a labelled or answer-ending "N/5" or "N out of
+    5", or "Score: N": the score of `dimension`, or a failure when the answer gives none or gives two."""
     stripped = text.strip()
-    boxed = _final_boxed(stripped, prompt)
-    if boxed:
-        reasoning = _BOXED.sub("", stripped).strip()
-        return {"reasoning": reasoning, "score": _score_value(boxed.group(1)), "parse": "boxed"}
-    fractions = [
-        m
-        for m in _OUT_OF_FIVE.finditer(stripped)
-        if (_SCORE_LABEL.search(stripped[: m.start()]) or _ANSWER_END.fullmatch(stripped[m.end() :]))
-        and not _echoed(m.group(0), prompt)
-    ]
-    if fractions:
-        return {"reasoning": stripped, "score": _score_value(fractions[-1].group(1)), "parse": "fraction"}
-    raise ParseError(f"no score in the answer: {failure}")
+    echo = EchoCheck(stripped, prompt)
+    readings, errors, spans = [], [], []
+    for found in _objects(stripped, echo):
+        spans.append((found.start, found.end))
+        try:
+            keyed = list(_keyed_scores(found.value, None))
+        except ParseError as error:
+            errors.append(str(error))
+            continue
+        if not keyed:
+            errors.append("no 'score' key")
+        for value, named, reasoning in keyed:
+            try:
+                fields = {"reasoning": reasoning, "score": _single_score(value)}
+            except ParseError as error:
+                errors.append(str(error))
+                continue
+            readings.append(_Reading(fields, _object_mode(found, stripped), named, found.end))
+    prose_reasoning = None
+    for score in prose_scores(stripped, spans):
+        if echo(score.start, score.end):
+            continue
+        try:
+            value = _score_value(score.number)
+        except ParseError as error:
+            errors.append(str(error))
+            continue
+        if prose_reasoning is None:
+            prose_reasoning = BOXED.sub("", stripped).strip()
+        reasoning = prose_reasoning if score.form == "boxed" else stripped
+        fields = {"reasoning": reasoning, "score": value}
+        readings.append(_Reading(fields, score.form, score.named, score.end))
+    return _decide(readings, errors, dimension, "score")
+
+
+def _boxed_scores(text: str, echo: EchoCheck, skip: list[tuple[int, int]]) -> list[tuple[int, re.Match[str]]]:
+    """(score, match) of every \\boxed{N} outside `skip` that is not an echo; a box holding no 1-5
+    score fails the answer."""
+    boxes = []
+    starts = [a for a, _ in skip]
+    for match in BOXED.finditer(text):
+        index = bisect.bisect_right(starts, match.start()) - 1
+        inside = index >= 0 and match.start() < skip[index][1]
+        if not inside and not echo(match.start(), match.end()):
+            boxes.append((_score_value(match.group(1)), match))
+            if len(boxes) > MAX_PLACES:
+                raise TooManyPlaces(f"more than {MAX_PLACES} boxed scores in the answer")
+    return boxes
+
+
+def _one_box(text: str, echo: EchoCheck, skip: list[tuple[int, int]] | None = None) -> re.Match[str] | None:
+    """The answer's \\boxed{N} of its own (the last, when several agree); "ambiguous" when they differ."""
+    boxes = _boxed_scores(text, echo, skip or [])
+    if len({score for score, _ in boxes}) > 1:
+        raise ParseError(f"ambiguous: the answer boxes scores {', '.join(str(s) for s, _ in boxes)}")
+    return boxes[-1][1] if boxes else None
 
 
 def parse_caption(text: str, prompt: str = "") -> dict[str, Any]:
@@ -204,7 +319,14 @@ def score_json_prefix(reasoning: str) -> str:
     return '{"reasoning": ' + json.dumps(reasoning) + ', "score": '
 
 
-SCORE_JSON = Parser("score_json", "2", parse_score_json, guide_score_json, score_json_prefix)
+def score_json_parser(dimension: str) -> Parser:
+    """The score parser of one edit dimension ("execution" or "consistency")."""
+    read = partial(parse_score_json, dimension=dimension)
+    return Parser(f"{dimension}_score_json", "3", read, guide_score_json, score_json_prefix)
+
+
+EXECUTION_JSON = score_json_parser("execution")
+CONSISTENCY_JSON = score_json_parser("consistency")
 
 
 def boxed_prefix(reasoning: str) -> str:
@@ -306,12 +428,12 @@ def guide_checklist(max_chars: int) -> str:
     return r'\{"items": \[' + _items_regex(item, n_items) + r"\]\}"
 
 
-CHECKLIST_JSON = Parser("checklist_json", "2", parse_checklist, guide_checklist)
+CHECKLIST_JSON = Parser("checklist_json", "3", parse_checklist, guide_checklist)
 
 
 # --- instruction-following against a checklist --------------------------------------------------
 
-_VERDICT_LINE = re.compile(r"^\s*(\d{1,2})[.)]\s*(yes|no)\b[:\s-]*(.*)$", re.IGNORECASE | re.MULTILINE)
+_VERDICT_LINE = re.compile(r"^[ \t]*(\d{1,2})[.)][ \t]*(yes|no)\b[: \t-]*(.*)$", re.IGNORECASE | re.MULTILINE)
 
 
 def _verdicts(raw: Any) -> list[dict[str, Any]]:
@@ -332,34 +454,32 @@ def _verdicts(raw: Any) -> list[dict[str, Any]]:
 
 
 def _instruction_following(obj: dict[str, Any]) -> dict[str, Any]:
-    analysis = obj.get("analysis", "")
+    analysis = _field(obj, "analysis", "")
     if not isinstance(analysis, str):
         raise ParseError("'analysis' is not a string")
     return {
-        "verdicts": _verdicts(obj.get("verdicts", [])),
+        "verdicts": _verdicts(_field(obj, "verdicts", [])),
         "reasoning": analysis.strip(),
-        "score": _single_score(obj.get("score")),
+        "score": _single_score(_field(obj, "score")),
     }
 
 
 def parse_instruction_following(text: str, prompt: str = "") -> dict[str, Any]:
     """JSON `{"verdicts": [{"item", "verdict", "analysis"}], "analysis", "score"}`, or numbered
-    "N. yes|no: ..." lines and an answer ending in \\boxed{N}; verdicts in any case."""
-    try:
-        return _first_valid(text, prompt, _instruction_following)
-    except ParseError:
-        pass
+    "N. yes|no: ..." lines and a \\boxed{N} of its own; verdicts in any case. An object and a box that
+    disagree are "ambiguous"."""
     stripped = text.strip()
-    boxed = _final_boxed(stripped, prompt)
-    if boxed is None:
-        raise ParseError("no score object and no final \\boxed{N} of its own")
-    verdicts = [
-        {"item": int(n), "verdict": verdict.lower(), "analysis": rest.strip()}
-        for n, verdict, rest in _VERDICT_LINE.findall(stripped)
-    ]
-    reasoning = _BOXED.sub("", _VERDICT_LINE.sub("", stripped)).strip()
-    score = _score_value(boxed.group(1))
-    return {"verdicts": verdicts, "reasoning": reasoning, "score": score, "parse": "boxed"}
+    readings, errors, echo, spans = _object_readings(stripped, prompt, _instruction_following)
+    box = _one_box(stripped, echo, spans)
+    if box is not None:
+        verdicts = [
+            {"item": int(n), "verdict": verdict.lower(), "analysis": rest.strip()}
+            for n, verdict, rest in _VERDICT_LINE.findall(stripped)
+        ]
+        reasoning = BOXED.sub("", _VERDICT_LINE.sub("", stripped)).strip()
+        fields = {"verdicts": verdicts, "reasoning": reasoning, "score": _score_value(box.group(1))}
+        readings.append(_Reading(fields, "boxed", None, box.end()))
+    return _decide(readings, errors, None, "score")
 
 
 def guide_instruction_following(max_chars: int) -> str:
@@ -376,7 +496,7 @@ def guide_instruction_following(max_chars: int) -> str:
 
 
 INSTRUCTION_FOLLOWING = Parser(
-    "instruction_following", "2", parse_instruction_following, guide_instruction_following
+    "instruction_following", "3", parse_instruction_following, guide_instruction_following
 )
 
 
@@ -386,14 +506,11 @@ QUALITY_ASPECTS = ("aesthetics", "technical", "structure")
 
 
 def _quality(obj: dict[str, Any]) -> dict[str, Any]:
-    scores = obj.get("score")
+    scores = _field(obj, "score")
     if not isinstance(scores, list) or len(scores) != len(QUALITY_ASPECTS):
         raise ParseError(f"'score' is not a list of {len(QUALITY_ASPECTS)} numbers")
     values = [_score_value(value) for value in scores]
-    reasoning = obj.get("reasoning", "")
-    if not isinstance(reasoning, str):
-        raise ParseError("'reasoning' is not a string")
-    return {"scores": values, "score": min(values), "reasoning": reasoning.strip()}
+    return {"scores": values, "score": min(values), "reasoning": _reasoning_of(obj)}
 
 
 def parse_quality(text: str, prompt: str = "") -> dict[str, Any]:
@@ -406,7 +523,7 @@ def guide_quality(max_chars: int) -> str:
     return r'\{"score": \[[1-5], [1-5], [1-5]\], "reasoning": "' + free_text(max_chars - skeleton) + r'"\}'
 
 
-QUALITY_JSON = Parser("quality_json", "2", parse_quality, guide_quality)
+QUALITY_JSON = Parser("quality_json", "3", parse_quality, guide_quality)
 
 
 # --- the generation critic's answer: plan, then score ---------------------------------------------
@@ -422,9 +539,9 @@ MAX_PLAN_ITEMS = 10
 PLAN_ANALYSIS_CHARS = 80
 _PLAN_FIELD_CHARS = 40  # the least room per question or evidence before the guide drops an item
 _ANALYSIS_LINE = re.compile(r"^[ \t]*analysis[ \t]*:", re.IGNORECASE | re.MULTILINE)
+# greedy fields, stripped after matching: lazy ones beside [ \t]* are quadratic on long lines of spaces
 _PLAN_LINE = re.compile(
-    r"[ \t]*\d{1,2}[.)][ \t]*(?P<question>[^|\n]*?)[ \t]*\|[ \t]*(?P<verdict>yes|no)\.?[ \t]*"
-    r"(?:\|[ \t]*(?P<evidence>[^\n]*?))?[ \t]*",
+    r"[ \t]*\d{1,2}[.)](?P<question>[^|\n]*)\|[ \t]*(?P<verdict>yes|no)\.?[ \t]*(?:\|(?P<evidence>[^\n]*))?",
     re.IGNORECASE,
 )
 
@@ -447,14 +564,14 @@ def format_plan_then_score(verdicts: list[dict[str, Any]], analysis: str, score:
 
 
 def parse_plan_then_score(text: str, prompt: str = "") -> dict[str, Any]:
-    """Verdict lines (yes/no in any case, evidence optional), an optional `Analysis:` and a final
-    \\boxed{N} that is not an echo of the prompt. Without verdict lines the score still counts
-    (verdicts empty). `reasoning` is all before the box, so the score prefix re-reads the answer the
-    critic wrote."""
+    """Verdict lines (yes/no in any case, evidence optional), an optional `Analysis:` and a
+    \\boxed{N} that is not an echo of the prompt (prose may follow it; boxes that disagree are
+    "ambiguous"). Without verdict lines the score still counts (verdicts empty). `reasoning` is all
+    before the box, so the score prefix re-reads the answer the critic wrote."""
     stripped = text.strip()
-    final = _final_boxed(stripped, prompt)
+    final = _one_box(stripped, EchoCheck(stripped, prompt))
     if final is None:
-        raise ParseError("the answer does not end in \\boxed{N} of its own")
+        raise ParseError("no \\boxed{N} of its own in the answer")
     score = _score_value(final.group(1))
     body = stripped[: final.start()].strip()
     marker = _ANALYSIS_LINE.search(body)
@@ -495,4 +612,4 @@ def guide_plan_then_score(max_chars: int) -> str:
     return f"{lines}({analysis_text}\\n)?" + r"\\boxed\{[1-5]\}"
 
 
-PLAN_THEN_SCORE = Parser("plan_then_score", "1", parse_plan_then_score, guide_plan_then_score, boxed_prefix)
+PLAN_THEN_SCORE = Parser("plan_then_score", "2", parse_plan_then_score, guide_plan_then_score, boxed_prefix)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -19,6 +21,24 @@ from resources.chat import ChatRequest, ImagePart
 
 TEMPLATE_PACKAGE = "firm_assets.curation.templates"
 TEMPLATE_DIR_ENV = "FIRM_TEMPLATE_DIR"
+MISSING_VALUE = "none"
+_MEDIA_PLACEHOLDER = re.compile(r"<(\\*)(image|video|audio)>")
+
+
+def neutral_text(value: str | None) -> str:
+    """A value as every prompt shows it: MISSING_VALUE when absent or blank, and never a media
+    placeholder. LLaMA-Factory reads "<image>" anywhere in a message as an image slot: it counts them
+    against the record's images (`BasePlugin._validate_messages`) and replaces each with vision tokens
+    (`Qwen2VLPlugin.process_messages`), both in src/llamafactory/data/mm_plugin.py, the placeholder
+    being `IMAGE_PLACEHOLDER = "<image>"` of src/llamafactory/extras/constants.py (likewise "<video>",
+    "<audio>"; hiyouga/LLaMA-Factory at ff6d4d12). So a literal "<image>" in an instruction must not
+    reach an export, and escaping it only there (`sharegpt.escape`) trained the critic on other text
+    than it was served. Here, where every prompt is rendered, "<image>" (and any escaped form
+    "<\\image>") gets a space after "<": "< image>" is the same bytes in the training export, at the
+    bench and in `firm serve`, and no reader changes it."""
+    if value is None or not value.strip():
+        return MISSING_VALUE
+    return _MEDIA_PLACEHOLDER.sub(r"< \1\2>", value)
 
 
 @dataclass(frozen=True)
@@ -42,11 +62,13 @@ class PromptTemplate:
         """The system turn of every rendering (None when the template has none)."""
         return self.system.strip() or None
 
-    def user_text(self, variables: dict[str, str]) -> str:
-        """The user turn's text with its placeholders filled (what `render` puts after the images)."""
-        return self.user.format_map(variables).strip()
+    def user_text(self, variables: Mapping[str, str | None]) -> str:
+        """The user turn's text with its placeholders filled by `neutral_text` of each value (what
+        `render` puts after the images): the one rendering of a prompt's text, used by the training
+        export (`curation.dataset`), the bench (`critics.inference`) and serving (`critics.scoring`)."""
+        return self.user.format_map({name: neutral_text(value) for name, value in variables.items()}).strip()
 
-    def render(self, variables: dict[str, str], images: dict[str, ImagePart]) -> ChatRequest:
+    def render(self, variables: Mapping[str, str | None], images: dict[str, ImagePart]) -> ChatRequest:
         """Fill the text placeholders and put the named images, in template order, before the text."""
         missing = [name for name in self.images if name not in images]
         if missing:

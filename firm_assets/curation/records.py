@@ -1,9 +1,10 @@
-"""Warehouse writes shared by both chains: quarantine rows, image rows and lineage edges."""
+"""Warehouse writes shared by both chains: quarantine rows, flagged inputs, image rows and lineage edges."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from firm_assets.curation.score_text import has_score_text
 from warehouse.connection import Warehouse
 
 
@@ -17,6 +18,35 @@ def record_quarantine(
                 "INSERT INTO quarantine (asset, source, locator, raw, reason, dagster_run_id)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 [(asset, source, locator, raw, reason, run_id) for source, locator, raw, reason in rows],
+            )
+    return len(rows)
+
+
+SCORE_TEXT_FLAG = "score_text_in_input"
+
+
+def score_text_flags(rows: Iterable[dict], fields: Sequence[str]) -> list[tuple[str, str, str, str]]:
+    """(source, locator, field, text) for every named text field of the rows that holds score-shaped
+    text (`score_text.has_score_text`): such inputs are kept, but a judge echoing them must never be
+    read as scoring, so they are flagged for a person to see."""
+    return [
+        (row["source"], row["locator"], field, row[field])
+        for row in rows
+        for field in fields
+        if isinstance(row.get(field), str) and has_score_text(row[field])
+    ]
+
+
+def record_input_flags(
+    warehouse: Warehouse, asset: str, flag: str, rows: Sequence[tuple[str, str, str, str]], run_id: str | None
+) -> int:
+    """Store (source, locator, field, raw) rows of inputs kept but flagged with `flag`; returns how many."""
+    if rows:
+        with warehouse.transaction() as con:
+            con.executemany(
+                "INSERT INTO input_flags (asset, source, locator, field, raw, flag, dagster_run_id)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(asset, source, locator, field, raw, flag, run_id) for source, locator, field, raw in rows],
             )
     return len(rows)
 

@@ -8,8 +8,10 @@ of `dataset_info.json`, which is where LLaMA-Factory looks for them (its default
 the edit and gen exports load side by side from one `dataset_dir`.
 
 Placeholders: LLaMA-Factory counts `<image>`, `<video>` and `<audio>` in a record's messages and
-refuses a record whose counts differ from its media. Instructions and judges' reasoning may contain
-these words literally, so every text is escaped: a backslash is added right after the `<` of any
+refuses a record whose counts differ from its media. A prompt's user text never holds one: the one
+rendering of prompts (`prompts.neutral_text`) already made them plain text, the same bytes the bench
+and `firm serve` send. Judges' reasoning (the answers) may still contain these words literally, so
+every text is escaped as a guard: a backslash is added right after the `<` of any
 `<image>`, `<video>` or `<audio>` that has zero or more backslashes there (`<image>` becomes
 `<\\image>`, `<\\image>` becomes `<\\\\image>`). LLaMA-Factory leaves the escaped forms alone and
 `unescape` removes exactly one backslash again, so the round trip is exact. The project's trainer

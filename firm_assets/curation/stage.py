@@ -13,11 +13,11 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from firm_assets.curation.cache import CachedResult, CacheItem, CallSpec, Outcome, StageStats, run_cached
+from firm_assets.curation.expectation import SCORE_TOKENS, digit_mass, expected_digit
 from firm_assets.curation.parsers import ParseError, Parser, prompt_text
 from firm_assets.curation.prompts import PromptTemplate
 from resources.chat import ChatBackend, ChatRequest, Decoding, ImagePart
 
-SCORE_TOKENS = ("1", "2", "3", "4", "5")
 RETRY_TEMPERATURE = 0.7
 
 
@@ -97,12 +97,11 @@ def _expectation(
     probs = backend.next_token_probs(requests, prefixes, SCORE_TOKENS)
     share = (time.perf_counter() - started) / max(len(requests), 1)
     for outcome, prob in zip(outcomes, probs, strict=True):
-        mass = sum(prob.values())
+        expected, mass = expected_digit(prob), digit_mass(prob)
         outcome.model_seconds += share
-        if mass <= 0:
+        if expected is None:
             outcome.failure = "expectation: no probability on score tokens"
             continue
-        expected = sum(int(token) * p for token, p in prob.items()) / mass
         text_score = (outcome.parsed or {}).get("score")
         outcome.parsed = {
             **(outcome.parsed or {}),

@@ -12,7 +12,7 @@ from dagster import AssetExecutionContext, DataVersion, Output, asset
 from firm_assets.automation import CURATION_CONDITION, GPU_POOL
 from firm_assets.curation.canary import canary_metadata, score_canary
 from firm_assets.curation.costs import CostMeter
-from firm_assets.curation.parsers import SCORE_JSON
+from firm_assets.curation.parsers import CONSISTENCY_JSON, EXECUTION_JSON, score_json_parser
 from firm_assets.curation.prompts import load_template
 from firm_assets.curation.roles import chat_stage, static_code_version
 from firm_assets.curation.stage import StageInput, run_chat_stage
@@ -72,7 +72,9 @@ def score_inputs(
     automation_condition=CURATION_CONDITION,
     pool=GPU_POOL,
     group_name=GROUP,
-    code_version=static_code_version(*(load_template(t).ref for t in TEMPLATES.values()), SCORE_JSON.ref),
+    code_version=static_code_version(
+        *(load_template(t).ref for t in TEMPLATES.values()), EXECUTION_JSON.ref, CONSISTENCY_JSON.ref
+    ),
     kinds={"duckdb", "transformers"},
     description="Execution and consistency scores (1-5, reasoning) per candidate (judge role); "
     "an unparseable answer is a recorded failure, never a number.",
@@ -99,7 +101,8 @@ def edit_scores(
     metadata: dict[str, float | int] = {}
     canary_keys, canary_stats = set(), []
     for dimension, template in TEMPLATES.items():
-        stage = chat_stage(profile, f"{dimension}_scores", template, SCORE_JSON, "score", scored=True)
+        parser = score_json_parser(dimension)
+        stage = chat_stage(profile, f"{dimension}_scores", template, parser, "score", scored=True)
         results, stats = run_chat_stage(
             stage, models.chat("judge"), inputs, warehouse.get(), profile.judge.batch_size, context.run_id
         )
