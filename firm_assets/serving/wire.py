@@ -1,7 +1,9 @@
 """Wire format version 1 of the reward server: the JSON bodies of `/v1/edit` and `/v1/gen`.
 
-Images travel as base64 PNG or JPEG strings (never pickled objects): the server decodes them with
-PIL under byte and pixel limits, so a malformed or oversized image is a clear 4xx, not a crash.
+Images travel as base64 PNG or JPEG strings (never pickled objects). The server reads each image's
+header first (size in bytes, width x height, per image and summed over the request) and refuses an
+oversized request with 413 before decoding any pixels; an image that does not decode is that item's
+masked result; a decoded image is shrunk to the critic's pixel budget before it is batched.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import math
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -29,7 +32,10 @@ ImageData = Annotated[
     Field(
         min_length=1,
         description="A PNG or JPEG file as base64 (a `data:image/...;base64,` prefix is accepted).",
-        json_schema_extra={"contentEncoding": "base64"},
+        json_schema_extra={
+            "contentEncoding": "base64",
+            "anyOf": [{"contentMediaType": "image/png"}, {"contentMediaType": "image/jpeg"}],
+        },
     ),
 ]
 RequestId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:\-]+$")]
@@ -146,10 +152,21 @@ class GenResponse(_ScoreResponse):
     results: list[GenResult]
 
 
+class Limits(BaseModel):
+    """What one request may hold: a client splits a larger step into requests within these."""
+
+    max_items: int
+    max_body_bytes: int
+    max_image_bytes: int
+    max_image_pixels: int
+    max_request_pixels: int
+
+
 class Health(BaseModel):
     status: Literal["ok", "loading", "failed", "stopping"]
     critic_version: str | None
     detail: str | None = None
+    limits: Limits | None = None
 
 
 def edit_result(scores: EditScores, reward: Reward) -> EditResult:
@@ -175,16 +192,30 @@ class ImageLimits:
 
 
 class ImageRejected(ValueError):
-    """An image field the server will not score; `status` is 400 (not a PNG/JPEG) or 413 (too big)."""
+    """An image field the server will not score: `status` 413 (over a limit: the whole request is
+    refused) or 400 (not a PNG/JPEG: that item is masked)."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
 
 
-def decode_image(data: str, limits: ImageLimits) -> Image.Image:
-    """A base64 PNG/JPEG string as a loaded RGB image, checked against the byte and pixel limits
-    before decoding the pixels (a tiny file can claim a huge canvas)."""
+@dataclass(frozen=True)
+class ProbedImage:
+    """An image's bytes and the canvas its header declares; no pixel has been decoded yet."""
+
+    raw: bytes
+    width: int
+    height: int
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+def probe_image(data: str, limits: ImageLimits) -> ProbedImage:
+    """A base64 PNG/JPEG string's bytes and header size, checked against the byte and pixel limits
+    without decoding pixels (a tiny file can claim a huge canvas)."""
     if data.startswith("data:"):
         header, _, data = data.partition(",")
         if not header.endswith(";base64"):
@@ -200,19 +231,47 @@ def decode_image(data: str, limits: ImageLimits) -> Image.Image:
     try:
         with Image.open(io.BytesIO(raw), formats=IMAGE_FORMATS) as probe:
             width, height = probe.size
-            if width * height > limits.max_pixels:
-                raise ImageRejected(
-                    413, f"image is {width}x{height} pixels, the limit is {limits.max_pixels} pixels"
-                )
-            probe.verify()
-        with Image.open(io.BytesIO(raw), formats=IMAGE_FORMATS) as image:
-            return image.convert("RGB")
-    except ImageRejected:
-        raise
-    except (Image.UnidentifiedImageError, Image.DecompressionBombError) as error:
+    except Image.DecompressionBombError as error:
+        limit = f"the limit is {limits.max_pixels} pixels"
+        raise ImageRejected(413, f"decompression bomb: {error}; {limit}") from None
+    except Image.UnidentifiedImageError as error:
         raise ImageRejected(400, f"not a PNG or JPEG image: {error}") from None
     except (OSError, SyntaxError, ValueError) as error:
-        raise ImageRejected(400, f"image does not decode: {error}") from None
+        raise _unreadable(error) from None
+    if width * height > limits.max_pixels:
+        raise ImageRejected(413, f"image is {width}x{height} pixels, the limit is {limits.max_pixels} pixels")
+    return ProbedImage(raw, width, height)
+
+
+def load_image(probe: ProbedImage, pixel_budget: int | None) -> Image.Image:
+    """The probed image decoded as RGB and, when it holds more than `pixel_budget` pixels, shrunk
+    (aspect kept) to fit it: the critic's processor would shrink it anyway, after the batch had held
+    the full canvas."""
+    try:
+        with Image.open(io.BytesIO(probe.raw), formats=IMAGE_FORMATS) as image:
+            size = fitted_size(probe.width, probe.height, pixel_budget)
+            if size != image.size:
+                image.draft("RGB", size)  # JPEG: decode at a reduced scale; PNG: no effect
+            rgb = image.convert("RGB")
+        return rgb if rgb.size == size else rgb.resize(size, Image.Resampling.BICUBIC)
+    except (OSError, SyntaxError, ValueError) as error:
+        raise _unreadable(error) from None
+
+
+def fitted_size(width: int, height: int, pixel_budget: int | None) -> tuple[int, int]:
+    """The largest size of the same aspect with at most `pixel_budget` pixels (no budget: as is)."""
+    if pixel_budget is None or width * height <= pixel_budget:
+        return width, height
+    scale = math.sqrt(pixel_budget / (width * height))
+    return max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
+
+
+def _unreadable(error: Exception) -> ImageRejected:
+    """PIL's refusal as the server's: a text chunk that inflates past PIL's cap is a decompression
+    bomb (413), anything else an image that does not decode (400)."""
+    if "decompressed data too large" in str(error).lower():
+        return ImageRejected(413, f"decompression bomb: {error}")
+    return ImageRejected(400, f"image does not decode: {error}")
 
 
 def encode_image(image: Image.Image) -> str:
