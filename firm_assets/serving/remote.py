@@ -10,7 +10,6 @@ bytes, pixels), sent concurrently, and the answers put back in the step's order.
 from __future__ import annotations
 
 import base64
-import json
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -50,7 +49,7 @@ def split_items(items: Sequence[Item], limits: Limits) -> list[list[Item]]:
     chunks: list[list[Item]] = []
     size = pixels = 0
     for item in items:
-        item_size = len(json.dumps(item.model_dump(mode="json", exclude_none=True))) + 1
+        item_size = len(item.model_dump_json(exclude_none=True).encode()) + 1  # and its comma
         item_pixels = _pixels(item)
         fits = (
             chunks
