@@ -24,6 +24,7 @@ from firm_assets.rl.rewards import Reward, RewardConfig
 WIRE_VERSION = 1
 MAX_ITEMS_PER_REQUEST = 64
 IMAGE_FORMATS = ("PNG", "JPEG")
+RESIZABLE_MODES = ("RGB", "RGBA", "L", "LA")
 
 ScoreModeField = Literal["parsed", "expectation"]
 Text = Annotated[str, Field(min_length=1, max_length=4000)]
@@ -250,10 +251,13 @@ def load_image(probe: ProbedImage, pixel_budget: int | None) -> Image.Image:
     try:
         with Image.open(io.BytesIO(probe.raw), formats=IMAGE_FORMATS) as image:
             size = fitted_size(probe.width, probe.height, pixel_budget)
-            if size != image.size:
-                image.draft("RGB", size)  # JPEG: decode at a reduced scale; PNG: no effect
-            rgb = image.convert("RGB")
-        return rgb if rgb.size == size else rgb.resize(size, Image.Resampling.BICUBIC)
+            if size == image.size:
+                return image.convert("RGB")
+            image.draft("RGB", size)  # JPEG: decode at a reduced scale; PNG: no effect
+            if image.mode not in RESIZABLE_MODES:  # palette and 1-bit images resize only by nearest
+                image = image.convert("RGB")
+            # shrink first (one full-size buffer, never a second full-size copy), then convert
+            return image.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0).convert("RGB")
     except (OSError, SyntaxError, ValueError) as error:
         raise _unreadable(error) from None
 
