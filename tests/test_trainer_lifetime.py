@@ -138,26 +138,30 @@ def processes() -> dict[int, tuple[int, str]]:
     return found
 
 
+@pytest.mark.timeout(1500)
 def test_killing_firm_run_ends_the_critic_trainer_and_its_dataloader_worker(
     firm_home: Path, cleanup: list[int]
 ) -> None:
-    """`firm run main` on a fresh FIRM_HOME, critics set to train for many epochs; once the edit or gen
-    critic trainer of this FIRM_HOME has its DataLoader worker, only the `firm run` process is killed
-    with SIGKILL: within 30 s no process of the trainer remains. Slow (the run curates first: about
-    a minute): only a real run shows that Pipes-launched trainers die with it."""
+    """`firm run main` on a fresh FIRM_HOME (no edit requests, so the gen chain's ten demo prompts
+    are all it curates), critics set to train for many epochs; once the critic trainer of this
+    FIRM_HOME has its DataLoader worker, only the `firm run` process is killed with SIGKILL: within
+    30 s no process of the trainer remains. Slow (the run curates first: minutes on 2 shared
+    cores): only a real run shows that Pipes-launched trainers die with it."""
     config = firm_home / "long_critics.yaml"
     critic = {"config": {"epochs": 500}}
     config.write_text(json.dumps({"ops": {"firm_edit_critic": critic, "firm_gen_critic": critic}}))
+    no_requests = firm_home / "no_requests.jsonl"
+    no_requests.write_text("")
     run = subprocess.Popen(
         [sys.executable, "-m", "firm_assets.cli", "run", "main", "-c", str(config)],
         cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env={**os.environ, "PYTHONPATH": str(REPO), "FIRM_EDIT_REQUESTS": str(no_requests)},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
     cleanup.append(run.pid)
-    deadline = time.monotonic() + 600
+    deadline = time.monotonic() + 1400
     trainer = worker = None
     while worker is None and time.monotonic() < deadline:
         assert run.poll() is None, "the run ended before a critic trainer started"
