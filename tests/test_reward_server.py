@@ -21,6 +21,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from loopback import AppServer, wait_ready
 from PIL import Image
+from pydantic import ValidationError
 
 from firm_assets.critics.scoring import CriticScorer, EditQuery, GenQuery, ScoreMode
 from firm_assets.rl.rewards import RewardConfig
@@ -29,9 +30,10 @@ from firm_assets.serving.batching import Batcher, failed_scores, pixel_budget
 from firm_assets.serving.client import RewardClient, RewardServerError, retry_delay
 from firm_assets.serving.settings import ServerSettings
 from firm_assets.serving.wire import (
+    EditRewardOverride,
+    GenRewardOverride,
     ImageLimits,
     ImageRejected,
-    RewardOverride,
     encode_image,
     fitted_size,
     load_image,
@@ -203,13 +205,18 @@ def test_the_client_gives_up_at_its_deadline() -> None:
 
 def test_reward_override_changes_only_what_it_names() -> None:
     cme = RewardConfig.cme()
-    assert reward_config("edit", None, cme) == cme
-    changed = reward_config("edit", RewardOverride(w2=0.1, normalisation="over5"), cme)
+    assert reward_config(None, cme) == cme
+    changed = reward_config(EditRewardOverride(w2=0.1, normalisation="over5"), cme)
     assert (changed.formula, changed.w1, changed.w2, changed.normalisation) == ("cme", 0.6, 0.1, "over5")
-    ablation = reward_config("edit", RewardOverride(formula="execution_only"), cme)
+    ablation = reward_config(EditRewardOverride(formula="execution_only"), cme)
     assert (ablation.formula, ablation.w1, ablation.w2) == ("execution_only", 0.6, 0.4)
-    with pytest.raises(Exception, match="not for /v1/edit"):
-        reward_config("edit", RewardOverride(formula="qma"), cme)
+    assert reward_config(EditRewardOverride(w1=0), cme).w1 == 0  # the default w2 stays
+    with pytest.raises(ValidationError, match="'cme', 'execution_only' or 'naive_sum'"):
+        EditRewardOverride(formula="qma")
+    with pytest.raises(ValidationError, match="'qma', 'execution_only' or 'naive_sum'"):
+        GenRewardOverride(formula="cme")
+    with pytest.raises(ValidationError, match="must not both be zero"):
+        GenRewardOverride(w1=0, w2=0.0)
 
 
 def test_failed_scores_mask_every_dimension() -> None:
@@ -351,7 +358,7 @@ def test_failed_critic_answers_mask_the_reward(
     ("change", "status", "words"),
     [
         ({"mode": "vibes"}, 422, "parsed"),
-        ({"reward": {"formula": "qma"}}, 422, "not for /v1/edit"),
+        ({"reward": {"formula": "qma"}}, 422, "'cme', 'execution_only' or 'naive_sum'"),
         ({"reward": {"w1": -1}}, 422, "greater than or equal"),
         ({"reward": {"w1": 0, "w2": 0}}, 422, "must not both be zero"),
         ({"items": []}, 422, "at least 1"),

@@ -54,13 +54,6 @@ from firm_assets.serving.wire import (
     probe_image,
 )
 
-# Which reward formulas each endpoint can compute from its two scores.
-FORMULAS: dict[Kind, frozenset[str]] = {
-    "edit": frozenset({"cme", "execution_only", "naive_sum"}),
-    "gen": frozenset({"qma", "execution_only", "naive_sum"}),
-}
-
-
 # Declares the bearer scheme in the OpenAPI schema; `BearerMiddleware` enforces it before the body is read.
 BEARER = HTTPBearer(auto_error=False)
 
@@ -174,7 +167,7 @@ def create_app(
         if batcher.state != "ok":  # before decoding: a loading or stopping server refuses cheaply
             raise HTTPException(503, batcher.unavailable_reason(), headers=retry())
         request_id = body.request_id or uuid.uuid4().hex
-        config = reward_config(route.kind, body.reward, default)
+        config = reward_config(body.reward, default)
         prepared = await run_in_threadpool(
             prepare, route, body.items, limits, settings.max_request_pixels, batcher.pixel_budget
         )
@@ -226,13 +219,11 @@ def create_app(
     return app
 
 
-def reward_config(kind: Kind, override: RewardOverride | None, default: RewardConfig) -> RewardConfig:
-    """The request's reward config; a formula this endpoint cannot compute or an invalid mix is 422."""
+def reward_config(override: RewardOverride | None, default: RewardConfig) -> RewardConfig:
+    """The request's reward config (the wire models already refused a formula the endpoint cannot
+    compute); an invalid mix is 422."""
     if override is None:
         return default
-    if override.formula is not None and override.formula not in FORMULAS[kind]:
-        allowed = ", ".join(sorted(FORMULAS[kind]))
-        raise HTTPException(422, f"reward.formula {override.formula!r} is not for /v1/{kind} (use {allowed})")
     try:
         return override.apply(default)
     except ValidationError as error:

@@ -19,11 +19,12 @@ from firm_assets.serving.wire import (
     EditItem,
     EditRequest,
     EditResponse,
+    EditRewardOverride,
     GenItem,
     GenRequest,
     GenResponse,
+    GenRewardOverride,
     Health,
-    RewardOverride,
     encode_image,
 )
 
@@ -96,7 +97,7 @@ class RewardClient:
         self,
         items: Sequence[EditQuery],
         mode: ScoreMode = "expectation",
-        reward: RewardOverride | None = None,
+        reward: EditRewardOverride | None = None,
         request_id: str | None = None,
     ) -> EditResponse:
         """Scores and rewards of one group of edits, in the order given, in one request."""
@@ -106,7 +107,7 @@ class RewardClient:
         self,
         items: Sequence[EditItem],
         mode: ScoreMode = "expectation",
-        reward: RewardOverride | None = None,
+        reward: EditRewardOverride | None = None,
         request_id: str | None = None,
     ) -> EditResponse:
         body = EditRequest(items=list(items), mode=mode, reward=reward, request_id=request_id)
@@ -116,7 +117,7 @@ class RewardClient:
         self,
         items: Sequence[GenQuery],
         mode: ScoreMode = "expectation",
-        reward: RewardOverride | None = None,
+        reward: GenRewardOverride | None = None,
         request_id: str | None = None,
     ) -> GenResponse:
         """Scores and rewards of one group of generated images, in the order given, in one request."""
@@ -126,7 +127,7 @@ class RewardClient:
         self,
         items: Sequence[GenItem],
         mode: ScoreMode = "expectation",
-        reward: RewardOverride | None = None,
+        reward: GenRewardOverride | None = None,
         request_id: str | None = None,
     ) -> GenResponse:
         body = GenRequest(items=list(items), mode=mode, reward=reward, request_id=request_id)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from firm_assets.critics.scoring import DimensionScore, EditScores, GenScores
 from firm_assets.rl.rewards import Reward, RewardConfig
@@ -47,19 +47,40 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+BOTH_WEIGHTS_ZERO = {"required": ["w1", "w2"], "properties": {"w1": {"const": 0}, "w2": {"const": 0}}}
+
+
 class RewardOverride(_Strict):
     """Changes to the endpoint's default reward config (CME for edit, QMA for gen); unset fields keep
-    the default, so `{"formula": "execution_only"}` is the paper's ablation with default weights."""
+    the default, so `{"formula": "execution_only"}` is the paper's ablation with default weights.
+    Every rule is in the schema (each endpoint lists its own formulas; the weights may not both be
+    0), so a request the schema allows is a request the server takes."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"not": BOTH_WEIGHTS_ZERO})
 
     formula: Literal["cme", "qma", "execution_only", "naive_sum"] | None = None
     w1: Weight | None = None
     w2: Weight | None = None
     normalisation: Literal["minus1_over4", "over5"] | None = None
 
+    @model_validator(mode="after")
+    def _weights(self) -> RewardOverride:
+        if self.w1 == 0 and self.w2 == 0:
+            raise ValueError("reward weights must not both be zero")
+        return self
+
     def apply(self, default: RewardConfig) -> RewardConfig:
         """The default with these changes, validated as a whole (raises pydantic.ValidationError)."""
         changes = self.model_dump(exclude_none=True)
         return RewardConfig.model_validate({**default.model_dump(), **changes})
+
+
+class EditRewardOverride(RewardOverride):
+    formula: Literal["cme", "execution_only", "naive_sum"] | None = None
+
+
+class GenRewardOverride(RewardOverride):
+    formula: Literal["qma", "execution_only", "naive_sum"] | None = None
 
 
 class EditItem(_Strict):
@@ -76,7 +97,6 @@ class GenItem(_Strict):
 
 class _ScoreRequest(_Strict):
     mode: ScoreModeField = "expectation"
-    reward: RewardOverride | None = None
     request_id: RequestId | None = Field(
         default=None, description="Echoed in the response; generated when absent."
     )
@@ -87,10 +107,12 @@ class EditRequest(_ScoreRequest):
     one batch."""
 
     items: list[EditItem] = Field(min_length=1, max_length=MAX_ITEMS_PER_REQUEST)
+    reward: EditRewardOverride | None = None
 
 
 class GenRequest(_ScoreRequest):
     items: list[GenItem] = Field(min_length=1, max_length=MAX_ITEMS_PER_REQUEST)
+    reward: GenRewardOverride | None = None
 
 
 class Score(BaseModel):
