@@ -361,6 +361,7 @@ def test_failed_critic_answers_mask_the_reward(
         ({"reward": {"formula": "qma"}}, 422, "'cme', 'execution_only' or 'naive_sum'"),
         ({"reward": {"w1": -1}}, 422, "greater than or equal"),
         ({"reward": {"w1": 0, "w2": 0}}, 422, "must not both be zero"),
+        ({"reward": {"w2": False}}, 422, "valid number"),
         ({"items": []}, 422, "at least 1"),
         ({"items": [edit_item(edited=png("red", (300, 300)))]}, 413, "300x300 pixels, the limit is 65536"),
         ({"items": [edit_item(colour="red")]}, 422, "Extra inputs"),

@@ -65,6 +65,7 @@ class ErrorBody(BaseModel):
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": text}
     for status, text in {
+        400: "The body is not UTF-8 JSON",
         401: "Missing or wrong bearer token (only when the server has one)",
         413: "The body, the item count, an image or the request's pixels are over the server's limits",
         422: "The body does not match the schema (mode, reward config, item fields)",

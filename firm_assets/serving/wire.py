@@ -40,7 +40,7 @@ ImageData = Annotated[
     ),
 ]
 RequestId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:\-]+$")]
-Weight = Annotated[float, Field(ge=0, le=1000, allow_inf_nan=False)]
+Weight = Annotated[float, Field(ge=0, le=1000, allow_inf_nan=False, strict=True)]  # no true/"1" as 1
 
 
 class _Strict(BaseModel):
