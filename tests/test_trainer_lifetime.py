@@ -5,8 +5,6 @@ DataLoader worker) the way the Pipes client does; killing the run alone ends the
 and its descendant, and (the control) leaves an unsupervised one running. Then the real thing:
 `firm run` killed with SIGKILL while the critic trainer and its DataLoader worker train."""
 
-from __future__ import annotations
-
 import json
 import os
 import signal
@@ -17,8 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from dagster import AssetExecutionContext, Output, asset, materialize
 
 from resources.trainer_lifetime import supervised
+from resources.trainer_pipes import TrainerPipesClient
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -186,3 +186,33 @@ def test_killing_firm_run_ends_the_critic_trainer_and_its_dataloader_worker(
     os.kill(run.pid, signal.SIGKILL)  # the run process only, not its group
     run.wait()
     assert wait_gone([trainer, worker, supervisor], timeout_s=30) == []
+
+
+PIPES_CHILD = """
+from dagster_pipes import open_dagster_pipes
+with open_dagster_pipes() as pipes:
+    pipes.log.info("hello from the trainer")
+    pipes.report_custom_message({"final_loss": 0.25})
+"""
+
+
+@asset
+def trained(context: AssetExecutionContext, pipes_subprocess_client: TrainerPipesClient) -> Output:
+    invocation = pipes_subprocess_client.run(
+        context=context, command=[sys.executable, "-c", PIPES_CHILD], env={"PYTHONPATH": str(REPO)}
+    )
+    return Output(invocation.get_custom_messages())
+
+
+@asset
+def broken(context: AssetExecutionContext, pipes_subprocess_client: TrainerPipesClient) -> None:
+    pipes_subprocess_client.run(context=context, command=[sys.executable, "-c", "raise SystemExit(4)"])
+
+
+def test_pipes_messages_pass_through_the_supervisor() -> None:
+    """An asset launching a Pipes child through TrainerPipesClient gets its custom message back, as
+    the trainers' summaries come back; a failing child fails the asset."""
+    resources = {"pipes_subprocess_client": TrainerPipesClient()}
+    result = materialize([trained], resources=resources)
+    assert result.success and list(result.output_for_node("trained")) == [{"final_loss": 0.25}]
+    assert not materialize([broken], resources=resources, raise_on_error=False).success
