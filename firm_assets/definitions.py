@@ -6,7 +6,6 @@ import os
 
 from dagster import (
     Definitions,
-    PipesSubprocessClient,
     load_asset_checks_from_modules,
     load_assets_from_modules,
 )
@@ -40,6 +39,7 @@ from jobs.curation import (
 from resources.models import ModelsResource
 from resources.profiles import DEFAULT_PROFILE
 from resources.tracking import TrackingResource
+from resources.trainer_pipes import TrainerPipesClient
 from resources.warehouse_resource import WarehouseIOManager, WarehouseResource
 from sensors.inbox import edit_inbox_files, gen_inbox_files
 from sensors.operations import bench_labels_changed, critic_registered, record_run_failures
@@ -72,7 +72,8 @@ def build_resources() -> dict:
         "warehouse": WarehouseResource(),
         "tracking": TrackingResource(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", "")),
         "io_manager": WarehouseIOManager(),
-        "pipes_subprocess_client": PipesSubprocessClient(),
+        # trainers launched through it die with the run process (resources/trainer_lifetime.py)
+        "pipes_subprocess_client": TrainerPipesClient(),
     }
 
 

@@ -23,7 +23,7 @@ from firm_assets.curation.expectation import SCORE_TOKENS, expected_digit
 from firm_assets.curation.parsers import EXECUTION_JSON
 from firm_assets.curation.prompts import load_template
 from firm_assets.curation.stage import ChatStage, StageInput, run_chat_stage
-from firm_assets.rl.rewards import normalise
+from firm_assets.critics.rewards import normalise
 from firm_assets.serving.app import create_app
 from firm_assets.serving.settings import ServerSettings
 from firm_assets.serving.wire import encode_image

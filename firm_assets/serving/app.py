@@ -1,26 +1,34 @@
 """The reward server's FastAPI app: wire format v1 routes in front of the batcher, with auth, limits,
-health and metrics. Every refusal is a clear 4xx/5xx JSON `{"detail": ...}`; bad input never 500s."""
+health and metrics. Every refusal is a clear 4xx/5xx JSON `{"detail": ...}`; bad input never 500s,
+and what goes wrong with one item (an image that does not decode, a critic answer that fails, a
+reward that cannot be formed) is that item's masked result with its reason, never the request's."""
 
 from __future__ import annotations
 
 import asyncio
+import math
 import os
-import secrets
+import traceback
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException, Response
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
+from PIL import Image
 from pydantic import BaseModel, ValidationError
 
 from firm_assets.critics.rewards import Reward, RewardConfig, edit_reward, gen_reward
 from firm_assets.critics.scoring import CriticScorer, EditQuery, GenQuery, ScoreMode
-from firm_assets.serving.batching import Batcher, Kind, Overloaded, Unavailable
+from firm_assets.critics.rewards import Reward, RewardConfig, edit_reward, gen_reward
+from firm_assets.serving.auth import BearerMiddleware
+from firm_assets.serving.batching import Batcher, Kind, Overloaded, Unavailable, failed_scores
 from firm_assets.serving.metrics import MetricsMiddleware, ServerMetrics
 from firm_assets.serving.payload import BodyLimitMiddleware
 from firm_assets.serving.settings import ServerSettings
@@ -37,21 +45,17 @@ from firm_assets.serving.wire import (
     Health,
     ImageLimits,
     ImageRejected,
+    Limits,
+    ProbedImage,
     RewardConfigOut,
     RewardOverride,
-    decode_image,
     edit_result,
     gen_result,
+    load_image,
+    probe_image,
 )
 
-# Which reward formulas each endpoint can compute from its two scores.
-FORMULAS: dict[Kind, frozenset[str]] = {
-    "edit": frozenset({"cme", "execution_only", "naive_sum"}),
-    "gen": frozenset({"qma", "execution_only", "naive_sum"}),
-}
-
-
-# Module level: route signatures are resolved against module globals (postponed annotations).
+# Declares the bearer scheme in the OpenAPI schema; `BearerMiddleware` enforces it before the body is read.
 BEARER = HTTPBearer(auto_error=False)
 
 
@@ -62,9 +66,9 @@ class ErrorBody(BaseModel):
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": text}
     for status, text in {
-        400: "An image is not valid base64 PNG/JPEG",
+        400: "The body is not UTF-8 JSON",
         401: "Missing or wrong bearer token (only when the server has one)",
-        413: "The body or an image is over the server's limits",
+        413: "The body, the item count, an image or the request's pixels are over the server's limits",
         422: "The body does not match the schema (mode, reward config, item fields)",
         429: "The queue is full; retry after Retry-After seconds",
         503: "The critic is loading or the server is stopping; retry after Retry-After seconds",
@@ -83,11 +87,22 @@ def bearer_token(settings: ServerSettings) -> str | None:
     return token
 
 
-def create_app(settings: ServerSettings, scorer_factory: Callable[[], CriticScorer]) -> FastAPI:
+def create_app(
+    settings: ServerSettings,
+    scorer_factory: Callable[[], CriticScorer],
+    on_loaded: Callable[[float], None] | None = None,
+) -> FastAPI:
     """The app; the critic is loaded by the batcher's worker thread once the app starts, and
-    `/healthz` says 503 until it is ready."""
+    `/healthz` says 503 until it is ready (`on_loaded` gets the seconds the load took)."""
     token = bearer_token(settings)
     limits = ImageLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+    advertised = Limits(
+        max_items=settings.max_items,
+        max_body_bytes=settings.max_body_bytes,
+        max_image_bytes=settings.max_image_bytes,
+        max_image_pixels=settings.max_image_pixels,
+        max_request_pixels=settings.max_request_pixels,
+    )
     metrics = ServerMetrics(queue_depth=lambda: batcher.queue_depth())
     batcher = Batcher(
         scorer_factory,
@@ -96,6 +111,9 @@ def create_app(settings: ServerSettings, scorer_factory: Callable[[], CriticScor
         queue_size=settings.queue_size,
         cross_request=settings.cross_request_batching,
         on_batch=lambda kind, items: metrics.batch_items.labels(kind).observe(items),
+        wait_fraction=settings.batch_wait_fraction,
+        expected_load_s=settings.expected_load_s,
+        on_loaded=on_loaded,
     )
 
     @asynccontextmanager
@@ -111,42 +129,56 @@ def create_app(settings: ServerSettings, scorer_factory: Callable[[], CriticScor
         lifespan=lifespan,
     )
     app.state.batcher = batcher
+    app.add_exception_handler(RequestValidationError, unprocessable)
+    # Starlette runs the last added middleware first: metrics, then the token, then the body limit.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if token is not None:
+        app.add_middleware(BearerMiddleware, token=token, paths=("/v1/",))
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    guarded = [Depends(BEARER)] if token is not None else []
 
-    async def authorize(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> None:
-        sent = credentials.credentials if credentials is not None else ""
-        if token is None or not secrets.compare_digest(sent.encode(), token.encode()):
-            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
-
-    guarded = [Depends(authorize)] if token is not None else []
+    def retry() -> dict[str, str]:
+        return {"Retry-After": str(batcher.retry_after_s(settings.retry_after_s))}
 
     async def scored(kind: Kind, mode: ScoreMode, queries: Sequence[Any]) -> list[Any]:
-        retry = {"Retry-After": str(settings.retry_after_s)}
+        if not queries:
+            return []
         try:
             job = batcher.submit(kind, mode, queries)
         except Overloaded as error:
-            raise HTTPException(429, f"server busy: {error}", headers=retry) from None
+            raise HTTPException(429, f"server busy: {error}", headers=retry()) from None
         except Unavailable as error:
-            raise HTTPException(503, str(error), headers=retry) from None
+            raise HTTPException(503, str(error), headers=retry()) from None
         try:
             return await asyncio.wait_for(asyncio.shield(job.future), settings.request_timeout_s)
         except TimeoutError:
             job.abandoned = True
             raise HTTPException(504, f"not scored within {settings.request_timeout_s} s") from None
         except Unavailable as error:
-            raise HTTPException(503, str(error), headers=retry) from None
+            raise HTTPException(503, str(error), headers=retry()) from None
 
     async def answer(
         route: Route, body: EditRequest | GenRequest, default: RewardConfig, response: Response
     ) -> EditResponse | GenResponse:
-        """The sequence both scoring endpoints share: reward config, image decoding (off the event
-        loop), one batcher job, a reward per scored item, and the response with its request id."""
+        """The sequence both scoring endpoints share: reward config, image checks and decoding (off
+        the event loop), one batcher job for the items whose images decoded, a reward per item, and
+        the response with its request id."""
+        if len(body.items) > settings.max_items:
+            count = len(body.items)
+            raise HTTPException(413, f"request has {count} items, the limit is {settings.max_items}")
+        if batcher.state != "ok":  # before decoding: a loading or stopping server refuses cheaply
+            raise HTTPException(503, batcher.unavailable_reason(), headers=retry())
         request_id = body.request_id or uuid.uuid4().hex
-        config = reward_config(route.kind, body.reward, default)
-        queries = await run_in_threadpool(route.queries, body.items, limits)
-        scores = await scored(route.kind, body.mode, queries)
-        results = [route.result(s, route.reward(config, s)) for s in scores]
+        config = reward_config(body.reward, default)
+        prepared = await run_in_threadpool(
+            prepare, route, body.items, limits, settings.max_request_pixels, batcher.pixel_budget
+        )
+        queries = [p for p in prepared if not isinstance(p, str)]
+        scored_items = iter(await scored(route.kind, body.mode, queries))
+        scores = [
+            failed_scores(route.kind, 1, p)[0] if isinstance(p, str) else next(scored_items) for p in prepared
+        ]
+        results = [route.result(s, item_reward(route, config, s)) for s in scores]
         metrics.item_failures.labels(route.kind).inc(sum(r.reward.masked for r in results))
         response.headers["X-Request-ID"] = request_id
         return route.response(
@@ -169,9 +201,17 @@ def create_app(settings: ServerSettings, scorer_factory: Callable[[], CriticScor
 
     @app.get("/healthz", response_model=Health, responses={503: {"model": Health}})
     async def healthz() -> JSONResponse:
-        """200 with the critic version once the critic is loaded; 503 while loading or stopping."""
-        health = Health(status=batcher.state, critic_version=batcher.critic_version, detail=batcher.detail)
-        return JSONResponse(health.model_dump(), status_code=200 if batcher.state == "ok" else 503)
+        """200 with the critic version once the critic is loaded; 503 while loading or stopping. Both
+        carry the request limits, so a client can split a step into requests the server accepts."""
+        health = Health(
+            status=batcher.state,
+            critic_version=batcher.critic_version,
+            detail=batcher.detail,
+            limits=advertised,
+        )
+        ready = batcher.state == "ok"
+        headers = {} if ready else {"Retry-After": str(batcher.retry_after_s(settings.retry_after_s))}
+        return JSONResponse(health.model_dump(), status_code=200 if ready else 503, headers=headers)
 
     @app.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
     async def prometheus() -> Response:
@@ -181,43 +221,93 @@ def create_app(settings: ServerSettings, scorer_factory: Callable[[], CriticScor
     return app
 
 
-def reward_config(kind: Kind, override: RewardOverride | None, default: RewardConfig) -> RewardConfig:
-    """The request's reward config; a formula this endpoint cannot compute or an invalid mix is 422."""
+def reward_config(override: RewardOverride | None, default: RewardConfig) -> RewardConfig:
+    """The request's reward config (the wire models already refused a formula the endpoint cannot
+    compute); an invalid mix is 422."""
     if override is None:
         return default
-    if override.formula is not None and override.formula not in FORMULAS[kind]:
-        allowed = ", ".join(sorted(FORMULAS[kind]))
-        raise HTTPException(422, f"reward.formula {override.formula!r} is not for /v1/{kind} (use {allowed})")
     try:
         return override.apply(default)
     except ValidationError as error:
         raise HTTPException(422, f"invalid reward config: {error}") from None
 
 
-def _image(data: str, where: str, limits: ImageLimits) -> Any:
+def unprocessable(_: Request, error: Exception) -> JSONResponse:
+    """422 with pydantic's errors, non-finite numbers written as text: a body holding NaN or Infinity
+    (Python's JSON reader accepts them) is refused, not turned into a 500 by the JSON writer."""
+    assert isinstance(error, RequestValidationError)
+    return JSONResponse({"detail": _finite(jsonable_encoder(error.errors()))}, status_code=422)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
+
+
+def prepare(
+    route: Route, items: Sequence[Any], limits: ImageLimits, max_request_pixels: int, budget: int | None
+) -> list[Any]:
+    """Each item's critic query, or the reason its images do not decode. Every image's header is
+    checked first, so a request over a limit (per image or summed) is a 413 before any pixel is
+    decoded; decoded images are shrunk to the critic's pixel budget."""
+    probed: list[dict[str, ProbedImage] | str] = []
+    for index, item in enumerate(items):
+        images: dict[str, ProbedImage] = {}
+        for name, data in route.images(item).items():
+            try:
+                images[name] = probe_image(data, limits)
+            except ImageRejected as error:
+                if error.status == 413:
+                    raise HTTPException(413, f"items[{index}].{name}: {error}") from None
+                probed.append(f"items[{index}].{name}: {error}")
+                break
+        else:
+            probed.append(images)
+    total = sum(image.pixels for images in probed if not isinstance(images, str) for image in images.values())
+    if total > max_request_pixels:
+        raise HTTPException(413, f"request images hold {total} pixels, the limit is {max_request_pixels}")
+    prepared: list[Any] = []
+    for index, (item, images) in enumerate(zip(items, probed, strict=True)):
+        if isinstance(images, str):
+            prepared.append(images)
+            continue
+        try:
+            prepared.append(route.query(item, {name: load_image(p, budget) for name, p in images.items()}))
+        except ImageRejected as error:
+            if error.status == 413:
+                raise HTTPException(413, f"items[{index}]: {error}") from None
+            prepared.append(f"items[{index}]: {error}")
+    return prepared
+
+
+def item_reward(route: Route, config: RewardConfig, scores: Any) -> Reward:
+    """The item's reward; a reward that cannot be formed masks that item with the reason."""
     try:
-        return decode_image(data, limits)
-    except ImageRejected as error:
-        raise HTTPException(error.status, f"{where}: {error}") from None
+        return route.reward(config, scores)
+    except Exception:
+        reason = f"reward error: {traceback.format_exc(limit=0).strip()}"
+        return Reward(value=None, masked=True, reason=reason)
 
 
-def edit_queries(items: Sequence[EditItem], limits: ImageLimits) -> list[EditQuery]:
-    return [
-        EditQuery(
-            source=_image(item.source, f"items[{i}].source", limits),
-            edited=_image(item.edited, f"items[{i}].edited", limits),
-            instruction=item.instruction,
-            requirement=item.requirement,
-        )
-        for i, item in enumerate(items)
-    ]
+def edit_images(item: EditItem) -> Mapping[str, str]:
+    return {"source": item.source, "edited": item.edited}
 
 
-def gen_queries(items: Sequence[GenItem], limits: ImageLimits) -> list[GenQuery]:
-    return [
-        GenQuery(image=_image(item.image, f"items[{i}].image", limits), prompt=item.prompt)
-        for i, item in enumerate(items)
-    ]
+def edit_query(item: EditItem, images: Mapping[str, Image.Image]) -> EditQuery:
+    return EditQuery(images["source"], images["edited"], item.instruction, item.requirement)
+
+
+def gen_images(item: GenItem) -> Mapping[str, str]:
+    return {"image": item.image}
+
+
+def gen_query(item: GenItem, images: Mapping[str, Image.Image]) -> GenQuery:
+    return GenQuery(image=images["image"], prompt=item.prompt)
 
 
 @dataclass(frozen=True)
@@ -225,11 +315,12 @@ class Route:
     """What sets the edit and gen endpoints apart; the sequence they share is `answer` in `create_app`."""
 
     kind: Kind
-    queries: Callable[[Sequence[Any], ImageLimits], list[Any]]
+    images: Callable[[Any], Mapping[str, str]]
+    query: Callable[[Any, Mapping[str, Image.Image]], Any]
     reward: Callable[[RewardConfig, Any], Reward]
     result: Callable[[Any, Reward], EditResult | GenResult]
     response: type[EditResponse] | type[GenResponse]
 
 
-EDIT = Route("edit", edit_queries, edit_reward, edit_result, EditResponse)
-GEN = Route("gen", gen_queries, gen_reward, gen_result, GenResponse)
+EDIT = Route("edit", edit_images, edit_query, edit_reward, edit_result, EditResponse)
+GEN = Route("gen", gen_images, gen_query, gen_reward, gen_result, GenResponse)

@@ -1,16 +1,21 @@
 """Cross-request dynamic batching in front of one critic.
 
 One worker thread owns the CriticScorer (one model load per server process, and the scorer is only
-ever called from that thread). Requests wait in a bounded queue; the worker takes the oldest one and
-keeps adding waiting requests of the same kind and score mode until the batch holds `max_batch`
-items or `max_wait_s` has passed, then scores them in one critic call. A full queue refuses new
-requests (429), a loading or stopping worker refuses them too (503); a request is never split.
+ever called from that thread). Requests wait in a bounded queue while the worker scores; when it
+frees, it takes every waiting request of the oldest one's kind and score mode, up to `max_batch`
+items (continuous batching). An under-full batch then waits for more a fixed fraction of what a
+batch has been measured to cost (capped at `max_wait_s`): closed-loop clients answered together
+send their next requests a few milliseconds apart, and a fixed wait shorter than that spread split
+them into alternating batches of 1 and 31. A full queue refuses new requests (429), a loading or
+stopping worker refuses them too (503), each with a Retry-After estimated from the measured load
+and batch times; a request is never split.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import threading
 import time
 import traceback
@@ -74,21 +79,49 @@ class Batcher:
         queue_size: int,
         cross_request: bool = True,
         on_batch: Callable[[Kind, int], None] | None = None,
+        wait_fraction: float = 0.1,
+        expected_load_s: float = 60.0,
+        on_loaded: Callable[[float], None] | None = None,
     ) -> None:
         self._factory = scorer_factory
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
+        self.wait_fraction = wait_fraction
         self.queue_size = queue_size
         self.cross_request = cross_request
+        self.expected_load_s = expected_load_s
         self._on_batch = on_batch
+        self._on_loaded = on_loaded
         self._queue: deque[Job] = deque()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
+        self._load_started = time.monotonic()
         self.state: State = "loading"
         self.detail: str | None = None
         self.critic_version: str | None = None
+        self.pixel_budget: int | None = None  # the critic's pixels per image; larger images are shrunk
+        self.batch_seconds: float | None = None  # moving average of a critic batch's wall time
+
+    def batch_wait_s(self) -> float:
+        """How long an under-full batch waits for more requests: a fraction of a batch's cost."""
+        if self.batch_seconds is None:
+            return 0.0
+        return min(self.max_wait_s, self.wait_fraction * self.batch_seconds)
+
+    def retry_after_s(self, least: int) -> int:
+        """Seconds a refused client should wait: what is left of the expected load while loading, the
+        queue's expected drain time when it is full, else `least`."""
+        with self._cond:
+            if self.state == "loading":
+                left = self.expected_load_s - (time.monotonic() - self._load_started)
+                return max(least, math.ceil(left))
+            if self.state == "ok" and self.batch_seconds is not None:
+                waiting = sum(len(job.queries) for job in self._queue)
+                return max(least, math.ceil(self.batch_seconds * (waiting / self.max_batch + 1)))
+            return least
 
     def start(self) -> None:
+        self._load_started = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="critic-worker", daemon=True)
         self._thread.start()
 
@@ -113,14 +146,14 @@ class Batcher:
         job = Job(kind=kind, mode=mode, queries=queries, future=loop.create_future(), loop=loop)
         with self._cond:
             if self.state != "ok":
-                raise Unavailable(self._unavailable_reason())
+                raise Unavailable(self.unavailable_reason())
             if len(self._queue) >= self.queue_size:
                 raise Overloaded(f"{len(self._queue)} requests are waiting (queue size {self.queue_size})")
             self._queue.append(job)
             self._cond.notify_all()
         return job
 
-    def _unavailable_reason(self) -> str:
+    def unavailable_reason(self) -> str:
         if self.state == "loading":
             return "the critic is still loading"
         if self.state == "failed":
@@ -135,8 +168,12 @@ class Batcher:
                 self.state, self.detail = "failed", f"{type(error).__name__}: {error}"
             traceback.print_exc()
             return
+        loaded_s = time.monotonic() - self._load_started
+        if self._on_loaded is not None:
+            self._on_loaded(loaded_s)
         with self._cond:
             self.critic_version = scorer.critic_version
+            self.pixel_budget = pixel_budget(scorer)
             if self.state == "loading":
                 self.state = "ok"
         while True:
@@ -146,7 +183,8 @@ class Batcher:
             self._score(scorer, batch)
 
     def _next_batch(self) -> list[Job] | None:
-        """The oldest live job plus, within max_wait_s, compatible jobs up to max_batch items."""
+        """The oldest live job plus every compatible waiting job up to max_batch items; an under-full
+        batch then waits `batch_wait_s` for more."""
         with self._cond:
             while True:
                 if self.state == "stopping":
@@ -160,8 +198,8 @@ class Batcher:
             if not self.cross_request:
                 return batch
             size = len(batch[0].queries)
-            deadline = time.monotonic() + self.max_wait_s
-            while size < self.max_batch:
+            deadline = time.monotonic() + self.batch_wait_s()
+            while True:
                 for job in list(self._queue):
                     fits = size + len(job.queries) <= self.max_batch
                     if fits and not job.abandoned and (job.kind, job.mode) == (batch[0].kind, batch[0].mode):
@@ -170,17 +208,19 @@ class Batcher:
                         size += len(job.queries)
                 left = deadline - time.monotonic()
                 if size >= self.max_batch or left <= 0 or self.state == "stopping":
-                    break
+                    return batch
                 self._cond.wait(left)
-            return batch
 
     def _score(self, scorer: CriticScorer, batch: list[Job]) -> None:
         """Score a batch in one critic call; if the call raises, score each request alone so one bad
         request cannot fail the others, and turn a request that still raises into per-item failures."""
         if self._on_batch is not None:
             self._on_batch(batch[0].kind, sum(len(job.queries) for job in batch))
+        started = time.monotonic()
         try:
             results = _call(scorer, batch[0].kind, batch[0].mode, [q for job in batch for q in job.queries])
+            took = time.monotonic() - started
+            self.batch_seconds = took if self.batch_seconds is None else (self.batch_seconds + took) / 2
         except Exception:
             if len(batch) > 1:
                 for job in batch:
@@ -193,6 +233,18 @@ class Batcher:
         for job in batch:
             _settle(job, result=results[start : start + len(job.queries)])
             start += len(job.queries)
+
+
+def pixel_budget(scorer: Any) -> int | None:
+    """The most pixels the critic's image processor keeps of an image (Qwen-VL processors name it
+    `size.longest_edge`, in pixels, or `max_pixels`); None when the scorer has no such processor."""
+    processor = getattr(getattr(getattr(scorer, "backend", None), "processor", None), "image_processor", None)
+    size = getattr(processor, "size", None)
+    budget = getattr(size, "longest_edge", None) or (
+        size.get("longest_edge") if isinstance(size, dict) else None
+    )
+    budget = budget or getattr(processor, "max_pixels", None)
+    return int(budget) if budget else None
 
 
 def _call(scorer: CriticScorer, kind: Kind, mode: ScoreMode, queries: list[Any]) -> list[Any]:

@@ -1,6 +1,9 @@
 """A small client of the reward server for the RL trainer. It retries only what a retry can fix: 429
-(queue full) and 503 (critic loading, server restarting) honouring Retry-After, and connection
-errors; any other refusal raises RewardServerError with the server's reason."""
+(queue full) and 503 (critic loading, server restarting), waiting what the server's Retry-After
+says, and connection errors (the server is down or restarting), with backoff; it keeps trying until
+a total deadline per call (default 15 minutes: a restarted server may take minutes to load its
+critic, and an RL run should wait for it rather than die). Any other refusal raises
+RewardServerError with the server's reason."""
 
 from __future__ import annotations
 
@@ -16,13 +19,16 @@ from firm_assets.serving.wire import (
     EditItem,
     EditRequest,
     EditResponse,
+    EditRewardOverride,
     GenItem,
     GenRequest,
     GenResponse,
+    GenRewardOverride,
     Health,
-    RewardOverride,
     encode_image,
 )
+
+DEFAULT_DEADLINE_S = 900.0
 
 RETRYABLE = frozenset({429, 503})
 # The request did not reach the server or its answer was cut off; scoring is pure, so resending is safe.
@@ -44,13 +50,16 @@ class RewardServerError(RuntimeError):
         self.detail = detail
 
 
-def retry_delay(response: httpx.Response | None, attempt: int, backoff_s: float, cap_s: float) -> float:
-    """Seconds to wait before the next try: the server's Retry-After (in seconds) when it sent one,
-    else exponential backoff; never more than cap_s."""
+def retry_delay(
+    response: httpx.Response | None, attempt: int, backoff_s: float, max_backoff_s: float
+) -> float:
+    """Seconds to wait before the next try: the server's Retry-After (in seconds) when it sent one
+    (the caller cuts it to what is left of its deadline), else exponential backoff up to
+    max_backoff_s."""
     header = response.headers.get("Retry-After") if response is not None else None
     if header is not None and header.strip().isdigit():
-        return min(float(header.strip()), cap_s)
-    return min(backoff_s * 2**attempt, cap_s)
+        return float(header.strip())
+    return min(backoff_s * 2**attempt, max_backoff_s)
 
 
 class RewardClient:
@@ -59,15 +68,20 @@ class RewardClient:
         base_url: str,
         token: str | None = None,
         timeout_s: float = 300.0,
-        max_retries: int = 8,
+        deadline_s: float = DEFAULT_DEADLINE_S,
         backoff_s: float = 0.5,
-        max_delay_s: float = 30.0,
+        max_backoff_s: float = 10.0,
+        connections: int = 16,
     ) -> None:
+        """timeout_s bounds one HTTP exchange; deadline_s bounds a call with all its retries."""
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout_s)
-        self.max_retries = max_retries
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        self._http = httpx.Client(
+            base_url=base_url.rstrip("/"), headers=headers, timeout=timeout_s, limits=limits
+        )
+        self.deadline_s = deadline_s
         self.backoff_s = backoff_s
-        self.max_delay_s = max_delay_s
+        self.max_backoff_s = max_backoff_s
         self.retries = 0  # how many retries this client has made, for logs and tests
 
     def __enter__(self) -> RewardClient:
@@ -83,32 +97,40 @@ class RewardClient:
         self,
         items: Sequence[EditQuery],
         mode: ScoreMode = "expectation",
-        reward: RewardOverride | None = None,
+        reward: EditRewardOverride | None = None,
         request_id: str | None = None,
     ) -> EditResponse:
-        """Scores and rewards of one group of edits, in the order given."""
-        wire_items = [
-            EditItem(
-                source=encode_image(q.source),
-                edited=encode_image(q.edited),
-                instruction=q.instruction,
-                requirement=q.requirement,
-            )
-            for q in items
-        ]
-        body = EditRequest(items=wire_items, mode=mode, reward=reward, request_id=request_id)
+        """Scores and rewards of one group of edits, in the order given, in one request."""
+        return self.post_edit([edit_item(q) for q in items], mode, reward, request_id)
+
+    def post_edit(
+        self,
+        items: Sequence[EditItem],
+        mode: ScoreMode = "expectation",
+        reward: EditRewardOverride | None = None,
+        request_id: str | None = None,
+    ) -> EditResponse:
+        body = EditRequest(items=list(items), mode=mode, reward=reward, request_id=request_id)
         return self._post("/v1/edit", body, EditResponse)
 
     def score_gen(
         self,
         items: Sequence[GenQuery],
         mode: ScoreMode = "expectation",
-        reward: RewardOverride | None = None,
+        reward: GenRewardOverride | None = None,
         request_id: str | None = None,
     ) -> GenResponse:
-        """Scores and rewards of one group of generated images, in the order given."""
-        wire_items = [GenItem(image=encode_image(q.image), prompt=q.prompt) for q in items]
-        body = GenRequest(items=wire_items, mode=mode, reward=reward, request_id=request_id)
+        """Scores and rewards of one group of generated images, in the order given, in one request."""
+        return self.post_gen([gen_item(q) for q in items], mode, reward, request_id)
+
+    def post_gen(
+        self,
+        items: Sequence[GenItem],
+        mode: ScoreMode = "expectation",
+        reward: GenRewardOverride | None = None,
+        request_id: str | None = None,
+    ) -> GenResponse:
+        body = GenRequest(items=list(items), mode=mode, reward=reward, request_id=request_id)
         return self._post("/v1/gen", body, GenResponse)
 
     def health(self) -> Health:
@@ -117,22 +139,41 @@ class RewardClient:
 
     def _post(self, path: str, body: BaseModel, answer: type[Model]) -> Model:
         payload = body.model_dump(mode="json", exclude_none=True)
+        deadline = time.monotonic() + self.deadline_s
         attempt = 0
         while True:
             response: httpx.Response | None = None
             try:
                 response = self._http.post(path, json=payload)
             except CONNECTION_ERRORS as error:
-                if attempt == self.max_retries:
-                    raise RewardServerError(None, f"cannot reach the reward server: {error}") from error
+                failure = RewardServerError(None, f"cannot reach the reward server: {error}")
             else:
                 if response.status_code == 200:
                     return answer.model_validate(response.json())
-                if response.status_code not in RETRYABLE or attempt == self.max_retries:
-                    raise RewardServerError(response.status_code, _detail(response))
-            time.sleep(retry_delay(response, attempt, self.backoff_s, self.max_delay_s))
+                failure = RewardServerError(response.status_code, _detail(response))
+                if response.status_code not in RETRYABLE:
+                    raise failure
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RewardServerError(
+                    failure.status, f"{failure.detail} (gave up after {self.deadline_s:g} s)"
+                )
+            time.sleep(min(retry_delay(response, attempt, self.backoff_s, self.max_backoff_s), left))
             attempt += 1
             self.retries += 1
+
+
+def edit_item(query: EditQuery) -> EditItem:
+    return EditItem(
+        source=encode_image(query.source),
+        edited=encode_image(query.edited),
+        instruction=query.instruction,
+        requirement=query.requirement,
+    )
+
+
+def gen_item(query: GenQuery) -> GenItem:
+    return GenItem(image=encode_image(query.image), prompt=query.prompt)
 
 
 def _detail(response: httpx.Response) -> Any:

@@ -1,7 +1,9 @@
 """Wire format version 1 of the reward server: the JSON bodies of `/v1/edit` and `/v1/gen`.
 
-Images travel as base64 PNG or JPEG strings (never pickled objects): the server decodes them with
-PIL under byte and pixel limits, so a malformed or oversized image is a clear 4xx, not a crash.
+Images travel as base64 PNG or JPEG strings (never pickled objects). The server reads each image's
+header first (size in bytes, width x height, per image and summed over the request) and refuses an
+oversized request with 413 before decoding any pixels; an image that does not decode is that item's
+masked result; a decoded image is shrunk to the critic's pixel budget before it is batched.
 """
 
 from __future__ import annotations
@@ -9,11 +11,12 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import math
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from firm_assets.critics.rewards import Reward, RewardConfig
 from firm_assets.critics.scoring import DimensionScore, EditScores, GenScores
@@ -21,6 +24,7 @@ from firm_assets.critics.scoring import DimensionScore, EditScores, GenScores
 WIRE_VERSION = 1
 MAX_ITEMS_PER_REQUEST = 64
 IMAGE_FORMATS = ("PNG", "JPEG")
+RESIZABLE_MODES = ("RGB", "RGBA", "L", "LA")
 
 ScoreModeField = Literal["parsed", "expectation"]
 Text = Annotated[str, Field(min_length=1, max_length=4000)]
@@ -29,30 +33,54 @@ ImageData = Annotated[
     Field(
         min_length=1,
         description="A PNG or JPEG file as base64 (a `data:image/...;base64,` prefix is accepted).",
-        json_schema_extra={"contentEncoding": "base64"},
+        json_schema_extra={
+            "contentEncoding": "base64",
+            "anyOf": [{"contentMediaType": "image/png"}, {"contentMediaType": "image/jpeg"}],
+        },
     ),
 ]
 RequestId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:\-]+$")]
-Weight = Annotated[float, Field(ge=0, le=1000, allow_inf_nan=False)]
+Weight = Annotated[float, Field(ge=0, le=1000, allow_inf_nan=False, strict=True)]  # no true/"1" as 1
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+BOTH_WEIGHTS_ZERO = {"required": ["w1", "w2"], "properties": {"w1": {"const": 0}, "w2": {"const": 0}}}
+
+
 class RewardOverride(_Strict):
     """Changes to the endpoint's default reward config (CME for edit, QMA for gen); unset fields keep
-    the default, so `{"formula": "execution_only"}` is the paper's ablation with default weights."""
+    the default, so `{"formula": "execution_only"}` is the paper's ablation with default weights.
+    Every rule is in the schema (each endpoint lists its own formulas; the weights may not both be
+    0), so a request the schema allows is a request the server takes."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"not": BOTH_WEIGHTS_ZERO})
 
     formula: Literal["cme", "qma", "execution_only", "naive_sum"] | None = None
     w1: Weight | None = None
     w2: Weight | None = None
     normalisation: Literal["minus1_over4", "over5"] | None = None
 
+    @model_validator(mode="after")
+    def _weights(self) -> RewardOverride:
+        if self.w1 == 0 and self.w2 == 0:
+            raise ValueError("reward weights must not both be zero")
+        return self
+
     def apply(self, default: RewardConfig) -> RewardConfig:
         """The default with these changes, validated as a whole (raises pydantic.ValidationError)."""
         changes = self.model_dump(exclude_none=True)
         return RewardConfig.model_validate({**default.model_dump(), **changes})
+
+
+class EditRewardOverride(RewardOverride):
+    formula: Literal["cme", "execution_only", "naive_sum"] | None = None
+
+
+class GenRewardOverride(RewardOverride):
+    formula: Literal["qma", "execution_only", "naive_sum"] | None = None
 
 
 class EditItem(_Strict):
@@ -69,7 +97,6 @@ class GenItem(_Strict):
 
 class _ScoreRequest(_Strict):
     mode: ScoreModeField = "expectation"
-    reward: RewardOverride | None = None
     request_id: RequestId | None = Field(
         default=None, description="Echoed in the response; generated when absent."
     )
@@ -80,10 +107,12 @@ class EditRequest(_ScoreRequest):
     one batch."""
 
     items: list[EditItem] = Field(min_length=1, max_length=MAX_ITEMS_PER_REQUEST)
+    reward: EditRewardOverride | None = None
 
 
 class GenRequest(_ScoreRequest):
     items: list[GenItem] = Field(min_length=1, max_length=MAX_ITEMS_PER_REQUEST)
+    reward: GenRewardOverride | None = None
 
 
 class Score(BaseModel):
@@ -146,10 +175,21 @@ class GenResponse(_ScoreResponse):
     results: list[GenResult]
 
 
+class Limits(BaseModel):
+    """What one request may hold: a client splits a larger step into requests within these."""
+
+    max_items: int
+    max_body_bytes: int
+    max_image_bytes: int
+    max_image_pixels: int
+    max_request_pixels: int
+
+
 class Health(BaseModel):
     status: Literal["ok", "loading", "failed", "stopping"]
     critic_version: str | None
     detail: str | None = None
+    limits: Limits | None = None
 
 
 def edit_result(scores: EditScores, reward: Reward) -> EditResult:
@@ -175,16 +215,30 @@ class ImageLimits:
 
 
 class ImageRejected(ValueError):
-    """An image field the server will not score; `status` is 400 (not a PNG/JPEG) or 413 (too big)."""
+    """An image field the server will not score: `status` 413 (over a limit: the whole request is
+    refused) or 400 (not a PNG/JPEG: that item is masked)."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
 
 
-def decode_image(data: str, limits: ImageLimits) -> Image.Image:
-    """A base64 PNG/JPEG string as a loaded RGB image, checked against the byte and pixel limits
-    before decoding the pixels (a tiny file can claim a huge canvas)."""
+@dataclass(frozen=True)
+class ProbedImage:
+    """An image's bytes and the canvas its header declares; no pixel has been decoded yet."""
+
+    raw: bytes
+    width: int
+    height: int
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+def probe_image(data: str, limits: ImageLimits) -> ProbedImage:
+    """A base64 PNG/JPEG string's bytes and header size, checked against the byte and pixel limits
+    without decoding pixels (a tiny file can claim a huge canvas)."""
     if data.startswith("data:"):
         header, _, data = data.partition(",")
         if not header.endswith(";base64"):
@@ -200,19 +254,50 @@ def decode_image(data: str, limits: ImageLimits) -> Image.Image:
     try:
         with Image.open(io.BytesIO(raw), formats=IMAGE_FORMATS) as probe:
             width, height = probe.size
-            if width * height > limits.max_pixels:
-                raise ImageRejected(
-                    413, f"image is {width}x{height} pixels, the limit is {limits.max_pixels} pixels"
-                )
-            probe.verify()
-        with Image.open(io.BytesIO(raw), formats=IMAGE_FORMATS) as image:
-            return image.convert("RGB")
-    except ImageRejected:
-        raise
-    except (Image.UnidentifiedImageError, Image.DecompressionBombError) as error:
+    except Image.DecompressionBombError as error:
+        limit = f"the limit is {limits.max_pixels} pixels"
+        raise ImageRejected(413, f"decompression bomb: {error}; {limit}") from None
+    except Image.UnidentifiedImageError as error:
         raise ImageRejected(400, f"not a PNG or JPEG image: {error}") from None
     except (OSError, SyntaxError, ValueError) as error:
-        raise ImageRejected(400, f"image does not decode: {error}") from None
+        raise _unreadable(error) from None
+    if width * height > limits.max_pixels:
+        raise ImageRejected(413, f"image is {width}x{height} pixels, the limit is {limits.max_pixels} pixels")
+    return ProbedImage(raw, width, height)
+
+
+def load_image(probe: ProbedImage, pixel_budget: int | None) -> Image.Image:
+    """The probed image decoded as RGB and, when it holds more than `pixel_budget` pixels, shrunk
+    (aspect kept) to fit it: the critic's processor would shrink it anyway, after the batch had held
+    the full canvas."""
+    try:
+        with Image.open(io.BytesIO(probe.raw), formats=IMAGE_FORMATS) as image:
+            size = fitted_size(probe.width, probe.height, pixel_budget)
+            if size == image.size:
+                return image.convert("RGB")
+            image.draft("RGB", size)  # JPEG: decode at a reduced scale; PNG: no effect
+            if image.mode not in RESIZABLE_MODES:  # palette and 1-bit images resize only by nearest
+                image = image.convert("RGB")
+            # shrink first (one full-size buffer, never a second full-size copy), then convert
+            return image.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0).convert("RGB")
+    except (OSError, SyntaxError, ValueError) as error:
+        raise _unreadable(error) from None
+
+
+def fitted_size(width: int, height: int, pixel_budget: int | None) -> tuple[int, int]:
+    """The largest size of the same aspect with at most `pixel_budget` pixels (no budget: as is)."""
+    if pixel_budget is None or width * height <= pixel_budget:
+        return width, height
+    scale = math.sqrt(pixel_budget / (width * height))
+    return max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
+
+
+def _unreadable(error: Exception) -> ImageRejected:
+    """PIL's refusal as the server's: a text chunk that inflates past PIL's cap is a decompression
+    bomb (413), anything else an image that does not decode (400)."""
+    if "decompressed data too large" in str(error).lower():
+        return ImageRejected(413, f"decompression bomb: {error}")
+    return ImageRejected(400, f"image does not decode: {error}")
 
 
 def encode_image(image: Image.Image) -> str:
