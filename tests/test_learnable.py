@@ -208,7 +208,7 @@ def test_trained_critic_beats_the_constant_predictor_on_held_out_items(
         "loss": (summary["first_loss"], summary["final_loss"]),
         "val_loss": summary["final_val_loss"],
     }
-    print(f"LEARNABLE {figures}")  # firm_assets/critics/README.md quotes these: `pytest -s tests/test_learnable.py -k trained`
+    print(f"LEARNABLE {figures}")  # quoted in firm_assets/critics/README.md
     assert constant_mae == pytest.approx(1.2)  # balanced labels: the median label 3 is off by 1.2 on average
     assert figures["text"] <= MARGIN * constant_mae, figures
     assert figures["expectation"] <= MARGIN * constant_mae, figures

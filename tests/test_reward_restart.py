@@ -23,10 +23,10 @@ import pytest
 import torch
 from PIL import Image
 
+from firm_assets.critics.rewards import RewardConfig
 from firm_assets.critics.scoring import CriticScorer
 from firm_assets.rl.critic_reward import critic_reward_fn
 from firm_assets.rl.nft import NFTConfig, PromptItem, RewardBatch, Rollout, StepLog, prompt_id, train_policy
-from firm_assets.critics.rewards import RewardConfig
 from firm_assets.serving.remote import RemoteScorer
 from resources.tiny_diffusion import build_tiny_diffusion
 from resources.tiny_models import VL_NAME

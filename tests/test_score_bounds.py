@@ -18,12 +18,12 @@ from hypothesis import strategies as st
 from loopback import AppServer, LoopbackServer, completion, wait_ready
 from PIL import Image
 
+from firm_assets.critics.rewards import normalise
 from firm_assets.critics.scoring import EXECUTION, CriticScorer, read_score
 from firm_assets.curation.expectation import SCORE_TOKENS, expected_digit
 from firm_assets.curation.parsers import EXECUTION_JSON
 from firm_assets.curation.prompts import load_template
 from firm_assets.curation.stage import ChatStage, StageInput, run_chat_stage
-from firm_assets.critics.rewards import normalise
 from firm_assets.serving.app import create_app
 from firm_assets.serving.settings import ServerSettings
 from firm_assets.serving.wire import encode_image

@@ -26,7 +26,6 @@ from pydantic import BaseModel, ValidationError
 
 from firm_assets.critics.rewards import Reward, RewardConfig, edit_reward, gen_reward
 from firm_assets.critics.scoring import CriticScorer, EditQuery, GenQuery, ScoreMode
-from firm_assets.critics.rewards import Reward, RewardConfig, edit_reward, gen_reward
 from firm_assets.serving.auth import BearerMiddleware
 from firm_assets.serving.batching import Batcher, Kind, Overloaded, Unavailable, failed_scores
 from firm_assets.serving.metrics import MetricsMiddleware, ServerMetrics
