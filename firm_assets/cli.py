@@ -113,6 +113,11 @@ def run_job(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"firm run: {error}", file=sys.stderr)
         return 2
+    if args.profiles:
+        if not os.path.isfile(args.profiles):
+            print(f"firm run: no profiles file {args.profiles}", file=sys.stderr)
+            return 2
+        os.environ["FIRM_PROFILES_FILE"] = os.path.abspath(args.profiles)
     if not args.verbose:
         quiet_libraries()
     from dagster import DagsterInvalidConfigError
@@ -272,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
         "job", nargs="?", default="main", choices=jobs, metavar="JOB", help="one of the jobs below"
     )
     run.add_argument("-c", "--config", default="", help="run config YAML (Dagster's shape: ops:, resources:)")
+    run.add_argument(
+        "--profiles", default="", help="your profiles YAML, laid over the packaged ones (FIRM_PROFILES_FILE)"
+    )
     run.add_argument("-v", "--verbose", action="store_true", help="also print Dagster's DEBUG event stream")
     run.set_defaults(func=run_job)
     runs = commands.add_parser("runs", help="run hygiene").add_subparsers(dest="action", required=True)
