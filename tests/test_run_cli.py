@@ -21,12 +21,14 @@ from firm_assets.run_progress import (
     ProgressView,
     _Step,
     eta_seconds,
+    failure_reason,
     metadata_totals,
     progress_message,
     report_due,
     with_console_level,
 )
 from firm_assets.run_sweep import HOST_TAG, PID_START_TAG, PID_TAG, owner_gone, owner_tags
+from warehouse.connection import WarehouseBusy
 
 REPO = Path(__file__).resolve().parent.parent
 HOST = socket.gethostname()
@@ -128,6 +130,22 @@ def test_progress_view_prints_progress_and_warnings() -> None:
         "  edit_scores                  10/20 model calls  ETA 10s",
         "  edit_requests                warning: 2 lines quarantined",
     ]
+
+
+def test_failure_reason_is_the_innermost_cause_in_one_line() -> None:
+    from dagster._utils.error import serializable_error_info_from_exc_info
+
+    try:
+        try:
+            raise WarehouseBusy("gave up after 1 s waiting for DuckDB's lock on w.duckdb (held by pid 7 (x))")
+        except WarehouseBusy as busy:
+            raise RuntimeError("Error occurred while executing op edit_scores") from busy
+    except RuntimeError:
+        error = serializable_error_info_from_exc_info(sys.exc_info())
+    assert failure_reason(error) == (
+        "warehouse.connection.WarehouseBusy: gave up after 1 s waiting for DuckDB's lock on w.duckdb"
+        " (held by pid 7 (x))"
+    )
 
 
 def test_step_line() -> None:
