@@ -34,10 +34,12 @@ from warehouse.connection import Warehouse
 
 # part of every version's params: a change to the files of a version folder makes new versions
 EXPORT_LAYOUT = 4  # 3: task files hold one record per line; 4: image bytes and a dataset card
-# Rows per Parquet row group, each converted and written on its own (image bytes included, so a group
-# holds at most this many rows' images in memory): the `datasets` library's own row group size for
-# image datasets (`config.PARQUET_ROW_GROUP_SIZE_FOR_IMAGE_DATASETS`).
-PARQUET_ROWS = 100
+# A Parquet row group holds at most PARQUET_ROWS rows and, past PARQUET_GROUP_BYTES of converted data
+# (image bytes included), ends with the slice of PARQUET_SLICE_ROWS rows that crossed it: memory stays
+# bounded whether the images are 64-pixel thumbnails or megapixel PNGs.
+PARQUET_ROWS = 50_000
+PARQUET_GROUP_BYTES = 64 * 2**20
+PARQUET_SLICE_ROWS = 100
 # The Hugging Face `Image` feature's storage: the file's bytes and its (informative) path.
 IMAGE_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 CARD = "README.md"
@@ -190,8 +192,8 @@ def _image_structs(relative: list[str | None], images: Path) -> pa.Array:
 
 
 def _write_parquet(path: Path, frame: pl.DataFrame, image_names: dict[str, str], columns: list[str]) -> None:
-    """`frame` as Parquet, PARQUET_ROWS rows per row group, each group converted and written on its
-    own; image columns become `images/<name>` (relative to the version folder), and each gains an
+    """`frame` as Parquet, converted a slice at a time and written a row group at a time (see
+    PARQUET_ROWS); image columns become `images/<name>` (relative to the version folder), and each gains an
     `Image` column with the bytes of `path.parent/images/<name>`."""
     relative = [
         pl.concat_str(pl.lit("images/"), pl.col(c).replace_strict(image_names)).alias(c) for c in columns
@@ -206,10 +208,21 @@ def _write_parquet(path: Path, frame: pl.DataFrame, image_names: dict[str, str],
 
     schema = table(frame.head(0)).schema.with_metadata(huggingface_metadata(columns))
     with pq.ParquetWriter(path, schema, compression="zstd") as writer:
-        for part in frame.iter_slices(PARQUET_ROWS):
-            writer.write_table(
-                table(part).replace_schema_metadata(schema.metadata), row_group_size=PARQUET_ROWS
-            )
+        group: list[pa.Table] = []
+
+        def flush() -> None:
+            if group:
+                writer.write_table(pa.concat_tables(group), row_group_size=PARQUET_ROWS)
+                group.clear()
+
+        for part in frame.iter_slices(PARQUET_SLICE_ROWS):
+            group.append(table(part).replace_schema_metadata(schema.metadata))
+            if (
+                sum(t.num_rows for t in group) >= PARQUET_ROWS
+                or sum(t.nbytes for t in group) >= PARQUET_GROUP_BYTES
+            ):
+                flush()
+        flush()
 
 
 def card_dtype(kind: pa.DataType) -> str | dict:
