@@ -509,9 +509,9 @@ def test_parquet_is_written_a_row_group_at_a_time(tmp_path: Path, monkeypatch: p
             {"bytes": b"first", "path": "images/x.png"},
         ],
     }
-    # past the byte bound a group ends with the slice that crossed it: here every slice of one row
+    # groups sized by the image bytes of the one before: here one row each
     monkeypatch.setattr(dataset_module, "PARQUET_ROWS", 50)
-    monkeypatch.setattr(dataset_module, "PARQUET_SLICE_ROWS", 1)
+    monkeypatch.setattr(dataset_module, "PARQUET_FIRST_ROWS", 1)
     monkeypatch.setattr(dataset_module, "PARQUET_GROUP_BYTES", 1)
     dataset_module._write_parquet(tmp_path / "small.parquet", frame, names, ["edited_path"])
     assert pq.ParquetFile(tmp_path / "small.parquet").metadata.num_row_groups == 3

@@ -34,12 +34,12 @@ from warehouse.connection import Warehouse
 
 # part of every version's params: a change to the files of a version folder makes new versions
 EXPORT_LAYOUT = 4  # 3: task files hold one record per line; 4: image bytes and a dataset card
-# A Parquet row group holds at most PARQUET_ROWS rows and, past PARQUET_GROUP_BYTES of converted data
-# (image bytes included), ends with the slice of PARQUET_SLICE_ROWS rows that crossed it: memory stays
-# bounded whether the images are 64-pixel thumbnails or megapixel PNGs.
+# A Parquet row group holds at most PARQUET_ROWS rows and about PARQUET_GROUP_BYTES of image bytes (the
+# first group, PARQUET_FIRST_ROWS rows, measures them; each next one is sized by the one before), so
+# memory stays bounded whether the images are 64-pixel thumbnails or megapixel PNGs.
 PARQUET_ROWS = 50_000
 PARQUET_GROUP_BYTES = 64 * 2**20
-PARQUET_SLICE_ROWS = 100
+PARQUET_FIRST_ROWS = 100
 # The Hugging Face `Image` feature's storage: the file's bytes and its (informative) path.
 IMAGE_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 CARD = "README.md"
@@ -208,21 +208,13 @@ def _write_parquet(path: Path, frame: pl.DataFrame, image_names: dict[str, str],
 
     schema = table(frame.head(0)).schema.with_metadata(huggingface_metadata(columns))
     with pq.ParquetWriter(path, schema, compression="zstd") as writer:
-        group: list[pa.Table] = []
-
-        def flush() -> None:
-            if group:
-                writer.write_table(pa.concat_tables(group), row_group_size=PARQUET_ROWS)
-                group.clear()
-
-        for part in frame.iter_slices(PARQUET_SLICE_ROWS):
-            group.append(table(part).replace_schema_metadata(schema.metadata))
-            if (
-                sum(t.num_rows for t in group) >= PARQUET_ROWS
-                or sum(t.nbytes for t in group) >= PARQUET_GROUP_BYTES
-            ):
-                flush()
-        flush()
+        start, rows = 0, min(PARQUET_FIRST_ROWS, PARQUET_ROWS)
+        while start < frame.height:
+            part = table(frame.slice(start, rows)).replace_schema_metadata(schema.metadata)
+            writer.write_table(part, row_group_size=rows)
+            start += part.num_rows
+            per_row = sum(part[image_feature_column(c)].nbytes for c in columns) / part.num_rows
+            rows = max(1, min(PARQUET_ROWS, int(PARQUET_GROUP_BYTES / max(per_row, 1.0))))
 
 
 def card_dtype(kind: pa.DataType) -> str | dict:
