@@ -114,10 +114,12 @@ def run_job(args: argparse.Namespace) -> int:
         print(f"firm run: {error}", file=sys.stderr)
         return 2
     if args.profiles:
+        from resources.profiles import PROFILES_FILE_ENV
+
         if not os.path.isfile(args.profiles):
             print(f"firm run: no profiles file {args.profiles}", file=sys.stderr)
             return 2
-        os.environ["FIRM_PROFILES_FILE"] = os.path.abspath(args.profiles)
+        os.environ[PROFILES_FILE_ENV] = os.path.abspath(args.profiles)
     if not args.verbose:
         quiet_libraries()
     from dagster import DagsterInvalidConfigError
