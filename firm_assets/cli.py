@@ -257,7 +257,9 @@ def cost(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    jobs = job_names()
+    argv = sys.argv[1:] if argv is None else argv
+    # the job list imports Dagster (a second): only `firm run` and the help need it, not `firm audit`
+    jobs = job_names() if not argv or argv[0] in ("run", "-h", "--help") else {}
     listing = "\n".join(f"  {name:14} {description}" for name, description in jobs.items())
     parser = argparse.ArgumentParser(
         prog="firm",
