@@ -19,6 +19,25 @@ if TYPE_CHECKING:
     from warehouse.connection import Warehouse
 
 
+# Written into the dagster.yaml of an instance the CLI creates: default storage, and telemetry decided
+# (off: the project runs offline), so Dagster does not print its first-use banner into a run's output.
+INSTANCE_CONFIG = """# Default storage: SQLite files in this folder.
+# Dagster's usage statistics; set `enabled: true` to send them.
+telemetry:
+  enabled: false
+"""
+# Set for a run without -v, before the libraries are imported (children such as a Pipes trainer
+# inherit them): no tqdm bars (model loading, shard writing), no library warnings or INFO logs.
+QUIET_ENVIRONMENT = {
+    "TQDM_DISABLE": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "DIFFUSERS_VERBOSITY": "error",
+    "MLFLOW_LOGGING_LEVEL": "ERROR",
+    "PYTHONWARNINGS": "ignore",
+}
+
+
 def _dagster_home() -> str:
     """Runs go to a persistent instance under FIRM_HOME so `dagster dev` shows them afterwards."""
     home = os.environ.setdefault("DAGSTER_HOME", str(firm_home() / "dagster"))
@@ -26,8 +45,23 @@ def _dagster_home() -> str:
     config = os.path.join(home, "dagster.yaml")
     if not os.path.exists(config):
         with open(config, "w") as handle:
-            handle.write("# Default storage: SQLite files in this folder.\n")
+            handle.write(INSTANCE_CONFIG)
     return home
+
+
+def quiet_libraries() -> None:
+    """Only the project's lines on a run's console: the environment above (a variable the user set
+    keeps its value) and Python's warnings off in this process."""
+    for name, value in QUIET_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+    warnings.simplefilter("ignore")
+
+
+def job_names() -> dict[str, str]:
+    """Every job `firm run` takes, with its description."""
+    from jobs.curation import JOBS
+
+    return {job.name: job.description or "" for job in JOBS}
 
 
 def build_tiny(_: argparse.Namespace) -> int:
@@ -79,27 +113,38 @@ def run_job(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"firm run: {error}", file=sys.stderr)
         return 2
-    from dagster import BetaWarning, DagsterInvalidConfigError
+    if args.profiles:
+        from resources.profiles import PROFILES_FILE_ENV
+
+        if not os.path.isfile(args.profiles):
+            print(f"firm run: no profiles file {args.profiles}", file=sys.stderr)
+            return 2
+        os.environ[PROFILES_FILE_ENV] = os.path.abspath(args.profiles)
+    if not args.verbose:
+        quiet_libraries()
+    from dagster import DagsterInvalidConfigError
 
     from firm_assets.definitions import defs
     from firm_assets.run_progress import ProgressView, with_console_level
     from firm_assets.run_sweep import owner_tags
     from resources.home import warehouse_path
     from resources.models import ensure_tiny_models
-    from warehouse.connection import Warehouse
+    from warehouse.connection import Warehouse, WarehouseBusy
     from warehouse.summary import print_summary
 
-    if not args.verbose:  # the progress view stays compact: no repeated notes on Dagster's beta APIs
-        warnings.filterwarnings("ignore", category=BetaWarning)
     ensure_tiny_models()
-    # Created and migrated up front, so the read-only summary can open it however the run ends.
-    Warehouse(warehouse_path()).rows("SELECT 1")
+    try:
+        # Created and migrated up front, so the read-only summary can open it however the run ends.
+        Warehouse(warehouse_path()).rows("SELECT 1")
+    except WarehouseBusy as error:
+        print(f"firm run: {error}", file=sys.stderr)
+        return 2
     instance = _instance(dagster_home)
     _print_swept(instance)
     run_id = str(uuid.uuid4())
     instance.add_event_listener(run_id, ProgressView(write=lambda line: print(line, flush=True)))
     try:
-        result = defs.get_job_def(args.job).execute_in_process(
+        result = defs.resolve_job_def(args.job).execute_in_process(
             run_config=with_console_level(run_config, args.verbose),
             instance=instance,
             raise_on_error=False,
@@ -109,7 +154,10 @@ def run_job(args: argparse.Namespace) -> int:
     except DagsterInvalidConfigError as error:
         print(f"firm run: run config rejected: {error}", file=sys.stderr)
         return 2
-    print_summary(result, dagster_home)
+    try:
+        print_summary(result, dagster_home)
+    except WarehouseBusy as error:
+        print(f"firm run: no summary: {error}", file=sys.stderr)
     return 0 if result.success else 1
 
 
@@ -209,14 +257,33 @@ def cost(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="firm", description=__doc__)
+    argv = sys.argv[1:] if argv is None else argv
+    # the job list imports Dagster (a second): only `firm run` and the help need it, not `firm audit`
+    jobs = job_names() if not argv or argv[0] in ("run", "-h", "--help") else {}
+    listing = "\n".join(f"  {name:14} {description}" for name, description in jobs.items())
+    parser = argparse.ArgumentParser(
+        prog="firm",
+        description=__doc__,
+        epilog=f"jobs (firm run JOB):\n{listing}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("build-tiny", help="build the tiny offline models under FIRM_HOME").set_defaults(
         func=build_tiny
     )
-    run = commands.add_parser("run", help="materialize a job (default: main, every asset)")
-    run.add_argument("job", nargs="?", default="main")
+    run = commands.add_parser(
+        "run",
+        help="materialize a job (default: main, every asset)",
+        epilog=f"jobs:\n{listing}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument(
+        "job", nargs="?", default="main", choices=jobs, metavar="JOB", help="one of the jobs below"
+    )
     run.add_argument("-c", "--config", default="", help="run config YAML (Dagster's shape: ops:, resources:)")
+    run.add_argument(
+        "--profiles", default="", help="your profiles YAML, laid over the packaged ones (FIRM_PROFILES_FILE)"
+    )
     run.add_argument("-v", "--verbose", action="store_true", help="also print Dagster's DEBUG event stream")
     run.set_defaults(func=run_job)
     runs = commands.add_parser("runs", help="run hygiene").add_subparsers(dest="action", required=True)

@@ -27,15 +27,7 @@ from firm_assets.gen import inbox as gen_inbox
 from firm_assets.gen import scores as gen_scores
 from firm_assets.rl import assets as rl_assets
 from firm_assets.rl import checks as rl_checks
-from jobs.curation import (
-    bench_job,
-    edit_curation_job,
-    edit_inbox_job,
-    gen_curation_job,
-    gen_inbox_job,
-    main_job,
-    rl_job,
-)
+from jobs.curation import JOBS
 from resources.models import ModelsResource
 from resources.profiles import DEFAULT_PROFILE
 from resources.tracking import TrackingResource
@@ -83,7 +75,7 @@ CHECKS = load_asset_checks_from_modules([edit_checks, gen_checks, bench_checks, 
 defs = Definitions(
     assets=ASSETS,
     asset_checks=CHECKS,
-    jobs=[main_job, edit_curation_job, gen_curation_job, rl_job, bench_job, edit_inbox_job, gen_inbox_job],
+    jobs=list(JOBS),
     schedules=[nightly_edit_recuration],
     sensors=[
         edit_requests_changed,

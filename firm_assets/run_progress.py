@@ -1,9 +1,12 @@
 """The compact view `firm run` prints while a job runs: one line per finished step (assets, rows,
 cache hits, model calls, model seconds, elapsed) and, while a stage reports progress, how far it is
-and when it should end. Dagster's own event stream stays in its console logger, shown under `-v`."""
+and, once enough of it is done to tell, when it should end; the warnings the assets log and, for a
+failed step, the error that failed it (one line, no traceback). Dagster's own event stream stays in
+its console logger, shown under `-v`."""
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import time
@@ -63,9 +66,9 @@ class ProgressReporter:
 
 
 def console_log_level(verbose: bool) -> str:
-    """Dagster's console logger shows its DEBUG event stream only when asked; warnings and errors
-    (a quarantined input, a failed step's traceback) always."""
-    return "DEBUG" if verbose else "WARNING"
+    """Dagster's console logger shows its DEBUG event stream only when asked; otherwise nothing but
+    a critical error, since the view itself prints the assets' warnings and each failed step's error."""
+    return "DEBUG" if verbose else "CRITICAL"
 
 
 def with_console_level(run_config: Mapping[str, Any], verbose: bool) -> dict[str, Any]:
@@ -75,11 +78,20 @@ def with_console_level(run_config: Mapping[str, Any], verbose: bool) -> dict[str
     return {**run_config, "loggers": {"console": {"config": {"log_level": console_log_level(verbose)}}}}
 
 
-def eta_seconds(done: int, total: int, elapsed_s: float) -> float | None:
-    """Seconds left at the rate so far; None before any work is done or when nothing is left to time."""
-    if done <= 0 or total <= done:
+# An ETA is shown once this share of a stage's work is done since its first report.
+ETA_AFTER_FRACTION = 0.1
+
+
+def eta_seconds(done: int, total: int, first_done: int, since_first_s: float) -> float | None:
+    """Seconds left at the mean rate since the stage's first report (`first_done` units done then,
+    `since_first_s` ago). Measured from that report, not the step's start, so loading the model and
+    the first batch do not inflate it; averaged over everything since, so one slow batch does not
+    swing it. None until a tenth of the work is done since that report (too little to tell), and
+    when nothing is left."""
+    progressed = done - first_done
+    if total <= done or progressed <= 0 or since_first_s <= 0 or progressed < ETA_AFTER_FRACTION * total:
         return None
-    return elapsed_s * (total - done) / done
+    return since_first_s * (total - done) / progressed
 
 
 def metadata_totals(metadata: Mapping[str, Any]) -> dict[str, float]:
@@ -103,11 +115,32 @@ def _figure(name: str, value: float) -> str:
     return f"{name}={value:.1f}" if name == "model_seconds" else f"{name}={int(value)}"
 
 
+@dataclass(frozen=True)
+class _Series:
+    """A stage's first progress report in a step (a step may run several stages one after the other,
+    such as a score stage and its canary): its total, what was done then, and when."""
+
+    total: int
+    first_done: int
+    first_at: float
+
+
 @dataclass
 class _Step:
     started: float
     assets: list[str] = field(default_factory=list)
     totals: dict[str, float] = field(default_factory=dict)
+    series: _Series | None = None
+    last_done: int = 0
+
+
+def failure_reason(error: Any) -> str:
+    """The innermost cause of a step's failure (Dagster wraps the asset's exception) as one line,
+    `Class: message`: what went wrong, without the traceback (`-v` shows that)."""
+    while error.cause is not None:
+        error = error.cause
+    lines = [line for line in (error.message or "").strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else error.cls_name or "unknown error"
 
 
 @dataclass
@@ -123,7 +156,10 @@ class ProgressView:
         event = entry.dagster_event
         key = entry.step_key or ""
         if event is None:
-            self._progress(key, entry.user_message, entry.timestamp)
+            if entry.level >= logging.WARNING:
+                self.write(f"  {key:28} {logging.getLevelName(entry.level).lower()}: {entry.user_message}")
+            else:
+                self._progress(key, entry.user_message, entry.timestamp)
         elif event.is_step_start:
             self.steps[key] = _Step(started=entry.timestamp)
         elif event.is_step_materialization:
@@ -137,13 +173,20 @@ class ProgressView:
             if not step.assets and event.is_step_success:
                 return  # a check's own step: the summary lists every check's verdict
             self.write(self.step_line(key, step, entry.timestamp - step.started, event.is_step_failure))
+            if event.is_step_failure and event.step_failure_data.error is not None:
+                self.write(f"    {failure_reason(event.step_failure_data.error)}")
 
     def _progress(self, key: str, message: str, now: float) -> None:
         match = PROGRESS.match(message)
         if not match or key not in self.steps:
             return
         done, total = int(match["done"]), int(match["total"])
-        eta = eta_seconds(done, total, now - self.steps[key].started)
+        step = self.steps[key]
+        series = step.series
+        if series is None or series.total != total or done < step.last_done:  # another stage began
+            series = step.series = _Series(total, done, now)
+        step.last_done = done
+        eta = eta_seconds(done, total, series.first_done, now - series.first_at)
         self.write(
             f"  {key:28} {done}/{total} {match['unit']}" + ("" if eta is None else f"  ETA {eta:.0f}s")
         )

@@ -55,3 +55,6 @@ gen_inbox_job = define_asset_job(
     selection=AssetSelection.assets(gen_inbox_prompts),
     description="Import one gen-inbox prompt file (a partition) into the warehouse.",
 )
+
+# Every named job, in the order `firm --help` lists them.
+JOBS = (main_job, edit_curation_job, gen_curation_job, rl_job, bench_job, edit_inbox_job, gen_inbox_job)

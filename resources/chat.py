@@ -164,6 +164,12 @@ class ChatBackend(Protocol):
         """The assistant's answer text for each request, in order."""
         ...
 
+    def generate_each(self, requests: Sequence[ChatRequest], decoding: Decoding) -> list[str | CallFailure]:
+        """`generate`'s answers, where a backend that sends each request on its own (a server) returns a
+        failed request's classified failure in its place, so one refusal costs that request only. A
+        backend that computes a batch together raises for the batch (the cached stage narrows it)."""
+        ...
+
     def next_token_probs(
         self, requests: Sequence[ChatRequest], assistant_prefixes: Sequence[str], tokens: Sequence[str]
     ) -> list[dict[str, float]]:
@@ -220,10 +226,11 @@ def _in_memory_rgb(image: Image.Image, label: str) -> Image.Image:
 
 @dataclass(frozen=True)
 class CallFailure:
-    """Why one request failed, and whether it may succeed when tried again later."""
+    """Why one request failed, whether it may succeed when tried again later, and the error itself."""
 
     reason: str
     transient: bool
+    error: Exception = field(compare=False, repr=False)
 
 
 def classify_failure(error: Exception) -> CallFailure:
@@ -233,4 +240,5 @@ def classify_failure(error: Exception) -> CallFailure:
     memory, timeouts, connection errors, a model's own exception) counts as transient: a failure is
     cached only when trying again cannot help, so a fix or a freed GPU is picked up by the next run."""
     declared = getattr(error, "transient", True)
-    return CallFailure(f"{type(error).__name__}: {error}", declared if isinstance(declared, bool) else True)
+    transient = declared if isinstance(declared, bool) else True
+    return CallFailure(f"{type(error).__name__}: {error}", transient, error)

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dagster import ConfigurableResource
+from dagster import Config, ConfigurableResource
 
 from resources.chat import ChatBackend
 from resources.home import firm_home
@@ -159,10 +159,54 @@ def load_image_backend(config: ImageModelConfig, release_others: bool = False):
     return _LOADED[cache_key]
 
 
+class ChatRoleConfig(Config):
+    """Run config for one chat role: each field set replaces the profile's (`ChatModelConfig` says
+    what each means), so a role can be sent to its own server and model with its own concurrency,
+    retries and timeout."""
+
+    backend: str | None = None
+    model: str | None = None
+    revision: str | None = None
+    base_url: str | None = None
+    server: str | None = None
+    api_key_env: str | None = None
+    concurrency: int | None = None
+    max_retries: int | None = None
+    timeout_s: float | None = None
+    batch_size: int | None = None
+    device: str | None = None
+    dtype: str | None = None
+    thinking: bool | None = None
+
+
+class ImageRoleConfig(Config):
+    """Run config for the editors or the generators: each field set replaces the profile's in every
+    editor (generator) it lists (the shipped profiles list one of each)."""
+
+    model: str | None = None
+    revision: str | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    size: int | None = None
+    device: str | None = None
+    dtype: str | None = None
+
+
+def _set_fields(config: Config | None) -> dict[str, Any]:
+    return (
+        {}
+        if config is None
+        else {key: value for key, value in config.model_dump().items() if value is not None}
+    )
+
+
 class ModelsResource(ConfigurableResource):
-    """Which models do the work. `profile` picks a named set; the optional fields override one role's
-    model, point every chat role at an OpenAI-compatible server (`chat_server`: `vllm` or `openai`),
-    or turn the planner's Qwen3 thinking on or off (`planner_thinking`)."""
+    """Which models do the work. `profile` picks a named set (the packaged `profiles.yaml`, extended
+    by the file FIRM_PROFILES_FILE names); `captioner`, `judge`, `planner`, `editor` and `generator`
+    change one role's settings (its own server, model, concurrency ...). The older fields override one
+    role's model, point every chat role at one OpenAI-compatible server (`chat_server`: `vllm` or
+    `openai`), or turn the planner's Qwen3 thinking on or off (`planner_thinking`); a role's own block
+    is applied after them."""
 
     profile: str = DEFAULT_PROFILE
     captioner_model: str | None = None
@@ -173,11 +217,16 @@ class ModelsResource(ConfigurableResource):
     chat_server: str | None = None
     critic_base: str | None = None
     planner_thinking: bool | None = None
+    captioner: ChatRoleConfig | None = None
+    judge: ChatRoleConfig | None = None
+    planner: ChatRoleConfig | None = None
+    editor: ImageRoleConfig | None = None
+    generator: ImageRoleConfig | None = None
 
     def settings(self) -> Profile:
         """The profile with this resource's overrides applied."""
         profile = get_profile(self.profile)
-        changes = {}
+        changes: dict[str, Any] = {}
         for role in CHAT_ROLES:
             config: ChatModelConfig = getattr(profile, role)
             override = {
@@ -192,7 +241,13 @@ class ModelsResource(ConfigurableResource):
             }
             if role == "planner" and self.planner_thinking is not None:
                 override["thinking"] = self.planner_thinking
+            override.update(_set_fields(getattr(self, role)))
             changes[role] = dataclasses.replace(config, **override)
+        for name, block in (("editors", self.editor), ("generators", self.generator)):
+            if fields := _set_fields(block):
+                changes[name] = tuple(
+                    dataclasses.replace(config, **fields) for config in getattr(profile, name)
+                )
         if self.critic_base:
             changes["critic"] = dataclasses.replace(profile.critic, base=self.critic_base)
         return dataclasses.replace(profile, **changes)

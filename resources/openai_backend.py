@@ -21,7 +21,17 @@ from typing import Any, TypeVar
 import openai
 from openai.types.chat import ChatCompletion
 
-from resources.chat import ChatRequest, Decoding, ImagePart, ModelRef, ProbedAnswer, TokenProbs, TokenUsage
+from resources.chat import (
+    CallFailure,
+    ChatRequest,
+    Decoding,
+    ImagePart,
+    ModelRef,
+    ProbedAnswer,
+    TokenProbs,
+    TokenUsage,
+    classify_failure,
+)
 from resources.messages import chat_messages
 
 # Which kind of server answers: only a vLLM server gets vLLM's extensions to the request
@@ -171,10 +181,27 @@ class OpenAIBackend:
         0.12), and the answer is returned unstripped, as the transformers backend does: the server
         guarantees a full match. Other servers have no such field: they answer unguided, the answer is
         stripped, and the stage's parser alone decides whether it has the format."""
-        texts = [
-            _first_choice(answer).message.content or "" for answer in self._generate_all(requests, decoding)
+        answers = self.generate_each(requests, decoding)
+        for answer in answers:
+            if isinstance(answer, CallFailure):
+                raise answer.error
+        return [answer for answer in answers if isinstance(answer, str)]
+
+    def generate_each(self, requests: Sequence[ChatRequest], decoding: Decoding) -> list[str | CallFailure]:
+        """`generate`'s answer for each request, or that request's own classified failure: every
+        request is sent once (and retried by the SDK only when the failure may pass), so a refused
+        request never costs its neighbours a second request."""
+        results = self._run_each(self._completion_call(decoding), requests)
+        return [
+            result if isinstance(result, CallFailure) else self._text(result, decoding) for result in results
         ]
-        return texts if self._guided(decoding) else [text.strip() for text in texts]
+
+    def _text(self, answer: ChatCompletion, decoding: Decoding) -> str | CallFailure:
+        try:
+            text = _first_choice(answer).message.content or ""
+        except ChatAPIError as error:
+            return classify_failure(error)
+        return text if self._guided(decoding) else text.strip()
 
     def generate_probed(
         self, requests: Sequence[ChatRequest], decoding: Decoding, tokens: Sequence[str]
@@ -199,7 +226,12 @@ class OpenAIBackend:
     def _generate_all(
         self, requests: Sequence[ChatRequest], decoding: Decoding, **extra: Any
     ) -> list[ChatCompletion]:
-        """One completion per request under `decoding` (its regex sent to vLLM servers only)."""
+        """One completion per request under `decoding`; the first failure raises."""
+        return self._run_all(self._completion_call(decoding, **extra), requests)
+
+    def _completion_call(self, decoding: Decoding, **extra: Any) -> Callable[[ChatRequest], ChatCompletion]:
+        """The call that asks for one request's completion under `decoding` (its regex sent to vLLM
+        servers only)."""
         extra_body = {"structured_outputs": {"regex": decoding.regex}} if self._guided(decoding) else {}
 
         def call(request: ChatRequest) -> ChatCompletion:
@@ -213,7 +245,7 @@ class OpenAIBackend:
                 **extra,
             )
 
-        return self._run_all(call, requests)
+        return call
 
     def next_token_probs(
         self, requests: Sequence[ChatRequest], assistant_prefixes: Sequence[str], tokens: Sequence[str]
@@ -283,6 +315,20 @@ class OpenAIBackend:
             for future in futures:
                 future.cancel()
             raise
+
+    def _run_each(
+        self, call: Callable[[Item], ChatCompletion], items: Sequence[Item]
+    ) -> list[ChatCompletion | CallFailure]:
+        """Answers in request order, each request on its own: a failed one (a refusal, an image that
+        cannot be encoded) is its classified failure and the others still run."""
+        futures = [self._pool.submit(call, item) for item in items]
+        results: list[ChatCompletion | CallFailure] = []
+        for future in futures:
+            try:
+                results.append(future.result())
+            except Exception as error:  # one request's failure is that request's
+                results.append(classify_failure(error))
+        return results
 
     def _create(self, **params: Any) -> ChatCompletion:
         """One chat completion, retried by the SDK; its exceptions become ChatAPIErrors."""

@@ -1,4 +1,8 @@
-"""Named model profiles (profiles.yaml): which backend and model each role uses."""
+"""Named model profiles (profiles.yaml): which backend and model each role uses.
+
+A user keeps their own profiles in a YAML file named by FIRM_PROFILES_FILE (`firm run --profiles`):
+a profile there with a packaged profile's name is merged over it, and a new one may start from
+another with `extends: NAME`; mappings merge key by key, anything else (a list, a value) replaces."""
 
 from __future__ import annotations
 
@@ -7,11 +11,13 @@ import re
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 DEFAULT_PROFILE = "cpu-tiny"
+PROFILES_FILE_ENV = "FIRM_PROFILES_FILE"
 TINY_PREFIX = "tiny:"
 # `${NAME}` or `${NAME:-default}` in a profile's string values: read from the environment when the
 # profile is loaded, so one profile serves whatever small models a machine has (`gpu-small`).
@@ -147,14 +153,50 @@ def _profile(name: str, data: dict[str, Any]) -> Profile:
     )
 
 
+def merged(base: Any, over: Any) -> Any:
+    """`over` laid on `base`: mappings merge key by key (recursively), anything else is replaced."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        return {**base, **{key: merged(base.get(key), value) for key, value in over.items()}}
+    return over
+
+
 @cache
-def _profile_data() -> dict[str, Any]:
+def _packaged_profiles() -> dict[str, Any]:
     return yaml.safe_load(resources.files("resources").joinpath("profiles.yaml").read_text())
+
+
+@cache
+def _user_profiles(path: str) -> dict[str, Any]:
+    """The profiles of a user's file, each resolved against the packaged ones (see the module docstring)."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise ValueError(f"cannot read the profiles file {path} ({PROFILES_FILE_ENV}): {error}") from error
+    if not isinstance(data, dict) or not all(isinstance(value, dict) for value in data.values()):
+        raise ValueError(f"the profiles file {path} must map profile names to mappings")
+    return data
+
+
+def profile_data() -> dict[str, dict[str, Any]]:
+    """Every profile's raw settings: the packaged ones, with the user's file (if any) laid over them."""
+    profiles = dict(_packaged_profiles())
+    path = os.environ.get(PROFILES_FILE_ENV)
+    user = _user_profiles(path) if path else {}
+    for name, data in user.items():
+        data = dict(data)
+        parent = data.pop("extends", None)
+        if parent is not None and parent not in profiles:
+            raise ValueError(f"profile {name!r} in {path} extends {parent!r}, which is not a profile")
+        profiles[name] = merged(profiles[parent] if parent is not None else profiles.get(name, {}), data)
+    return profiles
 
 
 def get_profile(name: str) -> Profile:
     """The named profile, its `${...}` values read from the environment now."""
-    data = _profile_data()
+    data = profile_data()
     if name not in data:
         raise ValueError(f"unknown profile {name!r}; known: {sorted(data)}")
-    return _profile(name, data[name])
+    try:
+        return _profile(name, data[name])
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"profile {name!r} is incomplete or has an unknown setting: {error}") from error

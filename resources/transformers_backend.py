@@ -23,6 +23,7 @@ from transformers import (
 )
 
 from resources.chat import (
+    CallFailure,
     ChatRequest,
     Decoding,
     ImagePart,
@@ -178,6 +179,10 @@ class TransformersBackend:
             texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
             answers += texts if decoding.regex else [text.strip() for text in texts]
         return answers
+
+    def generate_each(self, requests: Sequence[ChatRequest], decoding: Decoding) -> list[str | CallFailure]:
+        """`generate`: the batch is computed together, so an error is the batch's (the stage narrows it)."""
+        return list(self.generate(requests, decoding))
 
     def generate_probed(
         self, requests: Sequence[ChatRequest], decoding: Decoding, tokens: Sequence[str]

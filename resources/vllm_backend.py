@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from resources.chat import (
+    CallFailure,
     ChatRequest,
     Decoding,
     ImagePart,
@@ -102,6 +103,10 @@ class VllmBackend:
         self._count(outputs)
         texts = [output.outputs[0].text for output in outputs]
         return texts if decoding.regex is not None else [text.strip() for text in texts]
+
+    def generate_each(self, requests: Sequence[ChatRequest], decoding: Decoding) -> list[str | CallFailure]:
+        """`generate`: the batch is computed together, so an error is the batch's (the stage narrows it)."""
+        return list(self.generate(requests, decoding))
 
     def generate_probed(
         self, requests: Sequence[ChatRequest], decoding: Decoding, tokens: Sequence[str]

@@ -21,7 +21,7 @@ from PIL import Image
 
 from firm_assets.critics.data import example, index_tasks
 from firm_assets.curation import dataset as dataset_module
-from firm_assets.curation.dataset import SftTask, publish_dataset
+from firm_assets.curation.dataset import SftTask, image_feature_column, publish_dataset
 from firm_assets.curation.prompts import load_template, neutral_text
 from firm_assets.curation.sharegpt import (
     INFO_FILE,
@@ -353,6 +353,44 @@ def test_a_copied_parquet_version_loads_with_datasets_without_the_image_store(
     assert checked == 6 * 2 + 4
 
 
+def test_a_lone_copied_data_parquet_loads_its_images_with_datasets(published: dict, tmp_path: Path) -> None:
+    """Only `data.parquet`, copied to another folder: `datasets` reads the image columns as its
+    `Image` feature (from the file's own metadata) and decodes the pictures from the file."""
+    import datasets
+
+    columns = {"firm_edit": ("source", "edited"), "firm_gen": ("image",)}
+    for name, prefixes in columns.items():
+        lone = tmp_path / "lone" / name
+        lone.mkdir(parents=True)
+        shutil.copy(published["folders"][name] / "data.parquet", lone / "data.parquet")
+        loaded = datasets.load_dataset(
+            "parquet", data_files=str(lone / "data.parquet"), split="train", cache_dir=str(tmp_path / "hf")
+        )
+        image_columns = [prefix if prefix == "image" else f"{prefix}_image" for prefix in prefixes]
+        for column in image_columns:
+            assert isinstance(loaded.features[column], datasets.Image)
+        for row in loaded:
+            for column in image_columns:
+                assert row[column].size == (24, 16)  # a PIL image, decoded from the file's bytes
+        raw = loaded.cast_column(image_columns[0], datasets.Image(decode=False))
+        for row in raw:
+            assert hashlib.sha256(row[image_columns[0]]["bytes"]).hexdigest() == row[f"{prefixes[0]}_sha"]
+            assert row[image_columns[0]]["path"] == row[f"{prefixes[0]}_path"]
+
+
+def test_the_dataset_card_names_the_features_and_the_provenance(published: dict) -> None:
+    card = (published["folders"]["firm_edit"] / "README.md").read_text()
+    _, header, body = card.split("---\n", 2)
+    meta = json.loads(header)
+    assert meta["configs"] == [{"config_name": "default", "data_files": "data.parquet"}]
+    features = {feature["name"]: feature["dtype"] for feature in meta["dataset_info"]["features"]}
+    assert features["source_image"] == features["edited_image"] == "image"
+    assert features["source_path"] == "string" and features["sample_id"] == "string"
+    assert meta["dataset_info"]["splits"] == [{"name": "train", "num_examples": 6}]
+    assert "- input `synthetic` at data version `v0`" in body
+    assert '"export_layout": 4' in body
+
+
 def test_exports_are_world_readable_under_a_restrictive_umask(published: dict) -> None:
     root = published["home"] / "datasets"
     seen = 0
@@ -362,8 +400,8 @@ def test_exports_are_world_readable_under_a_restrictive_umask(published: dict) -
             assert stat.S_IMODE(os.stat(Path(parent, name)).st_mode) == 0o644, Path(parent, name)
             seen += 1
         assert not any(".tmp" in name for name in [*folders, *files])
-    # root index, then per version: parquet, manifest, task files and images
-    assert seen == 1 + (1 + 1 + 2 + 8) + (1 + 1 + 2 + 4)
+    # root index, then per version: parquet, card, manifest, task files and images
+    assert seen == 1 + (1 + 1 + 1 + 2 + 8) + (1 + 1 + 1 + 2 + 4)
 
 
 # streaming writers: a record or a row group at a time, never whole lists
@@ -428,12 +466,15 @@ def test_streamed_exports_hold_the_records_of_the_whole_list_writer(
     folder = published["folders"][dataset]
     parquet = pl.read_parquet(folder / "data.parquet")
     image_columns = sorted({c for task in tasks for c in task.image_columns})
-    # the Parquet file: the frame's rows in sample order, image columns relative to the folder
-    assert parquet.drop(image_columns).equals(frame.drop(image_columns))
+    # the Parquet file: the frame's rows in sample order, image columns relative to the folder, and
+    # each image's bytes beside its path
+    features = [image_feature_column(column) for column in image_columns]
+    assert parquet.drop(image_columns + features).equals(frame.drop(image_columns))
     image_refs = {}
-    for column in image_columns:
-        for original, relative in zip(frame[column], parquet[column], strict=True):
+    for column, feature in zip(image_columns, features, strict=True):
+        for original, relative, image in zip(frame[column], parquet[column], parquet[feature], strict=True):
             assert relative.startswith("images/") and (folder / relative).is_file()
+            assert image == {"bytes": Path(original).read_bytes(), "path": relative}
             image_refs[original] = f"{dataset}/{folder.name}/{relative}"
     for task in tasks:
         written = (folder / f"{task.name}.json").read_text()
@@ -453,16 +494,33 @@ def test_parquet_is_written_a_row_group_at_a_time(tmp_path: Path, monkeypatch: p
         }
     )
     names = {"/s/x.png": "x.png", "/t/x.png": "0a1b-x.png"}
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "x.png").write_bytes(b"first")
+    (tmp_path / "images" / "0a1b-x.png").write_bytes(b"second")
     dataset_module._write_parquet(tmp_path / "data.parquet", frame, names, ["edited_path"])
     assert pq.ParquetFile(tmp_path / "data.parquet").metadata.num_row_groups == 2
     assert pl.read_parquet(tmp_path / "data.parquet").to_dict(as_series=False) == {
         "sample_id": ["a", "b", "c"],
         "edited_path": ["images/x.png", "images/0a1b-x.png", "images/x.png"],
         "score": [1.0, None, 3.0],
+        "edited_image": [
+            {"bytes": b"first", "path": "images/x.png"},
+            {"bytes": b"second", "path": "images/0a1b-x.png"},
+            {"bytes": b"first", "path": "images/x.png"},
+        ],
     }
+    # groups sized by the image bytes of the one before: here one row each
+    monkeypatch.setattr(dataset_module, "PARQUET_ROWS", 50)
+    monkeypatch.setattr(dataset_module, "PARQUET_FIRST_ROWS", 1)
+    monkeypatch.setattr(dataset_module, "PARQUET_GROUP_BYTES", 1)
+    dataset_module._write_parquet(tmp_path / "small.parquet", frame, names, ["edited_path"])
+    assert pq.ParquetFile(tmp_path / "small.parquet").metadata.num_row_groups == 3
+    assert pl.read_parquet(tmp_path / "small.parquet").equals(pl.read_parquet(tmp_path / "data.parquet"))
+    metadata = pq.read_schema(tmp_path / "data.parquet").metadata[b"huggingface"]
+    assert json.loads(metadata) == {"info": {"features": {"edited_image": {"_type": "Image"}}}}
     dataset_module._write_parquet(tmp_path / "empty.parquet", frame.head(0), {}, ["edited_path"])
     empty = pl.read_parquet(tmp_path / "empty.parquet")
-    assert empty.height == 0 and empty.columns == frame.columns
+    assert empty.height == 0 and empty.columns == [*frame.columns, "edited_image"]
 
 
 def test_a_task_reads_only_its_prompt_image_and_answer_columns() -> None:

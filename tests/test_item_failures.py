@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import random
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -263,6 +264,56 @@ def test_http_400_is_cached_and_503_is_retried_by_the_next_run(
     assert server.calls - calls_before == 1 and len(handler.refused) == refused_before  # "b" is not re-sent
     assert again["c"].outcome.ok and again["c"].outcome.output_text == _cache(warehouse)["c"][2]
     assert {sample: again[sample].outcome.output_text for sample in "ad"} == expected
+
+
+class EveryTenth:
+    """A server that answers its 10th, 20th, ... request 400 (refused) and its 5th, 15th, ... 429 (busy,
+    retry in 5 ms), and every other request with its prompt: whatever the batch, a refusal is one
+    request and a busy answer one SDK retry."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.requests = 0
+        self.refused: list[str] = []
+        self.busy = 0
+
+    def __call__(self, payload: dict[str, Any]) -> tuple[int, dict[str, str], dict[str, Any]]:
+        with self.lock:
+            self.requests += 1
+            number = self.requests
+        if number % 10 == 0:
+            with self.lock:
+                self.refused.append(request_text(payload))
+            return 400, {}, {"error": {"message": "refused", "type": "invalid_request_error"}}
+        if number % 10 == 5:
+            with self.lock:
+                self.busy += 1
+            return 429, {"retry-after-ms": "5"}, {"error": {"message": "busy", "type": "rate_limit"}}
+        return _echo(payload)
+
+
+def test_one_refused_request_costs_one_request(warehouse: Warehouse) -> None:
+    """101 prompts, 1 in 10 requests refused: the stage sends each prompt once, plus the SDK's retry of
+    each busy answer (the backend returns per-item outcomes, so no answered item is asked again)."""
+    handler = EveryTenth()
+    server = LoopbackServer(handler)
+    prompts = {f"p{i:03d}": f"prompt number {i}" for i in range(101)}
+    try:
+        with OpenAIBackend(server.base_url, "judge", revision="r1", concurrency=4, max_retries=4) as backend:
+            results, stats = run_chat_stage(PLANS, backend, _plan_inputs(prompts), warehouse, 16, "first")
+    finally:
+        server.close()
+    assert handler.refused and handler.busy  # both kinds of failure happened
+    assert server.calls == len(prompts) + handler.busy  # distinct prompts + retries of transient failures
+    failed = {sample for sample, result in results.items() if not result.outcome.ok}
+    assert len(failed) == len(handler.refused) == stats.failures and stats.transient_failures == 0
+    for sample in failed:
+        assert results[sample].outcome.failure == (
+            "error: ChatAPIError: chat completions failed (400): refused"
+        )
+        assert any(prompts[sample] in text for text in handler.refused)
+    assert stats.model_calls == len(prompts)
+    assert len(_cache(warehouse)) == len(prompts)  # answers and refusals alike are cached
 
 
 def test_a_backend_that_fails_every_item_is_not_asked_for_the_rest(warehouse: Warehouse) -> None:

@@ -2,7 +2,9 @@
 process died as failed. The pure parts are unit-tested; the rest through the real CLI."""
 
 import fcntl
+import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -19,21 +21,46 @@ from firm_assets.run_progress import (
     ProgressView,
     _Step,
     eta_seconds,
+    failure_reason,
     metadata_totals,
     progress_message,
     report_due,
     with_console_level,
 )
 from firm_assets.run_sweep import HOST_TAG, PID_START_TAG, PID_TAG, owner_gone, owner_tags
+from warehouse.connection import WarehouseBusy
 
 REPO = Path(__file__).resolve().parent.parent
 HOST = socket.gethostname()
 
 
-def test_eta_from_rate_so_far() -> None:
-    assert eta_seconds(done=3, total=12, elapsed_s=6.0) == 18.0
-    assert eta_seconds(done=0, total=12, elapsed_s=6.0) is None
-    assert eta_seconds(done=12, total=12, elapsed_s=6.0) is None
+def test_eta_from_the_rate_since_the_first_report_once_a_tenth_is_done() -> None:
+    # 4 done at the first report, 10 now, 6 s later: 1 unit/s, 50 left
+    assert eta_seconds(done=10, total=60, first_done=4, since_first_s=6.0) == 50.0
+    assert eta_seconds(done=14, total=100, first_done=4, since_first_s=6.0) == pytest.approx(51.6)
+    assert eta_seconds(done=12, total=100, first_done=4, since_first_s=6.0) is None  # 8 since: under a tenth
+    assert eta_seconds(done=4, total=100, first_done=4, since_first_s=0.0) is None  # the first report itself
+    assert eta_seconds(done=100, total=100, first_done=4, since_first_s=6.0) is None  # nothing left
+
+
+def test_eta_is_not_inflated_by_model_loading() -> None:
+    """A step loads its model for 100 s, then does 10 units each 10 s: the old estimate (rate over the
+    step's whole time) said 480 s left at 20/100 when 80 s were; the view now says 80 s."""
+    lines: list[str] = []
+    view = ProgressView(write=lines.append)
+    view.steps["edit_scores"] = _Step(started=0.0)
+    for done in range(10, 101, 10):
+        view(_message("edit_scores", progress_message(done, 100, "model calls"), 100.0 + done))
+    etas = [line.split("ETA ")[1] if "ETA" in line else None for line in lines]
+    assert etas == [None, "80s", "70s", "60s", "50s", "40s", "30s", "20s", "10s", None]
+    view(_message("edit_scores", progress_message(1, 1, "model calls"), 300.0))  # the canary: a new stage
+    view(_message("edit_scores", progress_message(5, 50, "model calls"), 400.0))
+    view(_message("edit_scores", progress_message(10, 50, "model calls"), 405.0))
+    assert lines[-3:] == [
+        "  edit_scores                  1/1 model calls",
+        "  edit_scores                  5/50 model calls",
+        "  edit_scores                  10/50 model calls  ETA 40s",
+    ]
 
 
 def test_report_due_each_tenth_every_interval_and_at_the_end() -> None:
@@ -78,26 +105,47 @@ def test_metadata_totals_sum_stage_prefixed_model_figures() -> None:
 def test_console_level_only_when_config_leaves_loggers_alone() -> None:
     config = {"ops": {"a": {"config": {"n": 1}}}}
     assert with_console_level(config, verbose=False)["loggers"] == {
-        "console": {"config": {"log_level": "WARNING"}}
+        "console": {"config": {"log_level": "CRITICAL"}}
     }
     assert with_console_level(config, verbose=True)["loggers"]["console"]["config"]["log_level"] == "DEBUG"
     own = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
     assert with_console_level(own, verbose=True) == own
 
 
-def _message(step: str, text: str, at: float) -> EventLogEntry:
-    return EventLogEntry(None, "INFO", text, "run", at, step, "job", None)
+def _message(step: str, text: str, at: float, level: int = logging.INFO) -> EventLogEntry:
+    return EventLogEntry(None, level, text, "run", at, step, "job", None)
 
 
-def test_progress_view_prints_eta_from_progress_messages() -> None:
+def test_progress_view_prints_progress_and_warnings() -> None:
     lines: list[str] = []
     view = ProgressView(write=lines.append)
     view.steps["edit_scores"] = _Step(started=100.0)
     view(_message("edit_scores", progress_message(5, 20, "model calls"), 110.0))
+    view(_message("edit_scores", progress_message(10, 20, "model calls"), 115.0))
     view(_message("edit_scores", "an ordinary log line", 111.0))
     view(_message("other_step", progress_message(1, 2, "model calls"), 111.0))  # step never started
-    assert len(lines) == 1
-    assert "5/20 model calls" in lines[0] and "ETA 30s" in lines[0]
+    view(_message("edit_requests", "2 lines quarantined", 112.0, level=logging.WARNING))
+    assert lines == [
+        "  edit_scores                  5/20 model calls",
+        "  edit_scores                  10/20 model calls  ETA 10s",
+        "  edit_requests                warning: 2 lines quarantined",
+    ]
+
+
+def test_failure_reason_is_the_innermost_cause_in_one_line() -> None:
+    from dagster._utils.error import serializable_error_info_from_exc_info
+
+    try:
+        try:
+            raise WarehouseBusy("gave up after 1 s waiting for DuckDB's lock on w.duckdb (held by pid 7 (x))")
+        except WarehouseBusy as busy:
+            raise RuntimeError("Error occurred while executing op edit_scores") from busy
+    except RuntimeError:
+        error = serializable_error_info_from_exc_info(sys.exc_info())
+    assert failure_reason(error) == (
+        "warehouse.connection.WarehouseBusy: gave up after 1 s waiting for DuckDB's lock on w.duckdb"
+        " (held by pid 7 (x))"
+    )
 
 
 def test_step_line() -> None:
@@ -154,6 +202,26 @@ def _firm(home: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
+# Every line a quiet `firm run` may print: its step, progress and check lines (indented), the run's
+# verdict and the summary's labelled lines. A library's line (a tqdm bar, a warning, a banner, a log
+# record) matches none of them.
+PROJECT_LINE = re.compile(
+    r"^(  \S.*|run [0-9a-f-]{36}: (success|FAILED)|FIRM-Bench .*"
+    r"|(FIRM_HOME|DuckDB warehouse|MLflow store|Dagster UI|MLflow UI): .*)$"
+)
+
+
+def test_help_lists_the_jobs_and_an_unknown_job_is_refused_at_once(tmp_path: Path) -> None:
+    helped = _firm(tmp_path / "home", "--help")
+    assert helped.returncode == 0
+    jobs = helped.stdout.split("jobs (firm run JOB):\n")[1].split()
+    assert {"main", "edit_curation", "gen_curation", "rl", "bench", "edit_inbox", "gen_inbox"} <= set(jobs)
+    refused = _firm(tmp_path / "home", "run", "nosuchjob")
+    assert refused.returncode == 2
+    assert "invalid choice: 'nosuchjob'" in refused.stderr and "'gen_curation'" in refused.stderr
+    assert not (tmp_path / "home").exists()  # refused before anything was set up
+
+
 def test_run_config_and_compact_output(firm_home: Path, tmp_path: Path) -> None:
     config = tmp_path / "run.yaml"
     config.write_text("ops:\n  edit_requests:\n    config:\n      demo_size: 2\n")
@@ -161,6 +229,9 @@ def test_run_config_and_compact_output(firm_home: Path, tmp_path: Path) -> None:
     output = compact.stdout + compact.stderr
     assert compact.returncode == 0, output
     assert "DEBUG" not in output
+    foreign = [line for line in output.splitlines() if line and not PROJECT_LINE.match(line)]
+    assert foreign == [], output  # no tqdm bar, library warning, telemetry banner or log record
+    assert "it/s" not in output and "Warning" not in output
     lines = {line.split()[0]: line for line in compact.stdout.splitlines() if line.startswith("  ")}
     assert "rows=2" in lines["edit_requests"].split()
     assert "model_calls=" in lines["edit_scores"] and lines["edit_scores"].endswith("s")

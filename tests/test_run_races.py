@@ -112,7 +112,7 @@ def test_racing_publishers_leave_one_complete_version_folder(tmp_path: Path) -> 
     frame = pl.DataFrame({"sample_id": ["a", "b"], "score": [1, 5]})
     for round_ in range(5):
         folder = tmp_path / f"v{round_}"
-        assert _race(4, lambda target=folder: _write_folder(target, frame, [])) == []
+        assert _race(4, lambda target=folder: _write_folder(target, frame, [], {}, [])) == []
         assert pl.read_parquet(folder / "data.parquet").equals(frame)
         # no temporary folder is left beside the version
         assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(f"v{round_}")) == [f"v{round_}"]

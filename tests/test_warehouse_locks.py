@@ -12,7 +12,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from warehouse.connection import Warehouse, WarehouseBusy
+from warehouse.connection import Warehouse, WarehouseBusy, lock_holder
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,6 +27,20 @@ with Warehouse(Path(sys.argv[1])).transaction() as con:
     con.execute("INSERT INTO dataset_members VALUES ('firm_edit', 'v1abc', 's1', 'imported', [])")
     print("locked", flush=True)
     time.sleep(float(sys.argv[2]))
+"""
+# A notebook: a read-only DuckDB connection, opened as soon as no writer has the file, held until a
+# line arrives on stdin (or for the given seconds at most).
+NOTEBOOK = """
+import select, sys, time, duckdb
+while True:
+    try:
+        con = duckdb.connect(sys.argv[1], read_only=True)
+        break
+    except duckdb.IOException:
+        time.sleep(0.05)
+print("locked", flush=True)
+select.select([sys.stdin], [], [], float(sys.argv[2]))
+con.close()
 """
 # Holds DuckDB's own file lock without the project's flock, as the duckdb shell would.
 FOREIGN = """
@@ -53,6 +67,7 @@ def _hold(script: str, database: Path, seconds: float) -> subprocess.Popen:
         [sys.executable, "-c", script, str(database), str(seconds)],
         cwd=REPO,
         env=_env(database.parent, 0),
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -115,10 +130,90 @@ def test_audit_waits_for_duckdbs_own_lock_held_outside_the_project(database: Pat
         holder.wait(timeout=60)
     assert done.returncode == 1, done.stderr  # answered: no such sample in this warehouse
     assert done.stdout.startswith("sample s1: in 0 dataset version(s)")
-    assert (
-        done.stderr.strip()
-        == f"waiting up to 60 s for DuckDB's lock on {database} (another process holds it)"
+    assert done.stderr.strip().startswith(
+        f"waiting up to 60 s for DuckDB's lock on {database} (held by pid {holder.pid} ("
     )
+    assert "import sys, time, duckdb" in done.stderr  # the holder's command line, read from /proc
+
+
+def test_lock_holder_names_the_process_from_duckdbs_error() -> None:
+    message = (
+        'IO Error: Could not set lock on file "/x.duckdb": Conflicting lock is held in'
+        " /usr/bin/python3.11 (PID {pid}). However, you would be able to open this database in read-only mode"
+    )
+    mine = lock_holder(message.format(pid=os.getpid()))
+    assert mine.startswith(f"pid {os.getpid()} (") and "pytest" in mine  # this process's command line
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    assert (
+        lock_holder(message.format(pid=int(gone.stdout))) == f"pid {int(gone.stdout)} (/usr/bin/python3.11)"
+    )
+    assert lock_holder("IO Error: Could not set lock on file") == "another process"
+
+
+def _firm_run(home: Path, wait_s: float) -> subprocess.Popen:
+    config = home.parent / "run.yaml"
+    config.write_text("ops:\n  edit_requests:\n    config:\n      demo_size: 2\n")
+    return subprocess.Popen(
+        [sys.executable, "-m", "firm_assets.cli", "run", "edit_curation", "-c", str(config)],
+        cwd=REPO,
+        env={**_env(home, wait_s), "DAGSTER_HOME": str(home / "dagster")},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _release(holder: subprocess.Popen) -> None:
+    assert holder.stdin is not None
+    holder.stdin.write("release\n")
+    holder.stdin.flush()
+    holder.wait(timeout=60)
+
+
+def test_a_notebook_before_and_during_a_run_makes_it_wait_then_succeed(firm_home: Path) -> None:
+    database = firm_home / "warehouse.duckdb"
+    Warehouse(database).rows("SELECT 1")
+    before = _hold(NOTEBOOK, database, 600)
+    run = _firm_run(firm_home, 120)
+    assert run.stdout is not None and run.stderr is not None
+    try:
+        waited_before = run.stderr.readline()  # the run's first transaction meets the notebook
+        _release(before)
+        first_step = run.stdout.readline()
+        during = _hold(NOTEBOOK, database, 600)  # connects between two of the run's transactions
+        waited_during = run.stderr.readline()
+        _release(during)
+        stdout, stderr = run.communicate(timeout=900)
+    finally:
+        for process in (before, run):
+            process.kill()
+    prefix = f"waiting up to 120 s for DuckDB's lock on {database} (held by pid"
+    assert waited_before.startswith(f"{prefix} {before.pid} (") and "duckdb" in waited_before
+    assert first_step.split()[0] == "edit_requests", first_step
+    assert waited_during.startswith(f"{prefix} {during.pid} ("), waited_during
+    assert run.returncode == 0, stdout + stderr
+    assert ": success" in stdout
+    assert "Traceback" not in stderr and "FAILED" not in stdout
+
+
+def test_a_notebook_held_past_the_bound_fails_the_run_clearly(firm_home: Path) -> None:
+    database = firm_home / "warehouse.duckdb"
+    Warehouse(database).rows("SELECT 1")
+    holder = _hold(NOTEBOOK, database, 120)
+    try:
+        run = _firm_run(firm_home, 1)
+        stdout, stderr = run.communicate(timeout=300)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run.returncode == 2
+    assert (
+        f"firm run: gave up after 1 s waiting for DuckDB's lock on {database} (held by pid {holder.pid} ("
+        in stderr
+    )
+    assert "Traceback" not in stderr + stdout
 
 
 def test_audit_without_a_warehouse_says_so(tmp_path: Path) -> None:

@@ -6,15 +6,20 @@ open is one short transaction under an `fcntl.flock` on a lock file beside the d
 exclusive for the pipeline, which writes; shared for read-only users (`firm audit`, the run
 summary), which open DuckDB with `read_only=True`. No connection is held across model calls.
 
-A writer waits for the lock as long as it takes (its work is queued behind the others'). A
-reader waits at most `FIRM_WAREHOUSE_WAIT_S` seconds, saying once on stderr which lock it waits
-for, then raises `WarehouseBusy` naming it: a person at a terminal gets an answer, not a hang.
+A writer waits for the project's lock as long as it takes (its work is queued behind the others'
+short transactions). A process outside the project (a notebook, the duckdb shell) may hold DuckDB's
+own file lock instead, read-only or not, for as long as it likes: everyone waits for that at most
+`FIRM_WAREHOUSE_WAIT_S` seconds, saying once on stderr which process holds it (pid and command, from
+DuckDB's error text and /proc), then raises `WarehouseBusy` naming it. A reader waits as long for the
+project's lock (a writer holds it). A person at a terminal gets an answer, not a hang; a run whose
+step meets a notebook waits for it to close instead of failing at once.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -30,11 +35,32 @@ MIGRATIONS = "warehouse.migrations"
 WAIT_ENV = "FIRM_WAREHOUSE_WAIT_S"
 DEFAULT_WAIT_S = 120.0
 _POLL_S = 0.1
+# DuckDB names the holder of its file lock: `Conflicting lock is held in /usr/bin/python3 (PID 123)`.
+_HOLDER = re.compile(r"lock is held in (?P<program>.*?) \(PID (?P<pid>\d+)\)")
+_COMMAND_CHARS = 160  # a holder's command line is cut to this length in messages
 T = TypeVar("T")
 
 
 class WarehouseBusy(TimeoutError):
-    """A read-only user gave up waiting for a writer to release the warehouse."""
+    """A user of the warehouse gave up waiting for another process to release it."""
+
+
+def lock_holder(message: str) -> str:
+    """Who holds DuckDB's lock, from its error text: `pid N (command line)`, the command line read
+    from /proc where the process is visible, else the program DuckDB names; "another process" when
+    the text names none."""
+    found = _HOLDER.search(message)
+    if found is None:
+        return "another process"
+    pid = found["pid"]
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        command = ""
+    command = " ".join(command.replace("\0", " ").split())  # one line, even for a `python -c` script
+    if len(command) > _COMMAND_CHARS:
+        command = command[: _COMMAND_CHARS - 3] + "..."
+    return f"pid {pid} ({command or found['program']})"
 
 
 class Warehouse:
@@ -86,32 +112,34 @@ class Warehouse:
         self._wait_for(lambda: _try_shared_flock(lock), f"the lock {self.lock_path} (a writer holds it)")
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
-        """A writer opens normally; a reader retries while DuckDB's own file lock is taken (a
-        process that bypasses this module, such as the duckdb shell, may hold it)."""
-        if not self.read_only:
-            return duckdb.connect(str(self.path))
+        """Open DuckDB, retrying while its own file lock is taken: a process that bypasses this
+        module (a notebook, the duckdb shell) may hold it, and a writer needs it alone."""
+        holder = ["another process"]
 
         def attempt() -> duckdb.DuckDBPyConnection | None:
             try:
-                return duckdb.connect(str(self.path), read_only=True)
+                return duckdb.connect(str(self.path), read_only=self.read_only)
             except duckdb.IOException as error:
                 if "lock" in str(error).lower():
+                    holder[0] = lock_holder(str(error))
                     return None
                 raise
 
-        return self._wait_for(attempt, f"DuckDB's lock on {self.path} (another process holds it)")
+        return self._wait_for(attempt, lambda: f"DuckDB's lock on {self.path} (held by {holder[0]})")
 
-    def _wait_for(self, attempt: Callable[[], T | None], what: str) -> T:
-        """Call `attempt` until it returns a value; say once what we wait for; give up after wait_s."""
+    def _wait_for(self, attempt: Callable[[], T | None], what: str | Callable[[], str]) -> T:
+        """Call `attempt` until it returns a value; say once what we wait for; give up after wait_s.
+        `what` may be computed after an attempt (it names the process the attempt found)."""
         deadline, told = time.monotonic() + self.wait_s, False
         while (result := attempt()) is None:
+            said = what() if callable(what) else what
             if time.monotonic() >= deadline:
                 raise WarehouseBusy(
-                    f"gave up after {self.wait_s:g} s waiting for {what}; try again once the running"
-                    f" job has written its results, or set {WAIT_ENV} higher"
+                    f"gave up after {self.wait_s:g} s waiting for {said}; try again once it is"
+                    f" released (close a notebook's connection), or set {WAIT_ENV} higher"
                 )
             if not told:
-                print(f"waiting up to {self.wait_s:g} s for {what}", file=sys.stderr, flush=True)
+                print(f"waiting up to {self.wait_s:g} s for {said}", file=sys.stderr, flush=True)
                 told = True
             time.sleep(_POLL_S)
         return result

@@ -25,7 +25,7 @@ from dagster import DagsterInvariantViolationError, OpExecutionContext
 
 from firm_assets.curation.leases import LEASE_S, Leases, claim_size, split_window
 from firm_assets.run_progress import ProgressReporter
-from resources.chat import ModelRef, classify_failure
+from resources.chat import CallFailure, ModelRef, classify_failure
 from warehouse.connection import Warehouse
 
 
@@ -79,9 +79,10 @@ class Outcome:
         return self.failure is None
 
 
-def failed_outcome(error: Exception) -> Outcome:
-    """An item's exception as its recorded failure, transient or permanent as `classify_failure` says."""
-    failure = classify_failure(error)
+def failed_outcome(error: Exception | CallFailure) -> Outcome:
+    """An item's exception (or a backend's classified failure of it) as its recorded failure,
+    transient or permanent as `classify_failure` says."""
+    failure = error if isinstance(error, CallFailure) else classify_failure(error)
     prefix = "transient" if failure.transient else "error"
     return Outcome(None, None, f"{prefix}: {failure.reason}", transient=failure.transient)
 

@@ -1,10 +1,12 @@
 """Publishing a scored dataset version — the one dataset builder both chains use.
 
 A version is its exact membership plus a content hash. Publishing writes, under
-FIRM_HOME/datasets/<name>/<version>/: `data.parquet` (image columns relative to that folder, so a
-copied folder stays complete), one LLaMA-Factory ShareGPT JSON per training task (layout and escaping
-in `sharegpt.py`; FIRM_HOME/datasets/dataset_info.json indexes every version), and the images both
-point at; all world-readable whatever the umask. Then the membership and lineage rows in the
+FIRM_HOME/datasets/<name>/<version>/: `data.parquet` (each image twice: its path relative to that
+folder in the `*_path` column, for tools that want files, and its bytes as a Hugging Face `Image`
+feature, so a copied `data.parquet` alone loads with its pictures), a dataset card `README.md`
+(features and provenance, ready for `push_to_hub`), one LLaMA-Factory ShareGPT JSON per training task
+(layout and escaping in `sharegpt.py`; FIRM_HOME/datasets/dataset_info.json indexes every version),
+and the images; all world-readable whatever the umask. Then the membership and lineage rows in the
 warehouse and an MLflow run with the dataset digest.
 """
 
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from firm_assets.curation.parsers import format_plan_then_score
@@ -30,8 +33,16 @@ from resources.home import firm_home
 from warehouse.connection import Warehouse
 
 # part of every version's params: a change to the files of a version folder makes new versions
-EXPORT_LAYOUT = 3  # 3: task files hold one record per line
-PARQUET_ROWS = 50_000  # rows per Parquet row group, converted and written one group at a time
+EXPORT_LAYOUT = 4  # 3: task files hold one record per line; 4: image bytes and a dataset card
+# A Parquet row group holds at most PARQUET_ROWS rows and about PARQUET_GROUP_BYTES of image bytes (the
+# first group, PARQUET_FIRST_ROWS rows, measures them; each next one is sized by the one before), so
+# memory stays bounded whether the images are 64-pixel thumbnails or megapixel PNGs.
+PARQUET_ROWS = 50_000
+PARQUET_GROUP_BYTES = 64 * 2**20
+PARQUET_FIRST_ROWS = 100
+# The Hugging Face `Image` feature's storage: the file's bytes and its (informative) path.
+IMAGE_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+CARD = "README.md"
 
 
 @dataclass(frozen=True)
@@ -155,19 +166,117 @@ def world_readable(folder: Path) -> None:
             os.chmod(Path(parent, name), 0o644)
 
 
+def image_feature_column(path_column: str) -> str:
+    """The column holding the image of a `*_path` column: `source_path` -> `source_image`,
+    `image_path` -> `image`."""
+    stem = path_column.removesuffix("_path")
+    return stem if stem.endswith("image") else f"{stem}_image"
+
+
+def huggingface_metadata(image_columns: Sequence[str]) -> dict[bytes, bytes]:
+    """The Parquet schema metadata `datasets` reads its features from (`Features.from_arrow_schema`):
+    the image columns as `Image` features; the other columns' types it reads from Arrow itself.
+    Written by hand since `datasets` is no dependency of the product, only of its tests."""
+    features = {image_feature_column(column): {"_type": "Image"} for column in image_columns}
+    return {b"huggingface": json.dumps({"info": {"features": features}}).encode()}
+
+
+def _image_structs(relative: list[str | None], images: Path) -> pa.Array:
+    """Each relative path's image as the `Image` struct, every distinct file read once."""
+    read: dict[str, bytes] = {}
+    for path in relative:
+        if path is not None and path not in read:
+            read[path] = (images / Path(path).name).read_bytes()
+    structs = [None if path is None else {"bytes": read[path], "path": path} for path in relative]
+    return pa.array(structs, IMAGE_STRUCT)
+
+
 def _write_parquet(path: Path, frame: pl.DataFrame, image_names: dict[str, str], columns: list[str]) -> None:
-    """`frame` as Parquet, PARQUET_ROWS rows per row group, each group converted and written on its
-    own; image columns become `images/<name>` (relative to the version folder)."""
+    """`frame` as Parquet, converted a slice at a time and written a row group at a time (see
+    PARQUET_ROWS); image columns become `images/<name>` (relative to the version folder), and each gains an
+    `Image` column with the bytes of `path.parent/images/<name>`."""
     relative = [
         pl.concat_str(pl.lit("images/"), pl.col(c).replace_strict(image_names)).alias(c) for c in columns
     ]
-    schema = frame.head(0).with_columns(relative).to_arrow().schema
+
+    def table(part: pl.DataFrame) -> pa.Table:
+        converted = part.with_columns(relative).to_arrow()
+        for column in columns:
+            images = _image_structs(converted[column].to_pylist(), path.parent / "images")
+            converted = converted.append_column(pa.field(image_feature_column(column), IMAGE_STRUCT), images)
+        return converted
+
+    schema = table(frame.head(0)).schema.with_metadata(huggingface_metadata(columns))
     with pq.ParquetWriter(path, schema, compression="zstd") as writer:
-        for part in frame.iter_slices(PARQUET_ROWS):
-            writer.write_table(part.with_columns(relative).to_arrow(), row_group_size=PARQUET_ROWS)
+        start, rows = 0, min(PARQUET_FIRST_ROWS, PARQUET_ROWS)
+        while start < frame.height:
+            part = table(frame.slice(start, rows)).replace_schema_metadata(schema.metadata)
+            writer.write_table(part, row_group_size=rows)
+            start += part.num_rows
+            per_row = sum(part[image_feature_column(c)].nbytes for c in columns) / part.num_rows
+            rows = max(1, min(PARQUET_ROWS, int(PARQUET_GROUP_BYTES / max(per_row, 1.0))))
 
 
-def _write_folder(folder: Path, frame: pl.DataFrame, tasks: Sequence[SftTask]) -> None:
+def card_dtype(kind: pa.DataType) -> str | dict:
+    """A column's type as a dataset card's `dataset_info.features` writes it."""
+    if kind == IMAGE_STRUCT:
+        return "image"
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return {"list": card_dtype(kind.value_type)}
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return "string"
+    if pa.types.is_floating(kind):
+        return f"float{kind.bit_width}"
+    return str(kind)
+
+
+def write_card(
+    folder: Path, name: str, version: str, params: dict, inputs: Sequence[tuple[str, str]]
+) -> None:
+    """The dataset card beside `data.parquet`: YAML front matter in the Hub's layout (the default
+    config's data file and the features, images as `image`), then the provenance in prose."""
+    schema = pq.read_schema(folder / "data.parquet")
+    header = {
+        "configs": [{"config_name": "default", "data_files": "data.parquet"}],
+        "dataset_info": {
+            "features": [{"name": field.name, "dtype": card_dtype(field.type)} for field in schema],
+            "splits": [
+                {"name": "train", "num_examples": pq.ParquetFile(folder / "data.parquet").metadata.num_rows}
+            ],
+        },
+    }
+    lines = [
+        "---",
+        json.dumps(header, indent=1),  # JSON is YAML; the Hub reads this front matter
+        "---",
+        f"# {name} {version}",
+        "",
+        f"Published by firm (FIRM curation). Version `{version}` is the content hash of its rows and",
+        "parameters. Each `*_image` column holds an image's bytes; its `*_path` twin names the same",
+        "file under `images/`.",
+        "",
+        "## Provenance",
+        "",
+        *[f"- input `{asset}` at data version `{data_version}`" for asset, data_version in inputs],
+        "- parameters (filters, balancing, critic prompt templates, export layout):",
+        "",
+        "```json",
+        json.dumps(params, indent=1, sort_keys=True),
+        "```",
+        "",
+        f"Every sample's models, templates and runs: `firm audit dataset {name}@{version[:8]}`.",
+        "",
+    ]
+    (folder / CARD).write_text("\n".join(lines), encoding="utf-8")
+
+
+def _write_folder(
+    folder: Path,
+    frame: pl.DataFrame,
+    tasks: Sequence[SftTask],
+    params: dict,
+    inputs: Sequence[tuple[str, str]],
+) -> None:
     """Write into a temporary folder, then rename: a killed run never leaves half a version. Images
     are linked once per distinct path, however many rows share one; the Parquet file and the task
     files are written a row group or a record at a time, never as whole lists."""
@@ -187,6 +296,7 @@ def _write_folder(folder: Path, frame: pl.DataFrame, tasks: Sequence[SftTask]) -
         _link_or_copy(Path(path), tmp / "images" / name)
     _write_parquet(tmp / "data.parquet", frame, image_names, image_columns)
     dataset, version = folder.parent.name, folder.name
+    write_card(tmp, dataset, version, params, inputs)
     image_refs = {path: image_ref(dataset, version, name) for path, name in image_names.items()}
     write_tasks(tmp, dataset, version, {task.name: _task_records(task, frame, image_refs) for task in tasks})
     world_readable(tmp)
@@ -309,7 +419,7 @@ def publish_dataset(
             folder.parent.mkdir(parents=True, exist_ok=True)
             for parent in (root, folder.parent):
                 os.chmod(parent, 0o755)
-            _write_folder(folder, frame.sort("sample_id"), tasks)
+            _write_folder(folder, frame.sort("sample_id"), tasks, params, inputs)
         index_exports(root)
         mlflow_run_id = log_mlflow(version, folder)
         register_version(warehouse, name, version, frame, params, folder, run_id, mlflow_run_id)

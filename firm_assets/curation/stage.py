@@ -12,11 +12,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from firm_assets.curation.cache import CachedResult, CacheItem, CallSpec, Outcome, StageStats, run_cached
+from firm_assets.curation.cache import (
+    CachedResult,
+    CacheItem,
+    CallSpec,
+    Outcome,
+    StageStats,
+    failed_outcome,
+    run_cached,
+)
 from firm_assets.curation.expectation import SCORE_TOKENS, digit_mass, expected_digit
 from firm_assets.curation.parsers import ParseError, Parser, prompt_text
 from firm_assets.curation.prompts import PromptTemplate
-from resources.chat import ChatBackend, ChatRequest, Decoding, ImagePart
+from resources.chat import CallFailure, ChatBackend, ChatRequest, Decoding, ImagePart
 
 RETRY_TEMPERATURE = 0.7
 
@@ -57,7 +65,9 @@ def _call_inputs(request: ChatRequest) -> dict[str, Any]:
 
 
 def _answer(stage: ChatStage, backend: ChatBackend, requests: list[ChatRequest]) -> list[Outcome]:
-    """Generate, parse, and re-ask only the failures (sampling, new seed) up to max_attempts."""
+    """Generate, parse, and re-ask only the answers that did not parse (sampling, new seed) up to
+    max_attempts. A request the backend failed on its own (`generate_each`: a server's refusal or a
+    timeout after its retries) is that item's recorded failure, never re-asked here."""
     outcomes: list[Outcome | None] = [None] * len(requests)
     todo = list(range(len(requests)))
     for attempt in range(1, stage.max_attempts + 1):
@@ -65,11 +75,14 @@ def _answer(stage: ChatStage, backend: ChatBackend, requests: list[ChatRequest])
         if attempt > 1:
             decoding = replace(decoding, temperature=RETRY_TEMPERATURE, seed=decoding.seed + attempt)
         started = time.perf_counter()
-        answers = backend.generate([requests[i] for i in todo], decoding)
+        answers = backend.generate_each([requests[i] for i in todo], decoding)
         share = (time.perf_counter() - started) / max(len(todo), 1)
         failed = []
         for index, text in zip(todo, answers, strict=True):
             seconds = share + (outcomes[index].model_seconds if outcomes[index] else 0.0)
+            if isinstance(text, CallFailure):
+                outcomes[index] = replace(failed_outcome(text), attempts=attempt, model_seconds=seconds)
+                continue
             try:
                 parsed = stage.parser.parse(text, prompt_text(requests[index]))
                 outcomes[index] = Outcome(text, parsed, None, attempt, seconds)
@@ -137,8 +150,11 @@ def run_chat_stage(
 
     def compute(requests: list[ChatRequest]) -> list[Outcome]:
         outcomes = _answer(stage, backend, requests)
-        if stage.score_reader == "expectation":
-            _expectation(stage.parser, backend, requests, outcomes)
+        answered = [i for i, outcome in enumerate(outcomes) if outcome.output_text is not None]
+        if stage.score_reader == "expectation" and answered:  # a failed request has no answer to read
+            _expectation(
+                stage.parser, backend, [requests[i] for i in answered], [outcomes[i] for i in answered]
+            )
         return outcomes
 
     decoding = {**stage.decoding.as_dict(), "max_attempts": stage.max_attempts, "reader": stage.score_reader}
