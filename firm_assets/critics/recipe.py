@@ -59,7 +59,6 @@ ACCELERATE_CONFIGS = {
     "fsdp_8gpu_full": "full",
     "lora_1gpu": "lora",
     "ddp_cpu_2proc": "full",
-    "fsdp_cpu_2proc": "full",
 }
 
 
@@ -85,7 +84,7 @@ class CriticTrainingConfig(Config):
         default="none",
         description="A shipped accelerate config (critics/accelerate/<name>.yaml) that the training "
         "process is launched under with `accelerate launch`: 'fsdp_8gpu_full' (FSDP full fine-tuning "
-        "on 8 GPUs), 'lora_1gpu', 'ddp_cpu_2proc' / 'fsdp_cpu_2proc' (2 CPU processes, gloo), or "
+        "on 8 GPUs), 'lora_1gpu', 'ddp_cpu_2proc' (2 processes: CPU and gloo without CUDA), or "
         "'none' (the launcher below).",
     )
     launcher: list[str] = Field(

@@ -242,6 +242,16 @@ def train(params: dict[str, Any], log, report) -> dict[str, Any]:
     # `accelerate launch` does not tell a CPU-only multi-process run that it is one (no
     # ACCELERATE_USE_CPU in its torchrun environment) and every process would train alone
     accelerator = Accelerator(mixed_precision="bf16" if bf16 else "no", cpu=not torch.cuda.is_available())
+    if (
+        os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+        and accelerator.distributed_type != DistributedType.FSDP
+    ):
+        # accelerate turns FSDP on only for process groups on an accelerator (CUDA, XPU, ...): without
+        # this check an FSDP config would train as plain DDP on a CPU and say nothing
+        raise RuntimeError(
+            f"the accelerate config asks for FSDP, but accelerate runs {accelerator.distributed_type.value}"
+            " here (FSDP needs an accelerator device; use ddp_cpu_2proc on a CPU)"
+        )
     random.seed(recipe["seed"])
     torch.manual_seed(recipe["seed"])
 
@@ -292,8 +302,11 @@ def train(params: dict[str, Any], log, report) -> dict[str, Any]:
     updates_per_epoch = math.ceil(micro_batches / recipe["gradient_accumulation_steps"])
     total_updates = max(1, updates_per_epoch * recipe["epochs"])
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe["learning_rate"], weight_decay=0.0)
-    steps = total_updates * accelerator.num_processes  # a prepared scheduler steps once per process
-    scheduler = get_cosine_schedule_with_warmup(optimizer, int(recipe["warmup_ratio"] * steps), steps)
+    # warm-up updates rounded up, as transformers' TrainingArguments.get_warmup_steps does; a prepared
+    # scheduler steps once per process, so both counts are scaled by the processes (rounding the
+    # scaled count instead would warm a 2-process run up for longer than a 1-process one)
+    warmup = math.ceil(recipe["warmup_ratio"] * total_updates) * accelerator.num_processes
+    scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, total_updates * accelerator.num_processes)
     model, optimizer, loader, val_loader, scheduler = accelerator.prepare(
         model, optimizer, loader, val_loader, scheduler
     )
