@@ -21,6 +21,7 @@ from firm_assets.critics.recipe import (
 from firm_assets.critics.scoring import CriticScorer, GenQuery
 from firm_assets.critics.train import accumulation_windows, training_model, window_loss
 from resources.chat import ChatRequest, Decoding, ImagePart
+from resources.profiles import get_profile
 from resources.tiny_models import VL_NAME
 from resources.transformers_backend import TransformersBackend
 
@@ -154,3 +155,10 @@ def test_a_critic_sees_images_at_the_size_it_was_trained_on(tmp_path: Path, tiny
     grids = seen_grids(untrained)
     untrained.generate([item["request"]], Decoding(max_new_tokens=2))
     assert grids and grids[0] != trained_grid
+
+
+def test_the_demo_critics_checkpoint_often_enough_that_a_kill_resumes() -> None:
+    """A demo critic makes 40-72 updates (4 epochs of its tiny dataset); the default of 200 would
+    never checkpoint one."""
+    recipe = effective_recipe(get_profile("cpu-tiny").critic.recipe, CriticTrainingConfig())
+    assert recipe["checkpoint_every"] == 10 and PAPER_RECIPE["checkpoint_every"] == 200
