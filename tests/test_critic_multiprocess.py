@@ -1,6 +1,6 @@
 """Critic SFT on 2 processes for real (torch DDP over gloo on the CPU), launched the way the product
 launches it: `firm_edit_critic` with run config `accelerate_config: ddp_cpu_2proc`. With the same
-global batch and seed its loss curve equals a 1-process run's (gradient accumulation 2 there, 1 here);
+global batch and seed its loss curve equals a 1-process run's (2 rows a batch there, 1 a rank here);
 its weights register once and score through `score_with_critic`; MLflow gets one point per update;
 a setting that does not change the weights finds the same version. A launcher killed with SIGKILL
 (with its workers, as a lost job is) resumes from its checkpoint to the same losses, and the killed
@@ -55,7 +55,9 @@ def _export(root: Path) -> Path:
     records = []
     for i, colour in enumerate(COLOURS):
         Image.new("RGB", (64, 64), colour).save(folder / "images" / f"{i}.png")
-        answer = json.dumps({"reasoning": f"the edit made it {colour}", "score": 1 + i % 5})
+        # answers of different lengths, so a token-level mean differs from a mean of row means
+        reasoning = " ".join([f"the edit made it {colour}"] * (1 + i % 3))
+        answer = json.dumps({"reasoning": reasoning, "score": 1 + i % 5})
         images = [f"firm_edit/{VERSION}/images/{i}.png"] * 2
         records.append(sharegpt_record("You grade edits.", f"Make it {colour}.", images, answer))
     tasks = {"edit_execution": records[:-1], "edit_consistency": records[-1:]}
@@ -140,7 +142,9 @@ def two_processes(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
             patch.delenv(name, raising=False)
         metadata = _materialize(accelerate_config="ddp_cpu_2proc", gradient_accumulation_steps=1)
         (params_file,) = (home / "critics" / "firm_edit_critic").glob("*.params.json")
-        baseline = _params(home.parent / "one", params_file, gradient_accumulation_steps=2)
+        # both ranks' rows in one micro-batch: answers of different lengths weigh by their tokens in
+        # both runs only if the 2-process loss is normalised over both ranks' target tokens
+        baseline = _params(home.parent / "one", params_file, per_device_batch_size=2)
         one = _summary(_run([sys.executable, "-m", TRAIN_MODULE, "--params", str(baseline)]))
         yield home, metadata, params_file, one
 
