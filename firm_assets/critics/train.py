@@ -76,10 +76,9 @@ VISION_TOWER = {"qwen3_vl": _QWEN3_VL_VISION, "qwen3_vl_moe": _QWEN3_VL_VISION}
 PROJECTOR = {"qwen3_vl": ("visual.merger",), "qwen3_vl_moe": ("visual.merger",)}
 
 
-def freeze_vision(model, recipe: dict[str, Any]) -> list[str]:
-    """Stop the gradients of the vision tower and/or the projector, as the recipe says; the frozen
-    keys. A model type whose parts are not known here cannot be frozen: that is an error, not a
-    silently trained tower."""
+def freeze_vision(model, recipe: dict[str, Any]) -> None:
+    """Stop the gradients of the vision tower and/or the projector, as the recipe says. A model type
+    whose parts are not known here cannot be frozen: that is an error, not a silently trained tower."""
     model_type = model.config.model_type
     keys: list[str] = []
     for setting, parts in (
@@ -94,11 +93,11 @@ def freeze_vision(model, recipe: dict[str, Any]) -> list[str]:
     for name, parameter in model.named_parameters():
         if any(key in name for key in keys):
             parameter.requires_grad_(False)
-    return keys
 
 
 def _configs(model) -> list:
-    return [config for config in (model.config, getattr(model.config, "text_config", None)) if config]
+    configs = (model.config, getattr(model.config, "text_config", None))
+    return [config for config in configs if config is not None]
 
 
 def no_cache(model) -> None:
