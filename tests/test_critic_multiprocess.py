@@ -27,6 +27,7 @@ from PIL import Image
 from firm_assets.critics.assets import firm_edit_critic
 from firm_assets.critics.inference import score_with_critic, tasks_for
 from firm_assets.critics.recipe import CriticTrainingConfig, launch_prefix
+from firm_assets.critics.scoring import CriticScorer
 from firm_assets.critics.training import TRAIN_MODULE
 from firm_assets.curation.dataset import register_version
 from firm_assets.curation.sharegpt import index_exports, sharegpt_record, write_tasks
@@ -41,7 +42,14 @@ VERSION = "released0001"
 # 8 execution records and 1 consistency record: one held out for validation, 8 trained on one a
 # micro-batch, 4 updates an epoch
 COLOURS = ("red", "blue", "green", "white", "black", "yellow", "orange", "purple", "pink")
-RECIPE = {"per_device_batch_size": 1, "epochs": 2, "dataloader_workers": 0, "learning_rate": 0.003}
+# a pixel budget below the tiny processor's own 4096, to see it reach the registered critic
+RECIPE = {
+    "per_device_batch_size": 1,
+    "epochs": 2,
+    "dataloader_workers": 0,
+    "learning_rate": 0.003,
+    "image_max_pixels": 2048,
+}
 TOLERANCE = 1e-5  # absolute, per loss: the same sums in another order (fp32)
 pytestmark = pytest.mark.timeout(900)
 
@@ -181,6 +189,9 @@ def test_two_ddp_processes_match_one_and_write_once(two_processes) -> None:
         }
     )
     backend = TransformersBackend(row["path"])
+    # the registered critic, as `firm serve` and RL load it, sizes images under its training budget
+    served = CriticScorer.load("models:/firm_edit_critic/1", tracking_uri=default_tracking_uri())
+    assert served.backend.processor.image_processor.size["longest_edge"] == 2048
     predictions, _ = score_with_critic(
         backend, tasks_for("edit")[0], items, warehouse, 48, 2, None, guided=True
     )
