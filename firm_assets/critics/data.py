@@ -210,6 +210,30 @@ def encode_batch(processor, items: list[dict[str, Any]]) -> dict[str, torch.Tens
     return {**dict(batch), "labels": labels}
 
 
+def set_pixel_budget(processor, max_pixels: int, min_pixels: int) -> None:
+    """Hold every image to [min_pixels, max_pixels] pixels, as LLaMA-Factory does before its
+    processor call (src/llamafactory/data/mm_plugin.py `_preprocess_image`), by setting the Qwen-VL
+    image processor's own bounds (`size`: `longest_edge` / `shortest_edge` are pixel counts), so the
+    budget is saved with the critic's processor and every backend that loads the critic sizes images
+    the same way. Where the processor's own bound is tighter it stays, as it does under
+    LLaMA-Factory, whose resized image still passes through the processor."""
+    image_processor = processor.image_processor
+    size = dict(image_processor.size)
+    longest = min(size.get("longest_edge") or max_pixels, max_pixels)
+    shortest = max(size.get("shortest_edge") or min_pixels, min_pixels)
+    if shortest > longest:
+        raise ValueError(
+            f"the pixel budget [{min_pixels}, {max_pixels}] leaves no size this processor allows"
+        )
+    image_processor.size = {"shortest_edge": shortest, "longest_edge": longest}
+
+
+def target_tokens(labels: torch.Tensor) -> int:
+    """How many tokens of a batch are learned: next-token targets that are not masked (the first
+    position predicts nothing, so it is not counted, as in transformers' Trainer)."""
+    return int((labels[:, 1:] != IGNORE).sum())
+
+
 class SftDataset(torch.utils.data.Dataset):
     """Some records of an index (the training or the validation positions), each read when a
     DataLoader worker asks for it; `encode_batch` encodes them a batch at a time."""

@@ -1,5 +1,17 @@
 """The SFT recipe: the paper's FIRM-Edit-8B hyper-parameters as defaults, which a profile may shrink
-(cpu-tiny does) and run config may override."""
+(cpu-tiny does) and run config may override.
+
+FIRM trained its critics with LLaMA-Factory, and the public FIRM code (github.com/VisionXLab/FIRM-Reward)
+ships no SFT config, so what the paper does not state is LLaMA-Factory's default
+(github.com/hiyouga/LLaMA-Factory): `freeze_vision_tower` and `freeze_multi_modal_projector` true
+(src/llamafactory/hparams/finetuning_args.py), `image_max_pixels` 768 * 768 and `image_min_pixels`
+32 * 32 (src/llamafactory/hparams/model_args.py).
+
+A critic's version hashes only the settings that change its weights (`version_recipe`). Left out:
+`log_every`, `eval_every` (what is logged and when), `checkpoint_every` (where a killed run can
+resume), `dataloader_workers` (who encodes the batches) and `gradient_checkpointing` (activations
+recomputed instead of kept: the same numbers).
+"""
 
 import sys
 from pathlib import Path
@@ -25,9 +37,29 @@ PAPER_RECIPE: dict[str, Any] = {
     "eval_every": 200,  # optimizer updates between validation losses (0: only at the end)
     "checkpoint_every": 200,  # optimizer updates between resumable checkpoints (0: none)
     "dataloader_workers": 4,  # processes that read and encode records beside the training loop
+    # LLaMA-Factory's defaults for a VLM: only the language model is trained, and an image enters at
+    # most at 768 x 768 pixels (576 visual tokens for Qwen3-VL's 32 px merged patches); the budget
+    # is saved in the critic's processor, so bench and serving see images at the trained size
+    "freeze_vision_tower": True,
+    "freeze_multi_modal_projector": True,
+    "image_max_pixels": 768 * 768,
+    "image_min_pixels": 32 * 32,
 }
+# settings that change how training runs or is watched, never the weights it produces
+NOT_IN_VERSION = (
+    "log_every",
+    "eval_every",
+    "checkpoint_every",
+    "dataloader_workers",
+    "gradient_checkpointing",
+)
 ACCELERATE_DIR = Path(__file__).parent / "accelerate"
-ACCELERATE_CONFIGS = {"fsdp_8gpu_full": "full", "lora_1gpu": "lora"}  # shipped file -> the method it trains
+# shipped file -> the method it trains
+ACCELERATE_CONFIGS = {
+    "fsdp_8gpu_full": "full",
+    "lora_1gpu": "lora",
+    "ddp_cpu_2proc": "full",
+}
 
 
 class CriticTrainingConfig(Config):
@@ -44,11 +76,16 @@ class CriticTrainingConfig(Config):
     eval_every: int | None = None
     checkpoint_every: int | None = None
     dataloader_workers: int | None = None
+    freeze_vision_tower: bool | None = None
+    freeze_multi_modal_projector: bool | None = None
+    image_max_pixels: int | None = None
+    image_min_pixels: int | None = None
     accelerate_config: str = Field(
         default="none",
         description="A shipped accelerate config (critics/accelerate/<name>.yaml) that the training "
         "process is launched under with `accelerate launch`: 'fsdp_8gpu_full' (FSDP full fine-tuning "
-        "on 8 GPUs), 'lora_1gpu', or 'none' (the launcher below).",
+        "on 8 GPUs), 'lora_1gpu', 'ddp_cpu_2proc' (2 processes: CPU and gloo without CUDA), or "
+        "'none' (the launcher below).",
     )
     launcher: list[str] = Field(
         default=[],
@@ -71,7 +108,23 @@ def effective_recipe(profile_overrides: dict[str, Any], config: CriticTrainingCo
     for key in ("eval_every", "checkpoint_every", "dataloader_workers"):
         if recipe[key] < 0:
             raise ValueError(f"{key} must not be negative, not {recipe[key]!r}")
+    if not 0 < recipe["image_min_pixels"] <= recipe["image_max_pixels"]:
+        raise ValueError(
+            f"need 0 < image_min_pixels <= image_max_pixels, not {recipe['image_min_pixels']!r} and"
+            f" {recipe['image_max_pixels']!r}"
+        )
+    if recipe["method"] == "lora" and not (
+        recipe["freeze_vision_tower"] and recipe["freeze_multi_modal_projector"]
+    ):
+        raise ValueError(
+            "method lora adapts the language model only: the vision tower and projector stay frozen"
+        )
     return recipe
+
+
+def version_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
+    """The part of a recipe that a critic version hashes: every setting that changes the weights."""
+    return {key: value for key, value in recipe.items() if key not in NOT_IN_VERSION}
 
 
 def launch_prefix(config: CriticTrainingConfig, method: str) -> list[str]:

@@ -6,6 +6,16 @@ a JSON file every rank can read; logs and final metrics go back over Pipes from 
 shipped configs in `accelerate/`: FSDP full fine-tuning on 8 GPUs, LoRA on one) or `torchrun`.
 Read it top to bottom: data -> model -> optimiser and schedule -> resume -> loop -> save -> report.
 
+The recipe is LLaMA-Factory's, which FIRM trained with (github.com/hiyouga/LLaMA-Factory): the
+vision tower and projector frozen (src/llamafactory/model/adapter.py `_setup_full_tuning`, keys from
+model/model_utils/visual.py), no KV cache in a training forward (model_utils/kv_cache.py), images
+held to the recipe's pixel budget, and the loss normalised over the target tokens of the whole
+accumulated batch on every rank, as transformers' Trainer does for LLaMA-Factory
+(`Trainer._get_num_items_in_batch` with `average_tokens_across_devices`): a long answer weighs by
+its tokens, not by the micro-batch it happened to fall in. Accumulation is therefore done here (the
+micro-batches of an update are read first, to count their tokens) rather than by
+`Accelerator.accumulate`.
+
 Records are read and encoded a batch at a time in DataLoader workers (`data.py`), so memory does
 not grow with the dataset. A validation split (by record hash) is scored every `eval_every` updates
 and at the end. Every `checkpoint_every` updates the full training state (weights, optimizer,
@@ -13,6 +23,9 @@ scheduler, RNG, data position, loss history) is written atomically to `checkpoin
 with the same parameters resumes from the newest complete checkpoint with the same data order and
 produces the same losses as an uninterrupted run. The checkpoints are deleted once the final
 weights are saved.
+
+Losses reach MLflow as they happen (rank 0 logs each update to the run named in the parameters), so
+a killed run shows its curve; a resumed process logs the history it restored first.
 
 By hand: python -m firm_assets.critics.train --params params.json
 """
@@ -26,6 +39,8 @@ import re
 import shutil
 import signal
 import time
+from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -41,7 +56,9 @@ from firm_assets.critics.data import (
     encode_batch,
     index_tasks,
     row_loss_sums,
+    set_pixel_budget,
     split_validation,
+    target_tokens,
 )
 from firm_assets.curation.costs import training_figures
 from firm_assets.run_progress import ProgressReporter
@@ -52,6 +69,106 @@ KEEP_CHECKPOINTS = 2
 # test hook: the process SIGKILLs itself right after this optimizer update, to prove resume works
 KILL_AFTER_UPDATE = "FIRM_TRAIN_SIGKILL_AFTER_UPDATE"
 _CHECKPOINT = re.compile(r"step-(\d+)")
+# LLaMA-Factory's parameter-name keys of the vision tower and the projector, by model type
+# (src/llamafactory/model/model_utils/visual.py, `_register_composite_model`)
+_QWEN3_VL_VISION = ("visual.pos_embed", "visual.patch_embed", "visual.blocks", "visual.deepstack_merger_list")
+VISION_TOWER = {"qwen3_vl": _QWEN3_VL_VISION, "qwen3_vl_moe": _QWEN3_VL_VISION}
+PROJECTOR = {"qwen3_vl": ("visual.merger",), "qwen3_vl_moe": ("visual.merger",)}
+
+
+def freeze_vision(model, recipe: dict[str, Any]) -> None:
+    """Stop the gradients of the vision tower and/or the projector, as the recipe says. A model type
+    whose parts are not known here cannot be frozen: that is an error, not a silently trained tower."""
+    model_type = model.config.model_type
+    keys: list[str] = []
+    for setting, parts in (
+        ("freeze_vision_tower", VISION_TOWER),
+        ("freeze_multi_modal_projector", PROJECTOR),
+    ):
+        if not recipe[setting]:
+            continue
+        if model_type not in parts:
+            raise ValueError(f"{setting}: the parts of a {model_type!r} model are not known; set it false")
+        keys += parts[model_type]
+    for name, parameter in model.named_parameters():
+        if any(key in name for key in keys):
+            parameter.requires_grad_(False)
+
+
+def _configs(model) -> list:
+    configs = (model.config, getattr(model.config, "text_config", None))
+    return [config for config in configs if config is not None]
+
+
+def no_cache(model) -> None:
+    """No KV cache in a training forward (it is never read, and at the paper's batch it costs GB per
+    GPU): off on the model's config and on its text config, where Qwen3-VL reads it."""
+    for config in _configs(model):
+        config.use_cache = False
+
+
+def cache_for_inference(model) -> None:
+    """The saved critic generates: its configs say so again."""
+    for config in _configs(model):
+        config.use_cache = True
+
+
+def training_model(base_model: str, recipe: dict[str, Any], weights_dtype: torch.dtype):
+    """The base as the trainer trains it: no KV cache, the recipe's parts frozen (full fine-tuning;
+    LoRA's adapters sit on the language model's attention only), in training mode."""
+    model = AutoModelForImageTextToText.from_pretrained(base_model, dtype=weights_dtype)
+    no_cache(model)
+    if recipe["method"] == "full":
+        freeze_vision(model, recipe)
+    model.train()
+    return model
+
+
+def accumulation_windows(batches: Iterable[dict], size: int) -> Iterator[list[dict]]:
+    """The micro-batches of each optimizer update, `size` at a time (the epoch's last may be fewer)."""
+    window: list[dict] = []
+    for batch in batches:
+        window.append(batch)
+        if len(window) == size:
+            yield window
+            window = []
+    if window:
+        yield window
+
+
+def window_loss(logits: torch.Tensor, labels: torch.Tensor, window_targets: torch.Tensor) -> torch.Tensor:
+    """One micro-batch's share of its update's loss: its summed next-token cross-entropy over the
+    answer tokens, divided by the answer tokens of the whole accumulated batch on every rank. Summed
+    over the update's micro-batches and ranks, that is the mean over every target token."""
+    sums, _ = row_loss_sums(logits, labels)
+    return sums.sum() / window_targets.clamp(min=1)
+
+
+class LossLog:
+    """Loss points to the MLflow run named in the parameters, each as it is made, from rank 0 only
+    (no run named: nothing is logged)."""
+
+    def __init__(self, params: dict[str, Any], main_process: bool) -> None:
+        target = params.get("mlflow") if main_process else None
+        self.run_id = target["run_id"] if target else None
+        if self.run_id:
+            from mlflow import MlflowClient
+
+            self.client = MlflowClient(tracking_uri=target["tracking_uri"])
+
+    def log(self, name: str, points: Iterable[tuple[int, float]]) -> None:
+        from mlflow.entities import Metric
+
+        if not self.run_id:
+            return
+        now = int(time.time() * 1000)
+        metrics = [Metric(name, value, now, step) for step, value in points]
+        for start in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics a call
+            self.client.log_batch(self.run_id, metrics=metrics[start : start + 1000])
+
+    def history(self, losses: list[float], val_losses: list[list]) -> None:
+        self.log("train_loss", enumerate(losses, start=1))
+        self.log("val_loss", [(step, value) for step, value in val_losses])
 
 
 def checkpoints(folder: Path) -> list[Path]:
@@ -114,20 +231,33 @@ def train(params: dict[str, Any], log, report) -> dict[str, Any]:
         done = {**saved, "cost": nothing_spent}
         if os.environ.get("RANK", "0") == "0":
             log(f"{params['output_dir']} already holds this version's trained weights; not training again")
+            if params.get("mlflow"):  # this launch's run gets the finished curve
+                LossLog(params, True).history(saved["losses"], saved["val_losses"])
             report(done)
         return done
     recipe = params["recipe"]
     bf16 = recipe["bf16"] and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    accelerator = Accelerator(
-        gradient_accumulation_steps=recipe["gradient_accumulation_steps"],
-        mixed_precision="bf16" if bf16 else "no",
-    )
+    # accumulation is done by hand (see the module docstring); `cpu` without CUDA, because
+    # `accelerate launch` does not tell a CPU-only multi-process run that it is one (no
+    # ACCELERATE_USE_CPU in its torchrun environment) and every process would train alone
+    accelerator = Accelerator(mixed_precision="bf16" if bf16 else "no", cpu=not torch.cuda.is_available())
+    if (
+        os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+        and accelerator.distributed_type != DistributedType.FSDP
+    ):
+        # accelerate turns FSDP on only for process groups on an accelerator (CUDA, XPU, ...): without
+        # this check an FSDP config would train as plain DDP on a CPU and say nothing
+        raise RuntimeError(
+            f"the accelerate config asks for FSDP, but accelerate runs {accelerator.distributed_type.value}"
+            " here (FSDP needs an accelerator device; use ddp_cpu_2proc on a CPU)"
+        )
     random.seed(recipe["seed"])
     torch.manual_seed(recipe["seed"])
 
     # data: an index of byte spans, split by record hash; records are read and encoded a batch at a
     # time in DataLoader workers (with 0 workers, in line)
     processor = AutoProcessor.from_pretrained(params["base_model"])
+    set_pixel_budget(processor, recipe["image_max_pixels"], recipe["image_min_pixels"])
     index = index_tasks(Path(params["dataset_folder"]), params["tasks"])
     train_positions, val_positions = split_validation(index.keys, recipe["val_fraction"])
     loader_args = {
@@ -148,14 +278,13 @@ def train(params: dict[str, Any], log, report) -> dict[str, Any]:
     # mixed precision: AdamW updates of 1e-5 would vanish in bf16 weights); LoRA keeps the frozen
     # base in bf16 and peft's adapters in fp32
     weights_dtype = torch.bfloat16 if bf16 and recipe["method"] == "lora" else torch.float32
-    model = AutoModelForImageTextToText.from_pretrained(params["base_model"], dtype=weights_dtype)
+    model = training_model(params["base_model"], recipe, weights_dtype)
     fsdp_checkpointing = accelerator.distributed_type == DistributedType.FSDP and bool(
         accelerator.state.fsdp_plugin.activation_checkpointing
     )
     checkpointing = "fsdp" if fsdp_checkpointing else "off"
     if recipe["gradient_checkpointing"] and not fsdp_checkpointing:  # FSDP wraps the layers itself
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
         checkpointing = "on"
     if recipe["method"] == "lora":
         from peft import LoraConfig, get_peft_model
@@ -166,15 +295,17 @@ def train(params: dict[str, Any], log, report) -> dict[str, Any]:
             target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
         )
         model = get_peft_model(model, lora)
-    model.train()
 
     # optimiser and schedule
     micro_batches = math.ceil(len(train_set) / (recipe["per_device_batch_size"] * accelerator.num_processes))
     updates_per_epoch = math.ceil(micro_batches / recipe["gradient_accumulation_steps"])
     total_updates = max(1, updates_per_epoch * recipe["epochs"])
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe["learning_rate"], weight_decay=0.0)
-    steps = total_updates * accelerator.num_processes  # a prepared scheduler steps once per process
-    scheduler = get_cosine_schedule_with_warmup(optimizer, int(recipe["warmup_ratio"] * steps), steps)
+    # warm-up updates rounded up, as transformers' TrainingArguments.get_warmup_steps does; a prepared
+    # scheduler steps once per process, so both counts are scaled by the processes (rounding the
+    # scaled count instead would warm a 2-process run up for longer than a 1-process one)
+    warmup = math.ceil(recipe["warmup_ratio"] * total_updates) * accelerator.num_processes
+    scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, total_updates * accelerator.num_processes)
     model, optimizer, loader, val_loader, scheduler = accelerator.prepare(
         model, optimizer, loader, val_loader, scheduler
     )
@@ -196,36 +327,44 @@ def train(params: dict[str, Any], log, report) -> dict[str, Any]:
 
     # loop
     losses, val_losses = state["losses"], state["val_losses"]
+    loss_log = LossLog(params, accelerator.is_main_process)
+    loss_log.history(losses, val_losses)  # a resumed run's curve starts where the restored one did
     resumed_at = len(losses)
     progress = ProgressReporter(total_updates - resumed_at, "updates", log)  # this process's updates
     started = time.perf_counter()
     tokens = 0  # training tokens this process read (padding excluded), for the cost row
-    window: list[torch.Tensor] = []  # this update's micro-batch losses, read once it is done
     for epoch in range(state["epoch"], recipe["epochs"]):
-        skip = state["batches_in_epoch"] if epoch == state["epoch"] else 0
-        batches = accelerator.skip_first_batches(loader, skip) if skip else loader
+        done = state["batches_in_epoch"] if epoch == state["epoch"] else 0
+        batches = accelerator.skip_first_batches(loader, done) if done else loader
         batches.set_epoch(epoch)  # a skipping loader is new: it must be told the epoch too
-        for done, batch in enumerate(batches, start=skip + 1):
-            tokens += int(batch["attention_mask"].sum())
-            with accelerator.accumulate(model):
-                loss = model(**batch).loss
-                accelerator.backward(loss)
-                window.append(loss.detach())
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(model.parameters(), recipe["max_grad_norm"])
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            if not accelerator.sync_gradients:
-                continue
-            losses.append(torch.stack(window).mean().item())  # one device sync per update
-            window = []
+        for window in accumulation_windows(batches, recipe["gradient_accumulation_steps"]):
+            local_targets = sum(target_tokens(batch["labels"]) for batch in window)
+            targets = accelerator.reduce(torch.tensor(local_targets, device=accelerator.device), "sum")
+            update_loss = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+            for position, batch in enumerate(window):
+                tokens += int(batch["attention_mask"].sum())
+                labels = batch.pop("labels")
+                # gradients are averaged over the ranks once, after the update's last micro-batch
+                last = position == len(window) - 1
+                with nullcontext() if last else accelerator.no_sync(model):
+                    loss = window_loss(model(**batch).logits, labels, targets)
+                    # DDP and FSDP average the ranks' gradients: undo that, the loss is already global
+                    accelerator.backward(loss * accelerator.num_processes)
+                update_loss += loss.detach()
+            accelerator.clip_grad_norm_(model.parameters(), recipe["max_grad_norm"])
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            done += len(window)
+            losses.append(accelerator.reduce(update_loss, "sum").item())  # one sync per update
             update = len(losses)
+            loss_log.log("train_loss", [(update, losses[-1])])
             progress.advance()
             if update % recipe["log_every"] == 0 or update == total_updates:
                 log(f"epoch {epoch} update {update}/{total_updates} loss {losses[-1]:.4f}")
             if len(val_positions) and recipe["eval_every"] and update % recipe["eval_every"] == 0:
                 val_losses.append([update, validation_loss(accelerator, model, val_loader)])
+                loss_log.log("val_loss", [tuple(val_losses[-1])])
                 log(f"update {update} val_loss {val_losses[-1][1]:.4f}")
             if folder and recipe["checkpoint_every"] and update % recipe["checkpoint_every"] == 0:
                 state = {
@@ -241,6 +380,7 @@ def train(params: dict[str, Any], log, report) -> dict[str, Any]:
                 os.kill(os.getpid(), signal.SIGKILL)
     if len(val_positions) and (not val_losses or val_losses[-1][0] != len(losses)):
         val_losses.append([len(losses), validation_loss(accelerator, model, val_loader)])
+        loss_log.log("val_loss", [tuple(val_losses[-1])])
         log(f"update {len(losses)} val_loss {val_losses[-1][1]:.4f}")
     train_seconds = time.perf_counter() - started
     tokens = int(accelerator.reduce(torch.tensor(tokens, device=accelerator.device), reduction="sum"))
@@ -282,8 +422,9 @@ def train(params: dict[str, Any], log, report) -> dict[str, Any]:
             unwrapped, weights = unwrapped.merge_and_unload(), None
         tmp = output.with_name(output.name + f".tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
+        cache_for_inference(unwrapped)
         unwrapped.save_pretrained(tmp, state_dict=weights)
-        processor.save_pretrained(tmp)
+        processor.save_pretrained(tmp)  # with the pixel budget: inference sizes images as training did
         (tmp / SUMMARY_FILE).write_text(json.dumps(summary))
         shutil.rmtree(output, ignore_errors=True)
         os.replace(tmp, output)

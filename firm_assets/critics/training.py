@@ -15,7 +15,7 @@ from typing import Any
 import polars as pl
 from dagster import AssetExecutionContext, PipesSubprocessClient
 
-from firm_assets.critics.recipe import CriticTrainingConfig, effective_recipe, launch_prefix
+from firm_assets.critics.recipe import CriticTrainingConfig, effective_recipe, launch_prefix, version_recipe
 from firm_assets.curation.costs import CostMeter
 from firm_assets.curation.versioning import short_hash
 from resources.chat import ModelRef
@@ -27,7 +27,7 @@ from resources.weights import weights_identity
 from warehouse.connection import Warehouse
 
 TRAIN_MODULE = "firm_assets.critics.train"
-TRAINING_CODE_VERSION = "sft@2"
+TRAINING_CODE_VERSION = "sft@3"
 CRITIC_TASK = "image-text-to-text"  # the transformers pipeline a registered critic loads as
 
 CRITIC_SCHEMA = {
@@ -113,7 +113,7 @@ def train_critic(
         dataset_version,
         profile.critic.base,
         base_revision,
-        json.dumps(recipe, sort_keys=True),
+        json.dumps(version_recipe(recipe), sort_keys=True),
         spec.tasks,
         TRAINING_CODE_VERSION,
     )
@@ -135,9 +135,10 @@ def train_critic(
         "checkpoint_dir": str(output.with_name(f"{version}.checkpoints")),
         "recipe": recipe,
     }
+    run_id = tracking.create_run("firm-critics", f"{spec.name}-{version[:8]}", dagster_tags(context, version))
+    params["mlflow"] = {"tracking_uri": tracking.uri(), "run_id": run_id}  # the trainer logs losses there
     params_file = output.with_name(f"{version}.params.json")
     params_file.write_text(json.dumps(params, indent=1))
-    run_id = tracking.create_run("firm-critics", f"{spec.name}-{version[:8]}", dagster_tags(context, version))
     tracking.log_values(
         run_id,
         {
@@ -158,10 +159,6 @@ def train_critic(
             context=context, command=[*launcher, TRAIN_MODULE, "--params", str(params_file)]
         )
         summary = invocation.get_custom_messages()[-1]
-        for step, loss in enumerate(summary["losses"], start=1):
-            tracking.log_values(run_id, {}, {"train_loss": loss}, step=step)
-        for step, loss in summary["val_losses"]:
-            tracking.log_values(run_id, {}, {"val_loss": loss}, step=step)
         final = {"final_loss": summary["final_loss"], "train_seconds": summary["train_seconds"]}
         if summary["final_val_loss"] is not None:
             final["final_val_loss"] = summary["final_val_loss"]
