@@ -16,23 +16,11 @@ from peft import PeftModel
 from PIL import Image
 from safetensors.torch import load_file
 
+from firm_assets.curation.versioning import short_hash
 from firm_assets.rl.monitors import image_statistics
-from firm_assets.rl.nft import (
-    NFTConfig,
-    PromptItem,
-    RewardBatch,
-    Rollout,
-    StepLog,
-    group_advantages,
-    nft_loss,
-    noisy_latents,
-    optimality_probability,
-    prompt_id,
-    prompts_for_step,
-    rollout_seed,
-    train_policy,
-    training_seed,
-)
+from firm_assets.rl.nft import NFTConfig, PromptItem, RewardBatch, Rollout, StepLog, train_policy
+from firm_assets.rl.nft.loop import prompts_for_step, rollout_seed, training_seed
+from firm_assets.rl.nft.loss import group_advantages, nft_loss, noisy_latents, optimality_probability
 from resources.tiny_diffusion import build_tiny_diffusion
 
 # --- pure math ---------------------------------------------------------------------------------
@@ -151,13 +139,6 @@ def test_seeds_are_distinct_per_image_and_apart_from_training_noise() -> None:
     assert rollout_seed(0, 1, 2, 3) == rollout_seed(0, 1, 2, 3) != rollout_seed(1, 1, 2, 3)
 
 
-def test_prompt_id_groups_edits_by_instruction_and_source() -> None:
-    red, blue = Image.new("RGB", (4, 4), "red"), Image.new("RGB", (4, 4), "blue")
-    assert prompt_id("make it green", red) == prompt_id("make it green", red.copy())
-    assert prompt_id("make it green", red) != prompt_id("make it green", blue)
-    assert prompt_id("make it green", red) != prompt_id("make it green")
-
-
 # --- real runs on the tiny pipelines -----------------------------------------------------------
 
 
@@ -196,12 +177,16 @@ def config(pipelines: dict[str, Path], task: str = "gen", **changes: object) -> 
 
 
 def gen_prompts() -> list[PromptItem]:
-    return [PromptItem(prompt_id(text), text) for text in ("a red cat", "a blue dog", "a photo of the sea")]
+    return [PromptItem(short_hash(text), text) for text in ("a red cat", "a blue dog", "a photo of the sea")]
 
 
 def edit_prompts() -> list[PromptItem]:
-    sources = [Image.new("RGB", (40, 30), colour) for colour in ("red", "blue")]
-    return [PromptItem(prompt_id("make it green", s), "make it green", s) for s in sources]
+    colours = ("red", "blue")
+    sources = [Image.new("RGB", (40, 30), colour) for colour in colours]
+    return [
+        PromptItem(short_hash("make it green", c), "make it green", s)
+        for c, s in zip(colours, sources, strict=True)
+    ]
 
 
 def brightness(rollouts: list[Rollout]) -> RewardBatch:
