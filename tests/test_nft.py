@@ -18,9 +18,10 @@ from safetensors.torch import load_file
 
 from firm_assets.curation.versioning import short_hash
 from firm_assets.rl.monitors import image_statistics
-from firm_assets.rl.nft import NFTConfig, PromptItem, RewardBatch, Rollout, StepLog, train_policy
-from firm_assets.rl.nft.loop import prompts_for_step, rollout_seed, training_seed
+from firm_assets.rl.nft.config import NFTConfig
+from firm_assets.rl.nft.loop import prompts_for_step, rollout_seed, train_policy, training_seed
 from firm_assets.rl.nft.loss import group_advantages, nft_loss, noisy_latents, optimality_probability
+from firm_assets.rl.nft.records import PromptItem, RewardBatch, Rollout, StepLog
 from resources.tiny_diffusion import build_tiny_diffusion
 
 # --- pure math ---------------------------------------------------------------------------------
@@ -169,8 +170,6 @@ def config(pipelines: dict[str, Path], task: str = "gen", **changes: object) -> 
         "lora_alpha": 8,
         "learning_rate": 1e-2,
         "nft_beta": 1.0,
-        "old_decay": 0.5,
-        "ema_decay": 0.9,
         "base_penalty": 1e-4,
     }
     return NFTConfig(**(values | changes))
@@ -230,9 +229,11 @@ def test_gen_step_trains_the_lora_and_moves_old_and_ema_adapters(
     assert b_keys and any("attn.to_q" in k for k in b_keys)
     # The image-stream projections all learn (the last SD3 block's text query feeds nothing).
     assert all(trained[k].abs().max() > 0 for k in b_keys if ".to_" in k)
-    for key in b_keys:  # B starts at 0: after one step the old and EMA copies are exact blends
-        torch.testing.assert_close(ema[key], (1 - cfg.ema_decay) * trained[key])
-        torch.testing.assert_close(old[key], (1 - cfg.old_decay) * trained[key])
+    # B starts at 0: after update 1 the rollout adapter is (1 - 0.001) of the trained one (decay
+    # min(0.001 * 1, 0.5)) and the EMA (1 - 2 / 11) of it (decay min((1 + 1) / (10 + 1), 0.9))
+    for key in b_keys:
+        torch.testing.assert_close(ema[key], (1 - 2 / 11) * trained[key])
+        torch.testing.assert_close(old[key], (1 - 0.001) * trained[key])
 
     # The exported folder is a plain peft adapter: it loads onto a fresh base transformer.
     base = SD3Transformer2DModel.from_pretrained(pipelines["tiny-sd3"] / "transformer")

@@ -12,7 +12,7 @@ from PIL import Image
 
 from firm_assets.critics.scoring import CriticScorer, EditQuery, GenQuery
 from firm_assets.rl.critic_reward import critic_reward_fn
-from firm_assets.rl.nft import Rollout
+from firm_assets.rl.nft.records import Rollout
 from firm_assets.rl.rewards import RewardConfig, edit_reward
 from firm_assets.serving.app import create_app
 from firm_assets.serving.remote import RemoteScorer

@@ -36,7 +36,7 @@ from firm_assets.rl.critic_reward import (
 )
 from firm_assets.rl.grids import sample_grid
 from firm_assets.rl.launch import policy_version, prompt_set, prompt_set_version
-from firm_assets.rl.nft import Rollout, StepLog
+from firm_assets.rl.nft.records import Rollout, StepLog
 from firm_assets.rl.rewards import Reward, RewardConfig
 from firm_assets.rl.settings import RLPolicyConfig, nft_settings, reward_settings
 from firm_assets.rl.train import StepTracker, append_history, read_history, step_metrics
@@ -299,15 +299,28 @@ def test_gen_groups_are_the_prompts() -> None:
 
 
 def test_settings_take_the_profile_then_the_run() -> None:
-    policy = PolicyConfig("tiny:tiny-sd3", {"steps": 2, "group_size": 2, "learning_rate": 0.001})
+    policy = PolicyConfig(
+        "tiny:tiny-sd3",
+        {
+            "steps": 2,
+            "group_size": 2,
+            "learning_rate": 0.001,
+            "prompts_per_step": 1,
+            "sampling_steps": 2,
+            "size": 32,
+        },
+    )
     merged = nft_settings("gen", "/models/sd3", policy, RLPolicyConfig(steps=5))
-    assert merged == {
+    picked = {
         "steps": 5,
         "group_size": 2,
         "learning_rate": 0.001,
         "task": "gen",
         "pipeline_path": "/models/sd3",
     }
+    assert {key: merged[key] for key in picked} == picked
+    # the settings nobody gave are recorded at the reference's defaults (and so enter the version)
+    assert (merged["solver"], merged["old_decay_max"], merged["ema_decay"]) == ("dpm_solver_2", 0.5, 0.9)
     assert reward_settings("edit", RLPolicyConfig()) == RewardConfig.cme()
     assert reward_settings("gen", RLPolicyConfig()) == RewardConfig.qma()
     custom = reward_settings("edit", RLPolicyConfig(formula="naive_sum", w2=0.9, normalisation="over5"))
@@ -327,6 +340,9 @@ def test_policy_version_changes_with_every_input() -> None:
         changed = list(args)
         changed[index] = other
         assert policy_version(*changed) != base, index
+    # a setting that never changes the weights leaves the version alone; the sampler changes it
+    assert policy_version(*args[:5], {"steps": 2, "checkpoint_every": 7}) == base
+    assert policy_version(*args[:5], {"steps": 2, "solver": "euler"}) != base
 
 
 # the real graph

@@ -20,6 +20,7 @@ from dagster import AssetExecutionContext, PipesSubprocessClient
 
 from firm_assets.curation.costs import CostMeter
 from firm_assets.curation.versioning import frame_version, short_hash
+from firm_assets.rl.nft.config import NOT_IN_VERSION
 from firm_assets.rl.settings import RLPolicyConfig, Task, nft_settings, reward_settings
 from resources.chat import ModelRef
 from resources.home import firm_home
@@ -108,6 +109,9 @@ def prompt_set_version(prompts: pl.DataFrame) -> str:
 def policy_version(
     model: str, revision: str, critic_version: str, reward: str, prompts: str, nft: dict[str, Any]
 ) -> str:
+    """The hash of everything that changes the trained weights; NFT settings that do not
+    (`NOT_IN_VERSION`, e.g. checkpoint_every) are left out."""
+    nft = {key: value for key, value in nft.items() if key not in NOT_IN_VERSION}
     return short_hash(
         model,
         revision,

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from dagster import Config
 from pydantic import Field
 
+from firm_assets.rl.nft.config import NFTConfig
 from firm_assets.rl.rewards import RewardConfig
 from resources.profiles import PolicyConfig
 
@@ -60,9 +61,10 @@ class RLPolicyConfig(Config):
 def nft_settings(
     task: Task, pipeline_path: str, policy: PolicyConfig, config: RLPolicyConfig
 ) -> dict[str, Any]:
-    """The NFTConfig fields: the profile's settings, then the run's overrides, plus task and pipeline."""
+    """Every NFTConfig field: the profile's settings, then the run's overrides, plus task and pipeline;
+    the rest at NFTConfig's defaults (the reference's), so they are recorded and versioned too."""
     run = {key: getattr(config, key) for key in NFT_OVERRIDES if getattr(config, key) is not None}
-    return {**policy.nft, **run, "task": task, "pipeline_path": pipeline_path}
+    return NFTConfig(**{**policy.nft, **run, "task": task, "pipeline_path": pipeline_path}).model_dump()
 
 
 def reward_settings(task: Task, config: RLPolicyConfig) -> RewardConfig:

@@ -31,7 +31,9 @@ from firm_assets.critics.scoring import CriticScorer, Scorer
 from firm_assets.curation.costs import training_figures
 from firm_assets.rl.critic_reward import critic_reward_fn
 from firm_assets.rl.grids import sample_grid
-from firm_assets.rl.nft import NFTConfig, PromptItem, StepLog, train_policy
+from firm_assets.rl.nft.config import NFTConfig
+from firm_assets.rl.nft.loop import train_policy
+from firm_assets.rl.nft.records import PromptItem, StepLog
 from firm_assets.rl.rewards import RewardConfig
 from firm_assets.run_progress import progress_message
 from firm_assets.serving.remote import RemoteScorer

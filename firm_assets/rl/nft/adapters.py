@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from diffusers.training_utils import EMAModel
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
@@ -62,6 +63,28 @@ def blend_adapter(model: PeftModel, target: str, source: str, decay: float) -> N
     sources = adapter_params(model, source)
     for name, param in adapter_params(model, target).items():
         param.mul_(decay).add_(sources[name], alpha=1 - decay)
+
+
+def ema_of(model: PeftModel, config: NFTConfig, updates_done: int) -> EMAModel:
+    """diffusers' EMAModel over the trained adapter, starting from the "ema" adapter's weights after
+    `updates_done` updates. Its decay at update s is min((1 + s) / (10 + s), ema_decay), the
+    reference's warm-up (DiffusionNFT `flow_grpo/ema.py`, decay 0.9 in `scripts/train_nft_sd3.py`):
+    `update_after_step=-1` makes diffusers count s from 1 at the first update, as the reference does."""
+    ema = EMAModel(
+        _ordered(model, "ema"), decay=config.ema_decay, min_decay=0.0, update_after_step=-1, foreach=False
+    )
+    ema.optimization_step = updates_done
+    return ema
+
+
+def update_ema(ema: EMAModel, model: PeftModel) -> None:
+    """One EMA update from the trained adapter, written into the "ema" adapter (saved, evaluated)."""
+    ema.step(_ordered(model, "default"))
+    ema.copy_to(_ordered(model, "ema"))
+
+
+def _ordered(model: PeftModel, adapter: str) -> list[torch.nn.Parameter]:
+    return [param for _, param in sorted(adapter_params(model, adapter).items())]
 
 
 def save_adapter(model: PeftModel, adapter: str, folder: Path) -> None:

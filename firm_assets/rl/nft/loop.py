@@ -12,8 +12,8 @@ from peft import PeftModel
 
 from firm_assets import checkpoints
 from firm_assets.rl.monitors import image_statistics
-from firm_assets.rl.nft.adapters import adapter_params, add_adapters, blend_adapter
-from firm_assets.rl.nft.config import NFTConfig
+from firm_assets.rl.nft.adapters import adapter_params, add_adapters, blend_adapter, ema_of, update_ema
+from firm_assets.rl.nft.config import NFTConfig, rollout_decay
 from firm_assets.rl.nft.loss import (
     group_advantages,
     nft_loss,
@@ -112,8 +112,6 @@ def train_step(
             total += loss.item()
     grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
     optimizer.step()
-    blend_adapter(model, target="old", source="default", decay=config.old_decay)
-    blend_adapter(model, target="ema", source="default", decay=config.ema_decay)
     return total, float(grad_norm)
 
 
@@ -171,7 +169,8 @@ def train_policy(
 
     Resumes from the newest complete checkpoint in checkpoint_dir when there is one (same
     config apart from steps/checkpoint_every, same prompts), continuing the identical trajectory.
-    A step whose rewards are all masked makes no update and logs a NaN loss.
+    A step whose rewards are all masked makes no update (the rollout and EMA adapters stay too:
+    their schedules count updates, as the reference's `global_step` does) and logs a NaN loss.
     """
     _check_prompts(config, prompts)
     checkpoint_dir = Path(checkpoint_dir)
@@ -193,11 +192,12 @@ def train_policy(
     sigmas = family.sigmas(config.sampling_steps)
 
     losses: list[float] = []
-    start = 0
+    start = updates = 0
     if resume is not None:
         path, state = resume
         load_checkpoint(path, state, model, optimizer, family.device)
-        start, losses = state["step"], list(state["losses"])
+        start, losses, updates = state["step"], list(state["losses"]), state["updates"]
+    ema = ema_of(model, config, updates)
 
     for step in range(start, config.steps):
         chosen = prompts_for_step(len(prompts), config.prompts_per_step, step, config.seed)
@@ -208,6 +208,7 @@ def train_policy(
                 prompts[index],
                 [rollout_seed(config.seed, step, index, j) for j in range(config.group_size)],
                 sigmas,
+                config.solver,
             )
             for index in chosen
         ]
@@ -222,11 +223,14 @@ def train_policy(
             loss, grad_norm = train_step(
                 family, model, optimizer, params, groups, advantages, sigmas, config, generator
             )
+            updates += 1
+            blend_adapter(model, target="old", source="default", decay=rollout_decay(config, updates))
+            update_ema(ema, model)
         losses.append(loss)
         if on_step is not None:
             on_step(_step_log(step + 1, loss, grad_norm, rollouts, rewards))
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
-            save_checkpoint(checkpoint_dir, step + 1, model, optimizer, config, prompt_ids, losses)
+            save_checkpoint(checkpoint_dir, step + 1, model, optimizer, config, prompt_ids, losses, updates)
 
     _, last = complete_checkpoints(checkpoint_dir)[-1]
     lora_dir, ema_dir = export(checkpoint_dir, last)

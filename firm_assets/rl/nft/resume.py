@@ -13,12 +13,12 @@ from peft import PeftModel
 
 from firm_assets import checkpoints
 from firm_assets.rl.nft.adapters import ADAPTERS, load_adapter, save_adapter
-from firm_assets.rl.nft.config import NFTConfig
+from firm_assets.rl.nft.config import NOT_IN_VERSION, NFTConfig
 
 KEEP_CHECKPOINTS = 2
 STATE_FILE = "state.json"  # written last: its presence marks a complete checkpoint
 # Fields that may change between a run and its resume without changing the trajectory so far.
-RESUMABLE_CHANGES = {"steps", "checkpoint_every"}
+RESUMABLE_CHANGES = {"steps", *NOT_IN_VERSION}
 
 
 def complete_checkpoints(checkpoint_dir: Path) -> list[tuple[int, Path]]:
@@ -33,6 +33,7 @@ def save_checkpoint(
     config: NFTConfig,
     prompt_ids: list[str],
     losses: list[float],
+    updates: int,
 ) -> None:
     """Adapters, optimizer and state of `step`; older checkpoints beyond KEEP_CHECKPOINTS go."""
 
@@ -43,6 +44,7 @@ def save_checkpoint(
         state = {
             "step": step,
             "losses": losses,
+            "updates": updates,  # optimizer updates made (a fully masked step makes none)
             "config": config.model_dump(),
             "prompt_ids": prompt_ids,
             "rng": checkpoints.rng_state(),
