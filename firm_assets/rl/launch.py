@@ -21,6 +21,7 @@ from dagster import AssetExecutionContext, PipesSubprocessClient
 from firm_assets.curation.costs import CostMeter
 from firm_assets.curation.versioning import frame_version, short_hash
 from firm_assets.rl.nft.config import NOT_IN_VERSION
+from firm_assets.rl.rule_rewards import load_rule_reward
 from firm_assets.rl.settings import RLPolicyConfig, Task, nft_settings, reward_settings
 from resources.chat import ModelRef
 from resources.home import firm_home
@@ -193,23 +194,34 @@ def train_rl_policy(
 ) -> tuple[pl.DataFrame, dict]:
     """The policy row (trained now or found) and metadata for the materialization."""
     meter = CostMeter()
-    if critic_frame.is_empty():
+    if critic_frame.is_empty() and not config.reward_fn:
         raise ValueError(f"{spec.critic} has no trained version: nothing to reward {spec.name} with")
     prompts = prompt_set(spec, prompt_frame)
     if prompts.is_empty():
         raise ValueError(f"{spec.prompt_set} is empty: no prompts to train {spec.name} on")
-    critic = critic_frame.row(0, named=True)
+    # with a rule reward (`reward_fn`) no critic is used: its columns are recorded empty
+    critic = (
+        dict.fromkeys(("version", "path", "registered_model", "model_version"), "")
+        if config.reward_fn
+        else critic_frame.row(0, named=True)
+    )
     profile = models.settings()
     policy = profile.rl[spec.task]
     pipeline_path = resolve_model_path(policy.model)
     revision = weights_identity(pipeline_path, policy.revision)
     nft = nft_settings(spec.task, pipeline_path, policy, config)
-    reward = {**reward_settings(spec.task, config).model_dump(), "score_mode": config.score_mode}
+    reward = (
+        {"reward_fn": config.reward_fn}
+        if config.reward_fn
+        else {**reward_settings(spec.task, config).model_dump(), "score_mode": config.score_mode}
+    )
     reward_json = json.dumps(reward, sort_keys=True)
     prompts_version = prompt_set_version(prompts)
     # the version names the model, not the folder it was resolved to on this machine
     # a reward server scores with the critic it serves: that critic's version is the one trained against
     critic_used = server_critic_version(config) if config.reward_server else critic["version"]
+    if config.reward_fn:
+        load_rule_reward(config.reward_fn)  # a wrong path fails here, before any work
     version = policy_version(
         policy.model, revision, critic_used, reward_json, prompts_version, {**nft, "pipeline_path": ""}
     )
@@ -237,6 +249,7 @@ def train_rl_policy(
             "max_new_tokens": profile.critic.max_new_tokens,
             "guided": profile.guided,
         },
+        "reward_fn": config.reward_fn,
         "held_out_critic": config.held_out_critic,
         "reward_server": config.reward_server,
         "reward_server_token_env": config.reward_server_token_env,

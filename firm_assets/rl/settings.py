@@ -35,6 +35,12 @@ class RLPolicyConfig(Config):
     score_mode: str = Field(
         default="expectation", description="parsed (the answer's digit) or expectation (over digit probs)."
     )
+    reward_fn: str = Field(
+        default="",
+        description="A rule reward instead of the critic: an importable 'module:function' that takes the "
+        "step's rollouts and returns one reward (or None, masked) each, e.g. "
+        "'firm_assets.rl.rule_rewards:brightness'. Recorded in the policy version and lineage.",
+    )
     held_out_critic: str = Field(
         default="",
         description="A critic folder or models:/<name>/<version> that scores the same rollouts for the "

@@ -1,4 +1,4 @@
-"""Online RL of one policy with DiffusionNFT, rewarded by a critic.
+"""Online RL of one policy with DiffusionNFT, rewarded by a critic or a named rule reward.
 
 Runs as its own process, launched by the policy assets through Dagster Pipes (parameters arrive in a
 JSON file). It is one process: `nft.train_policy` has no data parallelism, so under torchrun every
@@ -33,8 +33,9 @@ from firm_assets.rl.critic_reward import critic_reward_fn
 from firm_assets.rl.grids import sample_grid
 from firm_assets.rl.nft.config import NFTConfig
 from firm_assets.rl.nft.loop import train_policy
-from firm_assets.rl.nft.records import PromptItem, StepLog
+from firm_assets.rl.nft.records import PromptItem, RewardFn, StepLog
 from firm_assets.rl.rewards import RewardConfig
+from firm_assets.rl.rule_rewards import rule_reward_fn
 from firm_assets.run_progress import progress_message
 from firm_assets.serving.remote import RemoteScorer
 from resources.tracking import TrackingResource
@@ -128,6 +129,25 @@ def _load_scorer(source: str, critic: dict[str, Any]) -> CriticScorer:
     )
 
 
+def _reward_fn(params: dict[str, Any], requirements: dict[str, str | None]) -> tuple[RewardFn, str]:
+    """The step's reward function and where its rewards come from (the lineage's critic_source):
+    `reward_fn:<module:function>` for a rule reward, else the scoring critic's version."""
+    if params.get("reward_fn"):
+        return rule_reward_fn(params["reward_fn"]), f"reward_fn:{params['reward_fn']}"
+    scorer: Scorer = (
+        RemoteScorer(params["reward_server"], params["reward_server_token_env"])
+        if params["reward_server"]
+        else _load_scorer(params["critic"]["source"], params["critic"])
+    )
+    held_out = (
+        _load_scorer(params["held_out_critic"], params["critic"]) if params["held_out_critic"] else None
+    )
+    reward = dict(params["reward"])
+    mode = reward.pop("score_mode")
+    reward_fn = critic_reward_fn(params["task"], scorer, RewardConfig(**reward), mode, requirements, held_out)
+    return reward_fn, scorer.critic_version
+
+
 def register_policy(tracking: TrackingResource, params: dict[str, Any], lora: Path, ema: Path) -> str:
     """Both LoRA folders and a policy.json naming the base pipeline, as one artifact `policy`,
     registered as a model version of the policy (once per policy version)."""
@@ -151,19 +171,9 @@ def train(params: dict[str, Any], log: Callable[[str], None], report) -> dict[st
     # prompts
     prompts, requirements = load_prompts(Path(params["prompts_file"]))
 
-    # reward function: the reward server or the training critic in this process, plus an optional
-    # held-out critic
-    scorer: Scorer = (
-        RemoteScorer(params["reward_server"], params["reward_server_token_env"])
-        if params["reward_server"]
-        else _load_scorer(params["critic"]["source"], params["critic"])
-    )
-    held_out = (
-        _load_scorer(params["held_out_critic"], params["critic"]) if params["held_out_critic"] else None
-    )
-    reward = dict(params["reward"])
-    mode = reward.pop("score_mode")
-    reward_fn = critic_reward_fn(params["task"], scorer, RewardConfig(**reward), mode, requirements, held_out)
+    # reward function: a named rule reward, or a critic (the reward server's or one in this process,
+    # plus an optional held-out critic for the divergence monitor)
+    reward_fn, reward_source = _reward_fn(params, requirements)
 
     # per-step tracking
     checkpoints = Path(params["checkpoint_dir"])
@@ -192,7 +202,7 @@ def train(params: dict[str, Any], log: Callable[[str], None], report) -> dict[st
         "lora_dir": str(result.lora_dir),
         "ema_lora_dir": str(result.ema_lora_dir),
         "model_version": model_version,
-        "critic_source": scorer.critic_version,
+        "critic_source": reward_source,
         "history": read_history(checkpoints / HISTORY_FILE, result.final_step),
         "steps_this_run": len(tracker.steps),
         "resumed_from_step": min(tracker.steps) - 1 if tracker.steps else result.final_step,
