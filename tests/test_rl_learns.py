@@ -10,18 +10,17 @@ on the loaded 2-core machine (figures in firm_assets/rl/README.md)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from rl_trainer_params import trainer_params
 
 import firm_assets.rl.nft.loop as nft_loop
 from firm_assets.rl.train import train
 from resources.tiny_diffusion import build_tiny_diffusion
-from resources.tracking import TrackingResource
 
 STEPS = 40
 WINDOW = 8  # steps averaged at each end
@@ -37,41 +36,16 @@ def one_thread() -> Iterator[None]:
 
 
 def learning_params(home: Path, pipeline: Path) -> dict:
-    prompts = home / "prompts.jsonl"
-    prompts.write_text(
-        "".join(
-            json.dumps({"prompt_id": f"p{i}", "text": text, "source_path": None, "requirement": None}) + "\n"
-            for i, text in enumerate(("a red cat", "a blue dog"))
-        )
+    return trainer_params(
+        home,
+        pipeline,
+        ["a red cat", "a blue dog"],
+        "firm_assets.rl.rule_rewards:greenness",
+        steps=STEPS,
+        group_size=8,
+        learning_rate=0.05,
+        checkpoint_every=STEPS,
     )
-    tracking = TrackingResource(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
-    nft = {
-        "task": "gen",
-        "pipeline_path": str(pipeline),
-        "steps": STEPS,
-        "prompts_per_step": 2,
-        "group_size": 8,
-        "sampling_steps": 2,
-        "size": 32,
-        "lora_rank": 4,
-        "lora_alpha": 8,
-        "learning_rate": 0.05,
-        "checkpoint_every": STEPS,
-    }
-    return {
-        "policy": "gen_rl_policy",
-        "version": "learns",
-        "task": "gen",
-        "nft": nft,
-        "prompts_file": str(prompts),
-        "reward_fn": "firm_assets.rl.rule_rewards:greenness",
-        "reward": {"reward_fn": "firm_assets.rl.rule_rewards:greenness"},
-        "checkpoint_dir": str(home / "checkpoints"),
-        "tracking_uri": tracking.uri(),
-        "mlflow_run_id": tracking.create_run("firm-rl", "learns", {}),
-        "grid_every": STEPS,
-        "model_tags": {"policy_version": "learns"},
-    }
 
 
 @pytest.mark.parametrize(
@@ -96,7 +70,7 @@ def test_reward_rises_on_a_learnable_reward(
             lambda *args: [None if a is None else -a for a in advantages(*args)],
         )
     pipeline = build_tiny_diffusion(tmp_path / "diffusion")["tiny-sd3"]
-    summary = train(learning_params(tmp_path, pipeline), lambda line: None, lambda summary: None)
+    summary = train(learning_params(tmp_path / "learns", pipeline), lambda line: None, lambda summary: None)
 
     rewards = [step["metrics"]["reward_mean"] for step in summary["history"]]
     assert (

@@ -58,9 +58,9 @@ class RLPolicyConfig(Config):
     grid_every: int = Field(default=1, description="Log a sample grid to MLflow every N steps.")
     launcher: list[str] = Field(
         default=[],
-        description="Command prefix that runs a Python module as one process (the trainer refuses "
-        "WORLD_SIZE > 1: it has no data parallelism), e.g. ['/opt/firm/.venv/bin/python', '-m']; "
-        "default: this interpreter with -m.",
+        description="Command prefix that runs a Python module: one process, e.g. "
+        "['/opt/firm/.venv/bin/python', '-m'], or one per device for data-parallel RL, e.g. "
+        "['torchrun', '--nproc_per_node', '8', '-m']; default: this interpreter with -m.",
     )
 
 

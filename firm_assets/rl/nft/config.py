@@ -17,7 +17,7 @@ import pydantic
 Solver = Literal["dpm_solver_2", "euler"]
 # Settings that never change the trained weights: left out of the policy version, and free to change
 # when a run resumes. Every other field (solver and schedules included) changes the version.
-NOT_IN_VERSION = frozenset({"checkpoint_every"})
+NOT_IN_VERSION = frozenset({"checkpoint_every", "micro_batch", "gradient_checkpointing"})
 
 
 class NFTConfig(pydantic.BaseModel, frozen=True):
@@ -47,6 +47,10 @@ class NFTConfig(pydantic.BaseModel, frozen=True):
     advantage_clip: float = pydantic.Field(default=5.0, gt=0)
     seed: int = 0
     checkpoint_every: int = pydantic.Field(default=1, ge=1)
+    # memory: samples of a group per forward/backward pass (None: the whole group), and activation
+    # checkpointing in the transformer; neither changes the gradient, only what it costs
+    micro_batch: int | None = pydantic.Field(default=None, ge=1)
+    gradient_checkpointing: bool = False
     device: str = "cpu"
     dtype: str = "float32"
 

@@ -21,9 +21,11 @@ from firm_assets.rl.nft.loss import (
     optimality_probability,
     sample_dims,
 )
+from firm_assets.rl.nft.parallel import Ranks, current_ranks
 from firm_assets.rl.nft.pipelines import Family, load_family
 from firm_assets.rl.nft.records import PromptItem, RewardBatch, RewardFn, Rollout, StepLog, TrainResult
 from firm_assets.rl.nft.resume import (
+    STATE_FILE,
     check_resumable,
     complete_checkpoints,
     export,
@@ -52,67 +54,74 @@ def rollout_seed(seed: int, step: int, prompt_index: int, sample: int) -> int:
     return int(np.random.SeedSequence([seed, step, 0, prompt_index, sample]).generate_state(1)[0])
 
 
-def training_seed(seed: int, step: int) -> int:
-    """The seed of a step's training noise, from a stream apart from the rollouts' seeds."""
-    return int(np.random.SeedSequence([seed, step, 1]).generate_state(1)[0])
+def training_seed(seed: int, step: int, prompt_index: int) -> int:
+    """The seed of a prompt group's training noise in a step, from a stream apart from the rollouts'
+    seeds; per group, so a group's noise is the same whichever rank trains it."""
+    return int(np.random.SeedSequence([seed, step, 1, prompt_index]).generate_state(1)[0])
+
+
+def micro_batches(indices: list[int], size: int | None) -> list[list[int]]:
+    """`indices` in consecutive chunks of at most `size` (all at once when size is None)."""
+    size = size or max(len(indices), 1)
+    return [indices[start : start + size] for start in range(0, len(indices), size)]
 
 
 def train_step(
     family: Family,
     model: PeftModel,
-    optimizer: torch.optim.Optimizer,
-    params: list[torch.nn.Parameter],
     groups: list[Group],
     advantages: list[float | None],
     sigmas: torch.Tensor,
     config: NFTConfig,
-    generator: torch.Generator,
-) -> tuple[float, float]:
-    """One optimizer step over every unmasked sample at every sampling sigma; returns (loss,
-    pre-clip gradient norm). Gradients accumulate one (group, sigma) micro-batch at a time."""
-    train_sigmas = sigmas[:-1]
-    used = sum(a is not None for a in advantages)
-    denominator = used * len(train_sigmas)
-    optimizer.zero_grad(set_to_none=True)
+    seeds: list[int],
+    denominator: int,
+) -> float:
+    """Accumulate this process's share of one step's gradient: every unmasked sample of its groups
+    at every sampling sigma, `micro_batch` samples of a group per forward/backward pass. The loss is
+    divided by `denominator` (unmasked samples of the whole step, on every rank, times sigmas), so
+    the summed gradient is the mean over the step whatever the split. Returns this share's loss."""
     total = 0.0
     offset = 0
-    for group in groups:
+    for group, seed in zip(groups, seeds, strict=True):
         own = advantages[offset : offset + len(group.seeds)]
         offset += len(group.seeds)
         keep = [i for i, a in enumerate(own) if a is not None]
         if not keep:
             continue
-        x0 = group.latents[keep]
-        advantage = torch.tensor([own[i] for i in keep], dtype=torch.float32, device=x0.device)
+        generator = torch.Generator("cpu").manual_seed(seed)
+        advantage = torch.tensor([own[i] for i in keep], dtype=torch.float32, device=group.latents.device)
         optimality = optimality_probability(advantage, config.advantage_clip)
-        for sigma in train_sigmas:
-            t = sigma.expand(len(keep))
-            noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0.device, x0.dtype)
-            x_t = noisy_latents(x0, noise, t.to(x0.device, x0.dtype))
-            with torch.no_grad():
-                model.set_adapter("old")
-                v_old = family.velocity(x_t, t, group.condition).float()
-                with model.disable_adapter():
-                    v_base = family.velocity(x_t, t, group.condition).float()
-            model.set_adapter("default")
-            v_theta = family.velocity(x_t, t, group.condition).float()
-            policy = nft_loss(
-                v_theta,
-                v_old,
-                x_t.float(),
-                x0.float(),
-                t.to(x0.device),
-                optimality,
-                config.nft_beta,
-                config.advantage_clip,
-            )
-            penalty = (v_theta - v_base).square().mean(dim=sample_dims(v_theta))
-            loss = (policy + config.base_penalty * penalty).sum() / denominator
-            loss.backward()
-            total += loss.item()
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-    optimizer.step()
-    return total, float(grad_norm)
+        for sigma in sigmas[:-1]:
+            # one noise draw per (group, sigma) for the whole group, so micro_batch never changes it
+            x0_all = group.latents[keep]
+            noise_all = torch.randn(x0_all.shape, generator=generator, dtype=torch.float32)
+            for chunk in micro_batches(list(range(len(keep))), config.micro_batch):
+                x0 = x0_all[chunk]
+                noise = noise_all[chunk].to(x0.device, x0.dtype)
+                t = sigma.expand(len(chunk))
+                x_t = noisy_latents(x0, noise, t.to(x0.device, x0.dtype))
+                with torch.no_grad():
+                    model.set_adapter("old")
+                    v_old = family.velocity(x_t, t, group.condition).float()
+                    with model.disable_adapter():
+                        v_base = family.velocity(x_t, t, group.condition).float()
+                model.set_adapter("default")
+                v_theta = family.velocity(x_t, t, group.condition).float()
+                policy = nft_loss(
+                    v_theta,
+                    v_old,
+                    x_t.float(),
+                    x0.float(),
+                    t.to(x0.device),
+                    optimality[chunk],
+                    config.nft_beta,
+                    config.advantage_clip,
+                )
+                penalty = (v_theta - v_base).square().mean(dim=sample_dims(v_theta))
+                loss = (policy + config.base_penalty * penalty).sum() / denominator
+                loss.backward()
+                total += loss.item()
+    return total
 
 
 def _check_prompts(config: NFTConfig, prompts: Sequence[PromptItem]) -> None:
@@ -130,11 +139,23 @@ def _check_prompts(config: NFTConfig, prompts: Sequence[PromptItem]) -> None:
 
 
 def _step_log(
-    step: int, loss: float, grad_norm: float, rollouts: list[Rollout], rewards: RewardBatch
+    step: int,
+    loss: float,
+    grad_norm: float,
+    rollouts: list[Rollout],
+    shares: list[tuple[list[float | None], list[dict[str, float]], dict[str, float]]],
 ) -> StepLog:
-    present = [r for r in rewards.rewards if r is not None]
-    statistics = image_statistics([r.image for r in rollouts])
-    clash = statistics.keys() & rewards.monitors.keys()
+    """The step's figures over every rank's share (rewards, per-image statistics, reward monitors
+    weighted by the share's size); the samples are this process's own rollouts."""
+    rewards = [r for share in shares for r in share[0]]
+    present = [r for r in rewards if r is not None]
+    per_image = [stats for share in shares for stats in share[1]]
+    statistics = {key: float(np.mean([s[key] for s in per_image])) for key in per_image[0]}
+    monitors: dict[str, float] = {}
+    for name in shares[0][2]:
+        weighted = [(len(share[0]), share[2][name]) for share in shares if name in share[2]]
+        monitors[name] = sum(n * v for n, v in weighted) / sum(n for n, _ in weighted)
+    clash = statistics.keys() & monitors.keys()
     if clash:
         raise ValueError(f"reward monitors reuse image-statistic names: {sorted(clash)}")
     return StepLog(
@@ -142,10 +163,11 @@ def _step_log(
         loss=loss,
         reward_mean=float(np.mean(present)) if present else None,
         reward_std=float(np.std(present)) if present else None,
-        masked_fraction=1 - len(present) / len(rewards.rewards),
+        masked_fraction=1 - len(present) / len(rewards),
         grad_norm=grad_norm,
-        monitors={**statistics, **rewards.monitors},
+        monitors={**statistics, **monitors},
         samples=rollouts,
+        images=len(rewards),
     )
 
 
@@ -164,6 +186,7 @@ def train_policy(
     reward_fn: RewardFn,
     checkpoint_dir: Path,
     on_step: Callable[[StepLog], None] | None = None,
+    ranks: Ranks | None = None,
 ) -> TrainResult:
     """Train a LoRA with DiffusionNFT for config.steps optimizer steps.
 
@@ -171,20 +194,27 @@ def train_policy(
     config apart from steps/checkpoint_every, same prompts), continuing the identical trajectory.
     A step whose rewards are all masked makes no update (the rollout and EMA adapters stay too:
     their schedules count updates, as the reference's `global_step` does) and logs a NaN loss.
+    Under torch.distributed (`ranks`, default: the current process group) each rank trains its
+    share of every step's groups (`parallel.py`); rank 0 writes the checkpoints and gets `on_step`.
     """
+    ranks = ranks or current_ranks()
     _check_prompts(config, prompts)
     checkpoint_dir = Path(checkpoint_dir)
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    checkpoints.clear_partial(checkpoint_dir)
+    if ranks.main:
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        checkpoints.clear_partial(checkpoint_dir)
+    ranks.barrier()
     prompt_ids = [p.prompt_id for p in prompts]
     found = complete_checkpoints(checkpoint_dir)
     resume = None
     if found:  # checked before the (slow) pipeline load, so a mismatch fails fast
         _, path = found[-1]
-        resume = path, json.loads((path / "state.json").read_text())
+        resume = path, json.loads((path / STATE_FILE).read_text())
         check_resumable(resume[1], config, prompt_ids, path)
 
     family = load_family(config)
+    if config.gradient_checkpointing:
+        family.transformer.enable_gradient_checkpointing()
     model = add_adapters(family, config)
     model.train()
     params = [p for _, p in sorted(adapter_params(model, "default").items())]
@@ -200,7 +230,7 @@ def train_policy(
     ema = ema_of(model, config, updates)
 
     for step in range(start, config.steps):
-        chosen = prompts_for_step(len(prompts), config.prompts_per_step, step, config.seed)
+        chosen = ranks.mine(prompts_for_step(len(prompts), config.prompts_per_step, step, config.seed))
         groups = [
             rollout_group(
                 family,
@@ -213,25 +243,46 @@ def train_policy(
             for index in chosen
         ]
         rollouts = [r for g in groups for r in g.rollouts]
-        rewards = _checked_rewards(reward_fn(rollouts), rollouts)
-        labels = [r.prompt_id for r in rollouts]
-        advantages = group_advantages(rewards.rewards, labels, config.advantage_clip)
-        if all(a is None for a in advantages):
+        rewards = _checked_rewards(reward_fn(rollouts), rollouts) if rollouts else RewardBatch([], {})
+        statistics = [image_statistics([r.image]) for r in rollouts]
+        shares = ranks.gather(
+            ([r.prompt_id for r in rollouts], rewards.rewards, statistics, rewards.monitors)
+        )
+        labels = [label for share in shares for label in share[0]]
+        everyone = group_advantages([r for share in shares for r in share[1]], labels, config.advantage_clip)
+        mine_from = sum(len(share[0]) for share in shares[: ranks.rank])
+        advantages = everyone[mine_from : mine_from + len(rollouts)]
+        used = sum(a is not None for a in everyone)
+        if used == 0:
             loss, grad_norm = float("nan"), 0.0
         else:
-            generator = torch.Generator("cpu").manual_seed(training_seed(config.seed, step))
-            loss, grad_norm = train_step(
-                family, model, optimizer, params, groups, advantages, sigmas, config, generator
-            )
+            optimizer.zero_grad(set_to_none=True)
+            seeds = [training_seed(config.seed, step, index) for index in chosen]
+            denominator = used * (len(sigmas) - 1)
+            local = train_step(family, model, groups, advantages, sigmas, config, seeds, denominator)
+            ranks.sum_gradients(params)
+            loss = ranks.sum(local)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.grad_clip))
+            optimizer.step()
             updates += 1
             blend_adapter(model, target="old", source="default", decay=rollout_decay(config, updates))
             update_ema(ema, model)
         losses.append(loss)
-        if on_step is not None:
-            on_step(_step_log(step + 1, loss, grad_norm, rollouts, rewards))
+        if on_step is not None and ranks.main:
+            log_shares = [(share[1], share[2], share[3]) for share in shares]
+            on_step(_step_log(step + 1, loss, grad_norm, rollouts, log_shares))
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
-            save_checkpoint(checkpoint_dir, step + 1, model, optimizer, config, prompt_ids, losses, updates)
+            if ranks.main:
+                save_checkpoint(
+                    checkpoint_dir, step + 1, model, optimizer, config, prompt_ids, losses, updates
+                )
+            ranks.barrier()
 
-    _, last = complete_checkpoints(checkpoint_dir)[-1]
-    lora_dir, ema_dir = export(checkpoint_dir, last)
-    return TrainResult(lora_dir=lora_dir, ema_lora_dir=ema_dir, final_step=config.steps, losses=losses)
+    if ranks.main:
+        _, last = complete_checkpoints(checkpoint_dir)[-1]
+        export(checkpoint_dir, last)
+    ranks.barrier()
+    final = checkpoint_dir / "final"
+    return TrainResult(
+        lora_dir=final / "lora", ema_lora_dir=final / "ema", final_step=config.steps, losses=losses
+    )

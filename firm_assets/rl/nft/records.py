@@ -43,7 +43,8 @@ class StepLog:
     masked_fraction: float
     grad_norm: float
     monitors: dict[str, float]  # image statistics + RewardBatch.monitors
-    samples: list[Rollout]
+    samples: list[Rollout]  # this process's rollouts (rank 0's share under data parallelism)
+    images: int  # rollouts of the step on every rank
 
 
 @dataclass(frozen=True)
