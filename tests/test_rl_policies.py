@@ -35,7 +35,7 @@ from firm_assets.rl.critic_reward import (
     reward_divergence,
 )
 from firm_assets.rl.grids import sample_grid
-from firm_assets.rl.launch import policy_version, prompt_set, prompt_set_version
+from firm_assets.rl.launch import policy_run, policy_version, prompt_set, prompt_set_version
 from firm_assets.rl.nft.records import Rollout, StepLog
 from firm_assets.rl.rewards import Reward, RewardConfig
 from firm_assets.rl.settings import RLPolicyConfig, nft_settings, reward_settings
@@ -195,6 +195,29 @@ def test_a_resumed_run_reports_progress_over_the_steps_it_has_left(tmp_path: Pat
         "progress 4/4 steps",
     ]
     assert tracker.steps == [7, 8, 9, 10]
+
+
+def test_a_resumed_run_continues_its_mlflow_run(tmp_path: Path, monkeypatch) -> None:
+    """The steps of a killed attempt and of its resume land in one MLflow run, one curve."""
+    monkeypatch.setenv("FIRM_HOME", str(tmp_path))
+    tracking = TrackingResource(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    folder = tmp_path / "gen_rl_policy" / "v1"
+    folder.mkdir(parents=True)
+    run_id, reopened = policy_run(tracking, folder, "gen-v1", {"dagster.run_id": "first"})
+    assert not reopened
+    (folder / "params.json").write_text(json.dumps({"mlflow_run_id": run_id}))
+    tracking.log_values(run_id, {}, {"loss": 0.5}, step=1)
+    tracking.finish(run_id, "FAILED")  # the attempt was killed
+
+    again, reopened = policy_run(tracking, folder, "gen-v1", {"dagster.run_id": "second"})
+    assert (again, reopened) == (run_id, True)
+    tracking.log_values(run_id, {}, {"loss": 0.4}, step=2)
+    run = tracking.client().get_run(run_id)
+    assert run.info.status == "RUNNING" and run.data.tags["firm.reopened_by_run"] == "second"
+    assert [m.step for m in tracking.client().get_metric_history(run_id, "loss")] == [1, 2]
+
+    tracking.finish(run_id)  # a finished run is never reopened: a new attempt gets a new run
+    assert policy_run(tracking, folder, "gen-v1", {})[0] != run_id
 
 
 def test_step_metrics_leave_out_rewards_of_a_fully_masked_step() -> None:

@@ -26,12 +26,13 @@ from firm_assets.rl.settings import RLPolicyConfig, Task, nft_settings, reward_s
 from resources.chat import ModelRef
 from resources.home import firm_home
 from resources.models import ModelsResource, resolve_model_path
-from resources.tracking import TrackingResource, dagster_tags
+from resources.tracking import TrackingResource, dagster_tags, process_tags
 from resources.warehouse_resource import WarehouseResource
 from resources.weights import weights_identity
 from warehouse.connection import Warehouse
 
 TRAIN_MODULE = "firm_assets.rl.train"
+PARAMS_FILE = "params.json"
 TRAINING_CODE_VERSION = "nft@1"
 EXPERIMENT = "firm-rl"
 
@@ -122,6 +123,29 @@ def policy_version(
         json.dumps(nft, sort_keys=True),
         TRAINING_CODE_VERSION,
     )
+
+
+def policy_run(tracking: TrackingResource, folder: Path, name: str, tags: dict[str, str]) -> tuple[str, bool]:
+    """The MLflow run of a policy version's training: the run of an earlier attempt that did not
+    finish (its id in the params file beside the checkpoints) reopened, so a resumed run's step
+    curve continues in the same run, else a new run. Returns (run id, reopened)."""
+    from mlflow.exceptions import MlflowException
+
+    previous = folder / PARAMS_FILE
+    if previous.exists():
+        run_id = json.loads(previous.read_text())["mlflow_run_id"]
+        client = tracking.client()
+        try:
+            run = client.get_run(run_id)
+        except MlflowException:
+            run = None
+        if run is not None and run.info.lifecycle_stage == "active" and run.info.status != "FINISHED":
+            for key, value in process_tags().items():  # owned by this process from now on
+                client.set_tag(run_id, key, value)
+            client.set_tag(run_id, "firm.reopened_by_run", tags.get("dagster.run_id", ""))
+            client.update_run(run_id, status="RUNNING")
+            return run_id, True
+    return tracking.create_run(EXPERIMENT, name, tags), False
 
 
 def server_critic_version(config: RLPolicyConfig) -> str:
@@ -235,7 +259,9 @@ def train_rl_policy(
 
     folder = firm_home() / "rl" / spec.name / version
     folder.mkdir(parents=True, exist_ok=True)
-    run_id = tracking.create_run(EXPERIMENT, f"{spec.name}-{version[:8]}", dagster_tags(context, version))
+    run_id, resumed = policy_run(
+        tracking, folder, f"{spec.name}-{version[:8]}", dagster_tags(context, version)
+    )
     params = {
         "policy": spec.name,
         "version": version,
@@ -244,7 +270,7 @@ def train_rl_policy(
         "prompts_file": str(prompts_file),
         "critic": {
             "source": critic["path"],
-            "device": nft.get("device", "cpu"),
+            "device": policy.critic_device or nft["device"],
             "dtype": nft.get("dtype", "float32"),
             "max_new_tokens": profile.critic.max_new_tokens,
             "guided": profile.guided,
@@ -265,26 +291,27 @@ def train_rl_policy(
             "prompt_set_version": prompts_version,
         },
     }
-    params_file = folder / "params.json"
+    params_file = folder / PARAMS_FILE
     params_file.write_text(json.dumps(params, indent=1))
-    tracking.log_values(
-        run_id,
-        {
-            **{f"nft.{k}": v for k, v in nft.items()},
-            **{f"reward.{k}": v for k, v in reward.items()},
-            "base_model": policy.model,
-            "base_revision": revision,
-            "critic": spec.critic,
-            "critic_version": critic["version"],
-            "critic_registered": f"{critic['registered_model']} v{critic['model_version']}",
-            "prompt_set": spec.prompt_set,
-            "prompt_set_version": prompts_version,
-            "prompts": prompts.height,
-            "held_out_critic": config.held_out_critic or "(other score dimension)",
-            "reward_server": config.reward_server or "(critic in the training process)",
-        },
-        {},
-    )
+    if not resumed:  # a reopened run has them already (and MLflow params cannot change)
+        tracking.log_values(
+            run_id,
+            {
+                **{f"nft.{k}": v for k, v in nft.items()},
+                **{f"reward.{k}": v for k, v in reward.items()},
+                "base_model": policy.model,
+                "base_revision": revision,
+                "critic": spec.critic,
+                "critic_version": critic["version"],
+                "critic_registered": f"{critic['registered_model']} v{critic['model_version']}",
+                "prompt_set": spec.prompt_set,
+                "prompt_set_version": prompts_version,
+                "prompts": prompts.height,
+                "held_out_critic": config.held_out_critic or "(other score dimension)",
+                "reward_server": config.reward_server or "(critic in the training process)",
+            },
+            {},
+        )
     launcher = config.launcher or [sys.executable, "-m"]
     models.release_for_subprocess()
     try:

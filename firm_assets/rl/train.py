@@ -139,6 +139,13 @@ def _reward_fn(params: dict[str, Any], requirements: dict[str, str | None]) -> t
     `reward_fn:<module:function>` for a rule reward, else the scoring critic's version."""
     if params.get("reward_fn"):
         return rule_reward_fn(params["reward_fn"]), f"reward_fn:{params['reward_fn']}"
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not params["reward_server"] and params["critic"]["device"] != params["nft"]["device"]:
+        raise ValueError(
+            f"the critic is pinned to {params['critic']['device']} (profile critic_device), which every one "
+            f"of the {world} ranks would load it onto; score a data-parallel run through `firm serve` "
+            "(run config reward_server) or drop critic_device"
+        )
     scorer: Scorer = (
         RemoteScorer(params["reward_server"], params["reward_server_token_env"])
         if params["reward_server"]
