@@ -33,7 +33,7 @@ from warehouse.connection import Warehouse
 
 TRAIN_MODULE = "firm_assets.rl.train"
 PARAMS_FILE = "params.json"
-TRAINING_CODE_VERSION = "nft@1"
+TRAINING_CODE_VERSION = "nft@2"  # 2: reference schedules, DPM-Solver rollouts, data parallel
 EXPERIMENT = "firm-rl"
 
 PROMPT_SET_SCHEMA = {
