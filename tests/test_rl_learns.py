@@ -21,6 +21,7 @@ from rl_trainer_params import trainer_params
 import firm_assets.rl.nft.loop as nft_loop
 from firm_assets.rl.train import train
 from resources.tiny_diffusion import build_tiny_diffusion
+from resources.tracking import TrackingResource
 
 STEPS = 40
 WINDOW = 8  # steps averaged at each end
@@ -70,7 +71,15 @@ def test_reward_rises_on_a_learnable_reward(
             lambda *args: [None if a is None else -a for a in advantages(*args)],
         )
     pipeline = build_tiny_diffusion(tmp_path / "diffusion")["tiny-sd3"]
-    summary = train(learning_params(tmp_path / "learns", pipeline), lambda line: None, lambda summary: None)
+    params = learning_params(tmp_path / "learns", pipeline)
+    summary = train(params, lambda line: None, lambda summary: None)
+    # every step's loss reached MLflow as the step ended (the StepTracker logs it there and then)
+    history = (
+        TrackingResource(tracking_uri=params["tracking_uri"])
+        .client()
+        .get_metric_history(params["mlflow_run_id"], "loss")
+    )
+    assert [metric.step for metric in history] == list(range(1, STEPS + 1))
 
     rewards = [step["metrics"]["reward_mean"] for step in summary["history"]]
     assert (

@@ -39,7 +39,7 @@ from firm_assets.rl.launch import policy_run, policy_version, prompt_set, prompt
 from firm_assets.rl.nft.records import Rollout, StepLog
 from firm_assets.rl.rewards import Reward, RewardConfig
 from firm_assets.rl.settings import RLPolicyConfig, nft_settings, reward_settings
-from firm_assets.rl.train import StepTracker, append_history, read_history, step_metrics
+from firm_assets.rl.train import StepTracker, append_history, build_reward_fn, read_history, step_metrics
 from resources.home import warehouse_path
 from resources.profiles import PolicyConfig, get_profile
 from resources.tracking import TrackingResource, default_tracking_uri
@@ -218,6 +218,14 @@ def test_a_resumed_run_continues_its_mlflow_run(tmp_path: Path, monkeypatch) -> 
 
     tracking.finish(run_id)  # a finished run is never reopened: a new attempt gets a new run
     assert policy_run(tracking, folder, "gen-v1", {})[0] != run_id
+
+
+def test_a_data_parallel_run_refuses_a_critic_pinned_to_one_gpu(monkeypatch) -> None:
+    """Every rank would load the critic onto that one GPU: the trainer says to use the reward server."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    params = {"reward_server": "", "critic": {"device": "cuda:1"}, "nft": {"device": "cuda"}}
+    with pytest.raises(ValueError, match="score a data-parallel run through `firm serve`"):
+        build_reward_fn(params, {})
 
 
 def test_step_metrics_leave_out_rewards_of_a_fully_masked_step() -> None:

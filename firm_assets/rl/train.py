@@ -134,7 +134,7 @@ def _load_scorer(source: str, critic: dict[str, Any]) -> CriticScorer:
     )
 
 
-def _reward_fn(params: dict[str, Any], requirements: dict[str, str | None]) -> tuple[RewardFn, str]:
+def build_reward_fn(params: dict[str, Any], requirements: dict[str, str | None]) -> tuple[RewardFn, str]:
     """The step's reward function and where its rewards come from (the lineage's critic_source):
     `reward_fn:<module:function>` for a rule reward, else the scoring critic's version."""
     if params.get("reward_fn"):
@@ -185,7 +185,7 @@ def train(params: dict[str, Any], log: Callable[[str], None], report) -> dict[st
 
     # reward function: a named rule reward, or a critic (the reward server's or one in this process,
     # plus an optional held-out critic for the divergence monitor)
-    reward_fn, reward_source = _reward_fn(params, requirements)
+    reward_fn, reward_source = build_reward_fn(params, requirements)
 
     # per-step tracking (rank 0)
     ranks = parallel.start(params["nft"].get("device", "cpu"))
