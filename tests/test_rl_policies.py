@@ -341,9 +341,22 @@ def test_settings_take_the_profile_then_the_run() -> None:
     assert (custom.formula, custom.w1, custom.w2, custom.normalisation) == ("naive_sum", 0.6, 0.9, "over5")
     tiny = get_profile("cpu-tiny").rl
     assert tiny["edit"].model == "tiny:tiny-flux-kontext" and tiny["gen"].model == "tiny:tiny-sd3"
+    # the gpu profile has FIRM's trainer settings (VisionXLab/FIRM-Reward editing/ and generation/ configs)
     gpu = get_profile("gpu").rl
-    assert gpu["gen"].nft["size"] == 512 and 12 <= gpu["edit"].nft["group_size"] <= 24
-    assert (gpu["gen"].nft["lora_rank"], gpu["gen"].nft["lora_alpha"]) == (32, 64)
+    edit = nft_settings("edit", "kontext", gpu["edit"], RLPolicyConfig())
+    gen = nft_settings("gen", "sd35", gpu["gen"], RLPolicyConfig())
+    picked = (
+        "prompts_per_step",
+        "group_size",
+        "sampling_steps",
+        "size",
+        "learning_rate",
+        "lora_rank",
+        "lora_alpha",
+    )
+    assert [edit[key] for key in picked] == [8, 24, 6, 512, 1.5e-3, 32, 64]
+    assert [gen[key] for key in picked] == [48, 24, 10, 512, 3e-4, 32, 64]
+    assert edit["solver"] == gen["solver"] == "dpm_solver_2" and gpu["gen"].critic_device == "cuda:1"
 
 
 def test_policy_version_changes_with_every_input() -> None:
