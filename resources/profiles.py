@@ -91,6 +91,9 @@ class PolicyConfig:
     model: str
     nft: dict[str, Any]
     revision: str | None = None
+    # where the in-process critic scores the rollouts (e.g. "cuda:1", a second GPU, so the policy's
+    # activations have the first to themselves); empty: the policy's own device
+    critic_device: str = ""
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,9 @@
 #      model below present locally (pinned offline by resources.weights); else a clear error, exit 1;
 #   2. the `main` job on the `gpu-small` profile in a fresh FIRM_HOME: curation with vLLM and
 #      diffusers (one model on the GPU at a time), then the critics' SFT, a few bf16 steps of full
-#      fine-tuning on the small VLM (the critic assets' own training path, figures from MLflow);
+#      fine-tuning on the small VLM (the critic assets' own training path, figures from MLflow),
+#      then the RL smoke run: both policies two DiffusionNFT steps at 512 px on the tiny pipelines
+#      (bf16, micro-batches, gradient checkpointing), rewarded by that critic;
 #   3. bench/vllm_backend.py: P5, the product's VllmBackend against a bare vLLM LLM.chat.
 # Models (hub ids already in the local Hugging Face cache, or local folders):
 #   FIRM_GPU_VL_MODEL   captioner, judge, critic base, P5   default Qwen/Qwen3-VL-2B-Instruct
@@ -101,7 +103,7 @@ TOTAL_S=$((SECONDS - STARTED))
     echo "- ${P5:-P5 not measured (bench exit ${BENCH_RC}; 124: timed out)}"
     echo "- whole check: ${TOTAL_S} s"
     echo
-    echo "MLflow runs of the main job (the critics' SFT among them):"
+    echo "MLflow runs of the main job (the critics' SFT and the 512 px RL smoke run among them):"
     echo
     echo "${CRITICS:-- none found}"
 } >>"$REPORT"

@@ -36,10 +36,11 @@ from firm_assets.rl.critic_reward import (
     reward_divergence,
 )
 from firm_assets.rl.grids import sample_grid
-from firm_assets.rl.launch import policy_version, prompt_set, prompt_set_version
-from firm_assets.rl.nft import Rollout, StepLog
+from firm_assets.rl.launch import policy_run, policy_version, prompt_set, prompt_set_version
+from firm_assets.rl.nft.records import Rollout, StepLog
+from firm_assets.critics.rewards import Reward, RewardConfig
 from firm_assets.rl.settings import RLPolicyConfig, nft_settings, reward_settings
-from firm_assets.rl.train import StepTracker, append_history, read_history, step_metrics
+from firm_assets.rl.train import StepTracker, append_history, build_reward_fn, read_history, step_metrics
 from resources.home import warehouse_path
 from resources.profiles import PolicyConfig, get_profile
 from resources.tracking import TrackingResource, default_tracking_uri
@@ -176,6 +177,7 @@ def _step(step: int, reward_mean: float | None) -> StepLog:
         grad_norm=2.0,
         monitors={"brightness": 0.4},
         samples=[],
+        images=4,
     )
 
 
@@ -196,22 +198,35 @@ def test_a_resumed_run_reports_progress_over_the_steps_it_has_left(tmp_path: Pat
     assert tracker.steps == [7, 8, 9, 10]
 
 
-def test_a_multi_rank_launch_is_refused_before_any_work(tmp_path: Path) -> None:
-    """The trainer has no data parallelism: under torchrun every rank would train its own copy into the
-    same checkpoint folder, so a launch with WORLD_SIZE > 1 stops at once with what to do instead."""
-    params = tmp_path / "params.json"
-    params.write_text("{}")  # never read: the check comes first
-    run = subprocess.run(
-        [sys.executable, "-m", "firm_assets.rl.train", "--params", str(params)],
-        cwd=Path(__file__).resolve().parent.parent,
-        env={**os.environ, "WORLD_SIZE": "2", "RANK": "1"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert run.returncode == 1
-    assert "WORLD_SIZE=2" in run.stderr and "launcher: []" in run.stderr
-    assert [path.name for path in tmp_path.iterdir()] == ["params.json"]  # nothing was written
+def test_a_resumed_run_continues_its_mlflow_run(tmp_path: Path, monkeypatch) -> None:
+    """The steps of a killed attempt and of its resume land in one MLflow run, one curve."""
+    monkeypatch.setenv("FIRM_HOME", str(tmp_path))
+    tracking = TrackingResource(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    folder = tmp_path / "gen_rl_policy" / "v1"
+    folder.mkdir(parents=True)
+    run_id, reopened = policy_run(tracking, folder, "gen-v1", {"dagster.run_id": "first"})
+    assert not reopened
+    (folder / "params.json").write_text(json.dumps({"mlflow_run_id": run_id}))
+    tracking.log_values(run_id, {}, {"loss": 0.5}, step=1)
+    tracking.finish(run_id, "FAILED")  # the attempt was killed
+
+    again, reopened = policy_run(tracking, folder, "gen-v1", {"dagster.run_id": "second"})
+    assert (again, reopened) == (run_id, True)
+    tracking.log_values(run_id, {}, {"loss": 0.4}, step=2)
+    run = tracking.client().get_run(run_id)
+    assert run.info.status == "RUNNING" and run.data.tags["firm.reopened_by_run"] == "second"
+    assert [m.step for m in tracking.client().get_metric_history(run_id, "loss")] == [1, 2]
+
+    tracking.finish(run_id)  # a finished run is never reopened: a new attempt gets a new run
+    assert policy_run(tracking, folder, "gen-v1", {})[0] != run_id
+
+
+def test_a_data_parallel_run_refuses_a_critic_pinned_to_one_gpu(monkeypatch) -> None:
+    """Every rank would load the critic onto that one GPU: the trainer says to use the reward server."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    params = {"reward_server": "", "critic": {"device": "cuda:1"}, "nft": {"device": "cuda"}}
+    with pytest.raises(ValueError, match="score a data-parallel run through `firm serve`"):
+        build_reward_fn(params, {})
 
 
 def test_step_metrics_leave_out_rewards_of_a_fully_masked_step() -> None:
@@ -299,24 +314,50 @@ def test_gen_groups_are_the_prompts() -> None:
 
 
 def test_settings_take_the_profile_then_the_run() -> None:
-    policy = PolicyConfig("tiny:tiny-sd3", {"steps": 2, "group_size": 2, "learning_rate": 0.001})
+    policy = PolicyConfig(
+        "tiny:tiny-sd3",
+        {
+            "steps": 2,
+            "group_size": 2,
+            "learning_rate": 0.001,
+            "prompts_per_step": 1,
+            "sampling_steps": 2,
+            "size": 32,
+        },
+    )
     merged = nft_settings("gen", "/models/sd3", policy, RLPolicyConfig(steps=5))
-    assert merged == {
+    picked = {
         "steps": 5,
         "group_size": 2,
         "learning_rate": 0.001,
         "task": "gen",
         "pipeline_path": "/models/sd3",
     }
+    assert {key: merged[key] for key in picked} == picked
+    # the settings nobody gave are recorded at the reference's defaults (and so enter the version)
+    assert (merged["solver"], merged["old_decay_max"], merged["ema_decay"]) == ("dpm_solver_2", 0.5, 0.9)
     assert reward_settings("edit", RLPolicyConfig()) == RewardConfig.cme()
     assert reward_settings("gen", RLPolicyConfig()) == RewardConfig.qma()
     custom = reward_settings("edit", RLPolicyConfig(formula="naive_sum", w2=0.9, normalisation="over5"))
     assert (custom.formula, custom.w1, custom.w2, custom.normalisation) == ("naive_sum", 0.6, 0.9, "over5")
     tiny = get_profile("cpu-tiny").rl
     assert tiny["edit"].model == "tiny:tiny-flux-kontext" and tiny["gen"].model == "tiny:tiny-sd3"
+    # the gpu profile has FIRM's trainer settings (VisionXLab/FIRM-Reward editing/ and generation/ configs)
     gpu = get_profile("gpu").rl
-    assert gpu["gen"].nft["size"] == 512 and 12 <= gpu["edit"].nft["group_size"] <= 24
-    assert (gpu["gen"].nft["lora_rank"], gpu["gen"].nft["lora_alpha"]) == (32, 64)
+    edit = nft_settings("edit", "kontext", gpu["edit"], RLPolicyConfig())
+    gen = nft_settings("gen", "sd35", gpu["gen"], RLPolicyConfig())
+    picked = (
+        "prompts_per_step",
+        "group_size",
+        "sampling_steps",
+        "size",
+        "learning_rate",
+        "lora_rank",
+        "lora_alpha",
+    )
+    assert [edit[key] for key in picked] == [8, 24, 6, 512, 1.5e-3, 32, 64]
+    assert [gen[key] for key in picked] == [48, 24, 10, 512, 3e-4, 32, 64]
+    assert edit["solver"] == gen["solver"] == "dpm_solver_2" and gpu["gen"].critic_device == "cuda:1"
 
 
 def test_policy_version_changes_with_every_input() -> None:
@@ -327,6 +368,9 @@ def test_policy_version_changes_with_every_input() -> None:
         changed = list(args)
         changed[index] = other
         assert policy_version(*changed) != base, index
+    # a setting that never changes the weights leaves the version alone; the sampler changes it
+    assert policy_version(*args[:5], {"steps": 2, "checkpoint_every": 7}) == base
+    assert policy_version(*args[:5], {"steps": 2, "solver": "euler"}) != base
 
 
 # the real graph

@@ -20,7 +20,7 @@ from firm_assets.critics.scoring import (
 from firm_assets.rl.settings import Task
 
 if TYPE_CHECKING:  # the trainer pulls in torch and diffusers; the RL checks only need DIVERGENCE
-    from firm_assets.rl.nft import RewardBatch, RewardFn, Rollout
+    from firm_assets.rl.nft.records import RewardBatch, RewardFn, Rollout
 
 SCALE = 4.0  # the 1-5 critic scale's width: divergence is reported on [0, 1]
 DIMENSIONS = {"edit": ("execution", "consistency"), "gen": ("instruction", "quality")}
@@ -91,7 +91,7 @@ def critic_reward_fn(
     held_out: Scorer | None = None,
 ) -> RewardFn:
     """The RewardFn the trainer calls once per step with all of the step's rollouts."""
-    from firm_assets.rl.nft import RewardBatch
+    from firm_assets.rl.nft.records import RewardBatch
 
     def reward(rollouts: list[Rollout]) -> RewardBatch:
         scores = score_rollouts(task, scorer, rollouts, requirements, mode)

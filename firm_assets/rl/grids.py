@@ -5,7 +5,7 @@ from collections.abc import Sequence
 
 from PIL import Image
 
-from firm_assets.rl.nft import Rollout
+from firm_assets.rl.nft.records import Rollout
 
 TILE = 128  # px per image in the grid, whatever the rollout size
 

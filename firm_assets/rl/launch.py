@@ -20,17 +20,20 @@ from dagster import AssetExecutionContext, PipesSubprocessClient
 
 from firm_assets.curation.costs import CostMeter
 from firm_assets.curation.versioning import frame_version, short_hash
+from firm_assets.rl.nft.config import NOT_IN_VERSION
+from firm_assets.rl.rule_rewards import load_rule_reward
 from firm_assets.rl.settings import RLPolicyConfig, Task, nft_settings, reward_settings
 from resources.chat import ModelRef
 from resources.home import firm_home
 from resources.models import ModelsResource, resolve_model_path
-from resources.tracking import TrackingResource, dagster_tags
+from resources.tracking import TrackingResource, dagster_tags, process_tags
 from resources.warehouse_resource import WarehouseResource
 from resources.weights import weights_identity
 from warehouse.connection import Warehouse
 
 TRAIN_MODULE = "firm_assets.rl.train"
-TRAINING_CODE_VERSION = "nft@1"
+PARAMS_FILE = "params.json"
+TRAINING_CODE_VERSION = "nft@2"  # 2: reference schedules, DPM-Solver rollouts, data parallel
 EXPERIMENT = "firm-rl"
 
 PROMPT_SET_SCHEMA = {
@@ -108,6 +111,9 @@ def prompt_set_version(prompts: pl.DataFrame) -> str:
 def policy_version(
     model: str, revision: str, critic_version: str, reward: str, prompts: str, nft: dict[str, Any]
 ) -> str:
+    """The hash of everything that changes the trained weights; NFT settings that do not
+    (`NOT_IN_VERSION`, e.g. checkpoint_every) are left out."""
+    nft = {key: value for key, value in nft.items() if key not in NOT_IN_VERSION}
     return short_hash(
         model,
         revision,
@@ -117,6 +123,29 @@ def policy_version(
         json.dumps(nft, sort_keys=True),
         TRAINING_CODE_VERSION,
     )
+
+
+def policy_run(tracking: TrackingResource, folder: Path, name: str, tags: dict[str, str]) -> tuple[str, bool]:
+    """The MLflow run of a policy version's training: the run of an earlier attempt that did not
+    finish (its id in the params file beside the checkpoints) reopened, so a resumed run's step
+    curve continues in the same run, else a new run. Returns (run id, reopened)."""
+    from mlflow.exceptions import MlflowException
+
+    previous = folder / PARAMS_FILE
+    if previous.exists():
+        run_id = json.loads(previous.read_text())["mlflow_run_id"]
+        client = tracking.client()
+        try:
+            run = client.get_run(run_id)
+        except MlflowException:
+            run = None
+        if run is not None and run.info.lifecycle_stage == "active" and run.info.status != "FINISHED":
+            for key, value in process_tags().items():  # owned by this process from now on
+                client.set_tag(run_id, key, value)
+            client.set_tag(run_id, "firm.reopened_by_run", tags.get("dagster.run_id", ""))
+            client.update_run(run_id, status="RUNNING")
+            return run_id, True
+    return tracking.create_run(EXPERIMENT, name, tags), False
 
 
 def server_critic_version(config: RLPolicyConfig) -> str:
@@ -189,23 +218,34 @@ def train_rl_policy(
 ) -> tuple[pl.DataFrame, dict]:
     """The policy row (trained now or found) and metadata for the materialization."""
     meter = CostMeter()
-    if critic_frame.is_empty():
+    if critic_frame.is_empty() and not config.reward_fn:
         raise ValueError(f"{spec.critic} has no trained version: nothing to reward {spec.name} with")
     prompts = prompt_set(spec, prompt_frame)
     if prompts.is_empty():
         raise ValueError(f"{spec.prompt_set} is empty: no prompts to train {spec.name} on")
-    critic = critic_frame.row(0, named=True)
+    # with a rule reward (`reward_fn`) no critic is used: its columns are recorded empty
+    critic = (
+        dict.fromkeys(("version", "path", "registered_model", "model_version"), "")
+        if config.reward_fn
+        else critic_frame.row(0, named=True)
+    )
     profile = models.settings()
     policy = profile.rl[spec.task]
     pipeline_path = resolve_model_path(policy.model)
     revision = weights_identity(pipeline_path, policy.revision)
     nft = nft_settings(spec.task, pipeline_path, policy, config)
-    reward = {**reward_settings(spec.task, config).model_dump(), "score_mode": config.score_mode}
+    reward = (
+        {"reward_fn": config.reward_fn}
+        if config.reward_fn
+        else {**reward_settings(spec.task, config).model_dump(), "score_mode": config.score_mode}
+    )
     reward_json = json.dumps(reward, sort_keys=True)
     prompts_version = prompt_set_version(prompts)
     # the version names the model, not the folder it was resolved to on this machine
     # a reward server scores with the critic it serves: that critic's version is the one trained against
     critic_used = server_critic_version(config) if config.reward_server else critic["version"]
+    if config.reward_fn:
+        load_rule_reward(config.reward_fn)  # a wrong path fails here, before any work
     version = policy_version(
         policy.model, revision, critic_used, reward_json, prompts_version, {**nft, "pipeline_path": ""}
     )
@@ -219,7 +259,9 @@ def train_rl_policy(
 
     folder = firm_home() / "rl" / spec.name / version
     folder.mkdir(parents=True, exist_ok=True)
-    run_id = tracking.create_run(EXPERIMENT, f"{spec.name}-{version[:8]}", dagster_tags(context, version))
+    run_id, resumed = policy_run(
+        tracking, folder, f"{spec.name}-{version[:8]}", dagster_tags(context, version)
+    )
     params = {
         "policy": spec.name,
         "version": version,
@@ -228,11 +270,12 @@ def train_rl_policy(
         "prompts_file": str(prompts_file),
         "critic": {
             "source": critic["path"],
-            "device": nft.get("device", "cpu"),
+            "device": policy.critic_device or nft["device"],
             "dtype": nft.get("dtype", "float32"),
             "max_new_tokens": profile.critic.max_new_tokens,
             "guided": profile.guided,
         },
+        "reward_fn": config.reward_fn,
         "held_out_critic": config.held_out_critic,
         "reward_server": config.reward_server,
         "reward_server_token_env": config.reward_server_token_env,
@@ -248,26 +291,27 @@ def train_rl_policy(
             "prompt_set_version": prompts_version,
         },
     }
-    params_file = folder / "params.json"
+    params_file = folder / PARAMS_FILE
     params_file.write_text(json.dumps(params, indent=1))
-    tracking.log_values(
-        run_id,
-        {
-            **{f"nft.{k}": v for k, v in nft.items()},
-            **{f"reward.{k}": v for k, v in reward.items()},
-            "base_model": policy.model,
-            "base_revision": revision,
-            "critic": spec.critic,
-            "critic_version": critic["version"],
-            "critic_registered": f"{critic['registered_model']} v{critic['model_version']}",
-            "prompt_set": spec.prompt_set,
-            "prompt_set_version": prompts_version,
-            "prompts": prompts.height,
-            "held_out_critic": config.held_out_critic or "(other score dimension)",
-            "reward_server": config.reward_server or "(critic in the training process)",
-        },
-        {},
-    )
+    if not resumed:  # a reopened run has them already (and MLflow params cannot change)
+        tracking.log_values(
+            run_id,
+            {
+                **{f"nft.{k}": v for k, v in nft.items()},
+                **{f"reward.{k}": v for k, v in reward.items()},
+                "base_model": policy.model,
+                "base_revision": revision,
+                "critic": spec.critic,
+                "critic_version": critic["version"],
+                "critic_registered": f"{critic['registered_model']} v{critic['model_version']}",
+                "prompt_set": spec.prompt_set,
+                "prompt_set_version": prompts_version,
+                "prompts": prompts.height,
+                "held_out_critic": config.held_out_critic or "(other score dimension)",
+                "reward_server": config.reward_server or "(critic in the training process)",
+            },
+            {},
+        )
     launcher = config.launcher or [sys.executable, "-m"]
     models.release_for_subprocess()
     try:

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from dagster import Config
 from pydantic import Field
 
+from firm_assets.rl.nft.config import NFTConfig
 from firm_assets.critics.rewards import RewardConfig
 from resources.profiles import PolicyConfig
 
@@ -34,6 +35,12 @@ class RLPolicyConfig(Config):
     score_mode: str = Field(
         default="expectation", description="parsed (the answer's digit) or expectation (over digit probs)."
     )
+    reward_fn: str = Field(
+        default="",
+        description="A rule reward instead of the critic: an importable 'module:function' that takes the "
+        "step's rollouts and returns one reward (or None, masked) each, e.g. "
+        "'firm_assets.rl.rule_rewards:brightness'. Recorded in the policy version and lineage.",
+    )
     held_out_critic: str = Field(
         default="",
         description="A critic folder or models:/<name>/<version> that scores the same rollouts for the "
@@ -51,18 +58,19 @@ class RLPolicyConfig(Config):
     grid_every: int = Field(default=1, description="Log a sample grid to MLflow every N steps.")
     launcher: list[str] = Field(
         default=[],
-        description="Command prefix that runs a Python module as one process (the trainer refuses "
-        "WORLD_SIZE > 1: it has no data parallelism), e.g. ['/opt/firm/.venv/bin/python', '-m']; "
-        "default: this interpreter with -m.",
+        description="Command prefix that runs a Python module: one process, e.g. "
+        "['/opt/firm/.venv/bin/python', '-m'], or one per device for data-parallel RL, e.g. "
+        "['torchrun', '--nproc_per_node', '8', '-m']; default: this interpreter with -m.",
     )
 
 
 def nft_settings(
     task: Task, pipeline_path: str, policy: PolicyConfig, config: RLPolicyConfig
 ) -> dict[str, Any]:
-    """The NFTConfig fields: the profile's settings, then the run's overrides, plus task and pipeline."""
+    """Every NFTConfig field: the profile's settings, then the run's overrides, plus task and pipeline;
+    the rest at NFTConfig's defaults (the reference's), so they are recorded and versioned too."""
     run = {key: getattr(config, key) for key in NFT_OVERRIDES if getattr(config, key) is not None}
-    return {**policy.nft, **run, "task": task, "pipeline_path": pipeline_path}
+    return NFTConfig(**{**policy.nft, **run, "task": task, "pipeline_path": pipeline_path}).model_dump()
 
 
 def reward_settings(task: Task, config: RLPolicyConfig) -> RewardConfig:

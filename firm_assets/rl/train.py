@@ -1,10 +1,13 @@
-"""Online RL of one policy with DiffusionNFT, rewarded by a critic.
+"""Online RL of one policy with DiffusionNFT, rewarded by a critic or a named rule reward.
 
 Runs as its own process, launched by the policy assets through Dagster Pipes (parameters arrive in a
-JSON file). It is one process: `nft.train_policy` has no data parallelism, so under torchrun every
-rank would train its own copy into the same checkpoint folder; a launch with WORLD_SIZE > 1 is
-refused. Read it top to bottom: prompts -> reward function -> per-step tracking -> train ->
-register -> report.
+JSON file), or as one process per device under torchrun (run config `launcher`, e.g.
+`["torchrun", "--nproc_per_node", "8", "-m"]`): the ranks share every step's prompt groups
+(`nft/parallel.py`); rank 0 alone talks to Dagster Pipes, logs to MLflow, writes checkpoints and
+registers the policy. A rank that dies (kill -9, out of memory) ends the whole run: torchrun stops
+the others, and a peer that notices first exits naming the failed collective; a relaunch resumes
+from the newest checkpoint. Read it top to bottom: prompts -> reward function -> per-step tracking
+-> train -> register -> report.
 
 Resume: the checkpoint folder is keyed by the policy version, and `train_policy` continues from its
 newest complete checkpoint; the step history (`steps.jsonl` beside the checkpoints) survives with it,
@@ -25,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from PIL import Image
 
 from firm_assets.critics.rewards import RewardConfig
@@ -32,7 +36,12 @@ from firm_assets.critics.scoring import CriticScorer, Scorer
 from firm_assets.curation.costs import training_figures
 from firm_assets.rl.critic_reward import critic_reward_fn
 from firm_assets.rl.grids import sample_grid
-from firm_assets.rl.nft import NFTConfig, PromptItem, StepLog, train_policy
+from firm_assets.rl.nft import parallel
+from firm_assets.rl.nft.config import NFTConfig
+from firm_assets.rl.nft.loop import train_policy
+from firm_assets.rl.nft.records import PromptItem, RewardFn, StepLog
+from firm_assets.critics.rewards import RewardConfig
+from firm_assets.rl.rule_rewards import rule_reward_fn
 from firm_assets.run_progress import progress_message
 from firm_assets.serving.remote import RemoteScorer
 from resources.tracking import TrackingResource
@@ -90,7 +99,7 @@ class StepTracker:
     line and a progress message to the Dagster log (a step takes long enough that each is worth one:
     this run's steps done of those it has left of `total_steps`, since a resumed run starts past
     step 0 and the view's ETA is the rate of this run's steps); it counts the rollouts of the steps it
-    saw (this run's, for the cost)."""
+    saw on every rank (this run's, for the cost)."""
 
     def __init__(
         self, tracking: TrackingResource, run_id: str, history: Path, grid_every: int, total_steps: int, log
@@ -108,7 +117,7 @@ class StepTracker:
             grid = sample_grid(step.samples)
             self.tracking.log_image(self.run_id, grid, f"samples/step_{step.step:05d}.png")
         self.steps.append(step.step)
-        self.rollouts += len(step.samples)
+        self.rollouts += step.images
         reward = "masked" if step.reward_mean is None else f"{step.reward_mean:.4f}"
         self.log(f"step {step.step} loss {step.loss:.4f} reward {reward} masked {step.masked_fraction:.2f}")
         before = self.steps[0] - 1  # steps done before this run
@@ -124,6 +133,32 @@ def _load_scorer(source: str, critic: dict[str, Any]) -> CriticScorer:
         max_new_tokens=critic["max_new_tokens"],
         guided=critic["guided"],
     )
+
+
+def build_reward_fn(params: dict[str, Any], requirements: dict[str, str | None]) -> tuple[RewardFn, str]:
+    """The step's reward function and where its rewards come from (the lineage's critic_source):
+    `reward_fn:<module:function>` for a rule reward, else the scoring critic's version."""
+    if params.get("reward_fn"):
+        return rule_reward_fn(params["reward_fn"]), f"reward_fn:{params['reward_fn']}"
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not params["reward_server"] and params["critic"]["device"] != params["nft"]["device"]:
+        raise ValueError(
+            f"the critic is pinned to {params['critic']['device']} (profile critic_device), which every one "
+            f"of the {world} ranks would load it onto; score a data-parallel run through `firm serve` "
+            "(run config reward_server) or drop critic_device"
+        )
+    scorer: Scorer = (
+        RemoteScorer(params["reward_server"], params["reward_server_token_env"])
+        if params["reward_server"]
+        else _load_scorer(params["critic"]["source"], params["critic"])
+    )
+    held_out = (
+        _load_scorer(params["held_out_critic"], params["critic"]) if params["held_out_critic"] else None
+    )
+    reward = dict(params["reward"])
+    mode = reward.pop("score_mode")
+    reward_fn = critic_reward_fn(params["task"], scorer, RewardConfig(**reward), mode, requirements, held_out)
+    return reward_fn, scorer.critic_version
 
 
 def register_policy(tracking: TrackingResource, params: dict[str, Any], lora: Path, ema: Path) -> str:
@@ -149,21 +184,12 @@ def train(params: dict[str, Any], log: Callable[[str], None], report) -> dict[st
     # prompts
     prompts, requirements = load_prompts(Path(params["prompts_file"]))
 
-    # reward function: the reward server or the training critic in this process, plus an optional
-    # held-out critic
-    scorer: Scorer = (
-        RemoteScorer(params["reward_server"], params["reward_server_token_env"])
-        if params["reward_server"]
-        else _load_scorer(params["critic"]["source"], params["critic"])
-    )
-    held_out = (
-        _load_scorer(params["held_out_critic"], params["critic"]) if params["held_out_critic"] else None
-    )
-    reward = dict(params["reward"])
-    mode = reward.pop("score_mode")
-    reward_fn = critic_reward_fn(params["task"], scorer, RewardConfig(**reward), mode, requirements, held_out)
+    # reward function: a named rule reward, or a critic (the reward server's or one in this process,
+    # plus an optional held-out critic for the divergence monitor)
+    reward_fn, reward_source = build_reward_fn(params, requirements)
 
-    # per-step tracking
+    # per-step tracking (rank 0)
+    ranks = parallel.start(params["nft"].get("device", "cpu"))
     checkpoints = Path(params["checkpoint_dir"])
     checkpoints.mkdir(parents=True, exist_ok=True)
     tracking = TrackingResource(tracking_uri=params["tracking_uri"])
@@ -179,8 +205,13 @@ def train(params: dict[str, Any], log: Callable[[str], None], report) -> dict[st
     # train (resumes from the newest complete checkpoint)
     started = time.perf_counter()
     config = NFTConfig(**params["nft"])
-    result = train_policy(config, prompts, reward_fn, checkpoints, on_step=tracker)
+    try:
+        result = train_policy(config, prompts, reward_fn, checkpoints, on_step=tracker, ranks=ranks)
+    finally:
+        parallel.stop()
     train_seconds = time.perf_counter() - started
+    if not ranks.main:
+        return {"final_step": result.final_step, "rank": ranks.rank}
 
     # register and report
     model_version = register_policy(tracking, params, result.lora_dir, result.ema_lora_dir)
@@ -190,16 +221,18 @@ def train(params: dict[str, Any], log: Callable[[str], None], report) -> dict[st
         "lora_dir": str(result.lora_dir),
         "ema_lora_dir": str(result.ema_lora_dir),
         "model_version": model_version,
-        "critic_source": scorer.critic_version,
+        "critic_source": reward_source,
         "history": read_history(checkpoints / HISTORY_FILE, result.final_step),
         "steps_this_run": len(tracker.steps),
         "resumed_from_step": min(tracker.steps) - 1 if tracker.steps else result.final_step,
         "train_seconds": round(train_seconds, 2),
-        # the materialization's cost: this run's rollouts (each one generated image) and seconds
+        "ranks": ranks.world,
+        # the materialization's cost: this run's rollouts on every rank (each one generated image),
+        # and its wall time on each of the ranks
         "cost": training_figures(
             train_seconds,
             config.device.startswith("cuda"),
-            1,
+            ranks.world,
             model_calls=tracker.rollouts,
             images_generated=tracker.rollouts,
         ),
@@ -214,20 +247,27 @@ def main() -> None:
         "--params", required=True, help="JSON file of parameters (written by the policy asset)"
     )
     args = parser.parse_args()
-    if (world := int(os.environ.get("WORLD_SIZE", "1"))) > 1:
-        sys.exit(
-            f"firm_assets.rl.train: launched with WORLD_SIZE={world}, but the DiffusionNFT trainer is one "
-            "process (no data parallelism: every rank would train its own copy into the same checkpoint "
-            "folder). Launch it without torchrun (run config `launcher: []`)."
-        )
     params = json.loads(Path(args.params).read_text())
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     from dagster_pipes import DAGSTER_PIPES_CONTEXT_ENV_VAR, open_dagster_pipes
 
-    if DAGSTER_PIPES_CONTEXT_ENV_VAR not in os.environ:
-        train(params, print, lambda summary: print(json.dumps({"final_step": summary["final_step"]})))
-        return
-    with open_dagster_pipes() as pipes:
-        train(params, pipes.log.info, pipes.report_custom_message)
+    try:
+        if rank > 0 or DAGSTER_PIPES_CONTEXT_ENV_VAR not in os.environ:
+            summary = train(params, lambda line: print(f"[rank {rank}] {line}", flush=True), lambda _: None)
+            shown = ("final_step", "resumed_from_step", "ranks", "cost")
+            print(json.dumps({key: summary[key] for key in shown if key in summary}), flush=True)
+            return
+        with open_dagster_pipes() as pipes:
+            train(params, pipes.log.info, pipes.report_custom_message)
+    except (torch.distributed.DistError, RuntimeError) as error:
+        if world == 1:
+            raise
+        first_line = str(error).splitlines()[0] if str(error) else ""
+        sys.exit(
+            f"firm_assets.rl.train rank {rank} of {world} stopped: {type(error).__name__}: {first_line}. "
+            "A collective fails like this when another rank is gone (killed, out of memory); the run "
+            "stops, and launching it again resumes from the newest checkpoint."
+        )
 
 
 if __name__ == "__main__":
