@@ -24,7 +24,6 @@ from firm_assets.critics.scoring import (
 )
 from firm_assets.rl.critic_reward import critic_reward_fn
 from firm_assets.rl.nft.records import Rollout
-from firm_assets.critics.rewards import RewardConfig, edit_reward
 from firm_assets.serving.app import create_app
 from firm_assets.serving.remote import RemoteScorer, split_items
 from firm_assets.serving.settings import ServerSettings

@@ -38,7 +38,6 @@ from firm_assets.rl.critic_reward import (
 from firm_assets.rl.grids import sample_grid
 from firm_assets.rl.launch import policy_run, policy_version, prompt_set, prompt_set_version
 from firm_assets.rl.nft.records import Rollout, StepLog
-from firm_assets.critics.rewards import Reward, RewardConfig
 from firm_assets.rl.settings import RLPolicyConfig, nft_settings, reward_settings
 from firm_assets.rl.train import StepTracker, append_history, build_reward_fn, read_history, step_metrics
 from resources.home import warehouse_path

@@ -7,8 +7,8 @@ from typing import Any, Literal
 from dagster import Config
 from pydantic import Field
 
-from firm_assets.rl.nft.config import NFTConfig
 from firm_assets.critics.rewards import RewardConfig
+from firm_assets.rl.nft.config import NFTConfig
 from resources.profiles import PolicyConfig
 
 Task = Literal["edit", "gen"]

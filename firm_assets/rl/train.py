@@ -40,7 +40,6 @@ from firm_assets.rl.nft import parallel
 from firm_assets.rl.nft.config import NFTConfig
 from firm_assets.rl.nft.loop import train_policy
 from firm_assets.rl.nft.records import PromptItem, RewardFn, StepLog
-from firm_assets.critics.rewards import RewardConfig
 from firm_assets.rl.rule_rewards import rule_reward_fn
 from firm_assets.run_progress import progress_message
 from firm_assets.serving.remote import RemoteScorer
