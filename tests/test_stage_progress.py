@@ -3,21 +3,19 @@
 
 from pathlib import Path
 
+from curated import Curated
 from dagster import DagsterInstance
 from graph_runs import materialize_group, metadata, progress_reports
 
-from firm_assets.run_progress import ProgressView, metadata_totals
+from firm_assets.run_progress import metadata_totals
 
 
-def test_edit_stages_report_model_calls_up_to_their_total(firm_home: Path) -> None:
+def test_edit_stages_report_model_calls_up_to_their_total(curated_edit: Curated, edit_home: Path) -> None:
+    # the first run is the session's curated edit chain, its progress and compact view kept; the
+    # second runs on this test's copy of its home
+    first, reports, lines = curated_edit.result, curated_edit.reports, curated_edit.view_lines
+    assert first.success
     with DagsterInstance.ephemeral() as instance:
-        first = materialize_group("edit", instance=instance)
-        assert first.success
-        reports = progress_reports(instance, first.run_id)
-        lines: list[str] = []
-        view = ProgressView(write=lines.append)
-        for entry in instance.all_logs(first.run_id):
-            view(entry)
         second = materialize_group("edit", instance=instance)
         assert second.success
         again = progress_reports(instance, second.run_id)
