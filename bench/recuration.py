@@ -135,10 +135,10 @@ def main() -> None:
     figures = {
         f: stage_figures(full, f) for f in ("wall_seconds", "model_seconds", "model_calls", "calls_per_s")
     }
-    for stage, calls in model_calls(full).items():
+    for stage, made in figures["model_calls"].items():
         print(
             f"  stage {stage}: wall_s={figures['wall_seconds'].get(stage, 0):.1f}"
-            f" model_s={figures['model_seconds'].get(stage, 0):.1f} calls={calls}"
+            f" model_s={figures['model_seconds'].get(stage, 0):.1f} calls={made}"
             f" calls_per_s={figures['calls_per_s'].get(stage, 0):.2f}"
         )
     print(f"rebuild calls per stage={calls} expected={expected}")
