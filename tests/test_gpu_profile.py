@@ -327,3 +327,21 @@ def test_vllm_bench_exits_clearly_without_a_gpu() -> None:
     )
     assert done.returncode == 2
     assert "cannot run: no CUDA GPU" in done.stderr
+
+
+def test_a_run_on_cpu_tiny_uses_one_torch_thread() -> None:
+    """`cpu_threads: 1` (the tiny models gain nothing from a second thread and lose much on a busy
+    machine) is applied as a run sets up the models resource; the gpu profile leaves torch's default."""
+    import torch
+    from dagster import build_init_resource_context
+
+    assert get_profile("cpu-tiny").cpu_threads == 1 and get_profile("gpu").cpu_threads is None
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        ModelsResource(profile="gpu").setup_for_execution(build_init_resource_context())
+        assert torch.get_num_threads() == 2
+        ModelsResource().setup_for_execution(build_init_resource_context())
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
