@@ -3,7 +3,9 @@ again with no change.
 
 calls_ratio = model calls in the rebuild / (stage, sample) pairs whose inputs changed (counted from
 the data, independently of the cache); wall_ratio = rebuild wall / full wall.
-Prints `P1 chain=... calls_ratio=... wall_ratio=... full_s=... rebuild_s=... nochange_calls=...`.
+Prints each stage's cost in the full run (from its asset metadata: wall seconds, model seconds,
+model calls, calls per second) and then
+`P1 chain=... calls_ratio=... wall_ratio=... full_s=... rebuild_s=... nochange_calls=...`.
 
   python bench/recuration.py --chain edit --n 1000
   python bench/recuration.py --chain gen --n 200
@@ -106,7 +108,7 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix=f"firm-bench-p1-{args.chain}-"))
     os.environ["FIRM_HOME"] = str(home)
 
-    from graph_runs import materialize_group, model_calls
+    from graph_runs import materialize_group, model_calls, stage_figures
 
     from resources.models import ensure_tiny_models
     from warehouse.connection import Warehouse
@@ -130,6 +132,15 @@ def main() -> None:
     nochange_calls = sum(model_calls(materialize_group(args.chain, run_config)).values())
 
     print(f"chain={args.chain} n={args.n} changed={changed} full_calls={sum(model_calls(full).values())}")
+    figures = {
+        f: stage_figures(full, f) for f in ("wall_seconds", "model_seconds", "model_calls", "calls_per_s")
+    }
+    for stage, made in figures["model_calls"].items():
+        print(
+            f"  stage {stage}: wall_s={figures['wall_seconds'].get(stage, 0):.1f}"
+            f" model_s={figures['model_seconds'].get(stage, 0):.1f} calls={made}"
+            f" calls_per_s={figures['calls_per_s'].get(stage, 0):.2f}"
+        )
     print(f"rebuild calls per stage={calls} expected={expected}")
     print(
         f"P1 chain={args.chain} calls_ratio={sum(calls.values()) / sum(expected.values()):.2f}"

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dagster import Config, ConfigurableResource
+from dagster import Config, ConfigurableResource, InitResourceContext
 
 from resources.chat import ChatBackend
 from resources.home import firm_home
@@ -251,6 +251,15 @@ class ModelsResource(ConfigurableResource):
         if self.critic_base:
             changes["critic"] = dataclasses.replace(profile.critic, base=self.critic_base)
         return dataclasses.replace(profile, **changes)
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        """As a run starts: the profile's CPU thread count for torch in this process, when it sets one
+        (torch is imported only then, so loading the definitions still imports no model stack)."""
+        threads = self.settings().cpu_threads
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
 
     def release_for_subprocess(self) -> None:
         """Before a training subprocess (critic SFT, RL) takes the GPU: on a profile whose roles hold

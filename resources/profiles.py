@@ -113,6 +113,9 @@ class Profile:
     rl: dict[str, PolicyConfig]  # "edit" and "gen"
     # One GPU holds the roles' models in turn: loading one releases the others (resources/models.py).
     release_between_roles: bool = False
+    # Torch's CPU threads in a run's process (unset: torch's default, one per core). Models too small
+    # to split an operation across cores only pay for the threads' hand-offs (docs/bench.md, P1).
+    cpu_threads: int | None = None
 
 
 def expand_env(value: Any) -> Any:
@@ -153,6 +156,7 @@ def _profile(name: str, data: dict[str, Any]) -> Profile:
         critic=CriticConfig(**data["critic"]),
         rl={task: PolicyConfig(**policy) for task, policy in data["rl"].items()},
         release_between_roles=bool(data.get("release_between_roles", False)),
+        cpu_threads=data.get("cpu_threads"),
     )
 
 

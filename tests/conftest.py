@@ -1,17 +1,28 @@
-"""Shared fixtures: the tiny offline models, built once per test session."""
+"""Shared fixtures: the tiny offline models and the curated demo chains, built once per test session."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
+import torch
+from curated import Curated, curate, new_home, point_at, relocate
+from dagster import AssetSelection
 from PIL import Image
 
 from resources.chat import ImagePart
 from resources.tiny_models import build_tiny_models
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+# One torch thread here and in every process the tests start (`firm run`, `dagster dev`, trainers,
+# servers), as the cpu-tiny profile runs (`cpu_threads: 1`): the tiny models' operations are too
+# small to split across cores, and on a busy machine a second thread waiting on the first made a
+# batch of tiny-model calls take 30 s instead of 1 s.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(scope="session")
@@ -41,12 +52,46 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[s
 @pytest.fixture
 def firm_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path) -> Path:
     """A fresh FIRM_HOME (warehouse, MLflow store, images) sharing the session's tiny models."""
-    home = tmp_path / "firm-home"
-    (home / "models").mkdir(parents=True)
-    (home / "models" / "tiny").symlink_to(tiny_model_dir)
-    monkeypatch.setenv("FIRM_HOME", str(home))
-    for name in ("FIRM_EDIT_REQUESTS", "FIRM_PROFILE", "FIRM_TEMPLATE_DIR", "MLFLOW_TRACKING_URI"):
-        monkeypatch.delenv(name, raising=False)
+    home = new_home(tmp_path, tiny_model_dir)
+    point_at(home, monkeypatch)
+    return home
+
+
+@pytest.fixture(scope="session")
+def curated_edit(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Curated:
+    """The demo edit chain curated once per session (its home is never written after; copy it with
+    `edit_home`)."""
+    return curate(AssetSelection.groups("edit"), tmp_path_factory.mktemp("curated-edit"), tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def curated_gen(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Curated:
+    """The demo gen chain curated once per session (copy it with `gen_home`)."""
+    return curate(AssetSelection.groups("gen"), tmp_path_factory.mktemp("curated-gen"), tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def curated_main(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Curated:
+    """The whole main job once per session: both chains, both critics trained, their bench and both
+    RL policies. The critics, bench and RL tests share it (copy it with `relocate` to write to it)."""
+    from jobs.curation import main_job
+
+    return curate(main_job.selection, tmp_path_factory.mktemp("curated-main"), tiny_model_dir)
+
+
+@pytest.fixture
+def edit_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, curated_edit: Curated) -> Path:
+    """This test's own copy of the session's curated edit home, as its FIRM_HOME."""
+    home = relocate(curated_edit.home, tmp_path / "firm-home")
+    point_at(home, monkeypatch)
+    return home
+
+
+@pytest.fixture
+def gen_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, curated_gen: Curated) -> Path:
+    """This test's own copy of the session's curated gen home, as its FIRM_HOME."""
+    home = relocate(curated_gen.home, tmp_path / "firm-home")
+    point_at(home, monkeypatch)
     return home
 
 

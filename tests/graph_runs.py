@@ -68,28 +68,40 @@ def metadata(result: ExecuteInProcessResult, asset: str) -> dict[str, Any]:
 
 def model_calls(result: ExecuteInProcessResult) -> dict[str, int]:
     """Model calls per stage in this run, read from asset metadata."""
-    return _calls_in(
-        event.step_materialization_data.materialization for event in result.get_asset_materialization_events()
-    )
+    return stage_figures(result, "model_calls")
 
 
 def run_model_calls(instance: DagsterInstance, run_id: str) -> dict[str, int]:
     """Model calls per stage of a run recorded in a Dagster instance (a run of another process)."""
     entries = instance.all_logs(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)
-    return _calls_in(entry.dagster_event.step_materialization_data.materialization for entry in entries)
+    return _figure_in(
+        (entry.dagster_event.step_materialization_data.materialization for entry in entries), "model_calls"
+    )
 
 
-def _calls_in(materializations: Iterable[AssetMaterialization]) -> dict[str, int]:
-    """`model_calls` counts under the asset's name, `<stage>_model_calls` (assets running several
-    stages) under the stage prefix."""
-    calls = {}
+def stage_figures(result: ExecuteInProcessResult, figure: str) -> dict[str, Any]:
+    """One figure of every stage in this run (`model_calls`, `model_seconds`, `wall_seconds`,
+    `calls_per_s`), read from asset metadata."""
+    return _figure_in(
+        (
+            event.step_materialization_data.materialization
+            for event in result.get_asset_materialization_events()
+        ),
+        figure,
+    )
+
+
+def _figure_in(materializations: Iterable[AssetMaterialization], figure: str) -> dict[str, Any]:
+    """`figure` under the asset's name, `<stage>_<figure>` (assets running several stages) under the
+    stage prefix."""
+    values = {}
     for materialization in materializations:
         for key, value in materialization.metadata.items():
-            if key == "model_calls":
-                calls[materialization.asset_key.to_user_string()] = value.value
-            elif key.endswith("_model_calls"):
-                calls[key.removesuffix("_model_calls")] = value.value
-    return calls
+            if key == figure:
+                values[materialization.asset_key.to_user_string()] = value.value
+            elif key.endswith(f"_{figure}"):
+                values[key.removesuffix(f"_{figure}")] = value.value
+    return values
 
 
 def write_requests(path: Path, rows: list[dict[str, Any]]) -> Path:

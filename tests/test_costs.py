@@ -253,12 +253,12 @@ def test_the_transformers_backend_counts_prompt_and_answer_tokens(tiny_models: d
     assert backend.usage.snapshot()[0] > tokens_in
 
 
-def test_a_real_gen_run_records_its_costs_and_runs_the_canary(firm_home: Path, capsys) -> None:
-    from graph_runs import materialize_group, metadata
+def test_a_real_gen_run_records_its_costs_and_runs_the_canary(curated_gen, gen_home: Path, capsys) -> None:
+    from graph_runs import metadata
 
-    result = materialize_group("gen")
+    result = curated_gen.result  # the session's curated gen chain, read in this test's copy of its home
     assert result.success
-    wh = Warehouse(firm_home / "warehouse.duckdb")
+    wh = Warehouse(gen_home / "warehouse.duckdb")
     rows = model_summary(wh, run=result.run_id)
     by_asset = {row["asset_key"]: row for row in rows.iter_rows(named=True)}
     assert set(by_asset) == {"gen_checklists", "generated_images", "gen_scores"}

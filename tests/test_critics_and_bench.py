@@ -15,16 +15,14 @@ import mlflow.transformers
 import polars as pl
 import pytest
 import torch
-from dagster import AssetSelection, DagsterInstance, materialize
-from graph_runs import progress_reports
+from curated import Curated, point_at, relocate
+from dagster import AssetSelection, materialize
 from loopback import LoopbackServer, ModelHandler, model_entry
 from mlflow import MlflowClient
 from transformers import AutoModelForImageTextToText
 
 from firm_assets.benchmark.checks import contaminated_items
 from firm_assets.definitions import ASSETS, CHECKS, build_resources
-from jobs.curation import main_job
-from resources.home import warehouse_path
 from resources.tiny_models import VL_NAME
 from resources.tracking import default_tracking_uri
 from resources.transformers_backend import TransformersBackend
@@ -35,40 +33,18 @@ from warehouse.summary import headline_lines
 REPO = Path(__file__).resolve().parent.parent
 
 
-# The module runs the whole main job once (curation, critic SFT, bench, two RL policies): on a loaded
-# 2-core machine its fixture alone can pass the suite-wide 600 s per-test limit.
+# The session's main job (`curated_main`: curation, critic SFT, bench, two RL policies) runs in the
+# first test that asks for it: on a loaded 2-core machine it alone can pass the suite-wide 600 s limit.
 pytestmark = pytest.mark.timeout(1500)
 
 
 @pytest.fixture(scope="module")
-def main_instance():
-    """The Dagster instance the main run is recorded in, to read its log messages back."""
-    with DagsterInstance.ephemeral() as instance:
-        yield instance
-
-
-@pytest.fixture(scope="module")
-def main_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, main_instance: DagsterInstance):
-    home = tmp_path_factory.mktemp("main") / "firm-home"
-    (home / "models").mkdir(parents=True)
-    (home / "models" / "tiny").symlink_to(tiny_model_dir)
+def main_run(curated_main: Curated):
+    """The main job's home as FIRM_HOME for the module (read only: a test that runs more copies it),
+    its result and its warehouse."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("FIRM_HOME", str(home))
-        for name in (
-            "FIRM_EDIT_REQUESTS",
-            "FIRM_GEN_PROMPTS",
-            "FIRM_PROFILE",
-            "FIRM_TEMPLATE_DIR",
-            "FIRM_BENCH_ROOT",
-        ):
-            patch.delenv(name, raising=False)
-        result = materialize(
-            [*ASSETS, *CHECKS],
-            resources=build_resources(),
-            selection=main_job.selection,
-            instance=main_instance,
-        )
-        yield home, result, Warehouse(Path(warehouse_path()))
+        point_at(curated_main.home, patch)
+        yield curated_main.home, curated_main.result, Warehouse(curated_main.home / "warehouse.duckdb")
 
 
 def test_main_job_succeeds_with_every_gate(main_run) -> None:
@@ -83,11 +59,11 @@ def test_main_job_succeeds_with_every_gate(main_run) -> None:
     assert checks["bench_contamination"]
 
 
-def test_training_and_bench_report_progress(main_run, main_instance: DagsterInstance) -> None:
+def test_training_and_bench_report_progress(main_run, curated_main: Curated) -> None:
     """Critic SFT (from its Pipes process), bench scoring and RL training log progress messages, done
     rising to the total: updates, model calls, steps."""
     _, result, _ = main_run
-    reports = progress_reports(main_instance, result.run_id)
+    reports = curated_main.reports
     for critic in ("firm_edit_critic", "firm_gen_critic"):
         updates = result.asset_materializations_for_node(critic)[0].metadata["updates"].value
         done = [d for d, _, _ in reports[critic]]
@@ -265,8 +241,10 @@ def test_critic_audit_names_dataset_templates_models_and_runs(main_run) -> None:
 
 def test_an_openai_compatible_judge_joins_the_leaderboard(main_run, tiny_models, tmp_path: Path) -> None:
     """A judge behind real HTTP (a loopback server answering from the tiny VLM) is scored like the
-    critics; it is read from its text only (hosted APIs cannot score a continued prefix)."""
-    home, _, wh = main_run
+    critics; it is read from its text only (hosted APIs cannot score a continued prefix). The bench
+    runs again in a copy of the main home."""
+    home = relocate(main_run[0], tmp_path / "firm-home")
+    wh = Warehouse(home / "warehouse.duckdb")
     handler = ModelHandler(TransformersBackend(str(tiny_models[VL_NAME])), tmp_path)
     server = LoopbackServer(handler, [model_entry("served-tiny", str(tiny_models[VL_NAME]))])
     try:
@@ -357,7 +335,7 @@ def test_every_model_calling_asset_records_its_cost(main_run, capsys) -> None:
         for event in result.get_asset_materialization_events()
         if event.asset_key.to_user_string() == "bench_results"
     )
-    # this run's rows only: other tests of the module re-run bench_results in the same FIRM_HOME
+    # this run's rows only
     assert bench["model_calls"].value == by_asset["bench_results"]["calls"]
     assert bench["model_calls"].value > 0 and bench["model_seconds"].value > 0
     assert bench["tokens_in"].value == by_asset["bench_results"]["tokens_in"]

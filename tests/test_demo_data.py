@@ -76,9 +76,10 @@ def test_instructions_vary_and_pngs_carry_no_metadata(tmp_path: Path) -> None:
 
 
 def test_thousand_requests_write_quickly(tmp_path: Path) -> None:
-    start = time.perf_counter()
+    # CPU seconds, not wall time: the bound is on the work, which a loaded machine does not change
+    start = time.process_time()
     write_demo_edit_dataset(tmp_path, n=1000)
-    assert time.perf_counter() - start < 15
+    assert time.process_time() - start < 15
     assert len((tmp_path / "requests.jsonl").read_text().splitlines()) == 1000
 
 

@@ -49,9 +49,10 @@ def pixels(image: Image.Image) -> np.ndarray:
 
 def test_build_is_fast_marked_and_idempotent(tiny_diffusion: dict[str, Path], tmp_path: Path) -> None:
     # A second, independent build takes seconds and gives byte-identical weights (it is seeded).
-    start = time.perf_counter()
+    # CPU seconds (every thread's), not wall time: a loaded machine stretches the wall, not the work
+    start = time.process_time()
     other = build_tiny_diffusion(tmp_path)
-    assert time.perf_counter() - start < 10
+    assert time.process_time() - start < 10
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny-flux-kontext", "tiny-sd3"]  # no temp dirs
     for name, pipeline in (
         ("tiny-flux-kontext", "FluxKontextPipeline"),
@@ -62,9 +63,9 @@ def test_build_is_fast_marked_and_idempotent(tiny_diffusion: dict[str, Path], tm
     # Built already: nothing is rewritten.
     marker = other["tiny-sd3"] / MARKER
     before = marker.stat().st_mtime_ns
-    start = time.perf_counter()
+    start = time.process_time()
     assert build_tiny_diffusion(tmp_path) == other
-    assert time.perf_counter() - start < 0.5
+    assert time.process_time() - start < 0.5
     assert marker.stat().st_mtime_ns == before
 
 

@@ -1,9 +1,13 @@
-"""The FIRM-Edit chain materialized end to end on tiny real models, real DuckDB and real MLflow."""
+"""The FIRM-Edit chain materialized end to end on tiny real models, real DuckDB and real MLflow.
+
+The end-to-end run is the session's curated edit chain (`curated_edit`); the re-run tests start from
+their own copy of its home (`edit_home`), as a user re-running a curated FIRM_HOME would."""
 
 import json
 from pathlib import Path
 
 import polars as pl
+from curated import Curated
 from graph_runs import edit_config, edited_template, materialize_group, metadata, model_calls, write_requests
 from mlflow import MlflowClient
 
@@ -18,8 +22,8 @@ def _warehouse() -> Warehouse:
     return Warehouse(Path(warehouse_path()))
 
 
-def test_demo_chain_end_to_end(firm_home: Path) -> None:
-    result = materialize_group("edit")
+def test_demo_chain_end_to_end(curated_edit: Curated, edit_home: Path) -> None:
+    result = curated_edit.result
     assert result.success
     checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
     assert checks == {
@@ -45,7 +49,7 @@ def test_demo_chain_end_to_end(firm_home: Path) -> None:
     assert set(generated["editor"]) == {"tiny:tiny-flux-kontext"}
     assert sorted(set(generated["seed"])) == [0, 1]
     imported = candidates.filter(pl.col("editor") == "imported")
-    demo = firm_home / "demo" / "edit-12" / "requests.jsonl"
+    demo = edit_home / "demo" / "edit-12" / "requests.jsonl"
     expected_imported = sum(len(r.edited_images) for r in read_edit_requests(demo)[0])
     assert imported.height == expected_imported
     # every candidate image exists, and its sha is the sha of its bytes
@@ -106,23 +110,27 @@ def test_demo_chain_end_to_end(firm_home: Path) -> None:
         assert input_version == recorded, asset  # lineage names the versions Dagster shows
 
 
-def test_no_change_rerun_makes_no_model_calls_and_keeps_versions(firm_home: Path) -> None:
+def test_no_change_rerun_makes_no_model_calls_and_keeps_versions(
+    curated_edit: Curated, edit_home: Path
+) -> None:
+    assert sum(model_calls(curated_edit.result).values()) > 0  # the home was curated by real calls
     first = materialize_group("edit")
     second = materialize_group("edit")
-    assert model_calls(second) == {
+    none = {
         "edit_candidates": 0,
         "difference_captions": 0,
         "execution": 0,
         "consistency": 0,
         "edit_canary": 0,
     }
+    assert model_calls(first) == model_calls(second) == none
     for asset in ("edit_candidates", "difference_captions", "edit_scores", "firm_edit_dataset"):
         before = first.asset_materializations_for_node(asset)[0]
         after = second.asset_materializations_for_node(asset)[0]
         assert before.tags["dagster/data_version"] == after.tags["dagster/data_version"], asset
 
 
-def test_changing_one_request_recomputes_only_that_request(firm_home: Path, tmp_path: Path) -> None:
+def test_changing_one_request_recomputes_only_that_request(edit_home: Path, tmp_path: Path) -> None:
     demo = write_demo_edit_dataset(tmp_path / "demo", n=8)
     rows = [json.loads(line) for line in demo.read_text().splitlines()]
     materialize_group("edit", edit_config(demo))
@@ -155,8 +163,10 @@ def test_changing_one_request_recomputes_only_that_request(firm_home: Path, tmp_
     )
 
 
-def test_editing_a_template_recomputes_that_stage_only(firm_home: Path, tmp_path: Path, monkeypatch) -> None:
-    first = materialize_group("edit")
+def test_editing_a_template_recomputes_that_stage_only(
+    curated_edit: Curated, edit_home: Path, tmp_path: Path, monkeypatch
+) -> None:
+    first = curated_edit.result
     templates = edited_template(tmp_path / "templates", "consistency_score", "Count the", "List the")
     monkeypatch.setenv("FIRM_TEMPLATE_DIR", str(templates))
     second = materialize_group("edit")

@@ -1,9 +1,13 @@
-"""The FIRM-Gen chain materialized end to end on tiny real models, real DuckDB and real MLflow."""
+"""The FIRM-Gen chain materialized end to end on tiny real models, real DuckDB and real MLflow.
+
+The end-to-end run is the session's curated gen chain (`curated_gen`); the re-run tests start from
+their own copy of its home (`gen_home`)."""
 
 import json
 from pathlib import Path
 
 import polars as pl
+from curated import Curated
 from graph_runs import edited_template, gen_config, materialize_group, metadata, model_calls
 from mlflow import MlflowClient
 
@@ -19,8 +23,8 @@ def _warehouse() -> Warehouse:
     return Warehouse(Path(warehouse_path()))
 
 
-def test_demo_gen_chain_end_to_end(firm_home: Path) -> None:
-    result = materialize_group("gen")
+def test_demo_gen_chain_end_to_end(curated_gen: Curated, gen_home: Path) -> None:
+    result = curated_gen.result
     assert result.success
     checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
     assert all(passed for name, passed in checks.items() if name != "gen_checklists_geneval_coverage"), checks
@@ -88,7 +92,7 @@ def test_demo_gen_chain_end_to_end(firm_home: Path) -> None:
     assert metadata(result, "firm_gen_dataset")["dataset_version"] == dataset["version"][0]
 
 
-def test_editing_one_prompt_recomputes_only_that_prompt(firm_home: Path, tmp_path: Path) -> None:
+def test_editing_one_prompt_recomputes_only_that_prompt(gen_home: Path, tmp_path: Path) -> None:
     jsonl, text = (tmp_path / DEMO_FILES[0].name, tmp_path / DEMO_FILES[1].name)
     jsonl.write_text(DEMO_FILES[0].read_text())
     text.write_text(DEMO_FILES[1].read_text())
@@ -111,9 +115,9 @@ def test_editing_one_prompt_recomputes_only_that_prompt(firm_home: Path, tmp_pat
 
 
 def test_changing_the_checklist_template_replans_but_never_rerenders(
-    firm_home: Path, tmp_path: Path, monkeypatch
+    curated_gen: Curated, gen_home: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    first = materialize_group("gen")
+    first = curated_gen.result
     before = _warehouse().query("SELECT prompt_id, items FROM assets.gen_checklists")
     templates = edited_template(tmp_path / "templates", "checklist_plan", "atomic requirement", "single one")
     monkeypatch.setenv("FIRM_TEMPLATE_DIR", str(templates))
@@ -135,9 +139,9 @@ def test_changing_the_checklist_template_replans_but_never_rerenders(
 
 
 def test_changing_the_quality_template_rescores_quality_only(
-    firm_home: Path, tmp_path: Path, monkeypatch
+    curated_gen: Curated, gen_home: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    first = materialize_group("gen")
+    first = curated_gen.result
     templates = edited_template(tmp_path / "templates", "gen_quality_score", "on its own", "by itself")
     monkeypatch.setenv("FIRM_TEMPLATE_DIR", str(templates))
     second = materialize_group("gen")

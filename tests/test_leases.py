@@ -135,9 +135,10 @@ def test_lapsed_and_orphaned_claims_are_taken_over(tmp_path: Path) -> None:
     _claim(warehouse, keys[0], "expired", "elsewhere", 1, expires_at=time.time() - 1)
     _claim(warehouse, keys[1], "killed", HOST, _dead_pid(), expires_at=time.time() + 3600)
     model = CountingModel()
+    # one wait for another run's commits would take poll_s (60 s): far above what a loaded machine adds
     started = time.monotonic()
-    _, stats = run_cached(warehouse, SPEC, items, model, batch_size=4, run_id="r")
-    assert time.monotonic() - started < 5, "nothing to wait for"
+    _, stats = run_cached(warehouse, SPEC, items, model, batch_size=4, run_id="r", poll_s=60)
+    assert time.monotonic() - started < 60, "nothing to wait for"
     assert sorted(model.seen) == ["s0", "s1", "s2"] and stats.model_calls == 3
     assert warehouse.rows("SELECT count(*) FROM work_claims")[0][0] == 0
 

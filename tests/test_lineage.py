@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from graph_runs import materialize_group
+from curated import Curated
 
 from resources.home import warehouse_path
 from warehouse.connection import Warehouse
@@ -25,8 +25,8 @@ def _firm(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_dataset_and_sample_audits(firm_home: Path) -> None:
-    result = materialize_group("edit")
+def test_dataset_and_sample_audits(curated_edit: Curated, edit_home: Path) -> None:
+    result = curated_edit.result  # the session's curated edit chain, audited in this test's copy
     wh = Warehouse(Path(warehouse_path()))
     row = find_dataset_versions(wh, "firm_edit").row(0, named=True)
     assert row["published_by_dagster_run"] == result.run_id

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from curated import Curated, point_at, relocate
 from dagster import AssetSelection, materialize
 from mlflow import MlflowClient
 from PIL import Image
@@ -47,8 +48,9 @@ from warehouse.connection import Warehouse
 from warehouse.lineage import find_policy_versions
 
 REPO = Path(__file__).resolve().parent.parent
-# the module fixture runs curation, two critic SFTs and two RL runs: more than the default per test
-pytestmark = pytest.mark.timeout(1200)
+# the module fixture may be the first to ask for the session's main job (curation, two critic SFTs,
+# the bench and two RL runs): more than the default per test on a loaded machine
+pytestmark = pytest.mark.timeout(1500)
 POLICIES = (EDIT_POLICY.name, GEN_POLICY.name)
 
 
@@ -376,38 +378,17 @@ def test_policy_version_changes_with_every_input() -> None:
 
 
 @pytest.fixture(scope="module")
-def rl_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
-    """Both chains, both critics and both policies on the cpu-tiny profile, then a second run of the
-    rl group alone (same inputs: both policies must skip)."""
-    home = tmp_path_factory.mktemp("rl") / "firm-home"
-    (home / "models").mkdir(parents=True)
-    (home / "models" / "tiny").symlink_to(tiny_model_dir)
+def rl_run(tmp_path_factory: pytest.TempPathFactory, curated_main: Curated):
+    """Both chains, both critics and both policies on the cpu-tiny profile (the session's main job),
+    then, in a copy of its home, a second run of the rl group alone (same inputs: both policies must
+    skip)."""
+    home = relocate(curated_main.home, tmp_path_factory.mktemp("rl") / "firm-home")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("FIRM_HOME", str(home))
-        for name in (
-            "FIRM_EDIT_REQUESTS",
-            "FIRM_GEN_PROMPTS",
-            "FIRM_PROFILE",
-            "FIRM_TEMPLATE_DIR",
-            "MLFLOW_TRACKING_URI",
-        ):
-            patch.delenv(name, raising=False)
-        selection = AssetSelection.groups("edit", "gen", "critics", "rl")
-        prompts = home.parent / "prompts.txt"
-        prompts.write_text("a red cube on a table\na dog in the snow\ntwo blue cups\n")
-        small = {  # few inputs: the policies need only a critic and two prompt groups per step
-            "ops": {
-                "edit_requests": {"config": {"demo_size": 4}},
-                "gen_prompts": {"config": {"prompt_files": [str(prompts)]}},
-            }
-        }
-        first = materialize(
-            [*ASSETS, *CHECKS], resources=build_resources(), selection=selection, run_config=small
-        )
+        point_at(home, patch)
         second = materialize(
             [*ASSETS, *CHECKS], resources=build_resources(), selection=AssetSelection.groups("rl")
         )
-        yield home, first, second, Warehouse(Path(warehouse_path()))
+        yield home, curated_main.result, second, Warehouse(Path(warehouse_path()))
 
 
 def _metadata(result, asset: str) -> dict:

@@ -41,9 +41,9 @@ def _mtimes(folder: Path) -> dict[str, int]:
 
 
 def test_build_is_fast_complete_and_leaves_no_staging(tmp_path: Path) -> None:
-    start = time.perf_counter()
+    start = time.process_time()  # CPU seconds: a loaded machine stretches the wall, not the work
     folders = build_tiny_models(tmp_path)
-    assert time.perf_counter() - start < 20
+    assert time.process_time() - start < 20
     assert set(folders) == {VL_NAME, TEXT_NAME}
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted([VL_NAME, TEXT_NAME])
     for folder in folders.values():

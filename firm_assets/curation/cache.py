@@ -90,13 +90,16 @@ def failed_outcome(error: Exception | CallFailure) -> Outcome:
 @dataclass
 class StageStats:
     """What one stage did: the counts an asset reports, and what the calls cost (`costs.py` records
-    them per model). Tokens and images count calls made now; a cache hit costs nothing."""
+    them per model). Tokens and images count calls made now; a cache hit costs nothing. `wall_seconds`
+    is the stage's whole time (lookups, leases, commits and model calls), so `calls_per_s` beside
+    `model_seconds` shows whether a slowdown is the model's or the stage's own."""
 
     rows: int = 0
     cache_hits: int = 0
     model_calls: int = 0
     failures: int = 0
     model_seconds: float = 0.0
+    wall_seconds: float = 0.0
     extra: dict[str, int] = field(default_factory=dict)
 
     transient_failures: int = 0
@@ -115,11 +118,18 @@ class StageStats:
             "failures": self.failures,
             "transient_failures": self.transient_failures,
             "model_seconds": round(self.model_seconds, 3),
+            "wall_seconds": round(self.wall_seconds, 3),
+            "calls_per_s": calls_per_second(self.model_calls, self.wall_seconds),
             "tokens_in": self.tokens_in,
             "tokens_out": self.tokens_out,
             "images_generated": self.images_generated,
             **self.extra,
         }
+
+
+def calls_per_second(calls: int, wall_seconds: float) -> float:
+    """A stage's model calls per second of its wall time (0 when it made none)."""
+    return round(calls / wall_seconds, 3) if calls and wall_seconds > 0 else 0.0
 
 
 @dataclass(frozen=True)
@@ -332,6 +342,7 @@ def run_cached(
     to the running Dagster step as `progress_message`s (`run_progress.py`)."""
     if lookahead < 1:
         raise ValueError("lookahead must be at least 1")
+    started = time.perf_counter()
     keyed = [(spec.key(item.inputs), item) for item in items]
     cached = _lookup(warehouse, sorted({key for key, _ in keyed}))
     stats = StageStats(rows=len(keyed), stage=spec.stage, model=spec.model)
@@ -410,4 +421,5 @@ def run_cached(
     results = {item.sample_id: CachedResult(key, cached[key]) for key, item in keyed}
     stats.failures = sum(1 for result in results.values() if not result.outcome.ok)
     stats.transient_failures = sum(1 for result in results.values() if result.outcome.transient)
+    stats.wall_seconds = time.perf_counter() - started
     return results, stats

@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 from dagster import AssetCheckResult, AssetCheckSeverity, MetadataValue
 
-from firm_assets.curation.cache import StageStats
+from firm_assets.curation.cache import StageStats, calls_per_second
 from firm_assets.curation.stage import ChatStage, StageInput, run_chat_stage
 from resources.chat import ChatBackend
 from warehouse.connection import Warehouse
@@ -88,11 +88,13 @@ def score_canary(
 
 def canary_metadata(side: str, keys: set[str], stats: list[StageStats]) -> dict:
     """What a score asset reports of its canary stages: the keys the drift check compares (`CANARY_KEYS`)
-    and the calls and tokens they cost (as `<side>_canary_model_calls`, ...)."""
-    figures = ("model_calls", "cache_hits", "tokens_in", "tokens_out")
+    and the calls, tokens and time they cost (as `<side>_canary_model_calls`, ...)."""
+    figures = ("model_calls", "cache_hits", "tokens_in", "tokens_out", "model_seconds", "wall_seconds")
+    totals = {f: sum(getattr(s, f) for s in stats) for f in figures}
+    totals["calls_per_s"] = calls_per_second(totals["model_calls"], totals["wall_seconds"])
     return {
         CANARY_KEYS: MetadataValue.json(sorted(keys)),
-        **{f"{side}_canary_{f}": sum(getattr(s, f) for s in stats) for f in figures},
+        **{f"{side}_canary_{f}": round(v, 3) if isinstance(v, float) else v for f, v in totals.items()},
     }
 
 

@@ -19,6 +19,7 @@ from firm_assets.curation.cache import (
     CallSpec,
     Outcome,
     StageStats,
+    calls_per_second,
     failed_outcome,
     run_cached,
 )
@@ -191,4 +192,6 @@ def render_for_all(
                         result.cache_key,
                     )
                 )
+    # a rate does not add up over configs: it is the configs' calls over their wall time together
+    metadata["calls_per_s"] = calls_per_second(int(metadata["model_calls"]), metadata["wall_seconds"])
     return rendered, metadata

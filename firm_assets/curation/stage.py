@@ -143,6 +143,7 @@ def run_chat_stage(
     """Render every sample, then answer the cache misses through `run_cached`, which narrows a batch
     that raises (a model error, an undecodable image) down to the items that failed. `identity` adds
     to what every key holds (stored with the decoding): the canary keys its answers by backend too."""
+    started = time.perf_counter()
     items = []
     for sample in inputs:
         request = stage.template.render(sample.variables, sample.images)
@@ -169,6 +170,7 @@ def run_chat_stage(
     in_after, out_after = backend.usage.snapshot()
     stats.tokens_in, stats.tokens_out = in_after - in_before, out_after - out_before
     stats.on_gpu = backend.on_gpu
+    stats.wall_seconds = time.perf_counter() - started  # rendering the templates included
     if stage.score_reader:
         stats.extra["text_parse_failures"] = sum(1 for r in results.values() if _text_failed(r.outcome))
     return results, stats
