@@ -140,13 +140,14 @@ def processes() -> dict[int, tuple[int, str]]:
 
 @pytest.mark.timeout(1500)
 def test_killing_firm_run_ends_the_critic_trainer_and_its_dataloader_worker(
-    firm_home: Path, cleanup: list[int]
+    gen_home: Path, cleanup: list[int]
 ) -> None:
-    """`firm run main` on a fresh FIRM_HOME (no edit requests, so the gen chain's ten demo prompts
-    are all it curates), critics set to train for many epochs; once the critic trainer of this
-    FIRM_HOME has its DataLoader worker, only the `firm run` process is killed with SIGKILL: within
-    30 s no process of the trainer remains. Slow (the run curates first: minutes on 2 shared
-    cores): only a real run shows that Pipes-launched trainers die with it."""
+    """`firm run main` on a copy of the session's curated gen home (no edit requests, so the gen
+    chain's ten demo prompts are all it curates, from the cache), critics set to train for many
+    epochs; once the critic trainer of this FIRM_HOME has its DataLoader worker, only the `firm run`
+    process is killed with SIGKILL: within 30 s no process of the trainer remains. Only a real run
+    shows that Pipes-launched trainers die with it."""
+    firm_home = gen_home
     config = firm_home / "long_critics.yaml"
     critic = {"config": {"epochs": 500}}
     config.write_text(json.dumps({"ops": {"firm_edit_critic": critic, "firm_gen_critic": critic}}))
