@@ -3,6 +3,7 @@ projector, the pixel budget saved with the critic (so serving and bench see imag
 size), the loss normalised over the accumulated batch's target tokens, no KV cache in training, and
 a version that only settings changing the weights move."""
 
+import json
 import math
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from firm_assets.critics.recipe import (
     PAPER_RECIPE,
     CriticTrainingConfig,
     effective_recipe,
+    launch_identity,
     version_recipe,
 )
 from firm_assets.critics.scoring import CriticScorer, GenQuery
@@ -57,6 +59,15 @@ def test_only_settings_that_change_the_weights_enter_the_version() -> None:
         "seed": 1,
     }.items():
         assert version_recipe(effective_recipe({}, CriticTrainingConfig(**{key: value}))) != base, key
+
+
+def test_the_launch_enters_the_version_and_other_settings_do_not_move_it() -> None:
+    """Two processes double the global batch: the launch is part of what a critic version hashes."""
+    single = launch_identity(CriticTrainingConfig())
+    assert single == launch_identity(CriticTrainingConfig(checkpoint_every=7, learning_rate=2e-5))
+    ddp = launch_identity(CriticTrainingConfig(accelerate_config="ddp_cpu_2proc"))
+    torchrun = launch_identity(CriticTrainingConfig(launcher=["torchrun", "--nproc-per-node", "2", "-m"]))
+    assert len({json.dumps(i, sort_keys=True) for i in (single, ddp, torchrun)}) == 3
 
 
 def _logits(rows: list[list[list[float]]]) -> torch.Tensor:

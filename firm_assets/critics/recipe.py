@@ -10,7 +10,9 @@ ships no SFT config, so what the paper does not state is LLaMA-Factory's default
 A critic's version hashes only the settings that change its weights (`version_recipe`). Left out:
 `log_every`, `eval_every` (what is logged and when), `checkpoint_every` (where a killed run can
 resume), `dataloader_workers` (who encodes the batches) and `gradient_checkpointing` (activations
-recomputed instead of kept: the same numbers).
+recomputed instead of kept: the same numbers). The launch is in (`launch_identity`): the number of
+processes multiplies the global batch, so a 2-process run trains other weights than a 1-process run of
+the same recipe.
 """
 
 import sys
@@ -125,6 +127,12 @@ def effective_recipe(profile_overrides: dict[str, Any], config: CriticTrainingCo
 def version_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
     """The part of a recipe that a critic version hashes: every setting that changes the weights."""
     return {key: value for key, value in recipe.items() if key not in NOT_IN_VERSION}
+
+
+def launch_identity(config: CriticTrainingConfig) -> dict[str, Any]:
+    """What of the launch enters a critic's version: the shipped accelerate config or the run's own
+    launcher, which decide how many processes share a global batch."""
+    return {"accelerate_config": config.accelerate_config, "launcher": list(config.launcher)}
 
 
 def launch_prefix(config: CriticTrainingConfig, method: str) -> list[str]:

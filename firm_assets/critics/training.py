@@ -15,7 +15,13 @@ from typing import Any
 import polars as pl
 from dagster import AssetExecutionContext, PipesSubprocessClient
 
-from firm_assets.critics.recipe import CriticTrainingConfig, effective_recipe, launch_prefix, version_recipe
+from firm_assets.critics.recipe import (
+    CriticTrainingConfig,
+    effective_recipe,
+    launch_identity,
+    launch_prefix,
+    version_recipe,
+)
 from firm_assets.curation.costs import CostMeter
 from firm_assets.curation.versioning import short_hash
 from resources.chat import ModelRef
@@ -114,6 +120,7 @@ def train_critic(
         profile.critic.base,
         base_revision,
         json.dumps(version_recipe(recipe), sort_keys=True),
+        json.dumps(launch_identity(config), sort_keys=True),
         spec.tasks,
         TRAINING_CODE_VERSION,
     )
