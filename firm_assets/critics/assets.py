@@ -52,6 +52,7 @@ def firm_edit_critic(
     tracking: TrackingResource,
     pipes_subprocess_client: PipesSubprocessClient,
 ) -> Output[pl.DataFrame]:
+    """The editing critic, fine-tuned on the curated editing dataset and registered in MLflow."""
     critic, metadata = train_critic(
         context, EDIT_CRITIC, firm_edit_dataset, config, models, warehouse, tracking, pipes_subprocess_client
     )
@@ -76,6 +77,7 @@ def firm_gen_critic(
     tracking: TrackingResource,
     pipes_subprocess_client: PipesSubprocessClient,
 ) -> Output[pl.DataFrame]:
+    """The generation critic, fine-tuned on the curated generation dataset and registered in MLflow."""
     critic, metadata = train_critic(
         context, GEN_CRITIC, firm_gen_dataset, config, models, warehouse, tracking, pipes_subprocess_client
     )

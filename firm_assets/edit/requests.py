@@ -58,6 +58,8 @@ SOURCE_SCHEMA = {
 
 
 class EditRequestsConfig(Config):
+    """Where the editing requests and their images come from."""
+
     requests_path: str = Field(
         default="", description=f"FIRM-style JSONL; empty: ${REQUESTS_ENV}, else the built-in demo set."
     )
@@ -103,6 +105,7 @@ def with_inbox_rows(rows: list[dict], inbox: list[dict]) -> tuple[list[dict], li
 def edit_requests(
     context: AssetExecutionContext, config: EditRequestsConfig, warehouse: WarehouseResource
 ) -> Output[pl.DataFrame]:
+    """The editing requests (source image and instruction) that the chain curates."""
     wh = warehouse.get()
     path = requests_file(config)
     root = Path(config.images_root) if config.images_root else path.parent
@@ -161,6 +164,7 @@ def edit_requests(
 def source_images(
     context: AssetExecutionContext, edit_requests: pl.DataFrame, warehouse: WarehouseResource
 ) -> Output[pl.DataFrame]:
+    """The requests' source images, checked and stored once by content hash."""
     store = firm_home() / "images"
     rows, stored, bad = [], [], []
     for request in edit_requests.iter_rows(named=True):
