@@ -21,8 +21,9 @@ from firm_assets.curation.gates import (
 from firm_assets.edit.candidates import edit_candidates
 from firm_assets.edit.captions import difference_captions
 from firm_assets.edit.dataset import firm_edit_dataset
-from firm_assets.edit.requests import edit_requests, source_images
+from firm_assets.edit.requests import edit_requests
 from firm_assets.edit.scores import DIMENSIONS, edit_scores
+from firm_assets.edit.source_images import source_images
 from resources.warehouse_resource import WarehouseResource
 
 SCORE_COLUMNS = [f"{dimension}_score" for dimension in DIMENSIONS]
