@@ -34,9 +34,9 @@ from sensors.changes import on_content_change
 from warehouse.connection import Warehouse, WarehouseBusy
 
 SENSOR_INTERVAL_S = 60
-# The registered model names are the critic assets' names (firm_assets/critics/training.py).
+# The registered model names are the critic assets' names (firm_assets/critics/launch.py).
 CRITIC_MODELS = ("firm_edit_critic", "firm_gen_critic")
-# The tag a critic asset puts on each version it registers (firm_assets/critics/training.py).
+# The tag a critic asset puts on each version it registers (firm_assets/critics/launch.py).
 ASSET_TAG = "critic_version"
 BENCH_RESULTS = AssetKey("bench_results")
 # How long the registry sensor waits for a warehouse a run is writing before trying next tick.

@@ -4,8 +4,8 @@ import polars as pl
 from dagster import AssetExecutionContext, DataVersion, MetadataValue, Output, PipesSubprocessClient, asset
 
 from firm_assets.automation import CRITIC_CONDITION, GPU_POOL
+from firm_assets.critics.launch import TRAINING_CODE_VERSION, CriticSpec, train_critic
 from firm_assets.critics.recipe import CriticTrainingConfig
-from firm_assets.critics.training import TRAINING_CODE_VERSION, CriticSpec, train_critic
 from resources.models import ModelsResource
 from resources.tracking import TrackingResource
 from resources.warehouse_resource import WarehouseResource
