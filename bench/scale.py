@@ -74,8 +74,8 @@ from firm_assets.curation.sharegpt import parse_record
 from firm_assets.curation.versioning import frame_version, short_hash
 from firm_assets.edit.candidates import CANDIDATE_SCHEMA
 from firm_assets.edit.captions import CAPTION_SCHEMA
-from firm_assets.edit.requests import SOURCE_SCHEMA
 from firm_assets.edit.scores import SCORE_SCHEMA
+from firm_assets.edit.source_images import SOURCE_SCHEMA
 from resources.tracking import TrackingResource
 from resources.warehouse_resource import WarehouseIOManager
 from warehouse.connection import Warehouse

@@ -22,6 +22,7 @@ TMP_PREFIX = ".tmp-"
 
 
 def step_dir(folder: Path, step: int) -> Path:
+    """One place names a step's checkpoint folder, so writers and resumers agree."""
     return folder / f"{STEP_PREFIX}{step:08d}"
 
 
@@ -77,6 +78,7 @@ def rng_state() -> dict:
 
 
 def restore_rng(state: dict) -> None:
+    """Puts back the random state a checkpoint saved, so a resumed run draws as the uninterrupted one."""
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     name, keys, *rest = state["numpy"]

@@ -65,6 +65,7 @@ def job_names() -> dict[str, str]:
 
 
 def build_tiny(_: argparse.Namespace) -> int:
+    """`firm build-tiny`: builds the tiny test models ahead of a first run."""
     from resources.models import ensure_tiny_models
 
     print(f"tiny models in {ensure_tiny_models()}")
@@ -257,6 +258,7 @@ def cost(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `firm` command."""
     argv = sys.argv[1:] if argv is None else argv
     # the job list imports Dagster (a second): only `firm run` and the help need it, not `firm audit`
     jobs = job_names() if not argv or argv[0] in ("run", "-h", "--help") else {}

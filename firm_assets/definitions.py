@@ -16,7 +16,7 @@ from firm_assets.benchmark import items as bench_items
 from firm_assets.benchmark import results as bench_results
 from firm_assets.catalog import catalogued
 from firm_assets.critics import assets as critic_assets
-from firm_assets.edit import candidates, captions, dataset, requests, scores
+from firm_assets.edit import candidates, captions, dataset, requests, scores, source_images
 from firm_assets.edit import checks as edit_checks
 from firm_assets.edit import inbox as edit_inbox
 from firm_assets.executors import executor_from_env
@@ -39,6 +39,7 @@ from sensors.recuration import edit_requests_changed, nightly_edit_recuration
 
 ASSET_MODULES = [
     requests,
+    source_images,
     candidates,
     captions,
     scores,

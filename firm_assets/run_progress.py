@@ -58,6 +58,7 @@ class ProgressReporter:
     _last_at: float = field(default=-math.inf, init=False)
 
     def advance(self, n: int = 1) -> None:
+        """Counts finished units and logs progress when a report is due."""
         self.done += n
         now = self.clock()
         if report_due(self.done, self.total, self._last_done, now - self._last_at, self.every_s):

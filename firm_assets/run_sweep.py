@@ -46,6 +46,8 @@ def owner_gone(tags: dict[str, str], host: str) -> int | None:
 
 @dataclass(frozen=True)
 class SweptRun:
+    """A run whose process died, found and marked failed by the sweep."""
+
     run_id: str
     job_name: str
     pid: int

@@ -70,6 +70,7 @@ class ChatRequest:
 
     @property
     def images(self) -> list[ImagePart]:
+        """The request's images, for backends that take them apart from the text."""
         return [part for part in self.user if isinstance(part, ImagePart)]
 
 
@@ -85,6 +86,7 @@ class Decoding:
     regex: str | None = None
 
     def as_dict(self) -> dict[str, float | int | str | None]:
+        """Decoding settings as plain values, for cache keys and logged params."""
         return {
             "max_new_tokens": self.max_new_tokens,
             "temperature": self.temperature,
@@ -113,11 +115,13 @@ class TokenUsage:
         self.tokens_out = 0
 
     def add(self, tokens_in: int, tokens_out: int) -> None:
+        """Adds one call's tokens; safe from several threads."""
         with self._lock:
             self.tokens_in += tokens_in
             self.tokens_out += tokens_out
 
     def snapshot(self) -> tuple[int, int]:
+        """Totals so far, read consistently while calls run."""
         with self._lock:
             return self.tokens_in, self.tokens_out
 

@@ -43,6 +43,7 @@ class DiffusionBackend:
 
     @property
     def task(self) -> str:
+        """The pipeline's task name, as recorded with its images."""
         return "edit" if self.is_edit else "text-to-image"
 
     def _guidance_kwargs(self, guidance: float) -> dict[str, Any]:

@@ -33,6 +33,7 @@ _LOADED: dict[Any, Any] = {}
 
 
 def tiny_models_dir() -> Path:
+    """Where the built tiny models live under the firm home."""
     return firm_home() / "models" / "tiny"
 
 
@@ -268,10 +269,12 @@ class ModelsResource(ConfigurableResource):
             release_loaded()
 
     def chat(self, role: str) -> ChatBackend:
+        """The chat backend for one role (captioner, judge, planner), loaded per the profile."""
         if role not in CHAT_ROLES:
             raise ValueError(f"unknown chat role {role!r}; one of {CHAT_ROLES}")
         settings = self.settings()
         return load_chat_backend(getattr(settings, role), settings.release_between_roles)
 
     def image_backend(self, config: ImageModelConfig):
+        """The image backend for one configured model, loaded per the profile."""
         return load_image_backend(config, self.settings().release_between_roles)

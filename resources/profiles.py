@@ -98,6 +98,8 @@ class PolicyConfig:
 
 @dataclass(frozen=True)
 class Profile:
+    """One named set of model choices: which model plays each role."""
+
     name: str
     captioner: ChatModelConfig
     judge: ChatModelConfig

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 
 def default_tracking_uri() -> str:
+    """The MLflow store under the firm home when none is configured."""
     return f"{SQLITE_PREFIX}{home_path('mlflow', 'mlflow.db')}"
 
 
@@ -83,12 +84,16 @@ DEFAULT_MLFLOW_UI = "http://127.0.0.1:5000"
 
 
 class TrackingResource(ConfigurableResource):
+    """MLflow access for assets, so runs, models and metrics land in one store."""
+
     tracking_uri: str = ""
 
     def uri(self) -> str:
+        """The tracking URI in use, configured or default."""
         return self.tracking_uri or default_tracking_uri()
 
     def client(self):
+        """An MLflow client on this store, for tracking and the model registry."""
         from mlflow import MlflowClient
 
         return MlflowClient(tracking_uri=self.uri(), registry_uri=self.uri())
@@ -144,6 +149,7 @@ class TrackingResource(ConfigurableResource):
             os.environ.update({key: value for key, value in saved.items() if value is not None})
 
     def experiment_id(self, name: str) -> str:
+        """The named experiment's id, created on first use."""
         client = self.client()
         found = client.get_experiment_by_name(name)
         if found is not None:
@@ -179,6 +185,7 @@ class TrackingResource(ConfigurableResource):
     def log_values(
         self, run_id: str, params: dict[str, Any], metrics: dict[str, float], step: int = 0
     ) -> None:
+        """Logs params and metrics to a run in one batch."""
         from mlflow.entities import Metric, Param
 
         now = int(time.time() * 1000)
@@ -275,6 +282,7 @@ class TrackingResource(ConfigurableResource):
             return str(client.create_model_version(name, source, run_id=run_id, tags=tags).version)
 
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
+        """Ends a run with its final status."""
         with self._store_lock():
             self.client().set_terminated(run_id, status)
 

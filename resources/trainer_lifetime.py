@@ -66,6 +66,7 @@ def _end_group(signum: int = signal.SIGKILL) -> None:
 
 
 def run(parent: int, command: Sequence[str]) -> int:
+    """Runs the trainer in its own process group and ends it when the parent dies."""
     os.setpgid(0, 0)
     trainer: subprocess.Popen | None = None
 
@@ -111,6 +112,7 @@ def _others_in_group() -> bool:
 
 
 def main() -> None:
+    """Entry point of the wrapper that ties a trainer's life to its parent's."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

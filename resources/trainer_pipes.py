@@ -13,6 +13,9 @@ from resources.trainer_lifetime import supervised
 
 
 class TrainerPipesClient(PipesSubprocessClient):
+    """Pipes client whose trainers die with the Dagster process that launched them."""
+
     def run(self, *, command: str | Sequence[str], **kwargs: Any) -> PipesClientCompletedInvocation:  # type: ignore[override]
+        """Runs the command under the lifetime wrapper, so no trainer outlives its run."""
         argv = [command] if isinstance(command, str) else list(command)
         return super().run(command=supervised(argv), **kwargs)

@@ -30,6 +30,7 @@ class WarehouseResource(ConfigurableResource):
     path: str = ""
 
     def get(self) -> Warehouse:
+        """A warehouse handle on the configured (or default) database."""
         return Warehouse(self.path or warehouse_path())
 
 
@@ -53,6 +54,7 @@ class WarehouseIOManager(ConfigurableIOManager):
         return name
 
     def handle_output(self, context: OutputContext, obj: pl.DataFrame) -> None:
+        """Stores an asset's frame as its warehouse table, tagged with the run."""
         name, run_id = self._name(context.asset_key), context.run_id
         rows = obj.with_columns(pl.lit(run_id).alias(RUN_COLUMN)).to_arrow()
         with self._warehouse().transaction() as con:

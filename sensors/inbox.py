@@ -26,6 +26,7 @@ SENSOR_INTERVAL_S = 30
 
 
 def inbox_run_key(name: str, digest: str) -> str:
+    """Run key per inbox file and content, so each file version runs once."""
     return f"{name}@{digest}"
 
 
@@ -70,6 +71,8 @@ def evaluate_inbox(context: SensorEvaluationContext, inbox: Inbox) -> SensorResu
 
 
 def inbox_sensor(inbox: Inbox, job_name: str) -> SensorDefinition:
+    """Builds the sensor that watches one chain's inbox folder."""
+
     @sensor(
         job_name,
         name=f"{inbox.name}_inbox_files",

@@ -34,9 +34,9 @@ from sensors.changes import on_content_change
 from warehouse.connection import Warehouse, WarehouseBusy
 
 SENSOR_INTERVAL_S = 60
-# The registered model names are the critic assets' names (firm_assets/critics/training.py).
+# The registered model names are the critic assets' names (firm_assets/critics/launch.py).
 CRITIC_MODELS = ("firm_edit_critic", "firm_gen_critic")
-# The tag a critic asset puts on each version it registers (firm_assets/critics/training.py).
+# The tag a critic asset puts on each version it registers (firm_assets/critics/launch.py).
 ASSET_TAG = "critic_version"
 BENCH_RESULTS = AssetKey("bench_results")
 # How long the registry sensor waits for a warehouse a run is writing before trying next tick.
@@ -74,6 +74,8 @@ def bench_labels_changed(context: SensorEvaluationContext) -> RunRequest | SkipR
 
 @dataclass(frozen=True)
 class RegisteredVersion:
+    """A registered model version and whether an asset or a person registered it."""
+
     name: str
     version: int
     by_asset: bool  # registered by a critic asset (it carries ASSET_TAG), not by hand
@@ -196,6 +198,7 @@ def _error(event) -> str | None:
     description="Record each failed run's failed steps and errors in the warehouse's run_failures table.",
 )
 def record_run_failures(context: RunFailureSensorContext, warehouse: WarehouseResource) -> None:
+    """Keeps each failed run's failing steps in the warehouse for the operations summary."""
     rows = failure_rows(context)
     with warehouse.get().transaction() as con:
         con.execute("DELETE FROM run_failures WHERE run_id = ?", [context.dagster_run.run_id])

@@ -26,9 +26,9 @@ from PIL import Image
 
 from firm_assets.critics.assets import firm_edit_critic
 from firm_assets.critics.inference import score_with_critic, tasks_for
+from firm_assets.critics.launch import TRAIN_MODULE
 from firm_assets.critics.recipe import CriticTrainingConfig, launch_prefix
 from firm_assets.critics.scoring import CriticScorer
-from firm_assets.critics.training import TRAIN_MODULE
 from firm_assets.curation.dataset import register_version
 from firm_assets.curation.sharegpt import index_exports, sharegpt_record, write_tasks
 from firm_assets.definitions import build_resources

@@ -201,7 +201,7 @@ def test_load_from_the_mlflow_registry(
 ) -> None:
     """Registered as the critic asset registers it (an mlflow.transformers pipeline in a local SQLite
     store), loaded back by URI: same critic, same scores as the folder it came from."""
-    from firm_assets.critics.training import critic_pipeline, pip_requirements
+    from firm_assets.critics.launch import critic_pipeline, pip_requirements
     from resources.tracking import TrackingResource
 
     monkeypatch.setenv("FIRM_HOME", str(tmp_path / "home"))

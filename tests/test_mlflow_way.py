@@ -22,7 +22,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from transformers import AutoModelForImageTextToText
 
-from firm_assets.critics.training import critic_pipeline, pip_requirements
+from firm_assets.critics.launch import critic_pipeline, pip_requirements
 from resources.processes import process_start
 from resources.tiny_models import VL_NAME
 from resources.tracking import (
@@ -178,7 +178,7 @@ def test_a_killed_run_is_ended_as_killed_by_the_next_run_of_its_experiment(home:
 REGISTER_SCRIPT = """
 import sys, time
 from pathlib import Path
-from firm_assets.critics.training import critic_pipeline, pip_requirements
+from firm_assets.critics.launch import critic_pipeline, pip_requirements
 from resources.tracking import TrackingResource
 
 critic, ready, go = sys.argv[1:4]

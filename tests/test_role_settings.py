@@ -63,6 +63,36 @@ def test_a_user_profiles_file_extends_and_overrides(tmp_path: Path, monkeypatch:
         get_profile("cpu-tiny")
 
 
+def test_packaged_profiles_reuse_one_definition_of_each_shared_block() -> None:
+    """profiles.yaml says each shared block once (YAML anchors): the server profiles take the gpu
+    profile's image models, curation settings, critic and RL settings, and change only what they list."""
+    gpu, server, k8s = get_profile("gpu"), get_profile("vllm-server"), get_profile("k8s-vllm")
+    for profile in (server, k8s):
+        assert (profile.editors, profile.generators, profile.seeds) == (
+            gpu.editors,
+            gpu.generators,
+            (0, 1, 2),
+        )
+        assert (profile.max_new_tokens, profile.critic, profile.max_attempts) == (
+            gpu.max_new_tokens,
+            gpu.critic,
+            3,
+        )
+        assert profile.judge == profile.captioner and profile.judge.backend == "openai"
+        assert gpu.release_between_roles and not profile.release_between_roles
+    assert gpu.judge == gpu.captioner and gpu.captioner.backend == "vllm"
+    assert server.rl == gpu.rl and gpu.rl["edit"].critic_device == "cuda:1"
+    assert server.planner.thinking is False and k8s.planner.thinking is None
+    for task, prompts_per_step in (("edit", 8), ("gen", 48)):
+        mine, reference = k8s.rl[task], gpu.rl[task]
+        assert (mine.model, mine.critic_device) == (reference.model, "")
+        assert mine.nft == {**reference.nft, "device": "cuda"} and reference.nft["device"] == "cuda:0"
+        assert mine.nft["prompts_per_step"] == prompts_per_step
+    for name in ("cpu-tiny", "gpu-small"):
+        small = get_profile(name)
+        assert small.judge == small.captioner and small.rl["edit"].nft == small.rl["gen"].nft
+
+
 def test_the_judge_alone_moves_by_its_own_block() -> None:
     packaged = get_profile("cpu-tiny")
     resource = ModelsResource(

@@ -150,6 +150,7 @@ class Warehouse:
             return con.sql(sql, params=params).pl()
 
     def rows(self, sql: str, params: list | tuple | dict | None = None) -> list[tuple]:
+        """Runs a query and returns plain rows, for callers that need no frame."""
         with self.transaction() as con:
             return con.execute(sql, params).fetchall()
 

@@ -41,6 +41,7 @@ class MaterializationCost:
 
     @property
     def gpu_seconds(self) -> float:
+        """GPU time over every model the materialization used."""
         return sum(model.gpu_seconds for model in self.models)
 
 

@@ -52,6 +52,7 @@ def headline_lines(warehouse: Warehouse, run_id: str) -> list[str]:
 
 
 def print_summary(result: ExecuteInProcessResult, dagster_home: str) -> None:
+    """Prints a run's outcome, checks and warehouse tables after `firm run`."""
     warehouse = Warehouse(warehouse_path(), read_only=True)
     print(f"run {result.run_id}: {'success' if result.success else 'FAILED'}")
     for check in result.get_asset_check_evaluations():

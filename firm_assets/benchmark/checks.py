@@ -32,6 +32,7 @@ def _conflicts(asset_name: str, warehouse: WarehouseResource, run_id: str) -> As
 def firm_bench_edit_label_conflicts(
     context: AssetCheckExecutionContext, warehouse: WarehouseResource
 ) -> AssetCheckResult:
+    """Flags editing bench items whose duplicate copies carry different human labels."""
     return _conflicts("firm_bench_edit", warehouse, context.run.run_id)
 
 
@@ -39,6 +40,7 @@ def firm_bench_edit_label_conflicts(
 def firm_bench_gen_label_conflicts(
     context: AssetCheckExecutionContext, warehouse: WarehouseResource
 ) -> AssetCheckResult:
+    """Flags generation bench items whose duplicate copies carry different human labels."""
     return _conflicts("firm_bench_gen", warehouse, context.run.run_id)
 
 
@@ -66,6 +68,7 @@ def contaminated_items(warehouse: Warehouse, dataset: str, dataset_version: str)
     blocking=True,
 )
 def bench_contamination(warehouse: WarehouseResource, bench_results: pl.DataFrame) -> AssetCheckResult:
+    """Fails when a judged critic was trained on data that overlaps the bench it is scored on."""
     wh = warehouse.get()
     judged = set(bench_results.filter(pl.col("judge_kind") == "trained")["judge"])
     critics = wh.query("SELECT critic, version, dataset, dataset_version FROM critics")
@@ -125,6 +128,7 @@ def compare(
     "is nothing to compare.",
 )
 def trained_critic_beats_base(bench_results: pl.DataFrame) -> AssetCheckResult:
+    """The headline claim: each trained critic agrees with humans better than its base model."""
     verdicts, missing = {}, []
     for bench in HEADLINE:
         kinds = (

@@ -69,6 +69,7 @@ def item_id(record: dict[str, Any]) -> str:
 
 
 def required_text(record: dict[str, Any], keys: tuple[str, ...], name: str) -> str:
+    """Reads a mandatory text field under any of its accepted names, or rejects the line."""
     found = pick(record, keys)
     if found is None:
         raise BadLine(f"missing {name} (one of {', '.join(keys)})")
@@ -87,6 +88,7 @@ def optional_text(record: dict[str, Any], keys: tuple[str, ...]) -> str | None:
 
 
 def image_path(value: object, name: str) -> str:
+    """Validates an image path field so a bad one quarantines its line instead of failing later."""
     if not isinstance(value, str):
         raise BadLine(f"{name} must be a string path, got {type(value).__name__}")
     check_characters(value, f"{name} path")

@@ -27,6 +27,8 @@ def normalise_question(text: str) -> str:
 
 @dataclass(frozen=True)
 class ItemAgreement:
+    """Per-checklist-item agreement with human labels, beside the overall score agreement."""
+
     n_labelled: int
     n_matched: int
     n_correct: int
@@ -39,6 +41,7 @@ class ItemAgreement:
         )
 
     def as_dict(self) -> dict[str, float | int | None]:
+        """Flattens the counts and rates into bench result columns."""
         return {
             "item_agreement": self.n_correct / self.n_labelled if self.n_labelled else None,
             "item_matched_agreement": self.n_correct / self.n_matched if self.n_matched else None,

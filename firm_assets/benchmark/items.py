@@ -22,6 +22,8 @@ HUMAN_DIMENSIONS = {"edit": ("execution", "consistency"), "gen": ("instruction",
 
 
 class BenchConfig(Config):
+    """Where the bench items come from, so a run can point at the real FIRM-Bench."""
+
     root: str = Field(
         default="",
         description=f"FIRM-Bench folder (<root>/edit, <root>/gen); empty: ${BENCH_ENV}, else the demo.",
@@ -29,6 +31,7 @@ class BenchConfig(Config):
 
 
 def bench_root(config: BenchConfig) -> Path:
+    """Resolves the bench folder: config, then environment, else a freshly written demo bench."""
     chosen = config.root or os.environ.get(BENCH_ENV, "")
     return Path(chosen) if chosen else write_demo_bench(firm_home() / "demo" / "bench")
 
@@ -70,6 +73,7 @@ def _item_labels_json(item: BenchItem) -> str | None:
 def import_side(
     context: AssetExecutionContext, side: str, config: BenchConfig, warehouse: WarehouseResource
 ) -> Output[pl.DataFrame]:
+    """Shared import of one bench side, so both bench assets read, quarantine and record alike."""
     root = bench_root(config)
     items, bad, conflicts = read_firm_bench(root, side, store=firm_home() / "images")
     rows = [q.as_row() for q in bad] + [_conflict_row(root, c) for c in conflicts]
@@ -104,6 +108,7 @@ def _conflict_row(root: Path, conflict: LabelConflict) -> tuple[str, str, str, s
 def firm_bench_edit(
     context: AssetExecutionContext, config: BenchConfig, warehouse: WarehouseResource
 ) -> Output[pl.DataFrame]:
+    """The human-labelled editing bench items that critics are measured against."""
     return import_side(context, "edit", config, warehouse)
 
 
@@ -117,4 +122,5 @@ def firm_bench_edit(
 def firm_bench_gen(
     context: AssetExecutionContext, config: BenchConfig, warehouse: WarehouseResource
 ) -> Output[pl.DataFrame]:
+    """The human-labelled generation bench items that critics are measured against."""
     return import_side(context, "gen", config, warehouse)

@@ -57,6 +57,8 @@ MLFLOW_FIGURES = tuple(c for c in LEADERBOARD_COLUMNS if c != "guided")
 
 
 class BenchResultsConfig(Config):
+    """Optional hosted judge and bootstrap size for the bench run."""
+
     api_base_url: str = Field(default="", description="OpenAI-compatible judge to include (empty: none).")
     api_model: str = Field(default="", description="Model name at api_base_url.")
     bootstrap: int = Field(default=1000, description="Bootstrap resamples for the MAE interval.")
@@ -64,6 +66,8 @@ class BenchResultsConfig(Config):
 
 @dataclasses.dataclass(frozen=True)
 class Judge:
+    """One scorer on the bench (trained, base, constant or hosted) and how to reach it."""
+
     name: str
     kind: str  # trained | base | constant | api
     config: ChatModelConfig | None  # None for the constant baseline, which needs no model
@@ -332,6 +336,7 @@ def bench_results(
     warehouse: WarehouseResource,
     tracking: TrackingResource,
 ) -> Output[pl.DataFrame]:
+    """Every judge's agreement with the human bench labels, the figures that compare critics."""
     meter = CostMeter()
     folder = firm_home() / "bench" / context.run_id
     folder.mkdir(parents=True, exist_ok=True)

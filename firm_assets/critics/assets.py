@@ -4,8 +4,8 @@ import polars as pl
 from dagster import AssetExecutionContext, DataVersion, MetadataValue, Output, PipesSubprocessClient, asset
 
 from firm_assets.automation import CRITIC_CONDITION, GPU_POOL
+from firm_assets.critics.launch import TRAINING_CODE_VERSION, CriticSpec, train_critic
 from firm_assets.critics.recipe import CriticTrainingConfig
-from firm_assets.critics.training import TRAINING_CODE_VERSION, CriticSpec, train_critic
 from resources.models import ModelsResource
 from resources.tracking import TrackingResource
 from resources.warehouse_resource import WarehouseResource
@@ -52,6 +52,7 @@ def firm_edit_critic(
     tracking: TrackingResource,
     pipes_subprocess_client: PipesSubprocessClient,
 ) -> Output[pl.DataFrame]:
+    """The editing critic, fine-tuned on the curated editing dataset and registered in MLflow."""
     critic, metadata = train_critic(
         context, EDIT_CRITIC, firm_edit_dataset, config, models, warehouse, tracking, pipes_subprocess_client
     )
@@ -76,6 +77,7 @@ def firm_gen_critic(
     tracking: TrackingResource,
     pipes_subprocess_client: PipesSubprocessClient,
 ) -> Output[pl.DataFrame]:
+    """The generation critic, fine-tuned on the curated generation dataset and registered in MLflow."""
     critic, metadata = train_critic(
         context, GEN_CRITIC, firm_gen_dataset, config, models, warehouse, tracking, pipes_subprocess_client
     )

@@ -256,6 +256,7 @@ class EpochSampler(torch.utils.data.Sampler[int]):
         self.size, self.seed, self.epoch = size, seed, 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Reshuffles per epoch, as distributed samplers expect from the training loop."""
         self.epoch = epoch
 
     def __len__(self) -> int:

@@ -50,6 +50,7 @@ PREDICTION_SCHEMA = {
 
 
 def tasks_for(side: str) -> list[CriticTask]:
+    """The critic tasks one side (edit or gen) scores with."""
     return [task for task in CRITIC_TASKS if task.side == side]
 
 

@@ -82,12 +82,16 @@ class DimensionScore:
 
 @dataclass(frozen=True)
 class EditScores:
+    """A critic's two editing scores for one item."""
+
     execution: DimensionScore
     consistency: DimensionScore
 
 
 @dataclass(frozen=True)
 class GenScores:
+    """A critic's two generation scores for one item."""
+
     instruction: DimensionScore
     quality: DimensionScore  # the minimum of the three quality sub-scores
 
@@ -180,9 +184,11 @@ class Scorer(Protocol):
 
     critic_version: str
 
-    def score_edit(self, queries: Sequence[EditQuery], mode: ScoreMode = ...) -> list[EditScores]: ...
+    def score_edit(self, queries: Sequence[EditQuery], mode: ScoreMode = ...) -> list[EditScores]:
+        """Execution and consistency scores, one per edit, in order."""
 
-    def score_gen(self, queries: Sequence[GenQuery], mode: ScoreMode = ...) -> list[GenScores]: ...
+    def score_gen(self, queries: Sequence[GenQuery], mode: ScoreMode = ...) -> list[GenScores]:
+        """Instruction-following and quality scores, one per generated image, in order."""
 
 
 class CriticScorer:

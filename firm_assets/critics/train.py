@@ -157,6 +157,7 @@ class LossLog:
             self.client = MlflowClient(tracking_uri=target["tracking_uri"])
 
     def log(self, name: str, points: Iterable[tuple[int, float]]) -> None:
+        """Writes one metric's history to the run in one batch; no-op without a tracking run."""
         from mlflow.entities import Metric
 
         if not self.run_id:
@@ -167,6 +168,7 @@ class LossLog:
             self.client.log_batch(self.run_id, metrics=metrics[start : start + 1000])
 
     def history(self, losses: list[float], val_losses: list[list]) -> None:
+        """Records the training and validation loss curves."""
         self.log("train_loss", enumerate(losses, start=1))
         self.log("val_loss", [(step, value) for step, value in val_losses])
 
@@ -437,6 +439,7 @@ def train(params: dict[str, Any], log, report) -> dict[str, Any]:
 
 
 def main() -> None:
+    """Subprocess entry point: trains a critic from the parameters file the asset wrote."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
         "--params", required=True, help="JSON file of parameters (written by the critic asset)"

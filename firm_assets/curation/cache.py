@@ -40,6 +40,7 @@ class CallSpec:
     decoding: dict[str, Any]
 
     def key(self, inputs: dict[str, Any]) -> str:
+        """The cache key: everything that can change a model's answer, hashed."""
         material = {
             "model": self.model.model_id,
             "revision": self.model.revision,
@@ -76,6 +77,7 @@ class Outcome:
 
     @property
     def ok(self) -> bool:
+        """Whether the call produced a usable answer."""
         return self.failure is None
 
 
@@ -111,6 +113,7 @@ class StageStats:
     on_gpu: bool = False  # the calls ran on a local CUDA device, so their seconds are GPU seconds
 
     def as_metadata(self) -> dict[str, float | int]:
+        """The stage's counts as asset metadata, so the UI shows hits, calls and failures."""
         return {
             "rows": self.rows,
             "cache_hits": self.cache_hits,
@@ -134,6 +137,8 @@ def calls_per_second(calls: int, wall_seconds: float) -> float:
 
 @dataclass(frozen=True)
 class CachedResult:
+    """A cache row: the key it was stored under and the outcome it holds."""
+
     cache_key: str
     outcome: Outcome
 
@@ -243,6 +248,7 @@ class _Work:
     finished: list[str] = field(default_factory=list)
 
     def left(self) -> bool:
+        """Whether any key still waits to be computed or claimed."""
         return bool(self.todo or self.mine or self.deferred)
 
     def drop_all(self) -> list[str]:

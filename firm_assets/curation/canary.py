@@ -38,11 +38,14 @@ MIN_EXACT_AGREEMENT = 0.6  # share of canary scores that round to the same integ
 
 @dataclass(frozen=True)
 class Canary:
+    """The pinned items re-judged on every run to detect judge drift."""
+
     version: int
     items: dict[str, tuple[str, ...]]  # side (edit | gen) -> pinned item ids
 
     @property
     def ref(self) -> str:
+        """Versioned name recorded with drift results, so a changed canary set is visible."""
         return f"canary@{self.version}"
 
 
@@ -114,6 +117,7 @@ class Drift:
 
     @property
     def drifted(self) -> bool:
+        """Whether the judge moved past the drift limits on the canary items."""
         return self.compared > 0 and (
             self.mean_abs_delta > MAX_MEAN_ABS_DELTA or self.exact_agreement < MIN_EXACT_AGREEMENT
         )

@@ -81,6 +81,7 @@ class CostMeter:
     lines: list[ModelCost] = field(default_factory=list)
 
     def add(self, stats: StageStats) -> StageStats:
+        """Records a model stage's cost and passes its stats through."""
         self.lines.append(model_cost(stats))
         return stats
 
@@ -102,6 +103,7 @@ class CostMeter:
         }
 
     def cost(self, run_id: str, asset_key: str, data_version: str | None) -> MaterializationCost:
+        """The materialization's total cost, ready for the warehouse."""
         return MaterializationCost(
             run_id,
             asset_key,

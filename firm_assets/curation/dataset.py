@@ -108,6 +108,8 @@ def plan_then_score_target(verdicts_column: str, reasoning_column: str, score_co
 
 @dataclass(frozen=True)
 class PublishedDataset:
+    """A dataset written to disk and registered, as critic training reads it."""
+
     name: str
     version: str
     folder: Path

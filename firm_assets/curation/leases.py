@@ -116,6 +116,7 @@ class Leases:
         )
 
     def renew(self, con: duckdb.DuckDBPyConnection, now: float) -> None:
+        """Extends our claims so other workers do not take keys we are still computing."""
         con.execute("UPDATE work_claims SET expires_at = ? WHERE owner = ?", [now + self.lease_s, self.owner])
 
     def release(self, con: duckdb.DuckDBPyConnection, keys: list[str] | None = None) -> None:

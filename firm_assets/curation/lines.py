@@ -58,6 +58,7 @@ class Quarantined:
     reason: str
 
     def as_row(self) -> tuple[str, str, str, str]:
+        """The quarantine table row for this rejected line."""
         return (self.source, self.locator, self.raw, self.reason)
 
 
@@ -173,6 +174,7 @@ def required_text(value: object, name: str) -> str:
 
 
 def load_json_object(text: str) -> dict[str, Any]:
+    """Parses one input line as a JSON object, or rejects the line with the reason."""
     try:
         record = json.loads(text)
     except ValueError as exc:

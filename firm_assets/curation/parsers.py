@@ -64,6 +64,7 @@ class Parser:
 
     @property
     def ref(self) -> str:
+        """Versioned name that enters code versions and cache keys."""
         return f"{self.id}@{self.version}"
 
     def parse(self, text: str, prompt: str = "") -> dict[str, Any]:
@@ -311,11 +312,13 @@ def free_text(max_chars: int, min_chars: int = 0, stop: str = r'"\\\x00-\x1f') -
 
 
 def guide_score_json(max_chars: int) -> str:
+    """Regex that constrains decoding to the reasoning-and-score JSON answer."""
     skeleton = len('{"reasoning": "", "score": 5}')
     return r'\{"reasoning": "' + free_text(max_chars - skeleton) + r'", "score": [1-5]\}'
 
 
 def score_json_prefix(reasoning: str) -> str:
+    """Answer prefix after the reasoning, so only the score is left to read."""
     return '{"reasoning": ' + json.dumps(reasoning) + ', "score": '
 
 
@@ -330,6 +333,7 @@ CONSISTENCY_JSON = score_json_parser("consistency")
 
 
 def boxed_prefix(reasoning: str) -> str:
+    """Answer prefix that opens the boxed score after the reasoning."""
     return f"{reasoning}\n\\boxed{{"
 
 
@@ -420,6 +424,7 @@ def _fit(max_chars: int, per_item: int, fields: int, n_cap: int) -> tuple[int, i
 
 
 def guide_checklist(max_chars: int) -> str:
+    """Regex that constrains decoding to a well-formed checklist within the length budget."""
     skeleton = len('{"category": "composition", "item": "", "question": "?"}, ')
     n_items, chars = _fit(max_chars - len('{"items": []}'), skeleton, 2, 10)
     text = free_text(chars, min_chars=1)
@@ -483,6 +488,7 @@ def parse_instruction_following(text: str, prompt: str = "") -> dict[str, Any]:
 
 
 def guide_instruction_following(max_chars: int) -> str:
+    """Regex that constrains decoding to per-item verdicts and a final score."""
     skeleton = len('{"item": 10, "verdict": "yes", "analysis": ""}, ')
     tail = len('], "analysis": "", "score": 5}')
     n_items, chars = _fit(max_chars - tail - len('{"verdicts": [') - 40, skeleton, 1, 10)
@@ -519,6 +525,7 @@ def parse_quality(text: str, prompt: str = "") -> dict[str, Any]:
 
 
 def guide_quality(max_chars: int) -> str:
+    """Regex that constrains decoding to the three quality scores and reasoning."""
     skeleton = len('{"score": [5, 5, 5], "reasoning": ""}')
     return r'\{"score": \[[1-5], [1-5], [1-5]\], "reasoning": "' + free_text(max_chars - skeleton) + r'"\}'
 

@@ -86,6 +86,7 @@ def dimension_of_key(key: str) -> str | None:
 
 
 def is_score_key(key: str) -> bool:
+    """Judges name the score field differently; these names count as the score."""
     return key.strip().lower() in ("score", "rating")
 
 

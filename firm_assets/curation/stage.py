@@ -43,6 +43,7 @@ class ChatStage:
 
     @property
     def code_version(self) -> str:
+        """The stage's code version: template, parser and score reader refs together."""
         reader = f"+{self.score_reader}" if self.score_reader else ""
         return f"{self.template.ref}+{self.parser.ref}{reader}"
 

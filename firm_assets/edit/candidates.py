@@ -58,6 +58,7 @@ def edit_candidates(
     models: ModelsResource,
     warehouse: WarehouseResource,
 ) -> Output[pl.DataFrame]:
+    """Edited images from the editing models, the candidates the judge scores."""
     meter = CostMeter()
     profile = models.settings()
     owners = [

@@ -63,6 +63,7 @@ def difference_captions(
     models: ModelsResource,
     warehouse: WarehouseResource,
 ) -> Output[pl.DataFrame]:
+    """Captions of what changed between source and edit, which the judge reads."""
     meter = CostMeter()
     profile = models.settings()
     stage = chat_stage(profile, "difference_captions", TEMPLATE, CAPTION_TEXT, "caption", scored=False)

@@ -21,8 +21,9 @@ from firm_assets.curation.gates import (
 from firm_assets.edit.candidates import edit_candidates
 from firm_assets.edit.captions import difference_captions
 from firm_assets.edit.dataset import firm_edit_dataset
-from firm_assets.edit.requests import edit_requests, source_images
+from firm_assets.edit.requests import edit_requests
 from firm_assets.edit.scores import DIMENSIONS, edit_scores
+from firm_assets.edit.source_images import source_images
 from resources.warehouse_resource import WarehouseResource
 
 SCORE_COLUMNS = [f"{dimension}_score" for dimension in DIMENSIONS]
@@ -30,6 +31,7 @@ SCORE_COLUMNS = [f"{dimension}_score" for dimension in DIMENSIONS]
 
 @asset_check(asset=edit_scores, description="Every score lies in 1-5.", blocking=True)
 def edit_scores_in_range(edit_scores: pl.DataFrame) -> AssetCheckResult:
+    """Catches a parser or judge that returns scores outside the scale."""
     return scores_in_range(edit_scores, SCORE_COLUMNS)
 
 
@@ -37,6 +39,7 @@ def edit_scores_in_range(edit_scores: pl.DataFrame) -> AssetCheckResult:
     asset=edit_scores, description=f"At most {MAX_FAILURE_RATE:.0%} of scores failed.", blocking=True
 )
 def edit_scores_failure_rate(edit_scores: pl.DataFrame) -> AssetCheckResult:
+    """Stops the chain when too many judge answers failed."""
     return failure_rate(edit_scores, SCORE_COLUMNS)
 
 
@@ -48,6 +51,7 @@ def edit_scores_failure_rate(edit_scores: pl.DataFrame) -> AssetCheckResult:
 def edit_scores_judge_drift(
     context: AssetCheckExecutionContext, edit_scores: pl.DataFrame, warehouse: WarehouseResource
 ) -> AssetCheckResult:
+    """Warns when the judge scores the canary items differently from before."""
     keys = set(materialization_metadata(context, AssetKey("edit_scores")).get(CANARY_KEYS, []))
     stages = [canary_stage(f"{d}_scores") for d in DIMENSIONS]
     return canary_check(warehouse.get(), "edit", stages, set(edit_scores["candidate_id"]), keys)
@@ -59,6 +63,7 @@ def edit_scores_judge_drift(
     blocking=True,
 )
 def edit_candidates_failure_rate(context: AssetCheckExecutionContext) -> AssetCheckResult:
+    """Stops the chain when too many edits failed to render."""
     return render_failure_rate(materialization_metadata(context, AssetKey("edit_candidates")))
 
 
@@ -68,6 +73,7 @@ def edit_candidates_failure_rate(context: AssetCheckExecutionContext) -> AssetCh
     blocking=True,
 )
 def difference_captions_failure_rate(difference_captions: pl.DataFrame) -> AssetCheckResult:
+    """Stops the chain when too many captions failed."""
     return failure_rate(difference_captions, ["caption"])
 
 
@@ -77,6 +83,7 @@ def difference_captions_failure_rate(difference_captions: pl.DataFrame) -> Asset
 def edit_requests_quarantine(
     context: AssetCheckExecutionContext, edit_requests: pl.DataFrame, warehouse: WarehouseResource
 ) -> AssetCheckResult:
+    """Flags an import that rejected too many request lines."""
     return quarantine_rate("edit_requests", edit_requests.height, warehouse, context.run.run_id)
 
 
@@ -84,9 +91,11 @@ def edit_requests_quarantine(
 def source_images_quarantine(
     context: AssetCheckExecutionContext, source_images: pl.DataFrame, warehouse: WarehouseResource
 ) -> AssetCheckResult:
+    """Flags an ingest that rejected too many source images."""
     return quarantine_rate("source_images", source_images.height, warehouse, context.run.run_id)
 
 
 @asset_check(asset=firm_edit_dataset, description="The published dataset has samples.", blocking=True)
 def firm_edit_dataset_not_empty(firm_edit_dataset: pl.DataFrame) -> AssetCheckResult:
+    """An empty dataset would train nothing: stop before the critic."""
     return AssetCheckResult(passed=firm_edit_dataset.height > 0, metadata={"rows": firm_edit_dataset.height})

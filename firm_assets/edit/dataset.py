@@ -25,6 +25,8 @@ TASKS = tuple(
 
 
 class EditDatasetConfig(Config):
+    """Filters applied when the editing training set is assembled."""
+
     require_text_parse: bool = Field(
         default=False,
         description="Keep only rows whose judge answers parsed as text (not only as expectation).",
@@ -97,6 +99,7 @@ def firm_edit_dataset(
     warehouse: WarehouseResource,
     tracking: TrackingResource,
 ) -> Output[pl.DataFrame]:
+    """The curated editing training set the critic learns from."""
     frame = assemble(source_images, edit_candidates, edit_scores, difference_captions)
     if config.require_text_parse:
         frame = frame.filter(

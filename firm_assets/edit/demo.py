@@ -53,17 +53,22 @@ _BACKGROUND_REQUIREMENTS = ("Do not move or recolour any shape.", "Leave the sha
 
 @dataclass(frozen=True)
 class Shape:
+    """One drawable shape of a demo scene."""
+
     kind: str
     colour: str
     cell: tuple[int, int]
 
     @property
     def name(self) -> str:
+        """How instructions refer to the shape."""
         return f"{self.colour} {self.kind}"
 
 
 @dataclass(frozen=True)
 class Scene:
+    """A demo image's contents, from which both the image and its edits are drawn."""
+
     background: str
     shapes: tuple[Shape, ...]
 

@@ -87,6 +87,7 @@ def edit_scores(
     models: ModelsResource,
     warehouse: WarehouseResource,
 ) -> Output[pl.DataFrame]:
+    """The judge's execution and consistency scores for every edit candidate."""
     meter = CostMeter()
     profile = models.settings()
     inputs = score_inputs(source_images, edit_candidates, difference_captions)

@@ -52,6 +52,7 @@ def gen_checklists(
     models: ModelsResource,
     warehouse: WarehouseResource,
 ) -> Output[pl.DataFrame]:
+    """Per-prompt checklists the judge verifies generated images against."""
     meter = CostMeter()
     profile = models.settings()
     stage = chat_stage(profile, "gen_checklists", TEMPLATE, CHECKLIST_JSON, "checklist", scored=False)

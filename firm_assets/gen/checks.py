@@ -34,11 +34,13 @@ MIN_GENEVAL_COVERAGE = 0.5
     asset=gen_scores, description="Instruction-following and quality scores lie in 1-5.", blocking=True
 )
 def gen_scores_in_range(gen_scores: pl.DataFrame) -> AssetCheckResult:
+    """Catches a parser or judge that returns scores outside the scale."""
     return scores_in_range(gen_scores, ["if_score", "quality_score", "quality_scores"])
 
 
 @asset_check(asset=gen_scores, description=f"At most {MAX_FAILURE_RATE:.0%} of scores failed.", blocking=True)
 def gen_scores_failure_rate(gen_scores: pl.DataFrame) -> AssetCheckResult:
+    """Stops the chain when too many judge answers failed."""
     return failure_rate(gen_scores, ["if_score", "quality_score"])
 
 
@@ -50,6 +52,7 @@ def gen_scores_failure_rate(gen_scores: pl.DataFrame) -> AssetCheckResult:
 def gen_scores_judge_drift(
     context: AssetCheckExecutionContext, gen_scores: pl.DataFrame, warehouse: WarehouseResource
 ) -> AssetCheckResult:
+    """Warns when the judge scores the canary items differently from before."""
     keys = set(materialization_metadata(context, AssetKey("gen_scores")).get(CANARY_KEYS, []))
     stages = [canary_stage(stage) for stage in ("gen_instruction_following", "gen_quality")]
     return canary_check(warehouse.get(), "gen", stages, set(gen_scores["image_id"]), keys)
@@ -59,6 +62,7 @@ def gen_scores_judge_drift(
     asset=gen_checklists, description=f"At most {MAX_FAILURE_RATE:.0%} of plans failed.", blocking=True
 )
 def gen_checklists_failure_rate(gen_checklists: pl.DataFrame) -> AssetCheckResult:
+    """Stops the chain when too many checklists failed."""
     return failure_rate(gen_checklists, ["items"])
 
 
@@ -68,11 +72,13 @@ def gen_checklists_failure_rate(gen_checklists: pl.DataFrame) -> AssetCheckResul
     blocking=True,
 )
 def generated_images_failure_rate(context: AssetCheckExecutionContext) -> AssetCheckResult:
+    """Stops the chain when too many images failed to render."""
     return render_failure_rate(materialization_metadata(context, AssetKey("generated_images")))
 
 
 @asset_check(asset=gen_checklists, description=f"Every checklist has 1-{MAX_CHECKLIST_ITEMS} items.")
 def gen_checklists_size(gen_checklists: pl.DataFrame) -> AssetCheckResult:
+    """Catches checklists too short to judge or too long to answer."""
     sizes = gen_checklists["n_items"].drop_nulls()
     bad = int((~sizes.is_between(1, MAX_CHECKLIST_ITEMS)).sum())
     return AssetCheckResult(
@@ -86,6 +92,7 @@ def gen_checklists_size(gen_checklists: pl.DataFrame) -> AssetCheckResult:
     description=f"GenEval checklists cover at least {MIN_GENEVAL_COVERAGE:.0%} of the ground truth.",
 )
 def gen_checklists_geneval_coverage(gen_checklists: pl.DataFrame) -> AssetCheckResult:
+    """Warns when checklists miss the GenEval facts their prompts state."""
     coverage = gen_checklists["geneval_coverage"].drop_nulls()
     mean = float(coverage.mean()) if coverage.len() else None
     return AssetCheckResult(
@@ -101,9 +108,11 @@ def gen_checklists_geneval_coverage(gen_checklists: pl.DataFrame) -> AssetCheckR
 def gen_prompts_quarantine(
     context: AssetCheckExecutionContext, gen_prompts: pl.DataFrame, warehouse: WarehouseResource
 ) -> AssetCheckResult:
+    """Flags an import that rejected too many prompt lines."""
     return quarantine_rate("gen_prompts", gen_prompts.height, warehouse, context.run.run_id)
 
 
 @asset_check(asset=firm_gen_dataset, description="The published dataset has samples.", blocking=True)
 def firm_gen_dataset_not_empty(firm_gen_dataset: pl.DataFrame) -> AssetCheckResult:
+    """An empty dataset would train nothing: stop before the critic."""
     return AssetCheckResult(passed=firm_gen_dataset.height > 0, metadata={"rows": firm_gen_dataset.height})

@@ -37,6 +37,8 @@ TASKS = (
 
 
 class GenDatasetConfig(Config):
+    """Filters and balancing applied when the generation training set is assembled."""
+
     min_verdict_coverage: float = Field(
         default=0.0, description="Drop rows whose judge answered fewer checklist items than this share."
     )
@@ -102,6 +104,7 @@ def firm_gen_dataset(
     warehouse: WarehouseResource,
     tracking: TrackingResource,
 ) -> Output[pl.DataFrame]:
+    """The curated generation training set the critic learns from."""
     frame = assemble(gen_prompts, gen_checklists, generated_images, gen_scores)
     frame = frame.filter(pl.col("verdict_coverage") >= config.min_verdict_coverage)
     frame = balance_by_bin(frame, "if_score", config.max_per_bin, config.seed)

@@ -45,6 +45,7 @@ def generated_images(
     models: ModelsResource,
     warehouse: WarehouseResource,
 ) -> Output[pl.DataFrame]:
+    """Images from the text-to-image models, the candidates the judge scores."""
     meter = CostMeter()
     profile = models.settings()
     owners = [Owner(row["prompt_id"], row["prompt"]) for row in gen_prompts.iter_rows(named=True)]

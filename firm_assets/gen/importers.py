@@ -48,6 +48,8 @@ Entry = tuple[str, bytes | str, "GenPrompt | BadLine | None"]
 
 @dataclass(frozen=True)
 class GenPrompt:
+    """One imported prompt and where it came from."""
+
     prompt_id: str
     prompt: str
     source: str
@@ -89,6 +91,7 @@ def normalise(prompt: str) -> str:
 
 
 def prompt_id_for(prompt: str) -> str:
+    """Stable id from the normalised text, so a prompt imported twice is one prompt."""
     return hashlib.sha256(normalise(prompt).encode()).hexdigest()[:16]
 
 

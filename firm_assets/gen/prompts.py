@@ -36,6 +36,8 @@ PROMPT_SCHEMA = {
 
 
 class GenPromptsConfig(Config):
+    """Which prompt files the generation chain imports."""
+
     prompt_files: list[str] = Field(
         default=[],
         description=f"Prompt files (.json list, .jsonl GenEval metadata, text); empty: ${PROMPTS_ENV} "
@@ -63,6 +65,7 @@ def prompt_files(config: GenPromptsConfig) -> list[Path]:
 def gen_prompts(
     context: AssetExecutionContext, config: GenPromptsConfig, warehouse: WarehouseResource
 ) -> Output[pl.DataFrame]:
+    """The prompts the generation chain curates."""
     wh = warehouse.get()
     imported = read_prompt_files(prompt_files(config))
     from_inbox, files = inbox_prompts(wh)

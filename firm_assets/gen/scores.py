@@ -108,6 +108,7 @@ def gen_scores(
     models: ModelsResource,
     warehouse: WarehouseResource,
 ) -> Output[pl.DataFrame]:
+    """The judge's instruction-following and quality scores for every generated image."""
     meter = CostMeter()
     profile = models.settings()
     prompts = dict(zip(gen_prompts["prompt_id"], gen_prompts["prompt"], strict=True))

@@ -65,6 +65,7 @@ def edit_rl_policy(
     tracking: TrackingResource,
     pipes_subprocess_client: PipesSubprocessClient,
 ) -> Output[pl.DataFrame]:
+    """The editing policy, RL-trained against the editing critic's reward."""
     policy, metadata = train_rl_policy(
         context,
         EDIT_POLICY,
@@ -98,6 +99,7 @@ def gen_rl_policy(
     tracking: TrackingResource,
     pipes_subprocess_client: PipesSubprocessClient,
 ) -> Output[pl.DataFrame]:
+    """The generation policy, RL-trained against the generation critic's reward."""
     policy, metadata = train_rl_policy(
         context,
         GEN_POLICY,

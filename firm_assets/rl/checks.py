@@ -22,6 +22,8 @@ DIVERGENCE_RISE = 0.25  # training critic vs held-out judge gap on [0, 1] may gr
 
 @dataclass(frozen=True)
 class DriftRule:
+    """A limit on how far one monitored metric may move during RL."""
+
     metric: str
     kind: Literal["rise", "shift", "relative_drop"]
     limit: float
@@ -69,6 +71,7 @@ def drift_failures(history: pl.DataFrame) -> tuple[list[str], dict[str, float]]:
 
 
 def monitor_history(warehouse: WarehouseResource, policy: pl.DataFrame) -> pl.DataFrame:
+    """The monitored metrics this policy version logged, step by step."""
     row = policy.row(0, named=True)
     return warehouse.get().query(
         "SELECT step, metric, value FROM policy_monitors WHERE policy = ? AND version = ? ORDER BY step",
@@ -94,6 +97,7 @@ def _result(history: pl.DataFrame) -> AssetCheckResult:
 def edit_rl_policy_monitor_drift(
     warehouse: WarehouseResource, edit_rl_policy: pl.DataFrame
 ) -> AssetCheckResult:
+    """Warns when the editing policy's monitors show reward hacking or collapse."""
     return _result(monitor_history(warehouse, edit_rl_policy))
 
 
@@ -105,4 +109,5 @@ def edit_rl_policy_monitor_drift(
 def gen_rl_policy_monitor_drift(
     warehouse: WarehouseResource, gen_rl_policy: pl.DataFrame
 ) -> AssetCheckResult:
+    """Warns when the generation policy's monitors show reward hacking or collapse."""
     return _result(monitor_history(warehouse, gen_rl_policy))

@@ -45,6 +45,7 @@ def score_rollouts(
 
 
 def to_reward(task: Task, config: RewardConfig, scores: Scores) -> Reward:
+    """Applies the task's reward formula to a critic's scores."""
     return edit_reward(config, scores) if task == "edit" else gen_reward(config, scores)
 
 

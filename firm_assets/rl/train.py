@@ -73,6 +73,7 @@ def step_metrics(log: StepLog) -> dict[str, float]:
 
 
 def append_history(path: Path, step: int, metrics: dict[str, float]) -> None:
+    """Appends a step's metrics to the history file the asset reads back."""
     with path.open("a") as handle:
         handle.write(json.dumps({"step": step, "metrics": metrics}) + "\n")
 
@@ -181,6 +182,7 @@ def register_policy(tracking: TrackingResource, params: dict[str, Any], lora: Pa
 
 def train(params: dict[str, Any], log: Callable[[str], None], report) -> dict[str, Any]:
     # prompts
+    """Builds prompts, reward and policy from the asset's parameters and runs RL training."""
     prompts, requirements = load_prompts(Path(params["prompts_file"]))
 
     # reward function: a named rule reward, or a critic (the reward server's or one in this process,
@@ -241,6 +243,7 @@ def train(params: dict[str, Any], log: Callable[[str], None], report) -> dict[st
 
 
 def main() -> None:
+    """Subprocess entry point: trains a policy from the parameters file the asset wrote."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
         "--params", required=True, help="JSON file of parameters (written by the policy asset)"

@@ -59,6 +59,8 @@ BEARER = HTTPBearer(auto_error=False)
 
 
 class ErrorBody(BaseModel):
+    """The error shape every non-2xx answer has, for the OpenAPI schema."""
+
     detail: Any
 
 
@@ -294,18 +296,22 @@ def item_reward(route: Route, config: RewardConfig, scores: Any) -> Reward:
 
 
 def edit_images(item: EditItem) -> Mapping[str, str]:
+    """The encoded images of an editing item, for decoding and checking."""
     return {"source": item.source, "edited": item.edited}
 
 
 def edit_query(item: EditItem, images: Mapping[str, Image.Image]) -> EditQuery:
+    """Builds the critic's editing query from the item and its decoded images."""
     return EditQuery(images["source"], images["edited"], item.instruction, item.requirement)
 
 
 def gen_images(item: GenItem) -> Mapping[str, str]:
+    """The encoded image of a generation item, for decoding and checking."""
     return {"image": item.image}
 
 
 def gen_query(item: GenItem, images: Mapping[str, Image.Image]) -> GenQuery:
+    """Builds the critic's generation query from the item and its decoded image."""
     return GenQuery(image=images["image"], prompt=item.prompt)
 
 

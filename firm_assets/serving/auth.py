@@ -11,6 +11,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 
 class BearerMiddleware:
+    """Rejects requests to the scoring paths that lack the server's bearer token."""
+
     def __init__(self, app: ASGIApp, token: str, paths: tuple[str, ...]) -> None:
         self.app = app
         self.expected = f"Bearer {token}".encode()

@@ -121,6 +121,7 @@ class Batcher:
             return least
 
     def start(self) -> None:
+        """Starts the worker thread that loads the critic and serves batches."""
         self._load_started = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="critic-worker", daemon=True)
         self._thread.start()
@@ -137,6 +138,7 @@ class Batcher:
             self._thread.join(timeout_s)
 
     def queue_depth(self) -> int:
+        """Items waiting, for the metrics and for back-pressure."""
         with self._cond:
             return len(self._queue)
 
@@ -154,6 +156,7 @@ class Batcher:
         return job
 
     def unavailable_reason(self) -> str:
+        """Why the server cannot score now, for the 503 answer."""
         if self.state == "loading":
             return "the critic is still loading"
         if self.state == "failed":

@@ -44,6 +44,8 @@ Model = TypeVar("Model", bound=BaseModel)
 
 
 class RewardServerError(RuntimeError):
+    """The reward server refused or failed a request; carries its status and detail."""
+
     def __init__(self, status: int | None, detail: Any) -> None:
         super().__init__(f"reward server answered {status}: {detail}" if status else str(detail))
         self.status = status
@@ -63,6 +65,8 @@ def retry_delay(
 
 
 class RewardClient:
+    """Talks to a reward server, so trainers can score over HTTP."""
+
     def __init__(
         self,
         base_url: str,
@@ -91,6 +95,7 @@ class RewardClient:
         self.close()
 
     def close(self) -> None:
+        """Closes the HTTP connection pool."""
         self._http.close()
 
     def score_edit(
@@ -110,6 +115,7 @@ class RewardClient:
         reward: EditRewardOverride | None = None,
         request_id: str | None = None,
     ) -> EditResponse:
+        """Sends one editing request and returns the server's validated answer."""
         body = EditRequest(items=list(items), mode=mode, reward=reward, request_id=request_id)
         return self._post("/v1/edit", body, EditResponse)
 
@@ -130,6 +136,7 @@ class RewardClient:
         reward: GenRewardOverride | None = None,
         request_id: str | None = None,
     ) -> GenResponse:
+        """Sends one generation request and returns the server's validated answer."""
         body = GenRequest(items=list(items), mode=mode, reward=reward, request_id=request_id)
         return self._post("/v1/gen", body, GenResponse)
 
@@ -164,6 +171,7 @@ class RewardClient:
 
 
 def edit_item(query: EditQuery) -> EditItem:
+    """An editing query in wire form."""
     return EditItem(
         source=encode_image(query.source),
         edited=encode_image(query.edited),
@@ -173,6 +181,7 @@ def edit_item(query: EditQuery) -> EditItem:
 
 
 def gen_item(query: GenQuery) -> GenItem:
+    """A generation query in wire form."""
     return GenItem(image=encode_image(query.image), prompt=query.prompt)
 
 

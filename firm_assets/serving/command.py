@@ -16,6 +16,7 @@ DEFAULT_EXPECTED_LOAD_S = 60.0
 
 
 def add_serve_parser(commands: Any) -> None:
+    """Declares the `firm serve` options."""
     serve_parser = commands.add_parser(
         "serve", help="serve a critic's scores and rewards over HTTP (JSON, batched across requests)"
     )
@@ -59,6 +60,7 @@ def add_serve_parser(commands: Any) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
+    """`firm serve`: loads the critic and runs the reward server until stopped."""
     import uvicorn
     from pydantic import ValidationError
 
@@ -98,6 +100,7 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def load_times_file() -> Path:
+    """Where past critic load times are kept, so a restart's Retry-After is a measured guess."""
     from resources.home import firm_home
 
     return firm_home() / "serving" / "load_seconds.json"
@@ -112,6 +115,7 @@ def remembered_load_s(path: Path, critic: str) -> float | None:
 
 
 def remember_load_s(path: Path, critic: str, seconds: float) -> None:
+    """Records how long a critic took to load, for the next start's estimate."""
     try:
         known = json.loads(path.read_text())
     except (OSError, ValueError):

@@ -15,6 +15,8 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 
 
 class ServerMetrics:
+    """The server's Prometheus metrics, in a registry of its own."""
+
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self, queue_depth: Callable[[], int]) -> None:
@@ -49,6 +51,7 @@ class ServerMetrics:
         )
 
     def render(self) -> bytes:
+        """The metrics in Prometheus text format, for /metrics."""
         return generate_latest(self.registry)
 
 

@@ -108,9 +108,11 @@ class RemoteScorer:
         return results
 
     def score_edit(self, queries: Sequence[EditQuery], mode: ScoreMode = "expectation") -> list[EditScores]:
+        """Scores edits on the reward server, as an in-process critic would."""
         results = self._scatter([edit_item(q) for q in queries], lambda c: self.client.post_edit(c, mode))
         return [EditScores(_dimension(r.execution), _dimension(r.consistency)) for r in results]
 
     def score_gen(self, queries: Sequence[GenQuery], mode: ScoreMode = "expectation") -> list[GenScores]:
+        """Scores generations on the reward server, as an in-process critic would."""
         results = self._scatter([gen_item(q) for q in queries], lambda c: self.client.post_gen(c, mode))
         return [GenScores(_dimension(r.instruction), _dimension(r.quality)) for r in results]

@@ -9,6 +9,8 @@ from firm_assets.serving.wire import MAX_ITEMS_PER_REQUEST
 
 
 class ServerSettings(BaseModel):
+    """The reward server's batching, limits and reward settings, validated at start."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     max_batch: int = Field(32, ge=1, description="Items per critic batch at most")

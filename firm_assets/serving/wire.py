@@ -76,14 +76,20 @@ class RewardOverride(_Strict):
 
 
 class EditRewardOverride(RewardOverride):
+    """Per-request choice of the editing reward formula."""
+
     formula: Literal["cme", "execution_only", "naive_sum"] | None = None
 
 
 class GenRewardOverride(RewardOverride):
+    """Per-request choice of the generation reward formula."""
+
     formula: Literal["qma", "execution_only", "naive_sum"] | None = None
 
 
 class EditItem(_Strict):
+    """One edit to score: source, edited image and instruction."""
+
     source: ImageData
     edited: ImageData
     instruction: Text
@@ -91,6 +97,8 @@ class EditItem(_Strict):
 
 
 class GenItem(_Strict):
+    """One generated image to score, with its prompt."""
+
     image: ImageData
     prompt: Text
 
@@ -111,6 +119,8 @@ class EditRequest(_ScoreRequest):
 
 
 class GenRequest(_ScoreRequest):
+    """A batch of generation items to score."""
+
     items: list[GenItem] = Field(min_length=1, max_length=MAX_ITEMS_PER_REQUEST)
     reward: GenRewardOverride | None = None
 
@@ -125,6 +135,7 @@ class Score(BaseModel):
 
     @classmethod
     def of(cls, dimension: DimensionScore) -> Score:
+        """A critic score in wire form."""
         return cls(score=dimension.score, failure=dimension.failure, fallback=dimension.fallback)
 
 
@@ -137,10 +148,13 @@ class RewardOut(BaseModel):
 
     @classmethod
     def of(cls, reward: Reward) -> RewardOut:
+        """A reward in wire form."""
         return cls(value=reward.value, masked=reward.masked, reason=reward.reason)
 
 
 class RewardConfigOut(BaseModel):
+    """The reward settings in force, echoed so clients know what they got."""
+
     formula: str
     w1: float
     w2: float
@@ -148,12 +162,16 @@ class RewardConfigOut(BaseModel):
 
 
 class EditResult(BaseModel):
+    """One editing item's scores and reward."""
+
     execution: Score
     consistency: Score
     reward: RewardOut
 
 
 class GenResult(BaseModel):
+    """One generation item's scores and reward."""
+
     instruction: Score
     quality: Score
     reward: RewardOut
@@ -168,10 +186,14 @@ class _ScoreResponse(BaseModel):
 
 
 class EditResponse(_ScoreResponse):
+    """The answer to an editing request, one result per item."""
+
     results: list[EditResult]
 
 
 class GenResponse(_ScoreResponse):
+    """The answer to a generation request, one result per item."""
+
     results: list[GenResult]
 
 
@@ -186,6 +208,8 @@ class Limits(BaseModel):
 
 
 class Health(BaseModel):
+    """The server's state, so clients wait for loading and stop on failure."""
+
     status: Literal["ok", "loading", "failed", "stopping"]
     critic_version: str | None
     detail: str | None = None
@@ -193,6 +217,7 @@ class Health(BaseModel):
 
 
 def edit_result(scores: EditScores, reward: Reward) -> EditResult:
+    """An editing item's scores and reward in wire form."""
     return EditResult(
         execution=Score.of(scores.execution),
         consistency=Score.of(scores.consistency),
@@ -201,6 +226,7 @@ def edit_result(scores: EditScores, reward: Reward) -> EditResult:
 
 
 def gen_result(scores: GenScores, reward: Reward) -> GenResult:
+    """A generation item's scores and reward in wire form."""
     return GenResult(
         instruction=Score.of(scores.instruction),
         quality=Score.of(scores.quality),
@@ -210,6 +236,8 @@ def gen_result(scores: GenScores, reward: Reward) -> GenResult:
 
 @dataclass(frozen=True)
 class ImageLimits:
+    """Size limits an incoming image must meet before it is decoded."""
+
     max_bytes: int
     max_pixels: int
 
@@ -233,6 +261,7 @@ class ProbedImage:
 
     @property
     def pixels(self) -> int:
+        """Pixel count, checked against the limit before decoding."""
         return self.width * self.height
 
 

@@ -99,6 +99,7 @@ def save_adapter(model: PeftModel, adapter: str, folder: Path) -> None:
 
 
 def load_adapter(model: PeftModel, adapter: str, folder: Path, device: torch.device) -> None:
+    """Loads a saved LoRA adapter into the model, refusing one from another architecture."""
     tensors = load_file(folder / "adapter_model.safetensors", device=str(device))
     result = set_peft_model_state_dict(model, tensors, adapter_name=adapter)
     if result.unexpected_keys:

@@ -51,6 +51,7 @@ def noisy_latents(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> tor
 
 
 def sample_dims(x: torch.Tensor) -> tuple[int, ...]:
+    """Every dimension but the batch, for per-sample reductions."""
     return tuple(range(1, x.ndim))
 
 

@@ -23,12 +23,15 @@ import torch.distributed as dist
 
 @dataclass(frozen=True)
 class Ranks:
+    """This process's place among the training ranks, and the collectives it needs."""
+
     rank: int = 0
     world: int = 1
     device: str = "cpu"  # where collectives run: CPU tensors for gloo, this rank's GPU for NCCL
 
     @property
     def main(self) -> bool:
+        """The rank that logs, saves and reports."""
         return self.rank == 0
 
     def mine(self, items: Sequence[Any]) -> list[Any]:
@@ -44,6 +47,7 @@ class Ranks:
         return gathered
 
     def sum(self, value: float) -> float:
+        """Sums a figure over all ranks, so logged step figures cover every rank's share."""
         if self.world == 1:
             return value
         tensor = torch.tensor([value], dtype=torch.float64, device=self.device)
@@ -71,6 +75,7 @@ class Ranks:
             offset += size
 
     def barrier(self) -> None:
+        """Waits for every rank, e.g. before the main one reads what all wrote."""
         if self.world > 1:
             dist.barrier()
 
@@ -98,5 +103,6 @@ def start(device: str) -> Ranks:
 
 
 def stop() -> None:
+    """Tears down the process group, when one was started."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -51,6 +51,7 @@ class Family(abc.ABC):
         return scheduler.sigmas.to(torch.float32).cpu()
 
     def decode(self, latents: torch.Tensor) -> list[Image.Image]:
+        """Latents to images through the pipeline's VAE, shared by both families."""
         vae = self.pipeline.vae
         latents = latents / vae.config.scaling_factor + vae.config.shift_factor
         pixels = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
@@ -78,6 +79,7 @@ class Family(abc.ABC):
 
 
 def expand(tensor: torch.Tensor, batch: int) -> torch.Tensor:
+    """Repeats a one-row condition across a batch without copying it."""
     return tensor.expand(batch, *tensor.shape[1:])
 
 
@@ -85,6 +87,7 @@ class SD3(Family):
     """StableDiffusion3: MMDiT on 16-channel latents, timestep on the 0-1000 scale."""
 
     def condition(self, item: PromptItem) -> Condition:
+        """Encodes the prompt once per group."""
         embeds, _, pooled, _ = self.pipeline.encode_prompt(
             prompt=item.text,
             prompt_2=None,
@@ -95,6 +98,7 @@ class SD3(Family):
         return {"embeds": embeds, "pooled": pooled}
 
     def noise(self, seed: int) -> torch.Tensor:
+        """Seeded starting latents, so a rollout is reproducible from its seed."""
         channels = self.transformer.config.in_channels
         generator = torch.Generator("cpu").manual_seed(seed)
         return self.pipeline.prepare_latents(
@@ -102,6 +106,7 @@ class SD3(Family):
         )
 
     def velocity(self, latents: torch.Tensor, sigma: torch.Tensor, condition: Condition) -> torch.Tensor:
+        """The transformer's flow-matching velocity for these latents."""
         batch = latents.shape[0]
         return self.transformer(
             hidden_states=latents,
@@ -112,6 +117,7 @@ class SD3(Family):
         )[0]
 
     def images(self, latents: torch.Tensor) -> list[Image.Image]:
+        """Final latents to images for the reward."""
         return self.decode(latents)
 
 
@@ -143,6 +149,7 @@ class Kontext(Family):
         )
 
     def condition(self, item: PromptItem) -> Condition:
+        """Encodes the instruction and the source image once per group."""
         embeds, pooled, text_ids = self.pipeline.encode_prompt(
             prompt=item.text, prompt_2=None, device=self.device
         )
@@ -160,6 +167,7 @@ class Kontext(Family):
         }
 
     def noise(self, seed: int) -> torch.Tensor:
+        """Seeded starting latents in Kontext's packed layout."""
         channels = self.transformer.config.in_channels // 4
         generator = torch.Generator("cpu").manual_seed(seed)
         latents, *_ = self.pipeline.prepare_latents(
@@ -168,6 +176,7 @@ class Kontext(Family):
         return latents
 
     def velocity(self, latents: torch.Tensor, sigma: torch.Tensor, condition: Condition) -> torch.Tensor:
+        """The transformer's velocity, with the source image tokens appended as context."""
         batch, tokens = latents.shape[:2]
         prediction = self.transformer(
             hidden_states=torch.cat([latents, expand(condition["image_latents"], batch)], dim=1),
@@ -182,6 +191,7 @@ class Kontext(Family):
         return prediction[:, :tokens]
 
     def images(self, latents: torch.Tensor) -> list[Image.Image]:
+        """Unpacks and decodes final latents to images for the reward."""
         unpacked = self.pipeline._unpack_latents(
             latents, self.size, self.size, self.pipeline.vae_scale_factor
         )
@@ -189,6 +199,7 @@ class Kontext(Family):
 
 
 def load_family(config: NFTConfig) -> Family:
+    """Loads the pipeline and wraps it in the family its task needs, refusing a mismatch."""
     pipeline = DiffusionPipeline.from_pretrained(config.pipeline_path, dtype=getattr(torch, config.dtype))
     pipeline = pipeline.to(config.device)
     expected = {"gen": StableDiffusion3Pipeline, "edit": FluxKontextPipeline}[config.task]

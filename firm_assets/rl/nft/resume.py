@@ -22,6 +22,7 @@ RESUMABLE_CHANGES = {"steps", *NOT_IN_VERSION}
 
 
 def complete_checkpoints(checkpoint_dir: Path) -> list[tuple[int, Path]]:
+    """This trainer's finished checkpoints, ignoring ones a crash left half-written."""
     return checkpoints.complete_checkpoints(checkpoint_dir, STATE_FILE)
 
 
@@ -55,6 +56,7 @@ def save_checkpoint(
 
 
 def check_resumable(state: dict, config: NFTConfig, prompt_ids: list[str], path: Path) -> None:
+    """Refuses to resume a checkpoint made with other settings or prompts."""
     saved = state["config"]
     changed = sorted(
         key
@@ -77,6 +79,7 @@ def check_resumable(state: dict, config: NFTConfig, prompt_ids: list[str], path:
 def load_checkpoint(
     path: Path, state: dict, model: PeftModel, optimizer: torch.optim.Optimizer, device: torch.device
 ) -> None:
+    """Restores adapters, optimizer and random state, so training continues as if uninterrupted."""
     for adapter in ADAPTERS:
         load_adapter(model, adapter, path / adapter, device)
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location=device))

@@ -57,6 +57,8 @@ def solve(velocity: Velocity, latents: torch.Tensor, sigmas: torch.Tensor, solve
 
 @dataclass
 class Group:
+    """One prompt's rollouts and the latents the loss trains on."""
+
     condition: Condition
     seeds: list[int]
     latents: torch.Tensor  # clean x0, one row per sample
