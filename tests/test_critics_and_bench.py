@@ -225,7 +225,7 @@ def test_critic_audit_names_dataset_templates_models_and_runs(main_run) -> None:
     home, result, wh = main_run
     row = find_critic_versions(wh, "firm_edit_critic").row(0, named=True)
     assert row["trained_by_dagster_run"] == result.run_id and row["model_version"] == "1"
-    assert any(t.startswith("execution_scores: execution_score@1#") for t in row["templates"])
+    assert any(t.startswith("execution_scores: execution_score@2#") for t in row["templates"])
     env = {**os.environ, "FIRM_HOME": str(home)}
     audit = subprocess.run(
         [sys.executable, "-m", "firm_assets.cli", "audit", "critic", "firm_edit_critic"],

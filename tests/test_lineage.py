@@ -43,7 +43,7 @@ def test_dataset_and_sample_audits(curated_edit: Curated, edit_home: Path) -> No
     audit = _firm("audit", "dataset", f"firm_edit@{row['version'][:8]}")
     assert audit.returncode == 0, audit.stderr
     assert f"version {row['version']}" in audit.stdout
-    assert "execution_scores: execution_score@1#" in audit.stdout
+    assert "execution_scores: execution_score@2#" in audit.stdout
     assert f"MLflow run {row['mlflow_run_id']}" in audit.stdout
 
     sample = wh.rows("SELECT sample_id FROM dataset_members LIMIT 1")[0][0]
