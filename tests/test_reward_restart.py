@@ -25,8 +25,11 @@ from PIL import Image
 
 from firm_assets.critics.rewards import RewardConfig
 from firm_assets.critics.scoring import CriticScorer
+from firm_assets.curation.versioning import short_hash
 from firm_assets.rl.critic_reward import critic_reward_fn
-from firm_assets.rl.nft import NFTConfig, PromptItem, RewardBatch, Rollout, StepLog, prompt_id, train_policy
+from firm_assets.rl.nft.config import NFTConfig
+from firm_assets.rl.nft.loop import train_policy
+from firm_assets.rl.nft.records import PromptItem, RewardBatch, Rollout, StepLog
 from firm_assets.serving.remote import RemoteScorer
 from resources.tiny_diffusion import build_tiny_diffusion
 from resources.tiny_models import VL_NAME
@@ -115,11 +118,10 @@ def test_an_rl_run_waits_for_a_restarted_server(
         lora_alpha=8,
         learning_rate=1e-2,
         nft_beta=1.0,
-        old_decay=0.5,
         ema_decay=0.9,
         base_penalty=1e-4,
     )
-    prompts = [PromptItem(prompt_id(text), text) for text in ("a red cat", "a blue dog")]
+    prompts = [PromptItem(short_hash(text), text) for text in ("a red cat", "a blue dog")]
     logs: list[StepLog] = []
 
     def on_step(log: StepLog) -> None:
