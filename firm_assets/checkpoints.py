@@ -1,4 +1,4 @@
-"""Step checkpoints of a training run, for any trainer (RL policies; critic SFT can use it too).
+"""Step checkpoints of a training run, for both trainers (RL policies and critic SFT).
 
 A checkpoint is a folder `step-NNNNNNNN` under the run's checkpoint folder. It is written under a
 hidden temporary name and renamed when complete, so a crash never leaves a folder that looks
@@ -56,11 +56,16 @@ def write_atomically(final: Path, fill: Callable[[Path], None]) -> Path:
     return final
 
 
+def prune(folder: Path, marker: str, keep: int) -> None:
+    """Delete all but the newest `keep` complete checkpoints."""
+    for _, old in complete_checkpoints(folder, marker)[:-keep]:
+        shutil.rmtree(old)
+
+
 def save_step(folder: Path, step: int, fill: Callable[[Path], None], marker: str, keep: int) -> Path:
     """Write checkpoint `step` and prune all but the newest `keep` complete ones."""
     path = write_atomically(step_dir(folder, step), fill)
-    for _, old in complete_checkpoints(folder, marker)[:-keep]:
-        shutil.rmtree(old)
+    prune(folder, marker, keep)
     return path
 
 

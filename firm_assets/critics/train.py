@@ -35,7 +35,6 @@ import json
 import math
 import os
 import random
-import re
 import shutil
 import signal
 import time
@@ -50,6 +49,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType
 from transformers import AutoModelForImageTextToText, AutoProcessor, get_cosine_schedule_with_warmup
 
+from firm_assets.checkpoints import TMP_PREFIX, complete_checkpoints, prune, step_dir
 from firm_assets.critics.data import (
     EpochSampler,
     SftDataset,
@@ -68,7 +68,6 @@ SUMMARY_FILE = "training_summary.json"  # saved with the weights: marks them fin
 KEEP_CHECKPOINTS = 2
 # test hook: the process SIGKILLs itself right after this optimizer update, to prove resume works
 KILL_AFTER_UPDATE = "FIRM_TRAIN_SIGKILL_AFTER_UPDATE"
-_CHECKPOINT = re.compile(r"step-(\d+)")
 # LLaMA-Factory's parameter-name keys of the vision tower and the projector, by model type
 # (src/llamafactory/model/model_utils/visual.py, `_register_composite_model`)
 _QWEN3_VL_VISION = ("visual.pos_embed", "visual.patch_embed", "visual.blocks", "visual.deepstack_merger_list")
@@ -176,15 +175,15 @@ class LossLog:
 def checkpoints(folder: Path) -> list[Path]:
     """Complete checkpoints in `folder`, oldest first (a folder only gets its final name, with the
     state file inside, once everything is written)."""
-    found = [p for p in folder.glob("step-*") if _CHECKPOINT.fullmatch(p.name) and (p / STATE_FILE).is_file()]
-    return sorted(found, key=lambda p: int(p.name.removeprefix("step-")))
+    return [path for _, path in complete_checkpoints(folder, STATE_FILE)]
 
 
 def save_checkpoint(accelerator: Accelerator, folder: Path, state: dict[str, Any]) -> None:
     """Write the full training state to `folder/step-<update>` through a temporary folder, then keep
-    only the newest KEEP_CHECKPOINTS. Every rank takes part (FSDP saves one shard per rank)."""
-    final = folder / f"step-{state['update']:08d}"
-    tmp = folder / f".{final.name}.tmp"
+    only the newest KEEP_CHECKPOINTS. Every rank takes part (FSDP saves one shard per rank), so the
+    temporary folder's name is the same on every rank, unlike `checkpoints.write_atomically`'s."""
+    final = step_dir(folder, state["update"])
+    tmp = folder / f"{TMP_PREFIX}{final.name}"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -194,8 +193,7 @@ def save_checkpoint(accelerator: Accelerator, folder: Path, state: dict[str, Any
         (tmp / STATE_FILE).write_text(json.dumps(state))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        for old in checkpoints(folder)[:-KEEP_CHECKPOINTS]:
-            shutil.rmtree(old)
+        prune(folder, STATE_FILE, KEEP_CHECKPOINTS)
     accelerator.wait_for_everyone()
 
 
