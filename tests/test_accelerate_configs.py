@@ -21,12 +21,25 @@ from firm_assets.critics.recipe import ACCELERATE_CONFIGS, ACCELERATE_DIR, Criti
 
 REPO = Path(__file__).resolve().parent.parent
 FSDP = ACCELERATE_DIR / "fsdp_8gpu_full.yaml"
+FSDP2_CPU = ACCELERATE_DIR / "fsdp2_cpu_2proc.yaml"
 LORA = ACCELERATE_DIR / "lora_1gpu.yaml"
 WRAPPED = ["Qwen3VLTextDecoderLayer", "Qwen3VLVisionBlock"]
 
 
 def test_every_selectable_config_is_shipped() -> None:
     assert sorted(p.stem for p in ACCELERATE_DIR.glob("*.yaml")) == sorted(ACCELERATE_CONFIGS)
+
+
+def _launched(config_file: Path, monkeypatch: pytest.MonkeyPatch):
+    """What `accelerate launch --config_file` makes of a config: its parsed arguments, and the FSDP
+    plugin each rank builds from the environment the launch sets."""
+    args = launch_command_parser().parse_args(
+        ["--config_file", str(config_file), "-m", "firm_assets.critics.train"]
+    )
+    args, _, _ = _validate_launch_command(args)
+    for name, value in prepare_multi_gpu_env(args).items():
+        monkeypatch.setenv(name, value)
+    return args, FullyShardedDataParallelPlugin()
 
 
 def test_fsdp_config_shards_a_full_fine_tune_over_8_gpus_in_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -39,13 +52,8 @@ def test_fsdp_config_shards_a_full_fine_tune_over_8_gpus_in_bf16(monkeypatch: py
     )
     assert config.mixed_precision == "bf16"
 
-    # what `accelerate launch --config_file` makes of it: the environment each rank's FSDP plugin reads
-    args = launch_command_parser().parse_args(["--config_file", str(FSDP), "-m", "firm_assets.critics.train"])
-    args, _, _ = _validate_launch_command(args)
+    args, plugin = _launched(FSDP, monkeypatch)
     assert args.use_fsdp and args.num_processes == 8 and args.mixed_precision == "bf16"
-    for name, value in prepare_multi_gpu_env(args).items():
-        monkeypatch.setenv(name, value)
-    plugin = FullyShardedDataParallelPlugin()
     assert plugin.fsdp_version == 2 and plugin.reshard_after_forward is True  # full shard
     assert plugin.transformer_cls_names_to_wrap == WRAPPED
     assert plugin.auto_wrap_policy.__name__ == "transformer_auto_wrap_policy"
@@ -53,6 +61,26 @@ def test_fsdp_config_shards_a_full_fine_tune_over_8_gpus_in_bf16(monkeypatch: py
     assert not isinstance(plugin.cpu_offload, CPUOffloadPolicy)  # the shards stay on the GPUs
     assert plugin.state_dict_type == StateDictType.SHARDED_STATE_DICT
     assert plugin.cpu_ram_efficient_loading is True  # rank 0 reads the 8B weights, the others get shards
+
+
+def test_fsdp2_cpu_config_shards_over_2_processes_as_the_8_gpu_config_does(monkeypatch) -> None:
+    """The laptop's FSDP2 config differs from the 8-GPU one in its process count and precision only
+    (its fp32 run on a CPU is `tests/test_critic_multiprocess.py`'s)."""
+    args, plugin = _launched(FSDP2_CPU, monkeypatch)
+    assert args.use_fsdp and args.num_processes == 2 and args.mixed_precision == "no"
+    _, eight_gpus = _launched(FSDP, monkeypatch)
+    shared = (
+        "fsdp_version",
+        "reshard_after_forward",
+        "transformer_cls_names_to_wrap",
+        "activation_checkpointing",
+        "state_dict_type",
+        "cpu_ram_efficient_loading",
+    )
+    assert {name: getattr(plugin, name) for name in shared} == {
+        name: getattr(eight_gpus, name) for name in shared
+    }
+    assert not isinstance(plugin.cpu_offload, CPUOffloadPolicy)  # the shards are on the CPU already
 
 
 def test_the_wrapped_layer_classes_are_qwen3_vl_s(tiny_models: dict[str, Path]) -> None:

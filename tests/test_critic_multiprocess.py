@@ -1,10 +1,12 @@
-"""Critic SFT on 2 processes for real (torch DDP over gloo on the CPU), launched the way the product
-launches it: `firm_edit_critic` with run config `accelerate_config: ddp_cpu_2proc`. With the same
-global batch and seed its loss curve equals a 1-process run's (2 rows a batch there, 1 a rank here);
-its weights register once and score through `score_with_critic`; MLflow gets one point per update;
-a setting that does not change the weights finds the same version. A launcher killed with SIGKILL
-(with its workers, as a lost job is) resumes from its checkpoint to the same losses, and the killed
-run's MLflow curve holds the points made before the kill.
+"""Critic SFT on 2 processes for real (gloo on the CPU), launched the way the product launches it:
+`firm_edit_critic` with run config `accelerate_config: ddp_cpu_2proc` (torch DDP) or
+`fsdp2_cpu_2proc` (FSDP2 full shard, accelerate's FSDP2 path on a CPU group). With the same global
+batch and seed each loss curve equals a 1-process run's (2 rows a batch there, 1 a rank here); the
+weights (FSDP2: gathered from the shards) register once and score through `score_with_critic`;
+MLflow gets one point per update; a setting that does not change the weights finds the same
+version. A launcher killed with SIGKILL (with its workers, as a lost job is) resumes from its
+checkpoint (FSDP2: one shard per rank, torch.distributed.checkpoint) to the same losses, and the
+killed run's MLflow curve holds the points made before the kill.
 
 The upstream `firm_edit_dataset` is stood in for by a small asset that writes a real export with the
 project's ShareGPT writer and registers it as a dataset version (curation is tested elsewhere)."""
@@ -23,6 +25,7 @@ import pytest
 from dagster import Output, asset, materialize
 from mlflow import MlflowClient
 from PIL import Image
+from safetensors.torch import load_file
 
 from firm_assets.critics.assets import firm_edit_critic
 from firm_assets.critics.inference import score_with_critic, tasks_for
@@ -51,6 +54,9 @@ RECIPE = {
     "image_max_pixels": 2048,
 }
 TOLERANCE = 1e-5  # absolute, per loss: the same sums in another order (fp32)
+# absolute, per weight after 8 AdamW updates at lr 3e-3: Adam divides by the gradients' own scale,
+# so a summation-order difference in a near-zero gradient moves a weight more than it moves a loss
+WEIGHTS_TOLERANCE = 1e-4
 pytestmark = pytest.mark.timeout(900)
 
 
@@ -138,16 +144,29 @@ def _params(folder: Path, params_file: Path, **recipe) -> Path:
     return folder / "params.json"
 
 
-@pytest.fixture(scope="module")
-def two_processes(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
-    """The DDP materialization, and a 1-process run of the same global batch (its baseline)."""
-    home = tmp_path_factory.mktemp("ddp") / "firm-home"
+def _home(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, name: str) -> Path:
+    """A FIRM_HOME of its own (one critic version registered in it), sharing the tiny models."""
+    home = tmp_path_factory.mktemp(name) / "firm-home"
     (home / "models").mkdir(parents=True)
     (home / "models" / "tiny").symlink_to(tiny_model_dir)
+    return home
+
+
+@contextlib.contextmanager
+def _at(home: Path):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("FIRM_HOME", str(home))
         for name in ("FIRM_PROFILE", "MLFLOW_TRACKING_URI"):
             patch.delenv(name, raising=False)
+        yield
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
+    """The DDP materialization, and a 1-process run of the same global batch (its baseline, also the
+    FSDP2 run's)."""
+    home = _home(tmp_path_factory, tiny_model_dir, "ddp")
+    with _at(home):
         metadata = _materialize(accelerate_config="ddp_cpu_2proc", gradient_accumulation_steps=1)
         (params_file,) = (home / "critics" / "firm_edit_critic").glob("*.params.json")
         # both ranks' rows in one micro-batch: answers of different lengths weigh by their tokens in
@@ -157,10 +176,44 @@ def two_processes(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
         yield home, metadata, params_file, one
 
 
-def test_two_ddp_processes_match_one_and_write_once(two_processes) -> None:
+@pytest.fixture(scope="module")
+def fsdp2_materialized(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
+    """The FSDP2 materialization, in a home of its own (the launch config enters the version)."""
+    home = _home(tmp_path_factory, tiny_model_dir, "fsdp2")
+    with _at(home):
+        return home, _materialize(accelerate_config="fsdp2_cpu_2proc", gradient_accumulation_steps=1)
+
+
+def test_two_ddp_processes_match_one_and_write_once(two_processes, monkeypatch) -> None:
     home, metadata, _, one = two_processes
+    monkeypatch.setenv("FIRM_HOME", str(home))
     assert metadata["ran_distributed_type"].value == "MULTI_CPU" and metadata["ran_num_processes"].value == 2
     assert one["ran"]["num_processes"] == 1 and one["updates"] == 8
+    _written_once_and_scored(home, one)
+
+
+def test_two_fsdp2_processes_match_one_and_write_once(two_processes, fsdp2_materialized, monkeypatch) -> None:
+    """FSDP2 on gloo: the same curve as one process, and the full weights gathered from the shards
+    (the 1-process run's, within WEIGHTS_TOLERANCE) load, register once and score."""
+    ddp_home, _, _, one = two_processes
+    home, metadata = fsdp2_materialized
+    monkeypatch.setenv("FIRM_HOME", str(home))
+    assert metadata["ran_distributed_type"].value == "FSDP" and metadata["ran_num_processes"].value == 2
+    saved = _written_once_and_scored(home, one)
+    assert saved["ran"]["gradient_checkpointing"] == "fsdp"
+    sharded, whole = (
+        load_file(folder / "model.safetensors")
+        for folder in (saved["path"], ddp_home.parent / "one" / "critic")
+    )
+    assert sharded.keys() == whole.keys()
+    assert all(sharded[name].shape == whole[name].shape for name in whole)
+    assert max((sharded[name] - whole[name]).abs().max().item() for name in whole) < WEIGHTS_TOLERANCE
+
+
+def _written_once_and_scored(home: Path, one: dict) -> dict:
+    """The asserts a 2-process materialization in `home` passes against the 1-process run `one`:
+    rank 0 alone wrote MLflow, the registry and the summary, the curves match, and the registered
+    critic loads and scores. Returns the saved training summary with the critic's folder (`path`)."""
     warehouse = Warehouse(warehouse_path())
     (row,) = warehouse.query("SELECT * FROM critics").iter_rows(named=True)
     client = MlflowClient(default_tracking_uri())
@@ -197,6 +250,7 @@ def test_two_ddp_processes_match_one_and_write_once(two_processes) -> None:
     )
     assert predictions["failure"].to_list() == [None, None]
     assert all(1 <= score <= 5 for score in predictions["text_score"].to_list())
+    return {**saved, "path": Path(row["path"])}
 
 
 def test_a_setting_that_does_not_change_the_weights_keeps_the_version(two_processes, monkeypatch) -> None:
@@ -209,10 +263,16 @@ def test_a_setting_that_does_not_change_the_weights_keeps_the_version(two_proces
     assert again["critic_version"].value == metadata["critic_version"].value
 
 
-def test_a_killed_launcher_resumes_from_its_checkpoint(two_processes, tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize(
+    ("accelerate_config", "distributed_type"), [("ddp_cpu_2proc", "MULTI_CPU"), ("fsdp2_cpu_2proc", "FSDP")]
+)
+def test_a_killed_launcher_resumes_from_its_checkpoint(
+    two_processes, tmp_path: Path, monkeypatch, accelerate_config: str, distributed_type: str
+) -> None:
     """SIGKILL to the launcher and every process under it (torchrun starts its workers in sessions
     of their own, so its process group is not enough) once the first checkpoint (update 2) is
-    written; the relaunch resumes there and ends with the uninterrupted curve."""
+    written; the relaunch resumes there and ends with the uninterrupted curve. FSDP2's checkpoint
+    is sharded: each rank wrote its part of the weights and of the AdamW state, and read it back."""
     home, _, params_file, one = two_processes
     monkeypatch.setenv("FIRM_HOME", str(home))
     params = _params(tmp_path / "killed", params_file, gradient_accumulation_steps=1, checkpoint_every=2)
@@ -222,7 +282,7 @@ def test_a_killed_launcher_resumes_from_its_checkpoint(two_processes, tmp_path: 
     written["mlflow"] = {"tracking_uri": tracking.uri(), "run_id": run_id}
     params.write_text(json.dumps(written))
     command = [
-        *launch_prefix(CriticTrainingConfig(accelerate_config="ddp_cpu_2proc"), "full"),
+        *launch_prefix(CriticTrainingConfig(accelerate_config=accelerate_config), "full"),
         TRAIN_MODULE,
         "--params",
         str(params),
@@ -238,6 +298,14 @@ def test_a_killed_launcher_resumes_from_its_checkpoint(two_processes, tmp_path: 
             os.kill(pid, signal.SIGKILL)
     launcher.communicate(timeout=60)
     assert not (tmp_path / "killed" / "critic").exists()
+    if distributed_type == "FSDP":
+        written = checkpoints / "step-00000002"
+        for state in ("pytorch_model_fsdp_0", "optimizer_0"):  # one shard per rank, no whole copy
+            assert sorted(p.name for p in (written / state).glob("*.distcp")) == [
+                "__0_0.distcp",
+                "__1_0.distcp",
+            ]
+        assert not list(written.glob("*.safetensors"))
     # the killed run's curve is in MLflow up to where it died
     logged = MlflowClient(tracking.uri()).get_metric_history(run_id, "train_loss")
     assert len(logged) >= 2 and {m.step for m in logged} >= {1, 2}
@@ -247,14 +315,15 @@ def test_a_killed_launcher_resumes_from_its_checkpoint(two_processes, tmp_path: 
     assert relaunch.returncode == 0, err[-3000:]
     assert "resuming from step-00000002: epoch 0, update 2" in out
     summary = json.loads(out.strip().splitlines()[-1])
-    assert summary["ran"]["num_processes"] == 2
+    assert (summary["ran"]["num_processes"], summary["ran"]["distributed_type"]) == (2, distributed_type)
     assert summary["losses"] == pytest.approx(one["losses"], abs=TOLERANCE, rel=0)
     assert not checkpoints.exists()
 
 
-def test_an_fsdp_launch_that_accelerate_would_run_as_ddp_is_refused(tmp_path: Path, tiny_models) -> None:
-    """accelerate turns FSDP on only on an accelerator device: on a CPU its FSDP environment would
-    train unsharded without a word. The trainer says so instead (one process is enough to show it)."""
+def test_an_fsdp_launch_of_one_cpu_process_is_refused(tmp_path: Path, tiny_models) -> None:
+    """Without an accelerator device accelerate leaves FSDP off, and the trainer turns FSDP2 on only
+    for a group of CPU processes: a single process, which would train unsharded without a word, is
+    refused instead."""
     from test_train import _dataset
     from test_train import _params as train_params
 
@@ -262,10 +331,10 @@ def test_an_fsdp_launch_that_accelerate_would_run_as_ddp_is_refused(tmp_path: Pa
     run = subprocess.run(
         [sys.executable, "-m", TRAIN_MODULE, "--params", str(params)],
         cwd=REPO,
-        env={**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_FSDP": "true"},
+        env={**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"},
         capture_output=True,
         text=True,
         timeout=300,
     )
-    assert run.returncode != 0 and "asks for FSDP, but accelerate runs NO here" in run.stderr
+    assert run.returncode != 0 and "asks for FSDP2, but accelerate runs NO here" in run.stderr
     assert not (tmp_path / "critic").exists()

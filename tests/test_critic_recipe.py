@@ -66,8 +66,9 @@ def test_the_launch_enters_the_version_and_other_settings_do_not_move_it() -> No
     single = launch_identity(CriticTrainingConfig())
     assert single == launch_identity(CriticTrainingConfig(checkpoint_every=7, learning_rate=2e-5))
     ddp = launch_identity(CriticTrainingConfig(accelerate_config="ddp_cpu_2proc"))
+    fsdp2 = launch_identity(CriticTrainingConfig(accelerate_config="fsdp2_cpu_2proc"))
     torchrun = launch_identity(CriticTrainingConfig(launcher=["torchrun", "--nproc-per-node", "2", "-m"]))
-    assert len({json.dumps(i, sort_keys=True) for i in (single, ddp, torchrun)}) == 3
+    assert len({json.dumps(i, sort_keys=True) for i in (single, ddp, fsdp2, torchrun)}) == 4
 
 
 def _logits(rows: list[list[list[float]]]) -> torch.Tensor:

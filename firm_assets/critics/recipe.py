@@ -61,6 +61,7 @@ ACCELERATE_CONFIGS = {
     "fsdp_8gpu_full": "full",
     "lora_1gpu": "lora",
     "ddp_cpu_2proc": "full",
+    "fsdp2_cpu_2proc": "full",
 }
 
 
@@ -86,8 +87,8 @@ class CriticTrainingConfig(Config):
         default="none",
         description="A shipped accelerate config (critics/accelerate/<name>.yaml) that the training "
         "process is launched under with `accelerate launch`: 'fsdp_8gpu_full' (FSDP full fine-tuning "
-        "on 8 GPUs), 'lora_1gpu', 'ddp_cpu_2proc' (2 processes: CPU and gloo without CUDA), or "
-        "'none' (the launcher below).",
+        "on 8 GPUs), 'lora_1gpu', 'ddp_cpu_2proc' or 'fsdp2_cpu_2proc' (DDP or FSDP2 over 2 "
+        "processes: CPU and gloo without CUDA), or 'none' (the launcher below).",
     )
     launcher: list[str] = Field(
         default=[],

@@ -3,7 +3,8 @@
 Runs as its own process, launched by the critic assets through Dagster Pipes (parameters arrive in
 a JSON file every rank can read; logs and final metrics go back over Pipes from rank 0). It uses
 `accelerate`, so the same file trains on one CPU, one GPU, or many under `accelerate launch` (the
-shipped configs in `accelerate/`: FSDP full fine-tuning on 8 GPUs, LoRA on one) or `torchrun`.
+shipped configs in `accelerate/`: FSDP2 full fine-tuning on 8 GPUs, LoRA on one, DDP or FSDP2 over
+2 processes, on a CPU over gloo where there is no CUDA) or `torchrun`.
 Read it top to bottom: data -> model -> optimiser and schedule -> resume -> loop -> save -> report.
 
 The recipe is LLaMA-Factory's, which FIRM trained with (github.com/hiyouga/LLaMA-Factory): the
@@ -45,8 +46,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import DistributedType
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 from transformers import AutoModelForImageTextToText, AutoProcessor, get_cosine_schedule_with_warmup
 
 from firm_assets.checkpoints import TMP_PREFIX, complete_checkpoints, prune, step_dir
@@ -110,6 +111,32 @@ def cache_for_inference(model) -> None:
     """The saved critic generates: its configs say so again."""
     for config in _configs(model):
         config.use_cache = True
+
+
+def fsdp_on_cpu(accelerator: Accelerator) -> None:
+    """Run accelerate's FSDP2 path on a group of CPU processes (gloo), as an FSDP2 config asks.
+
+    accelerate (1.16) selects FSDP only in the accelerator branch of `AcceleratorState.__init__`
+    (state.py: CUDA, XPU, ...); on a CPU group it leaves a MULTI_CPU state, and an FSDP config would
+    train as plain DDP without a word. Its FSDP2 code (`fsdp2_prepare_model`, sharded
+    `save_state`/`load_state` through torch.distributed.checkpoint, `get_state_dict`) is not tied to
+    a device, and torch's `fully_shard` runs on a CPU mesh over gloo. So on a MULTI_CPU group this
+    does what that branch does: the shared state says FSDP and holds the plugin read from the
+    launch environment. One path on GPU and CPU, all of it accelerate's. Still refused (an error,
+    not a silent DDP run): a single process, which shards nothing, and FSDP1, which no shipped config
+    uses and which has not run on a CPU here."""
+    if accelerator.distributed_type == DistributedType.FSDP:  # an accelerator device: accelerate's own
+        return
+    plugin = FullyShardedDataParallelPlugin()  # from the FSDP_* variables `accelerate launch` set
+    if accelerator.distributed_type != DistributedType.MULTI_CPU or plugin.fsdp_version != 2:
+        raise RuntimeError(
+            f"the accelerate config asks for FSDP{plugin.fsdp_version}, but accelerate runs"
+            f" {accelerator.distributed_type.value} here (without an accelerator device FSDP runs as"
+            " FSDP2 over 2 or more processes: use fsdp2_cpu_2proc or ddp_cpu_2proc on a CPU)"
+        )
+    accelerator.state.fsdp_plugin = plugin
+    accelerator.state.distributed_type = DistributedType.FSDP
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP  # as AcceleratorState does
 
 
 def training_model(base_model: str, recipe: dict[str, Any], weights_dtype: torch.dtype):
@@ -241,16 +268,8 @@ def train(params: dict[str, Any], log, report) -> dict[str, Any]:
     # `accelerate launch` does not tell a CPU-only multi-process run that it is one (no
     # ACCELERATE_USE_CPU in its torchrun environment) and every process would train alone
     accelerator = Accelerator(mixed_precision="bf16" if bf16 else "no", cpu=not torch.cuda.is_available())
-    if (
-        os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
-        and accelerator.distributed_type != DistributedType.FSDP
-    ):
-        # accelerate turns FSDP on only for process groups on an accelerator (CUDA, XPU, ...): without
-        # this check an FSDP config would train as plain DDP on a CPU and say nothing
-        raise RuntimeError(
-            f"the accelerate config asks for FSDP, but accelerate runs {accelerator.distributed_type.value}"
-            " here (FSDP needs an accelerator device; use ddp_cpu_2proc on a CPU)"
-        )
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        fsdp_on_cpu(accelerator)
     random.seed(recipe["seed"])
     torch.manual_seed(recipe["seed"])
 
