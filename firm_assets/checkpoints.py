@@ -3,7 +3,10 @@
 A checkpoint is a folder `step-NNNNNNNN` under the run's checkpoint folder. It is written under a
 hidden temporary name and renamed when complete, so a crash never leaves a folder that looks
 complete; the newest `keep` are kept. What goes inside is the trainer's business (it gets the
-temporary folder to fill); this module also saves and restores the process's RNG streams.
+temporary folder to fill), sharded or whole: the critic trainer's FSDP2 state is one
+torch.distributed.checkpoint file per rank, every rank filling the same temporary folder and rank 0
+renaming it (`critics/train.py`, `save_checkpoint`). This module also saves and restores the
+process's RNG streams.
 """
 
 from __future__ import annotations

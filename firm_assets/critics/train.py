@@ -268,8 +268,8 @@ def train(params: dict[str, Any], log, report) -> dict[str, Any]:
     # `accelerate launch` does not tell a CPU-only multi-process run that it is one (no
     # ACCELERATE_USE_CPU in its torchrun environment) and every process would train alone
     accelerator = Accelerator(mixed_precision="bf16" if bf16 else "no", cpu=not torch.cuda.is_available())
-    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
-        fsdp_on_cpu(accelerator)
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":  # an FSDP config was launched
+        fsdp_on_cpu(accelerator)  # on an accelerator device accelerate has turned FSDP on already
     random.seed(recipe["seed"])
     torch.manual_seed(recipe["seed"])
 
