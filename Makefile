@@ -23,9 +23,11 @@ chromium:
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium; \
 	fi
 
-## test: set up (the venv and Chromium), then lint and run the whole test suite
+## test: set up (the venv and Chromium), then lint and run the whole test suite on TEST_WORKERS
+## processes (pytest-xdist; one test file stays on one worker, so its module fixtures are built once)
+TEST_WORKERS ?= 2
 test: $(VENV)/.installed chromium lint
-	$(VENV)/bin/pytest -q -p no:cacheprovider --durations=25
+	$(VENV)/bin/pytest -q -p no:cacheprovider --durations=25 -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
