@@ -26,6 +26,8 @@ from curated import new_home
 from dagster import Output, asset, materialize
 from PIL import Image
 
+from firm_assets.benchmark.baselines import BaselineUnavailable, median_labels
+from firm_assets.benchmark.checks import contaminated_items
 from firm_assets.cli import main
 from firm_assets.critics.assets import firm_edit_critic
 from firm_assets.critics.released import read_record
@@ -327,6 +329,7 @@ def test_a_critic_trains_on_the_imported_version_and_audits_to_its_files(importe
 
     # a version that is not registered, or lacks a task the critic trains on, fails the run with a reason
     code, out = _import("firm_edit", "--task", "edit_execution", str(files["jsonl"]))
+    assert code == 0, out
     execution_only = out.split(" version ")[1].split()[0]
     for chosen, reason in (
         ("ffff", "matches 0 versions of firm_edit"),
@@ -341,3 +344,28 @@ def test_a_critic_trains_on_the_imported_version_and_audits_to_its_files(importe
         )
         assert not failed.success
         assert reason in str(failed.get_step_failure_events()[0].event_specific_data.error)
+
+
+def test_the_bench_reads_an_imported_version(imported, monkeypatch) -> None:
+    """The bench's gates on a critic trained on an imported version: no label columns, so no constant
+    baseline (a reason, not a crash); contamination by image hash and by a prompt holding the text."""
+    home, version = imported["home"], imported["version"]
+    monkeypatch.setenv("FIRM_HOME", str(home))
+    warehouse = Warehouse(warehouse_path())
+    with pytest.raises(BaselineUnavailable, match="has no execution_score, consistency_score labels"):
+        median_labels(warehouse, "firm_edit", version)
+    black = hashlib.sha256(_png("black")).hexdigest()
+    with warehouse.transaction() as con:
+        con.execute("CREATE SCHEMA IF NOT EXISTS assets")
+        con.execute(
+            "CREATE TABLE assets.firm_bench_edit (item_id VARCHAR, text VARCHAR, image_shas VARCHAR[])"
+        )
+        con.executemany(
+            "INSERT INTO assets.firm_bench_edit VALUES (?, ?, ?)",
+            [
+                ("by-image", "Turn it upside down.", [black, "0" * 64]),
+                ("by-text", " make it GREEN. ", ["1" * 64]),
+                ("clean", "Make it pink.", ["2" * 64]),  # its record was quarantined
+            ],
+        )
+    assert sorted(contaminated_items(warehouse, "firm_edit", version)) == ["by-image", "by-text"]

@@ -63,6 +63,9 @@ from warehouse.lineage import IMPORTED_FILES
 
 IMPORT_LAYOUT = 1  # part of every imported version: a change to what an import writes makes new versions
 SOURCE_PREFIX = "imported:"
+# columns of an imported version's data.parquet that the bench's contamination check reads
+IMAGE_SHAS = "image_shas"
+USER_TEXT = "user_text"
 QUARANTINE_ASSET = "import-dataset"
 SUFFIXES = (".json", ".jsonl", ".parquet")
 PARQUET_BATCH = 256  # Parquet rows decoded at a time: their image bytes are in memory together
@@ -237,7 +240,7 @@ class _Writer:
                         quarantined(file.path, f"record {index}", _raw_text(raw), converted.reason)
                     )
                     continue
-                text, shas = converted
+                text, user, shas = converted
                 self.members.append(
                     {
                         "sample_id": hashlib.sha256(f"{file.sha256}:{index}".encode()).hexdigest()[:16],
@@ -246,12 +249,14 @@ class _Writer:
                         "task": file.task,
                         "file_sha256": file.sha256,
                         "record": index,
-                        "image_shas": shas,
+                        IMAGE_SHAS: shas,
+                        USER_TEXT: user,
                     }
                 )
                 yield text
 
-    def _convert(self, raw: object, file: ReleasedFile) -> tuple[str, list[str]]:
+    def _convert(self, raw: object, file: ReleasedFile) -> tuple[str, str, list[str]]:
+        """The record's JSON text in the export layout, its user turn and its images' sha256."""
         record = read_record(raw, self.media_dir or file.path.parent)
         stored = [self._store(image, position) for position, image in enumerate(record.images)]
         turns = [
@@ -260,7 +265,8 @@ class _Writer:
             {"role": "assistant", "content": record.answer},
         ]
         images = [image_ref(self.dataset, self.version, image.path.name) for image in stored]
-        return json.dumps({"messages": turns, "images": images}), [image.sha256 for image in stored]
+        shas = [image.sha256 for image in stored]
+        return json.dumps({"messages": turns, "images": images}), record.user, shas
 
     def _store(self, image: Path | bytes, position: int) -> StoredImage:
         try:
