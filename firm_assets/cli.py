@@ -268,9 +268,8 @@ def import_dataset(args: argparse.Namespace) -> int:
     print(f"{imported.dataset} version {imported.version} {state}: records {kept}; {imported.folder}")
     for row in imported.quarantined:
         print(f"  quarantined {row.source} {row.locator}: {row.reason}")
-    print(
-        f"train {spec.name} on it with run config ops.{spec.name}.config.dataset_version: {imported.version}"
-    )
+    run_config = f"ops: {{{spec.name}: {{config: {{dataset_version: '{imported.version}'}}}}}}"
+    print(f"train {spec.name} on it with this run config (firm run -c FILE): {run_config}")
     return 0
 
 

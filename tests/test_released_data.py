@@ -209,7 +209,8 @@ def test_import_keeps_good_records_quarantines_bad_ones_and_records_the_files(im
     home, files, out, version = imported["home"], imported["files"], imported["out"], imported["version"]
     monkeypatch.setenv("FIRM_HOME", str(home))
     assert f"firm_edit version {version} imported: records edit_consistency 4, edit_execution 6;" in out
-    assert "train firm_edit_critic on it with run config ops.firm_edit_critic.config.dataset_version:" in out
+    run_config = f"ops: {{firm_edit_critic: {{config: {{dataset_version: '{version}'}}}}}}"
+    assert f"train firm_edit_critic on it with this run config (firm run -c FILE): {run_config}" in out
     warehouse = Warehouse(warehouse_path())
     reasons = dict(warehouse.rows("SELECT source || ' ' || locator, reason FROM quarantine"))
     assert set(reasons) == {
