@@ -8,6 +8,7 @@ import os
 import sys
 import uuid
 import warnings
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from firm_assets.serving.command import add_serve_parser
@@ -198,6 +199,7 @@ def _audit(warehouse: Warehouse, args: argparse.Namespace) -> int:
         find_critic_versions,
         find_dataset_versions,
         find_policy_versions,
+        imported_files,
         policy_prompts,
         policy_report,
         sample_critics,
@@ -207,12 +209,12 @@ def _audit(warehouse: Warehouse, args: argparse.Namespace) -> int:
     if args.kind == "dataset":
         versions = find_dataset_versions(warehouse, args.ref)
         for row in versions.iter_rows(named=True):
-            print(dataset_report(row))
+            print(dataset_report(row, imported_files(warehouse, row["dataset"], row["version"])))
         return 0 if versions.height else 1
     if args.kind == "critic":
         critics = find_critic_versions(warehouse, args.ref)
         for row in critics.iter_rows(named=True):
-            print(critic_report(row))
+            print(critic_report(row, imported_files(warehouse, row["dataset"], row["dataset_version"])))
         return 0 if critics.height else 1
     if args.kind == "policy":
         policies = find_policy_versions(warehouse, args.ref)
@@ -229,6 +231,46 @@ def _audit(warehouse: Warehouse, args: argparse.Namespace) -> int:
         trained_on = f"dataset {row['dataset']} {row['dataset_version']}"
         print(f"  critic {row['critic']} {row['version']} ({trained_on}, {row['created_at']})")
     return 0 if memberships.height else 1
+
+
+def import_dataset(args: argparse.Namespace) -> int:
+    """`firm import-dataset`: released LLaMA-Factory ShareGPT files as a dataset version a critic can
+    train on (`critics/released.py`); prints the version, what was kept and what was quarantined.
+    Exit 1 when the files cannot be imported (a task the dataset lacks, a file unreadable or given
+    twice, no record kept), 2 for an unknown dataset or a busy warehouse."""
+    from firm_assets.critics.assets import EDIT_CRITIC, GEN_CRITIC
+    from firm_assets.critics.released import import_released
+    from resources.home import warehouse_path
+    from warehouse.connection import Warehouse, WarehouseBusy
+
+    specs = {spec.dataset: spec for spec in (EDIT_CRITIC, GEN_CRITIC)}
+    if args.dataset not in specs:
+        print(f"firm import-dataset: no dataset {args.dataset!r}; one of {', '.join(specs)}", file=sys.stderr)
+        return 2
+    spec = specs[args.dataset]
+    files = []
+    for task, *paths in args.task:
+        if not paths:
+            print(f"firm import-dataset: --task {task} names no file", file=sys.stderr)
+            return 2
+        files += [(task, Path(path)) for path in paths]
+    media_dir = Path(args.media_dir) if args.media_dir else None
+    try:
+        imported = import_released(args.dataset, files, spec.tasks, Warehouse(warehouse_path()), media_dir)
+    except WarehouseBusy as error:
+        print(f"firm import-dataset: {error}", file=sys.stderr)
+        return 2
+    except ValueError as error:
+        print(f"firm import-dataset: {error}", file=sys.stderr)
+        return 1
+    kept = ", ".join(f"{task} {count}" for task, count in sorted(imported.records.items()))
+    state = "imported" if imported.new else "already imported"
+    print(f"{imported.dataset} version {imported.version} {state}: records {kept}; {imported.folder}")
+    for row in imported.quarantined:
+        print(f"  quarantined {row.source} {row.locator}: {row.reason}")
+    run_config = f"ops: {{{spec.name}: {{config: {{dataset_version: '{imported.version}'}}}}}}"
+    print(f"train {spec.name} on it with this run config (firm run -c FILE): {run_config}")
+    return 0
 
 
 def cost(args: argparse.Namespace) -> int:
@@ -307,6 +349,24 @@ def main(argv: list[str] | None = None) -> int:
         help="version prefix of the named dataset, critic or policy (same as name@prefix)",
     )
     audit_parser.set_defaults(func=audit)
+    import_parser = commands.add_parser(
+        "import-dataset",
+        help="import released LLaMA-Factory ShareGPT files (JSON, JSONL, Parquet) as a dataset version",
+    )
+    import_parser.add_argument("dataset", help="firm_edit or firm_gen")
+    import_parser.add_argument(
+        "--task",
+        nargs="+",
+        action="append",
+        required=True,
+        metavar="TASK FILE",
+        help="an SFT task of the dataset and the file(s) that hold it, e.g. --task edit_execution"
+        " a.parquet b.parquet (repeat for each task)",
+    )
+    import_parser.add_argument(
+        "--media-dir", default="", help="folder image paths are relative to (default: each file's folder)"
+    )
+    import_parser.set_defaults(func=import_dataset)
     cost_parser = commands.add_parser(
         "cost", help="model calls, seconds, tokens and images per asset and data version, and per model"
     )

@@ -8,6 +8,9 @@ import polars as pl
 
 from warehouse.connection import Warehouse
 
+# the key of an imported dataset version's params that lists its released files (`critics/released.py`)
+IMPORTED_FILES = "imported_files"
+
 
 def _ref_filter(name_column: str, ref: str) -> tuple[str, list[str]]:
     """WHERE clause for `ref`: a name (all its versions), `name@version-prefix`, or a version prefix."""
@@ -30,11 +33,35 @@ def find_critic_versions(warehouse: Warehouse, ref: str) -> pl.DataFrame:
     return warehouse.query(f"SELECT * FROM critic_audit {sql} ORDER BY created_at", params)
 
 
-def dataset_report(row: dict[str, Any]) -> str:
-    """A dataset_audit row as text for `firm audit dataset`."""
+def imported_files(warehouse: Warehouse, dataset: str, version: str) -> list[dict[str, Any]]:
+    """The released files an imported dataset version was read from (task, path, sha256, bytes,
+    records kept and quarantined); empty for a version curated here."""
+    rows = warehouse.rows(
+        "SELECT params FROM dataset_versions WHERE dataset = ? AND version = ?", [dataset, version]
+    )
+    return json.loads(rows[0][0]).get(IMPORTED_FILES, []) if rows else []
+
+
+def imported_lines(files: list[dict[str, Any]]) -> list[str]:
+    """Report lines naming the released files of an imported version, each with its sha256."""
+    if not files:
+        return []
+    return [
+        "  imported from released files (no samples, model calls or prompt templates of this project):",
+        *(
+            f"    {f['task']}: {f['path']} sha256 {f['sha256']}"
+            f" ({f['bytes']} bytes; {f['records']} records kept, {f['quarantined']} quarantined)"
+            for f in files
+        ),
+    ]
+
+
+def dataset_report(row: dict[str, Any], imported: list[dict[str, Any]] | None = None) -> str:
+    """A dataset_audit row as text for `firm audit dataset`; `imported`: its released files."""
     lines = [
         f"dataset {row['dataset']} version {row['version']}",
         f"  samples: {row['n_samples']}   created: {row['created_at']}",
+        *imported_lines(imported or []),
         "  sources: " + ", ".join(f"{s['source']}={s['samples']}" for s in row["sources"] or []),
         "  prompt templates:",
         *(f"    {t}" for t in row["templates"] or []),
@@ -55,15 +82,17 @@ def sample_memberships(warehouse: Warehouse, sample_id: str) -> pl.DataFrame:
     )
 
 
-def critic_report(row: dict[str, Any]) -> str:
+def critic_report(row: dict[str, Any], imported: list[dict[str, Any]] | None = None) -> str:
     """A critic_audit row as text for `firm audit critic`: the model, the exact dataset version it
-    trained on and that version's curation provenance, and the runs and registry entry it came from."""
+    trained on and that version's provenance (its curation, or the released files it was imported
+    from: `imported`), and the runs and registry entry it came from."""
     lines = [
         f"critic {row['critic']} version {row['version']}",
         f"  base model: {row['base_model']} @ {row['base_revision']}",
         f"  path: {row['path']}   created: {row['created_at']}",
         f"  trained on dataset {row['dataset']} version {row['dataset_version']}",
         f"  samples: {row['n_samples']}",
+        *imported_lines(imported or []),
         "  sources: " + ", ".join(f"{s['source']}={s['samples']}" for s in row["sources"] or []),
         "  prompt templates:",
         *(f"    {t}" for t in row["templates"] or []),

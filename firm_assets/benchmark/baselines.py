@@ -41,6 +41,11 @@ def median_labels(warehouse: Warehouse, dataset: str, dataset_version: str) -> d
     if not rows:
         raise BaselineUnavailable(f"dataset {dataset} version {dataset_version} is not in the warehouse")
     columns = LABEL_COLUMNS[dataset]
+    missing = [column for column in columns.values() if column not in pl.read_parquet_schema(rows[0][0])]
+    if missing:  # a version imported from released files: their answers are not read as scores
+        raise BaselineUnavailable(
+            f"dataset {dataset} version {dataset_version} has no {', '.join(missing)} labels (imported?)"
+        )
     training = pl.read_parquet(rows[0][0], columns=list(columns.values()))
     medians = {}
     for dimension, column in columns.items():

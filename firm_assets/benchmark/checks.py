@@ -7,6 +7,7 @@ from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeve
 from firm_assets.benchmark.items import CONFLICT_REASON, firm_bench_edit, firm_bench_gen
 from firm_assets.benchmark.results import HEADLINE, OVERALL_DIMENSIONS, bench_results
 from firm_assets.benchmark.stats import constant_predictor, item_errors, mae, mae_margin
+from firm_assets.critics.released import IMAGE_SHAS, USER_TEXT
 from resources.warehouse_resource import WarehouseResource
 from warehouse.connection import Warehouse
 
@@ -50,11 +51,20 @@ def contaminated_items(warehouse: Warehouse, dataset: str, dataset_version: str)
         "SELECT parquet_path FROM dataset_versions WHERE dataset = ? AND version = ?",
         [dataset, dataset_version],
     )[0][0]
-    sha_columns, text_column = TRAINING_KEYS[dataset]
-    training = pl.read_parquet(parquet, columns=[*sha_columns, text_column])
-    shas = set().union(*(set(training[c]) for c in sha_columns))
-    texts = {t.strip().lower() for t in training[text_column]}
     bench = warehouse.query(f"SELECT item_id, text, image_shas FROM assets.{BENCH_TABLES[dataset]}")
+    if USER_TEXT in pl.read_parquet_schema(parquet):
+        # a version imported from released files: its images by hash, and its prompts are whole user
+        # turns, so a bench text is in the training data when a prompt contains it
+        training = pl.read_parquet(parquet, columns=[IMAGE_SHAS, USER_TEXT])
+        shas = set(training[IMAGE_SHAS].explode().drop_nulls())
+        wanted = sorted({t.strip().lower() for t in bench["text"]} - {""})
+        found = training[USER_TEXT].str.to_lowercase().str.extract_many(wanted, overlapping=True)
+        texts = set(found.explode().drop_nulls()) if wanted else set()
+    else:
+        sha_columns, text_column = TRAINING_KEYS[dataset]
+        training = pl.read_parquet(parquet, columns=[*sha_columns, text_column])
+        shas = set().union(*(set(training[c]) for c in sha_columns))
+        texts = {t.strip().lower() for t in training[text_column]}
     return [
         row["item_id"]
         for row in bench.iter_rows(named=True)

@@ -22,6 +22,7 @@ from firm_assets.critics.recipe import (
     launch_prefix,
     version_recipe,
 )
+from firm_assets.critics.released import training_frame
 from firm_assets.curation.costs import CostMeter
 from firm_assets.curation.versioning import short_hash
 from resources.chat import ModelRef
@@ -107,6 +108,9 @@ def train_critic(
 ) -> tuple[pl.DataFrame, dict]:
     """The critic row (trained now or found) and metadata for the materialization."""
     meter = CostMeter()
+    dataset_frame = training_frame(
+        warehouse.get(), spec.dataset, spec.tasks, config.dataset_version, dataset_frame
+    )
     if dataset_frame.is_empty():
         raise ValueError(f"{spec.dataset} is empty: nothing to train {spec.name} on")
     dataset_version = dataset_frame["dataset_version"][0]

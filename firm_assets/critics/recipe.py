@@ -83,6 +83,12 @@ class CriticTrainingConfig(Config):
     freeze_multi_modal_projector: bool | None = None
     image_max_pixels: int | None = None
     image_min_pixels: int | None = None
+    dataset_version: str = Field(
+        default="",
+        description="Train on this registered version of the critic's dataset (a version or a unique "
+        "prefix, e.g. one `firm import-dataset` printed) instead of the upstream asset's; it enters the "
+        "critic's version as the upstream's does. Default: the upstream asset's version.",
+    )
     accelerate_config: str = Field(
         default="none",
         description="A shipped accelerate config (critics/accelerate/<name>.yaml) that the training "

@@ -147,7 +147,7 @@ def _task_records(task: SftTask, frame: pl.DataFrame, image_refs: dict[str, str]
         yield encode(template.user_text(variables), images, task.target(row))
 
 
-def _link_or_copy(source: Path, dest: Path) -> None:
+def link_or_copy(source: Path, dest: Path) -> None:
     """Hard-link (same file system, no extra bytes) or copy an image into the export; a link whose
     file this process may not make world-readable (another user's store) becomes a copy."""
     try:
@@ -295,17 +295,17 @@ def _write_folder(
             name = f"{short_hash(path)}-{name}"
         taken.add(name)
         image_names[path] = name
-        _link_or_copy(Path(path), tmp / "images" / name)
+        link_or_copy(Path(path), tmp / "images" / name)
     _write_parquet(tmp / "data.parquet", frame, image_names, image_columns)
     dataset, version = folder.parent.name, folder.name
     write_card(tmp, dataset, version, params, inputs)
     image_refs = {path: image_ref(dataset, version, name) for path, name in image_names.items()}
     write_tasks(tmp, dataset, version, {task.name: _task_records(task, frame, image_refs) for task in tasks})
     world_readable(tmp)
-    _move_into_place(tmp, folder)
+    move_into_place(tmp, folder)
 
 
-def _move_into_place(tmp: Path, folder: Path) -> None:
+def move_into_place(tmp: Path, folder: Path) -> None:
     """Rename the finished folder to its version. The name is the content hash, so a folder already
     there (another run published this version, perhaps a moment ago) is the same version: keep it."""
     try:

@@ -111,7 +111,18 @@ def ingest_image(
 ) -> StoredImage:
     """Validate an image file and store it: its original bytes when a plain RGB conversion shows it
     faithfully, else the PNG of what a viewer shows (see the module docstring)."""
-    data = _read_bytes(path, max_bytes)
+    return ingest_bytes(_read_bytes(path, max_bytes), store, max_pixels, max_bytes)
+
+
+def ingest_bytes(
+    data: bytes, store: Path, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_FILE_BYTES
+) -> StoredImage:
+    """`ingest_image` of bytes already read (an image held inside a data file, e.g. a Parquet
+    `Image` struct)."""
+    if not data:
+        raise ImageRejected("empty file")
+    if len(data) > max_bytes:
+        raise ImageRejected(f"file too large: {len(data)} bytes > {max_bytes}")
     fmt, ext, width, height, shown = _validate(data, max_pixels)
     if shown is None:
         sha = hashlib.sha256(data).hexdigest()
