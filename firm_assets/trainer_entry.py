@@ -19,7 +19,7 @@ Log = Callable[[str], None]
 Report = Callable[[dict[str, Any]], None]
 
 
-def trainer_params(description: str | None, written_by: str) -> dict[str, Any]:
+def read_params(description: str | None, written_by: str) -> dict[str, Any]:
     """The parameters from the file `--params` names (`written_by`: the asset that wrote it)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument(

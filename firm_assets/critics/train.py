@@ -61,7 +61,7 @@ from firm_assets.critics.data import (
 )
 from firm_assets.curation.costs import training_figures
 from firm_assets.run_progress import ProgressReporter
-from firm_assets.trainer_entry import reports_to_dagster, through_pipes, trainer_params
+from firm_assets.trainer_entry import read_params, reports_to_dagster, through_pipes
 
 STATE_FILE = "trainer_state.json"
 SUMMARY_FILE = "training_summary.json"  # saved with the weights: marks them finished
@@ -438,7 +438,7 @@ def train(params: dict[str, Any], log, report) -> dict[str, Any]:
 
 def main() -> None:
     """Subprocess entry point: trains a critic from the parameters file the asset wrote."""
-    params = trainer_params(__doc__, "critic asset")
+    params = read_params(__doc__, "critic asset")
     # under torchrun / accelerate launch every rank trains; only rank 0 talks to Dagster
     if not reports_to_dagster():
         train(params, print, lambda summary: print(json.dumps(summary)))

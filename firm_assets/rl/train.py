@@ -43,7 +43,7 @@ from firm_assets.rl.nft.records import PromptItem, RewardFn, StepLog
 from firm_assets.rl.rule_rewards import rule_reward_fn
 from firm_assets.run_progress import progress_message
 from firm_assets.serving.remote import RemoteScorer
-from firm_assets.trainer_entry import reports_to_dagster, through_pipes, trainer_params
+from firm_assets.trainer_entry import read_params, reports_to_dagster, through_pipes
 from resources.tracking import TrackingResource
 
 HISTORY_FILE = "steps.jsonl"
@@ -245,7 +245,7 @@ def train(params: dict[str, Any], log: Callable[[str], None], report) -> dict[st
 
 def main() -> None:
     """Subprocess entry point: trains a policy from the parameters file the asset wrote."""
-    params = trainer_params(__doc__, "policy asset")
+    params = read_params(__doc__, "policy asset")
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     try:
         if not reports_to_dagster():
