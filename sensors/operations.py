@@ -34,7 +34,7 @@ from sensors.changes import on_content_change
 from warehouse.connection import Warehouse, WarehouseBusy
 
 SENSOR_INTERVAL_S = 60
-# The registered model names are the critic assets' names (firm_assets/critics/launch.py).
+# The registered model names are the critic assets' names (firm_assets/critics/assets.py).
 CRITIC_MODELS = ("firm_edit_critic", "firm_gen_critic")
 # The tag a critic asset puts on each version it registers (firm_assets/critics/launch.py).
 ASSET_TAG = "critic_version"

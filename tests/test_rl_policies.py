@@ -37,10 +37,11 @@ from firm_assets.rl.critic_reward import (
     reward_divergence,
 )
 from firm_assets.rl.grids import sample_grid
-from firm_assets.rl.launch import policy_run, policy_version, prompt_set, prompt_set_version
+from firm_assets.rl.launch import EXPERIMENT, policy_version, prompt_set, prompt_set_version
 from firm_assets.rl.nft.records import Rollout, StepLog
 from firm_assets.rl.settings import RLPolicyConfig, nft_settings, reward_settings
 from firm_assets.rl.train import StepTracker, append_history, build_reward_fn, read_history, step_metrics
+from firm_assets.trainer_launch import open_run
 from resources.home import warehouse_path
 from resources.profiles import PolicyConfig, get_profile
 from resources.tracking import TrackingResource, default_tracking_uri
@@ -205,13 +206,14 @@ def test_a_resumed_run_continues_its_mlflow_run(tmp_path: Path, monkeypatch) -> 
     tracking = TrackingResource(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     folder = tmp_path / "gen_rl_policy" / "v1"
     folder.mkdir(parents=True)
-    run_id, reopened = policy_run(tracking, folder, "gen-v1", {"dagster.run_id": "first"})
+    params = folder / "params.json"
+    run_id, reopened = open_run(tracking, EXPERIMENT, "gen-v1", {"dagster.run_id": "first"}, params)
     assert not reopened
-    (folder / "params.json").write_text(json.dumps({"mlflow_run_id": run_id}))
+    params.write_text(json.dumps({"mlflow_run_id": run_id}))
     tracking.log_values(run_id, {}, {"loss": 0.5}, step=1)
     tracking.finish(run_id, "FAILED")  # the attempt was killed
 
-    again, reopened = policy_run(tracking, folder, "gen-v1", {"dagster.run_id": "second"})
+    again, reopened = open_run(tracking, EXPERIMENT, "gen-v1", {"dagster.run_id": "second"}, params)
     assert (again, reopened) == (run_id, True)
     tracking.log_values(run_id, {}, {"loss": 0.4}, step=2)
     run = tracking.client().get_run(run_id)
@@ -219,7 +221,7 @@ def test_a_resumed_run_continues_its_mlflow_run(tmp_path: Path, monkeypatch) -> 
     assert [m.step for m in tracking.client().get_metric_history(run_id, "loss")] == [1, 2]
 
     tracking.finish(run_id)  # a finished run is never reopened: a new attempt gets a new run
-    assert policy_run(tracking, folder, "gen-v1", {})[0] != run_id
+    assert open_run(tracking, EXPERIMENT, "gen-v1", {}, params)[0] != run_id
 
 
 def test_a_data_parallel_run_refuses_a_critic_pinned_to_one_gpu(monkeypatch) -> None:

@@ -31,7 +31,6 @@ a killed run shows its curve; a resumed process logs the history it restored fir
 By hand: python -m firm_assets.critics.train --params params.json
 """
 
-import argparse
 import json
 import math
 import os
@@ -63,6 +62,7 @@ from firm_assets.critics.data import (
 )
 from firm_assets.curation.costs import training_figures
 from firm_assets.run_progress import ProgressReporter
+from firm_assets.trainer_entry import read_params, reports_to_dagster, through_pipes
 
 STATE_FILE = "trainer_state.json"
 SUMMARY_FILE = "training_summary.json"  # saved with the weights: marks them finished
@@ -457,24 +457,12 @@ def train(params: dict[str, Any], log, report) -> dict[str, Any]:
 
 def main() -> None:
     """Subprocess entry point: trains a critic from the parameters file the asset wrote."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument(
-        "--params", required=True, help="JSON file of parameters (written by the critic asset)"
-    )
-    args = parser.parse_args()
-    params = json.loads(Path(args.params).read_text())
-    from dagster_pipes import DAGSTER_PIPES_CONTEXT_ENV_VAR, open_dagster_pipes
-
+    params = read_params(__doc__, "critic asset")
     # under torchrun / accelerate launch every rank trains; only rank 0 talks to Dagster
-    if os.environ.get("RANK", "0") != "0" or DAGSTER_PIPES_CONTEXT_ENV_VAR not in os.environ:
-        train(
-            params,
-            print,
-            lambda summary: print(json.dumps(summary)),
-        )
+    if not reports_to_dagster():
+        train(params, print, lambda summary: print(json.dumps(summary)))
         return
-    with open_dagster_pipes() as pipes:
-        train(params, pipes.log.info, pipes.report_custom_message)
+    through_pipes(partial(train, params))
 
 
 if __name__ == "__main__":

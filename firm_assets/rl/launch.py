@@ -1,13 +1,12 @@
-"""Train one RL policy version through Dagster Pipes and record its lineage; skip the work when the
-same version (same base weights, critic version, reward, prompt set, NFT config and code) exists.
+"""One policy version as a `TrainerJob`: what `firm_assets/trainer_launch.py` needs to train it.
 
-A killed run resumes: the checkpoint folder is keyed by the policy version under FIRM_HOME, and the
-trainer continues from its newest complete checkpoint.
-
-Each materialization records its cost (`firm cost`): the asset's and the trainer's CPU seconds, and
-one line for the policy's base pipeline (stage `nft`, backend diffusers) with the trainer's wall time
-as model seconds (GPU seconds on CUDA) and this run's rollouts as calls and images generated. A skip
-records its seconds and no model line."""
+Runs in the Dagster process (the policy assets, `assets.py`, build it); the trainer it launches,
+`train.py`, runs in its own process (or one per device under torchrun). The version hashes the base
+weights, the critic version, the reward, the prompt set, the NFT settings and the code. A killed run
+resumes: the checkpoint folder is keyed by the policy version under FIRM_HOME, the trainer continues
+from its newest complete checkpoint, and the unfinished MLflow run is reopened. Its cost line: the
+policy's base pipeline (stage `nft`, backend diffusers), this run's rollouts as calls and images
+generated."""
 
 import json
 import sys
@@ -16,18 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-from dagster import AssetExecutionContext, PipesSubprocessClient
+from dagster import MetadataValue
 
-from firm_assets.curation.costs import CostMeter
 from firm_assets.curation.versioning import frame_version, short_hash
 from firm_assets.rl.nft.config import NOT_IN_VERSION
 from firm_assets.rl.rule_rewards import load_rule_reward
 from firm_assets.rl.settings import RLPolicyConfig, Task, nft_settings, reward_settings
+from firm_assets.trainer_launch import TrainerJob
 from resources.chat import ModelRef
 from resources.home import firm_home
 from resources.models import ModelsResource, resolve_model_path
-from resources.tracking import TrackingResource, dagster_tags, process_tags
-from resources.warehouse_resource import WarehouseResource
+from resources.tracking import TrackingResource
 from resources.weights import weights_identity
 from warehouse.connection import Warehouse
 
@@ -68,12 +66,14 @@ POLICY_SCHEMA = {
 
 @dataclass(frozen=True)
 class PolicySpec:
-    """What differs between the editing and the generation policy."""
+    """What differs between the editing and the generation policy: the asset (name, description), its
+    task, and the assets it reads (the critic, and the prompt set's source)."""
 
     name: str
     task: Task
     critic: str
     prompt_set: str  # the upstream asset the prompts come from
+    description: str
 
 
 def prompt_set(spec: PolicySpec, upstream: pl.DataFrame) -> pl.DataFrame:
@@ -125,29 +125,6 @@ def policy_version(
     )
 
 
-def policy_run(tracking: TrackingResource, folder: Path, name: str, tags: dict[str, str]) -> tuple[str, bool]:
-    """The MLflow run of a policy version's training: the run of an earlier attempt that did not
-    finish (its id in the params file beside the checkpoints) reopened, so a resumed run's step
-    curve continues in the same run, else a new run. Returns (run id, reopened)."""
-    from mlflow.exceptions import MlflowException
-
-    previous = folder / PARAMS_FILE
-    if previous.exists():
-        run_id = json.loads(previous.read_text())["mlflow_run_id"]
-        client = tracking.client()
-        try:
-            run = client.get_run(run_id)
-        except MlflowException:
-            run = None
-        if run is not None and run.info.lifecycle_stage == "active" and run.info.status != "FINISHED":
-            for key, value in process_tags().items():  # owned by this process from now on
-                client.set_tag(run_id, key, value)
-            client.set_tag(run_id, "firm.reopened_by_run", tags.get("dagster.run_id", ""))
-            client.update_run(run_id, status="RUNNING")
-            return run_id, True
-    return tracking.create_run(EXPERIMENT, name, tags), False
-
-
 def server_critic_version(config: RLPolicyConfig) -> str:
     """The critic version the configured reward server scores with (it must be up and ready)."""
     from firm_assets.serving.remote import RemoteScorer
@@ -155,13 +132,6 @@ def server_critic_version(config: RLPolicyConfig) -> str:
     scorer = RemoteScorer(config.reward_server, config.reward_server_token_env)
     scorer.client.close()
     return scorer.critic_version
-
-
-def _existing(warehouse: Warehouse, policy: str, version: str) -> pl.DataFrame:
-    columns = ", ".join(POLICY_SCHEMA)
-    return warehouse.query(
-        f"SELECT {columns} FROM policy_versions WHERE policy = ? AND version = ?", [policy, version]
-    ).cast(POLICY_SCHEMA)
 
 
 def _record_prompts(warehouse: Warehouse, spec: PolicySpec, version: str, prompts: pl.DataFrame) -> Path:
@@ -183,41 +153,151 @@ def _record_prompts(warehouse: Warehouse, spec: PolicySpec, version: str, prompt
     return path
 
 
-def _record_policy(
-    warehouse: Warehouse, row: dict[str, Any], history: list[dict[str, Any]], run: str
-) -> None:
-    """The lineage row and every step's monitors, in one transaction."""
-    monitors = [
-        (row["policy"], row["version"], entry["step"], metric, float(value))
-        for entry in history
-        for metric, value in entry["metrics"].items()
-    ]
-    with warehouse.transaction() as con:
-        con.execute(
-            f"INSERT OR REPLACE INTO policy_versions ({', '.join(row)}, dagster_run_id) VALUES"
-            f" ({', '.join('?' * len(row))}, ?)",
-            [*row.values(), run],
+@dataclass(frozen=True, kw_only=True, eq=False)
+class PolicyTraining(TrainerJob):
+    """One policy version: its base pipeline, critic, reward and prompt set, and the NFT settings."""
+
+    spec: PolicySpec
+    config: RLPolicyConfig
+    critic: dict[str, Any]  # the critic row (version, path, registered model); empty with a rule reward
+    prompts: pl.DataFrame
+    prompts_version: str
+    prompts_file: Path
+    nft: dict[str, Any]
+    reward: dict[str, Any]
+    critic_runtime: dict[str, Any]  # where and how the trainer runs the critic
+
+    @property
+    def folder(self) -> Path:
+        """The version's folder: the parameters file and the checkpoints."""
+        return self.params_file.parent
+
+    def existing(self, warehouse: Warehouse) -> pl.DataFrame | None:
+        found = warehouse.query(
+            f"SELECT {', '.join(POLICY_SCHEMA)} FROM policy_versions WHERE policy = ? AND version = ?",
+            [self.spec.name, self.version],
+        ).cast(POLICY_SCHEMA)
+        return found if found.height and Path(found["lora_path"][0]).exists() else None
+
+    def params(self, run_id: str, tracking_uri: str) -> dict[str, Any]:
+        config = self.config
+        return {
+            "policy": self.spec.name,
+            "version": self.version,
+            "task": self.spec.task,
+            "nft": self.nft,
+            "prompts_file": str(self.prompts_file),
+            "critic": {"source": self.critic["path"], **self.critic_runtime},
+            "reward_fn": config.reward_fn,
+            "held_out_critic": config.held_out_critic,
+            "reward_server": config.reward_server,
+            "reward_server_token_env": config.reward_server_token_env,
+            "reward": self.reward,
+            "checkpoint_dir": str(self.folder / "checkpoints"),
+            "tracking_uri": tracking_uri,
+            "mlflow_run_id": run_id,  # a relaunch reopens this run while it is unfinished
+            "grid_every": config.grid_every,
+            "model_tags": {
+                "policy_version": self.version,
+                "critic": self.spec.critic,
+                "critic_version": self.critic["version"],
+                "prompt_set_version": self.prompts_version,
+            },
+        }
+
+    def log_run(self, tracking: TrackingResource, run_id: str) -> None:
+        critic, config = self.critic, self.config
+        tracking.log_values(
+            run_id,
+            {
+                **{f"nft.{k}": v for k, v in self.nft.items()},
+                **{f"reward.{k}": v for k, v in self.reward.items()},
+                "base_model": self.base.model_id,
+                "base_revision": self.base.revision,
+                "critic": self.spec.critic,
+                "critic_version": critic["version"],
+                "critic_registered": f"{critic['registered_model']} v{critic['model_version']}",
+                "prompt_set": self.spec.prompt_set,
+                "prompt_set_version": self.prompts_version,
+                "prompts": self.prompts.height,
+                "held_out_critic": config.held_out_critic or "(other score dimension)",
+                "reward_server": config.reward_server or "(critic in the training process)",
+            },
+            {},
         )
-        con.execute(
-            "DELETE FROM policy_monitors WHERE policy = ? AND version = ?", [row["policy"], row["version"]]
-        )
-        if monitors:
-            con.executemany("INSERT INTO policy_monitors VALUES (?, ?, ?, ?, ?)", monitors)
+
+    def row(self, run_id: str, summary: dict) -> dict[str, Any]:
+        return {
+            "policy": self.spec.name,
+            "version": self.version,
+            "critic": self.spec.critic,
+            "critic_version": self.critic["version"],
+            "critic_source": summary["critic_source"],
+            "reward": json.dumps(self.reward, sort_keys=True),
+            "prompt_set": self.spec.prompt_set,
+            "prompt_set_version": self.prompts_version,
+            "base_model": self.base.model_id,
+            "base_revision": self.base.revision,
+            "config": json.dumps(self.nft, sort_keys=True),
+            "final_step": summary["final_step"],
+            "final_loss": summary["losses"][-1] if summary["losses"] else None,
+            "lora_path": summary["lora_dir"],
+            "ema_lora_path": summary["ema_lora_dir"],
+            "checkpoint_dir": str(self.folder / "checkpoints"),
+            "mlflow_run_id": run_id,
+            "registered_model": self.spec.name,
+            "model_version": summary["model_version"],
+        }
+
+    def record(self, warehouse: Warehouse, row: dict[str, Any], summary: dict, dagster_run_id: str) -> None:
+        """The lineage row and every step's monitors, in one transaction."""
+        monitors = [
+            (row["policy"], row["version"], entry["step"], metric, float(value))
+            for entry in summary["history"]
+            for metric, value in entry["metrics"].items()
+        ]
+        with warehouse.transaction() as con:
+            con.execute(
+                f"INSERT OR REPLACE INTO policy_versions ({', '.join(row)}, dagster_run_id) VALUES"
+                f" ({', '.join('?' * len(row))}, ?)",
+                [*row.values(), dagster_run_id],
+            )
+            con.execute(
+                "DELETE FROM policy_monitors WHERE policy = ? AND version = ?",
+                [row["policy"], row["version"]],
+            )
+            if monitors:
+                con.executemany("INSERT INTO policy_monitors VALUES (?, ?, ?, ?, ?)", monitors)
+
+    def metadata(self, summary: dict) -> dict[str, Any]:
+        return {
+            "steps_this_run": summary["steps_this_run"],
+            "resumed_from_step": summary["resumed_from_step"],
+            "train_seconds": summary["train_seconds"],
+            "images_generated": summary["cost"]["images_generated"],
+        }
+
+    def describe(self, row: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "policy_version": row["version"],
+            "critic_version": row["critic_version"],
+            "prompt_set_version": row["prompt_set_version"],
+            "reward": MetadataValue.json(json.loads(row["reward"])),
+            "final_step": row["final_step"],
+            "lora_path": MetadataValue.path(row["lora_path"]),
+        }
 
 
-def train_rl_policy(
-    context: AssetExecutionContext,
+def policy_training(
     spec: PolicySpec,
     prompt_frame: pl.DataFrame,
     critic_frame: pl.DataFrame,
     config: RLPolicyConfig,
     models: ModelsResource,
-    warehouse: WarehouseResource,
-    tracking: TrackingResource,
-    pipes: PipesSubprocessClient,
-) -> tuple[pl.DataFrame, dict]:
-    """The policy row (trained now or found) and metadata for the materialization."""
-    meter = CostMeter()
+    warehouse: Warehouse,
+) -> PolicyTraining:
+    """The policy version the prompts, the critic, the profile's `rl` entry and the run config make;
+    its prompt set is stored on the way (once per version)."""
     if critic_frame.is_empty() and not config.reward_fn:
         raise ValueError(f"{spec.critic} has no trained version: nothing to reward {spec.name} with")
     prompts = prompt_set(spec, prompt_frame)
@@ -239,119 +319,44 @@ def train_rl_policy(
         if config.reward_fn
         else {**reward_settings(spec.task, config).model_dump(), "score_mode": config.score_mode}
     )
-    reward_json = json.dumps(reward, sort_keys=True)
     prompts_version = prompt_set_version(prompts)
-    # the version names the model, not the folder it was resolved to on this machine
     # a reward server scores with the critic it serves: that critic's version is the one trained against
     critic_used = server_critic_version(config) if config.reward_server else critic["version"]
     if config.reward_fn:
         load_rule_reward(config.reward_fn)  # a wrong path fails here, before any work
+    # the version names the model, not the folder it was resolved to on this machine
     version = policy_version(
-        policy.model, revision, critic_used, reward_json, prompts_version, {**nft, "pipeline_path": ""}
+        policy.model,
+        revision,
+        critic_used,
+        json.dumps(reward, sort_keys=True),
+        prompts_version,
+        {**nft, "pipeline_path": ""},
     )
-    wh = warehouse.get()
-    prompts_file = _record_prompts(wh, spec, prompts_version, prompts)
-    existing = _existing(wh, spec.name, version)
-    if existing.height and Path(existing["lora_path"][0]).exists():
-        context.log.info(f"{spec.name} {version} already trained with {spec.critic} {critic['version']}")
-        meter.record(context, wh, version)
-        return existing, {"trained": False}
-
-    folder = firm_home() / "rl" / spec.name / version
-    folder.mkdir(parents=True, exist_ok=True)
-    run_id, resumed = policy_run(
-        tracking, folder, f"{spec.name}-{version[:8]}", dagster_tags(context, version)
-    )
-    params = {
-        "policy": spec.name,
-        "version": version,
-        "task": spec.task,
-        "nft": nft,
-        "prompts_file": str(prompts_file),
-        "critic": {
-            "source": critic["path"],
+    return PolicyTraining(
+        asset=spec.name,
+        version=version,
+        trained_on=f"with {spec.critic} {critic['version']}",
+        trainer=TRAIN_MODULE,
+        launcher=config.launcher or [sys.executable, "-m"],
+        params_file=firm_home() / "rl" / spec.name / version / PARAMS_FILE,
+        experiment=EXPERIMENT,
+        reopens_run=True,
+        stage="nft",
+        base=ModelRef(policy.model, revision, backend="diffusers"),
+        schema=POLICY_SCHEMA,
+        spec=spec,
+        config=config,
+        critic=critic,
+        prompts=prompts,
+        prompts_version=prompts_version,
+        prompts_file=_record_prompts(warehouse, spec, prompts_version, prompts),
+        nft=nft,
+        reward=reward,
+        critic_runtime={
             "device": policy.critic_device or nft["device"],
             "dtype": nft.get("dtype", "float32"),
             "max_new_tokens": profile.critic.max_new_tokens,
             "guided": profile.guided,
         },
-        "reward_fn": config.reward_fn,
-        "held_out_critic": config.held_out_critic,
-        "reward_server": config.reward_server,
-        "reward_server_token_env": config.reward_server_token_env,
-        "reward": reward,
-        "checkpoint_dir": str(folder / "checkpoints"),
-        "tracking_uri": tracking.uri(),
-        "mlflow_run_id": run_id,
-        "grid_every": config.grid_every,
-        "model_tags": {
-            "policy_version": version,
-            "critic": spec.critic,
-            "critic_version": critic["version"],
-            "prompt_set_version": prompts_version,
-        },
-    }
-    params_file = folder / PARAMS_FILE
-    params_file.write_text(json.dumps(params, indent=1))
-    if not resumed:  # a reopened run has them already (and MLflow params cannot change)
-        tracking.log_values(
-            run_id,
-            {
-                **{f"nft.{k}": v for k, v in nft.items()},
-                **{f"reward.{k}": v for k, v in reward.items()},
-                "base_model": policy.model,
-                "base_revision": revision,
-                "critic": spec.critic,
-                "critic_version": critic["version"],
-                "critic_registered": f"{critic['registered_model']} v{critic['model_version']}",
-                "prompt_set": spec.prompt_set,
-                "prompt_set_version": prompts_version,
-                "prompts": prompts.height,
-                "held_out_critic": config.held_out_critic or "(other score dimension)",
-                "reward_server": config.reward_server or "(critic in the training process)",
-            },
-            {},
-        )
-    launcher = config.launcher or [sys.executable, "-m"]
-    models.release_for_subprocess()
-    try:
-        invocation = pipes.run(
-            context=context, command=[*launcher, TRAIN_MODULE, "--params", str(params_file)]
-        )
-        summary = invocation.get_custom_messages()[-1]
-    except Exception:
-        tracking.finish(run_id, "FAILED")
-        raise
-    tracking.finish(run_id)
-    row = {
-        "policy": spec.name,
-        "version": version,
-        "critic": spec.critic,
-        "critic_version": critic["version"],
-        "critic_source": summary["critic_source"],
-        "reward": reward_json,
-        "prompt_set": spec.prompt_set,
-        "prompt_set_version": prompts_version,
-        "base_model": policy.model,
-        "base_revision": revision,
-        "config": json.dumps(nft, sort_keys=True),
-        "final_step": summary["final_step"],
-        "final_loss": summary["losses"][-1] if summary["losses"] else None,
-        "lora_path": summary["lora_dir"],
-        "ema_lora_path": summary["ema_lora_dir"],
-        "checkpoint_dir": params["checkpoint_dir"],
-        "mlflow_run_id": run_id,
-        "registered_model": spec.name,
-        "model_version": summary["model_version"],
-    }
-    _record_policy(wh, row, summary["history"], context.run_id)
-    meter.add_training("nft", ModelRef(policy.model, revision, backend="diffusers"), summary["cost"])
-    meter.record(context, wh, version)
-    metadata = {
-        "trained": True,
-        "steps_this_run": summary["steps_this_run"],
-        "resumed_from_step": summary["resumed_from_step"],
-        "train_seconds": summary["train_seconds"],
-        "images_generated": summary["cost"]["images_generated"],
-    }
-    return pl.DataFrame([row], schema=POLICY_SCHEMA), metadata
+    )

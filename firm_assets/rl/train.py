@@ -16,7 +16,6 @@ so the monitors the drift checks read cover the whole run, not only its last att
 By hand: python -m firm_assets.rl.train --params params.json
 """
 
-import argparse
 import json
 import math
 import os
@@ -25,6 +24,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from firm_assets.rl.nft.records import PromptItem, RewardFn, StepLog
 from firm_assets.rl.rule_rewards import rule_reward_fn
 from firm_assets.run_progress import progress_message
 from firm_assets.serving.remote import RemoteScorer
+from firm_assets.trainer_entry import read_params, reports_to_dagster, through_pipes
 from resources.tracking import TrackingResource
 
 HISTORY_FILE = "steps.jsonl"
@@ -244,23 +245,15 @@ def train(params: dict[str, Any], log: Callable[[str], None], report) -> dict[st
 
 def main() -> None:
     """Subprocess entry point: trains a policy from the parameters file the asset wrote."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument(
-        "--params", required=True, help="JSON file of parameters (written by the policy asset)"
-    )
-    args = parser.parse_args()
-    params = json.loads(Path(args.params).read_text())
+    params = read_params(__doc__, "policy asset")
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    from dagster_pipes import DAGSTER_PIPES_CONTEXT_ENV_VAR, open_dagster_pipes
-
     try:
-        if rank > 0 or DAGSTER_PIPES_CONTEXT_ENV_VAR not in os.environ:
+        if not reports_to_dagster():
             summary = train(params, lambda line: print(f"[rank {rank}] {line}", flush=True), lambda _: None)
             shown = ("final_step", "resumed_from_step", "ranks", "cost")
             print(json.dumps({key: summary[key] for key in shown if key in summary}), flush=True)
             return
-        with open_dagster_pipes() as pipes:
-            train(params, pipes.log.info, pipes.report_custom_message)
+        through_pipes(partial(train, params))
     except (torch.distributed.DistError, RuntimeError) as error:
         if world == 1:
             raise
