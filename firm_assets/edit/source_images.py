@@ -6,12 +6,12 @@ line: a corrupt image quarantines one request, never the run.
 from pathlib import Path
 
 import polars as pl
-from dagster import AssetExecutionContext, DataVersion, Output, asset
+from dagster import AssetExecutionContext, DataVersion, Output
 
-from firm_assets.automation import CURATION_CONDITION
 from firm_assets.curation.images import ImageRejected, StoredImage, ingest_image, resolve_under
 from firm_assets.curation.lines import BadLine, attempt
 from firm_assets.curation.records import record_images, record_quarantine
+from firm_assets.curation.stage_asset import curation_asset
 from firm_assets.curation.versioning import frame_version
 from resources.home import firm_home
 from resources.warehouse_resource import WarehouseResource
@@ -31,9 +31,9 @@ SOURCE_SCHEMA = {
 }
 
 
-@asset(
-    automation_condition=CURATION_CONDITION,
-    group_name=GROUP,
+@curation_asset(
+    GROUP,
+    loads_model=False,
     code_version="image_ingest@2",
     kinds={"duckdb"},
     description="Source and imported edited images, validated (format, size, truncation, decompression "
