@@ -1,5 +1,5 @@
-"""What every curation stage asset of both chains shares: how it is declared (automation, pool,
-group) and how it returns its frame (content-hashed, its cost recorded against that version)."""
+"""What the curation assets of both chains share: how a stage is declared (automation, pool, group)
+and how an asset returns its frame (content-hashed; a stage's cost recorded against that version)."""
 
 from __future__ import annotations
 
@@ -39,8 +39,14 @@ def stage_output(
     recorded against that version, and the metadata gains the row count and the version."""
     version = frame_version(frame if hashed is None else hashed)
     meter.record(context, warehouse.get(), version)
+    return versioned_output(frame, version, metadata)
+
+
+def versioned_output(frame: pl.DataFrame, version: str, metadata: dict[str, Any]) -> Output[pl.DataFrame]:
+    """An asset's frame as its output: `version` is its DataVersion (what keeps unchanged downstream
+    assets fresh), and the metadata gains the row count and the version."""
     return Output(
         frame,
         data_version=DataVersion(version),
-        metadata={**metadata, "rows": frame.height, "data_version": version},
+        metadata={"rows": frame.height, **metadata, "data_version": version},
     )

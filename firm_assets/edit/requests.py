@@ -10,11 +10,12 @@ import os
 from pathlib import Path
 
 import polars as pl
-from dagster import AssetExecutionContext, Config, DataVersion, Output, asset
+from dagster import AssetExecutionContext, Config, Output, asset
 from pydantic import Field
 
 from firm_assets.curation.lines import Quarantined, quarantined
 from firm_assets.curation.records import flag_score_text, record_quarantine
+from firm_assets.curation.stage_asset import versioned_output
 from firm_assets.curation.versioning import frame_version
 from firm_assets.edit.demo import write_demo_edit_dataset
 from firm_assets.edit.importer import read_edit_requests
@@ -115,15 +116,13 @@ def edit_requests(
         context.log.warning(f"{len(bad)} request(s) quarantined; see the quarantine table")
     # Where a request sits in its file is not part of it: moving lines leaves the version alone.
     version = frame_version(frame.drop("source", "line"), "request_id")
-    return Output(
+    return versioned_output(
         frame,
-        data_version=DataVersion(version),
-        metadata={
-            "rows": frame.height,
+        version,
+        {
             "quarantined": count,
             **flagged,
             "source": str(path),
             "inbox_files": json.dumps({name: files[name] for name in fed}),
-            "data_version": version,
         },
     )

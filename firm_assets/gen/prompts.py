@@ -6,10 +6,11 @@ import os
 from pathlib import Path
 
 import polars as pl
-from dagster import AssetExecutionContext, Config, DataVersion, Output, asset
+from dagster import AssetExecutionContext, Config, Output, asset
 from pydantic import Field
 
 from firm_assets.curation.records import flag_score_text, record_quarantine
+from firm_assets.curation.stage_asset import versioned_output
 from firm_assets.curation.versioning import frame_version
 from firm_assets.gen.importers import read_prompt_files
 from firm_assets.gen.inbox import inbox_prompts
@@ -75,15 +76,13 @@ def gen_prompts(
     frame = pl.DataFrame([p.__dict__ for p in imported.prompts], schema=PROMPT_SCHEMA).sort("prompt_id")
     flagged = flag_score_text(context, wh, frame.iter_rows(named=True), ("prompt",), "prompt(s)")
     version = frame_version(frame.drop("source", "locator"))
-    return Output(
+    return versioned_output(
         frame,
-        data_version=DataVersion(version),
-        metadata={
-            "rows": frame.height,
+        version,
+        {
             "quarantined": count,
             **flagged,
             "duplicates": len(imported.duplicates),
             "inbox_files": json.dumps({name: files[name] for name in fed}),
-            "data_version": version,
         },
     )
