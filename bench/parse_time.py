@@ -13,12 +13,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 
 def main() -> None:
-    from parse_timing import PROMPT, TIMED_PARSERS, best_seconds
+    from parse_timing import PROMPT, best_seconds
+
+    from firm_assets.curation.parsers import (
+        CHECKLIST_JSON,
+        EXECUTION_JSON,
+        INSTRUCTION_FOLLOWING,
+        PLAN_THEN_SCORE,
+        QUALITY_JSON,
+    )
 
     patterns = ["3/5 ", "[", '{"a":', "Score: 3/5 ", "\\boxed{3} ", "{[", '{"\\"', "{}", "1. q | yes\n", " x"]
     worst_ms, worst_ratio = 0.0, 0.0
     for pattern in patterns:
-        for parser in TIMED_PARSERS:
+        for parser in (EXECUTION_JSON, PLAN_THEN_SCORE, INSTRUCTION_FOLLOWING, QUALITY_JSON, CHECKLIST_JSON):
             small = best_seconds(parser, (pattern * 10_000)[:10_000], PROMPT, repeats=5) * 1000
             large = best_seconds(parser, (pattern * 100_000)[:100_000], PROMPT, repeats=5) * 1000
             worst_ms, worst_ratio = max(worst_ms, large), max(worst_ratio, large / max(small, 0.05))

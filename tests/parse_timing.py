@@ -1,22 +1,13 @@
 """How long a parser takes on long answers, for the linear-reading test and `bench/parse_time.py`:
-the parsers timed, the prompt they read against, and the best-of-n CPU time of one parse."""
+the prompt they read against and the best-of-n CPU time of one parse."""
 
 from __future__ import annotations
 
 import contextlib
 import time
 
-from firm_assets.curation.parsers import (
-    CHECKLIST_JSON,
-    EXECUTION_JSON,
-    INSTRUCTION_FOLLOWING,
-    PLAN_THEN_SCORE,
-    QUALITY_JSON,
-    ParseError,
-    Parser,
-)
+from firm_assets.curation.parsers import ParseError, Parser
 
-TIMED_PARSERS = (EXECUTION_JSON, PLAN_THEN_SCORE, INSTRUCTION_FOLLOWING, QUALITY_JSON, CHECKLIST_JSON)
 PROMPT = "Edit instruction: make the mug blue.\n" * 40  # about 1.5 KB, as a real rendered prompt
 
 
