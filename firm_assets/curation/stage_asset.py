@@ -48,5 +48,5 @@ def versioned_output(frame: pl.DataFrame, version: str, metadata: dict[str, Any]
     return Output(
         frame,
         data_version=DataVersion(version),
-        metadata={"rows": frame.height, **metadata, "data_version": version},
+        metadata={**metadata, "rows": frame.height, "data_version": version},
     )
