@@ -6,23 +6,15 @@ the best of five parses against a 1.5 KB prompt. Prints one line per (parser, pa
 then `PARSE worst_100kb_ms=<ms> worst_ratio=<100 KB time / 10 KB time>`.
 """
 
-import contextlib
-import time
+import sys
+from pathlib import Path
 
-
-def best_ms(parser, text: str, prompt: str, repeats: int = 5) -> float:
-    from firm_assets.curation.parsers import ParseError
-
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.process_time()
-        with contextlib.suppress(ParseError):
-            parser.parse(text, prompt)
-        best = min(best, time.process_time() - started)
-    return best * 1000
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 
 def main() -> None:
+    from parse_timing import PROMPT, best_seconds
+
     from firm_assets.curation.parsers import (
         CHECKLIST_JSON,
         EXECUTION_JSON,
@@ -31,14 +23,12 @@ def main() -> None:
         QUALITY_JSON,
     )
 
-    prompt = "Edit instruction: make the mug blue.\n" * 40
     patterns = ["3/5 ", "[", '{"a":', "Score: 3/5 ", "\\boxed{3} ", "{[", '{"\\"', "{}", "1. q | yes\n", " x"]
-    parsers = (EXECUTION_JSON, PLAN_THEN_SCORE, INSTRUCTION_FOLLOWING, QUALITY_JSON, CHECKLIST_JSON)
     worst_ms, worst_ratio = 0.0, 0.0
     for pattern in patterns:
-        for parser in parsers:
-            small = best_ms(parser, (pattern * 10_000)[:10_000], prompt)
-            large = best_ms(parser, (pattern * 100_000)[:100_000], prompt)
+        for parser in (EXECUTION_JSON, PLAN_THEN_SCORE, INSTRUCTION_FOLLOWING, QUALITY_JSON, CHECKLIST_JSON):
+            small = best_seconds(parser, (pattern * 10_000)[:10_000], PROMPT, repeats=5) * 1000
+            large = best_seconds(parser, (pattern * 100_000)[:100_000], PROMPT, repeats=5) * 1000
             worst_ms, worst_ratio = max(worst_ms, large), max(worst_ratio, large / max(small, 0.05))
             if large > 10:
                 print(f"{parser.id:24} {pattern!r:14} 10KB {small:7.2f} ms  100KB {large:7.2f} ms")

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,7 +32,8 @@ import httpx
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+from serve_process import free_port, start_serve, wait_healthy  # noqa: E402  (tests/ is on the path now)
 
 
 @dataclass(frozen=True)
@@ -54,37 +53,12 @@ class RunResult:
         return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def start_server(critic: Path, port: int, batched: bool, args: argparse.Namespace) -> subprocess.Popen:
-    command = [sys.executable, "-m", "firm_assets.cli", "serve", "--critic", str(critic), "--port", str(port)]
-    command += ["--max-batch", str(args.max_batch)]
-    command += ["--max-new-tokens", str(args.max_new_tokens), "--queue-size", "1024", "--timeout-s", "3600"]
+    options = ["--max-batch", str(args.max_batch)]
+    options += ["--max-new-tokens", str(args.max_new_tokens), "--queue-size", "1024", "--timeout-s", "3600"]
     if not batched:
-        command.append("--no-cross-request-batching")
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    }
-    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-def wait_healthy(base_url: str, server: subprocess.Popen, timeout_s: float = 300) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"the server exited:\n{server.stderr.read().decode()[-3000:]}")
-        try:
-            if httpx.get(f"{base_url}/healthz").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit("the server did not become healthy")
+        options.append("--no-cross-request-batching")
+    return start_serve(critic, port, options, stderr=subprocess.PIPE)
 
 
 async def load(base_url: str, body: dict, clients: int, requests: int) -> tuple[float, list[float]]:
@@ -119,7 +93,7 @@ def run(label: str, critic: Path, batched: bool, args: argparse.Namespace, body:
     base_url = f"http://127.0.0.1:{port}"
     server = start_server(critic, port, batched, args)
     try:
-        wait_healthy(base_url, server)
+        wait_healthy(base_url, server, timeout_s=300)
         asyncio.run(load(base_url, body, 1, 1))  # warm-up: first-call costs stay out of the figures
         seconds, latencies = asyncio.run(load(base_url, body, args.clients, args.requests))
         return RunResult(label, len(latencies), seconds, latencies, mean_batch_items(base_url))

@@ -28,6 +28,7 @@ from resources.processes import process_alive, process_start
 
 if TYPE_CHECKING:
     import polars as pl
+    from mlflow import MlflowClient
     from mlflow.data.dataset import Dataset
 
 os.environ.setdefault("MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK", "true")
@@ -231,11 +232,9 @@ class TrackingResource(ConfigurableResource):
 
         with self._store_lock():
             client = self.client()
-            existing = client.search_model_versions(
-                f"name = '{name}' AND tags.{unique_tag} = '{tags[unique_tag]}'"
-            )
+            existing = _registered_version(client, name, unique_tag, tags[unique_tag])
             if existing:
-                return str(min(int(version.version) for version in existing))
+                return existing
             # the logged model goes to the run's experiment, and the registry resolves its
             # `models:/m-...` URI, through MLflow's process-wide settings
             with self._fluent_run(run_id):
@@ -270,11 +269,9 @@ class TrackingResource(ConfigurableResource):
 
         with self._store_lock():
             client = self.client()
-            existing = client.search_model_versions(
-                f"name = '{name}' AND tags.{unique_tag} = '{tags[unique_tag]}'"
-            )
+            existing = _registered_version(client, name, unique_tag, tags[unique_tag])
             if existing:
-                return str(min(int(version.version) for version in existing))
+                return existing
             client.log_artifacts(run_id, folder, artifact_path)
             source = f"{client.get_run(run_id).info.artifact_uri}/{artifact_path}"
             with contextlib.suppress(MlflowException):  # already registered: add a version to it
@@ -318,3 +315,10 @@ def dagster_tags(context, data_version: str | None = None) -> dict[str, str]:
     if data_version:
         tags["dagster.data_version"] = data_version
     return tags
+
+
+def _registered_version(client: MlflowClient, name: str, tag: str, value: str) -> str | None:
+    """The first version of registered model `name` tagged `tag=value`, if any (what makes
+    registering the same weights twice return the first version)."""
+    versions = client.search_model_versions(f"name = '{name}' AND tags.{tag} = '{value}'")
+    return str(min(int(version.version) for version in versions)) if versions else None

@@ -9,7 +9,6 @@ from typing import Any, TypeVar
 import torch
 from PIL import Image
 from transformers import (
-    AutoConfig,
     AutoModelForCausalLM,
     AutoModelForImageTextToText,
     AutoProcessor,
@@ -22,20 +21,10 @@ from transformers import (
     ProcessorMixin,
 )
 
-from resources.chat import (
-    CallFailure,
-    ChatRequest,
-    Decoding,
-    ImagePart,
-    ModelRef,
-    ProbedAnswer,
-    TokenProbs,
-    TokenUsage,
-    load_rgb,
-)
+from resources.chat import ChatRequest, Decoding, ImagePart, ProbedAnswer, TokenProbs, load_rgb
 from resources.guided import RegexLogitsProcessor, TokenTable
+from resources.local_backend import LocalChatBackend
 from resources.messages import Message, chat_messages
-from resources.weights import pinned
 
 T = TypeVar("T")
 
@@ -45,10 +34,8 @@ def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
         yield items[start : start + size]
 
 
-class TransformersBackend:
+class TransformersBackend(LocalChatBackend):
     """Batched chat generation and next-token probabilities with a transformers model."""
-
-    concurrent_calls = False  # one model in this process: a second batch would only contend for it
 
     def __init__(
         self,
@@ -64,27 +51,21 @@ class TransformersBackend:
             raise ValueError(f"unknown torch dtype {dtype!r}")
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        super().__init__(model_path, revision, "transformers", chat_template_kwargs)
         self.device = torch.device(device)
         self.on_gpu = self.device.type == "cuda"
-        self.usage = TokenUsage()
         self.batch_size = batch_size
-        # Extra variables for the chat template (Qwen3's `enable_thinking`): they change the prompt.
-        self.chat_template_kwargs = dict(chat_template_kwargs or {})
-        identity, revision = pinned(model_path, revision)
-        config = AutoConfig.from_pretrained(model_path, revision=revision)
-        self.is_vision = getattr(config, "vision_config", None) is not None
-        self.processor = self._load_processor(model_path, revision)
+        self.processor = self._load_processor(model_path, self.revision)
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         auto_model = AutoModelForImageTextToText if self.is_vision else AutoModelForCausalLM
         self.net: PreTrainedModel = auto_model.from_pretrained(
-            model_path, revision=revision, dtype=torch_dtype
+            model_path, revision=self.revision, dtype=torch_dtype
         )
         self.net.to(self.device).eval()
         self.net.generation_config = self._stopping_only(self.net.generation_config)
-        self.model = ModelRef(model_id=model_path, revision=identity, backend="transformers")
         self._token_table: TokenTable | None = None
 
     def close(self) -> None:
@@ -179,10 +160,6 @@ class TransformersBackend:
             texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
             answers += texts if decoding.regex else [text.strip() for text in texts]
         return answers
-
-    def generate_each(self, requests: Sequence[ChatRequest], decoding: Decoding) -> list[str | CallFailure]:
-        """`generate`: the batch is computed together, so an error is the batch's (the stage narrows it)."""
-        return list(self.generate(requests, decoding))
 
     def generate_probed(
         self, requests: Sequence[ChatRequest], decoding: Decoding, tokens: Sequence[str]

@@ -7,19 +7,9 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from resources.chat import (
-    CallFailure,
-    ChatRequest,
-    Decoding,
-    ImagePart,
-    ModelRef,
-    ProbedAnswer,
-    TokenProbs,
-    TokenUsage,
-    load_rgb,
-)
+from resources.chat import ChatRequest, Decoding, ImagePart, ProbedAnswer, TokenProbs, load_rgb
+from resources.local_backend import LocalChatBackend
 from resources.messages import Message, chat_messages
-from resources.weights import pinned
 
 MAX_IMAGES_PER_PROMPT = 4
 TOP_LOGPROBS = 20  # vLLM's default max_logprobs
@@ -31,10 +21,9 @@ def _pil_content(part: ImagePart) -> dict[str, Any]:
     return {"type": "image_pil", "image_pil": load_rgb(part)}
 
 
-class VllmBackend:
-    """Batched chat generation and next-token probabilities with a vLLM `LLM`."""
-
-    concurrent_calls = False  # the offline engine schedules a whole batch itself, one call at a time
+class VllmBackend(LocalChatBackend):
+    """Batched chat generation and next-token probabilities with a vLLM `LLM` (the offline engine
+    schedules a whole batch itself, one call at a time)."""
 
     def __init__(
         self,
@@ -54,21 +43,15 @@ class VllmBackend:
                 "VllmBackend needs vLLM, which is not installed: install the `gpu` extra "
                 "(pip install 'firm[gpu]'), or use the transformers or openai backend"
             ) from error
-        from transformers import AutoConfig
-
-        # Extra variables for the chat template (Qwen3's `enable_thinking`): they change the prompt.
-        self.chat_template_kwargs = dict(chat_template_kwargs or {})
-        identity, revision = pinned(model_path, revision)
+        super().__init__(model_path, revision, "vllm", chat_template_kwargs)
         self._sampling_params = SamplingParams
         self._structured_outputs = StructuredOutputsParams
-        config = AutoConfig.from_pretrained(model_path, revision=revision)
         # Text-only models reject a multimodal limit, so it is set for vision-language models only.
-        is_vision = getattr(config, "vision_config", None) is not None
-        multimodal = {"limit_mm_per_prompt": {"image": MAX_IMAGES_PER_PROMPT}} if is_vision else {}
+        multimodal = {"limit_mm_per_prompt": {"image": MAX_IMAGES_PER_PROMPT}} if self.is_vision else {}
         self.llm = LLM(
             model=model_path,
-            revision=revision,
-            tokenizer_revision=revision,
+            revision=self.revision,
+            tokenizer_revision=self.revision,
             dtype=dtype,
             tensor_parallel_size=tensor_parallel_size,
             max_model_len=max_model_len,
@@ -76,8 +59,6 @@ class VllmBackend:
             max_logprobs=TOP_LOGPROBS,
             **multimodal,
         )
-        self.model = ModelRef(model_id=model_path, revision=identity, backend="vllm")
-        self.usage = TokenUsage()
 
     on_gpu = True  # the offline engine runs on this machine's GPUs
 
@@ -103,10 +84,6 @@ class VllmBackend:
         self._count(outputs)
         texts = [output.outputs[0].text for output in outputs]
         return texts if decoding.regex is not None else [text.strip() for text in texts]
-
-    def generate_each(self, requests: Sequence[ChatRequest], decoding: Decoding) -> list[str | CallFailure]:
-        """`generate`: the batch is computed together, so an error is the batch's (the stage narrows it)."""
-        return list(self.generate(requests, decoding))
 
     def generate_probed(
         self, requests: Sequence[ChatRequest], decoding: Decoding, tokens: Sequence[str]

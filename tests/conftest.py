@@ -13,7 +13,8 @@ from dagster import AssetSelection
 from PIL import Image
 
 from resources.chat import ImagePart
-from resources.tiny_models import build_tiny_models
+from resources.tiny_models import TEXT_NAME, build_tiny_models
+from resources.transformers_backend import TransformersBackend
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -107,3 +108,10 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> list[ImagePart]:
         Image.new(mode, size, color).save(path)
         parts.append(ImagePart(path=path, sha256=hashlib.sha256(path.read_bytes()).hexdigest()))
     return parts
+
+
+@pytest.fixture(scope="session")
+def tiny_text_backend(tiny_models: dict[str, Path]) -> TransformersBackend:
+    """The tiny text-only model behind the transformers backend, loaded once for every test that
+    only reads from it."""
+    return TransformersBackend(str(tiny_models[TEXT_NAME]))

@@ -19,8 +19,15 @@ from dagster import (
 
 from firm_assets.definitions import ASSETS, CHECKS, build_resources
 from firm_assets.run_progress import PROGRESS
+from resources.home import warehouse_path
+from warehouse.connection import Warehouse
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "firm_assets" / "curation" / "templates"
+
+
+def home_warehouse() -> Warehouse:
+    """The warehouse of the FIRM_HOME the test runs in."""
+    return Warehouse(Path(warehouse_path()))
 
 
 def materialize_group(

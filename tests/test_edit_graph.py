@@ -8,18 +8,20 @@ from pathlib import Path
 
 import polars as pl
 from curated import Curated
-from graph_runs import edit_config, edited_template, materialize_group, metadata, model_calls, write_requests
+from graph_runs import (
+    edit_config,
+    edited_template,
+    home_warehouse,
+    materialize_group,
+    metadata,
+    model_calls,
+    write_requests,
+)
 from mlflow import MlflowClient
 
 from firm_assets.edit.demo import write_demo_edit_dataset
 from firm_assets.edit.importer import read_edit_requests
-from resources.home import warehouse_path
 from resources.tracking import default_tracking_uri
-from warehouse.connection import Warehouse
-
-
-def _warehouse() -> Warehouse:
-    return Warehouse(Path(warehouse_path()))
 
 
 def test_demo_chain_end_to_end(curated_edit: Curated, edit_home: Path) -> None:
@@ -40,7 +42,7 @@ def test_demo_chain_end_to_end(curated_edit: Curated, edit_home: Path) -> None:
         c for c in result.get_asset_check_evaluations() if c.check_name == "edit_candidates_failure_rate"
     )
     assert {k: renders.metadata[k].value for k in ("renders", "failures")} == {"renders": 24, "failures": 0}
-    wh = _warehouse()
+    wh = home_warehouse()
     requests = wh.query("SELECT * FROM assets.edit_requests")
     assert requests.height == 12
     candidates = wh.query("SELECT * FROM assets.edit_candidates")
@@ -134,12 +136,12 @@ def test_changing_one_request_recomputes_only_that_request(edit_home: Path, tmp_
     demo = write_demo_edit_dataset(tmp_path / "demo", n=8)
     rows = [json.loads(line) for line in demo.read_text().splitlines()]
     materialize_group("edit", edit_config(demo))
-    before = _warehouse().query("SELECT * FROM assets.edit_scores ORDER BY candidate_id")
+    before = home_warehouse().query("SELECT * FROM assets.edit_scores ORDER BY candidate_id")
 
     changed = next(i for i, row in enumerate(rows) if row.get("edited_images"))
     rows[changed]["prompt"] = rows[changed]["prompt"] + " Keep the edges crisp."
     result = materialize_group("edit", edit_config(write_requests(demo, rows)))
-    wh = _warehouse()
+    wh = home_warehouse()
     new_id = wh.query("SELECT request_id FROM assets.edit_requests WHERE instruction LIKE '%crisp.'")[
         "request_id"
     ][0]

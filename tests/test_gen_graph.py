@@ -8,19 +8,13 @@ from pathlib import Path
 
 import polars as pl
 from curated import Curated
-from graph_runs import edited_template, gen_config, materialize_group, metadata, model_calls
+from graph_runs import edited_template, gen_config, home_warehouse, materialize_group, metadata, model_calls
 from mlflow import MlflowClient
 
 from firm_assets.curation.parsers import CHECKLIST_CATEGORIES, PLAN_THEN_SCORE
 from firm_assets.gen.checklists import numbered_checklist
 from firm_assets.gen.prompts import DEMO_FILES
-from resources.home import warehouse_path
 from resources.tracking import default_tracking_uri
-from warehouse.connection import Warehouse
-
-
-def _warehouse() -> Warehouse:
-    return Warehouse(Path(warehouse_path()))
 
 
 def test_demo_gen_chain_end_to_end(curated_gen: Curated, gen_home: Path) -> None:
@@ -28,7 +22,7 @@ def test_demo_gen_chain_end_to_end(curated_gen: Curated, gen_home: Path) -> None
     assert result.success
     checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
     assert all(passed for name, passed in checks.items() if name != "gen_checklists_geneval_coverage"), checks
-    wh = _warehouse()
+    wh = home_warehouse()
     prompts = wh.query("SELECT * FROM assets.gen_prompts")
     assert prompts.height == 10 and prompts["geneval"].drop_nulls().len() == 6
 
@@ -118,7 +112,7 @@ def test_changing_the_checklist_template_replans_but_never_rerenders(
     curated_gen: Curated, gen_home: Path, tmp_path: Path, monkeypatch
 ) -> None:
     first = curated_gen.result
-    before = _warehouse().query("SELECT prompt_id, items FROM assets.gen_checklists")
+    before = home_warehouse().query("SELECT prompt_id, items FROM assets.gen_checklists")
     templates = edited_template(tmp_path / "templates", "checklist_plan", "atomic requirement", "single one")
     monkeypatch.setenv("FIRM_TEMPLATE_DIR", str(templates))
     second = materialize_group("gen")
@@ -128,13 +122,13 @@ def test_changing_the_checklist_template_replans_but_never_rerenders(
     # images whose checklist, as the scoring prompt shows it, changed are re-scored (a random planner may
     # write the same questions, differing only in the "item" field the prompt does not show);
     # prompt-free quality is not
-    after = _warehouse().query("SELECT prompt_id, items FROM assets.gen_checklists")
+    after = home_warehouse().query("SELECT prompt_id, items FROM assets.gen_checklists")
     changed = [
         prompt_id
         for prompt_id, old, new in before.join(after, on="prompt_id").iter_rows()
         if numbered_checklist(old) != numbered_checklist(new)
     ]
-    images = _warehouse().query("SELECT prompt_id FROM assets.gen_scores")
+    images = home_warehouse().query("SELECT prompt_id FROM assets.gen_scores")
     assert calls["if"] == images.filter(pl.col("prompt_id").is_in(changed)).height > 0
 
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from resources.chat import ChatRequest, Decoding, ImagePart
 from resources.guided import RegexLogitsProcessor, TokenTable
-from resources.tiny_models import TEXT_NAME, VL_NAME
+from resources.tiny_models import VL_NAME
 from resources.transformers_backend import TransformersBackend
 
 JUDGE = r'\{"reasoning": "[a-z ]{0,20}", "score": [1-5]\}'  # at most 49 characters
@@ -28,11 +28,6 @@ GUIDED = Decoding(max_new_tokens=64, regex=JUDGE)
 @pytest.fixture(scope="module")
 def vl(tiny_models: dict[str, Path]) -> TransformersBackend:
     return TransformersBackend(str(tiny_models[VL_NAME]), batch_size=4)
-
-
-@pytest.fixture(scope="module")
-def text(tiny_models: dict[str, Path]) -> TransformersBackend:
-    return TransformersBackend(str(tiny_models[TEXT_NAME]))
 
 
 @pytest.fixture(scope="module")
@@ -72,11 +67,11 @@ def test_greedy_answers_match_and_parse(vl: TransformersBackend, requests: list[
     assert [vl.generate([request], GUIDED)[0] for request in requests[:3]] == answers[:3]
 
 
-def test_text_model(text: TransformersBackend, requests: list[ChatRequest]) -> None:
+def test_text_model(tiny_text_backend: TransformersBackend, requests: list[ChatRequest]) -> None:
     text_only = [request for request in requests if not request.images]
-    answers = text.generate(text_only, GUIDED)
+    answers = tiny_text_backend.generate(text_only, GUIDED)
     assert_judged(answers)
-    assert text.generate(text_only, GUIDED) == answers
+    assert tiny_text_backend.generate(text_only, GUIDED) == answers
 
 
 def test_sampling_is_valid_and_seeded(vl: TransformersBackend, requests: list[ChatRequest]) -> None:
@@ -94,9 +89,9 @@ def test_sampling_is_valid_and_seeded(vl: TransformersBackend, requests: list[Ch
 
 
 def test_repeated_group(
-    vl: TransformersBackend, text: TransformersBackend, requests: list[ChatRequest]
+    vl: TransformersBackend, tiny_text_backend: TransformersBackend, requests: list[ChatRequest]
 ) -> None:
-    for backend, batch in ((vl, requests), (text, [r for r in requests if not r.images])):
+    for backend, batch in ((vl, requests), (tiny_text_backend, [r for r in requests if not r.images])):
         for decoding in (
             Decoding(max_new_tokens=64, regex=CHECKLIST),
             Decoding(max_new_tokens=64, temperature=1.0, seed=5, regex=CHECKLIST),

@@ -20,7 +20,7 @@ from PIL import Image
 
 from firm_assets.curation.cache import Outcome, compute_narrowed
 from firm_assets.curation.gates import render_failure_rate
-from firm_assets.curation.generation import ImageJob, run_image_stage
+from firm_assets.curation.generation import ImageJob, Owner, run_image_stage
 from firm_assets.curation.parsers import CAPTION_TEXT
 from firm_assets.curation.prompts import load_template
 from firm_assets.curation.stage import ChatStage, StageInput, run_chat_stage
@@ -346,9 +346,9 @@ def test_an_edit_with_a_missing_source_is_a_cached_failure(
     source = _image(tmp_path, "source.png", (40, 40), "red")
     missing = tmp_path / "gone.png"
     jobs = [
-        ImageJob("ok-0", "make it blue", 0, str(source.path), source.sha256),
-        ImageJob("missing", "make it blue", 0, str(missing), "0" * 64),
-        ImageJob("ok-1", "make it blue", 1, str(source.path), source.sha256),
+        ImageJob("ok-0", Owner("r0", "make it blue", str(source.path), source.sha256), 0),
+        ImageJob("missing", Owner("r1", "make it blue", str(missing), "0" * 64), 0),
+        ImageJob("ok-1", Owner("r0", "make it blue", str(source.path), source.sha256), 1),
     ]
     store = tmp_path / "images"
     results, stats = run_image_stage(

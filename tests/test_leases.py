@@ -97,7 +97,10 @@ def _claim(warehouse: Warehouse, key: str, owner: str, host: str, pid: int, expi
         )
 
 
-def test_racing_callers_share_the_work(tmp_path: Path) -> None:
+@pytest.mark.parametrize("lookahead", [1, 2])
+def test_racing_callers_share_the_work(tmp_path: Path, lookahead: int) -> None:
+    """Two callers at once ask each sample once between them, with batches sent one at a time or
+    with one more batch in flight (`lookahead`)."""
     warehouse = Warehouse(tmp_path / "w.duckdb")
     items = _items(60)
     models = [CountingModel(delay_s=0.01), CountingModel(delay_s=0.01)]
@@ -107,7 +110,14 @@ def test_racing_callers_share_the_work(tmp_path: Path) -> None:
     def run(index: int) -> None:
         start.wait()
         results[index] = run_cached(
-            warehouse, SPEC, items, models[index], batch_size=4, run_id=f"run{index}", commit_every_s=0.05
+            warehouse,
+            SPEC,
+            items,
+            models[index],
+            batch_size=4,
+            run_id=f"run{index}",
+            commit_every_s=0.05,
+            lookahead=lookahead,
         )
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]

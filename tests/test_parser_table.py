@@ -7,11 +7,10 @@ linear in the answer's length."""
 
 from __future__ import annotations
 
-import contextlib
-import time
 from typing import Any
 
 import pytest
+from parse_timing import PROMPT, best_seconds
 
 from firm_assets.curation.parsers import (
     CAPTION_TEXT,
@@ -274,23 +273,12 @@ PATHOLOGICAL = [
 ]
 
 
-def best_seconds(parser: Parser, text: str, prompt: str, repeats: int = 3) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.process_time()
-        with contextlib.suppress(ParseError):
-            parser.parse(text, prompt)
-        best = min(best, time.process_time() - started)
-    return best
-
-
 @pytest.mark.parametrize("unit", PATHOLOGICAL)
 def test_reading_is_linear_in_the_answer_length(unit: str) -> None:
     """10 KB then 100 KB of the same pattern, in CPU time (a busy machine does not stretch it). Loose on
     purpose: 100 KB reads in under a second and in at most 50 times the 10 KB time (floored at 5 ms);
     quadratic reading took 6.6 s for 10 KB of "3/5 " alone. Measured figures: docs/bench.md."""
-    prompt = "Edit instruction: make the mug blue.\n" * 40
     for parser in (EXECUTION_JSON, PLAN_THEN_SCORE, INSTRUCTION_FOLLOWING, QUALITY_JSON, CHECKLIST_JSON):
-        small = best_seconds(parser, (unit * 10_000)[:10_000], prompt)
-        large = best_seconds(parser, (unit * 100_000)[:100_000], prompt)
+        small = best_seconds(parser, (unit * 10_000)[:10_000], PROMPT, repeats=3)
+        large = best_seconds(parser, (unit * 100_000)[:100_000], PROMPT, repeats=3)
         assert large < min(1.0, 50 * max(small, 0.005)), (parser.id, unit, small, large)

@@ -9,12 +9,8 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 import signal
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +18,7 @@ import httpx
 import pytest
 import torch
 from PIL import Image
+from serve_process import free_port, start_serve, wait_healthy
 
 from firm_assets.critics.rewards import RewardConfig
 from firm_assets.critics.scoring import CriticScorer
@@ -34,35 +31,11 @@ from firm_assets.serving.remote import RemoteScorer
 from resources.tiny_diffusion import build_tiny_diffusion
 from resources.tiny_models import VL_NAME
 
-REPO = Path(__file__).resolve().parent.parent
 MiB = 2**20
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def start_server(critic: Path, port: int, home: Path) -> subprocess.Popen:
-    command = [sys.executable, "-m", "firm_assets.cli", "serve", "--critic", str(critic), "--port", str(port)]
-    env = {**os.environ, "FIRM_HOME": str(home), "PYTHONPATH": str(REPO)}
-    return subprocess.Popen(
-        [*command, "--max-new-tokens", "32"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-
-
-def wait_healthy(url: str, server: subprocess.Popen, timeout_s: float = 180) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert server.poll() is None, "the server exited"
-        try:
-            if httpx.get(f"{url}/healthz").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{url} did not become healthy in {timeout_s} s")
+def start_critic(critic: Path, port: int, home: Path) -> subprocess.Popen:
+    return start_serve(critic, port, ["--max-new-tokens", "32"], env={"FIRM_HOME": str(home)})
 
 
 def stop(server: subprocess.Popen) -> None:
@@ -76,9 +49,9 @@ def served(tiny_models: dict[str, Path], tmp_path: Path) -> Iterator[tuple[str, 
     """A `firm serve` process on the tiny critic; the list holds it and any restarted successor."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    servers = [start_server(tiny_models[VL_NAME], port, tmp_path)]
+    servers = [start_critic(tiny_models[VL_NAME], port, tmp_path)]
     try:
-        wait_healthy(url, servers[0])
+        wait_healthy(url, servers[0], timeout_s=180)
         yield url, servers
     finally:
         for server in servers:
@@ -130,7 +103,7 @@ def test_an_rl_run_waits_for_a_restarted_server(
             servers[0].send_signal(signal.SIGKILL)
             servers[0].wait(30)
             port = int(url.rsplit(":", 1)[1])
-            servers.append(start_server(tiny_models[VL_NAME], port, tmp_path))
+            servers.append(start_critic(tiny_models[VL_NAME], port, tmp_path))
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the tiny pipeline is overhead-bound: more threads only contend

@@ -1,6 +1,7 @@
 """Lookahead: a stage on a backend whose calls may overlap keeps the next batch computing while a
-batch's slowest request finishes, and still commits every answer once, shares work through leases
-and stops sending once a whole batch fails. The server stage runs over real HTTP."""
+batch's slowest request finishes, and still commits every answer once and stops sending once a whole
+batch fails (that it shares work through leases is `test_leases.py`'s racing test, run with lookahead
+too). The server stage runs over real HTTP."""
 
 from __future__ import annotations
 
@@ -127,30 +128,6 @@ def test_a_whole_failed_batch_stops_sending_and_the_one_in_flight_is_kept(
         )
     assert stats.transient_failures == 10 - len(answered)
     assert [row[0] for row in warehouse.rows("SELECT sample_id FROM inference_cache ORDER BY 1")] == answered
-    assert warehouse.rows("SELECT count(*) FROM work_claims") == [(0,)]
-
-
-def test_racing_callers_with_lookahead_still_ask_each_sample_once(tmp_path: Path) -> None:
-    warehouse = Warehouse(tmp_path / "w.duckdb")
-    items = _items(60)
-    models = [CountingModel(delay_s=0.01), CountingModel(delay_s=0.01)]
-    stats: list = [None, None]
-    start = threading.Barrier(2)
-
-    def run(index: int) -> None:
-        start.wait()
-        _, stats[index] = run_cached(
-            warehouse, SPEC, items, models[index], 4, f"run{index}", commit_every_s=0.05, lookahead=2
-        )
-
-    threads = [threading.Thread(target=run, args=(index,)) for index in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert sorted(models[0].seen + models[1].seen) == sorted(item.sample_id for item in items)
-    assert stats[0].model_calls + stats[1].model_calls == 60
-    assert warehouse.rows("SELECT count(*) FROM inference_cache") == [(60,)]
     assert warehouse.rows("SELECT count(*) FROM work_claims") == [(0,)]
 
 

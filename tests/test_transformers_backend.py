@@ -23,11 +23,6 @@ def vl(tiny_models: dict[str, Path]) -> TransformersBackend:
 
 
 @pytest.fixture(scope="module")
-def text(tiny_models: dict[str, Path]) -> TransformersBackend:
-    return TransformersBackend(str(tiny_models[TEXT_NAME]))
-
-
-@pytest.fixture(scope="module")
 def requests(images: list[ImagePart]) -> list[ChatRequest]:
     """Four requests with one, two and no images; with batch_size=3 they span two chunks."""
     return [
@@ -92,19 +87,21 @@ def test_multi_token_strings_are_rejected(vl: TransformersBackend, requests: lis
         vl.next_token_probs(requests[:1], ["Score: "], ["12"])
 
 
-def test_text_model_generates_and_scores(text: TransformersBackend) -> None:
+def test_text_model_generates_and_scores(tiny_text_backend: TransformersBackend) -> None:
     request = ChatRequest(user=("Plan three editing prompts.",), system="You plan datasets.")
-    answers = text.generate([request, request], GREEDY)
+    answers = tiny_text_backend.generate([request, request], GREEDY)
     assert answers[0] == answers[1]
-    (probs,) = text.next_token_probs([request], ["Count: "], DIGITS)
+    (probs,) = tiny_text_backend.next_token_probs([request], ["Count: "], DIGITS)
     assert 0 < sum(probs.values()) <= 1
 
 
-def test_text_model_rejects_images(text: TransformersBackend, requests: list[ChatRequest]) -> None:
+def test_text_model_rejects_images(
+    tiny_text_backend: TransformersBackend, requests: list[ChatRequest]
+) -> None:
     with pytest.raises(ValueError, match="text-only"):
-        text.generate(requests[:1], GREEDY)
+        tiny_text_backend.generate(requests[:1], GREEDY)
     with pytest.raises(ValueError, match="text-only"):
-        text.next_token_probs(requests[:1], [""], DIGITS)
+        tiny_text_backend.next_token_probs(requests[:1], [""], DIGITS)
 
 
 JUDGE = Decoding(max_new_tokens=48, regex=r'\{"reasoning": "[a-z ]{0,20}", "score": [1-5]\}')

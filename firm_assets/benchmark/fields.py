@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from firm_assets.curation.lines import BadLine, check_characters, clean_text
+from firm_assets.curation.lines import BadLine, clean_text
 
 ID_KEYS = ("id", "idx", "item_id", "key", "index")
 TEXT_KEYS = ("instruction", "prompt", "edit_instruction", "text")
@@ -85,16 +85,6 @@ def optional_text(record: dict[str, Any], keys: tuple[str, ...]) -> str | None:
     if found is None or not isinstance(found[1], str):
         return None
     return clean_text(found[1], found[0]) or None
-
-
-def image_path(value: object, name: str) -> str:
-    """Validates an image path field so a bad one quarantines its line instead of failing later."""
-    if not isinstance(value, str):
-        raise BadLine(f"{name} must be a string path, got {type(value).__name__}")
-    check_characters(value, f"{name} path")
-    if not value.strip():
-        raise BadLine(f"empty {name} path")
-    return value
 
 
 def score(value: object, name: str) -> float:

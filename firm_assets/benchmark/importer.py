@@ -27,6 +27,7 @@ from firm_assets.curation.lines import (
     file_quarantined,
     is_blank,
     load_json_object,
+    path_text,
     quarantined,
     read_lines,
 )
@@ -219,10 +220,10 @@ def _edit_images(record: dict[str, Any]) -> tuple[str, str]:
         source = fields.pick(record, fields.SOURCE_KEYS)
         if source is None:
             raise BadLine(f"missing source image (one of {', '.join(fields.SOURCE_KEYS)})")
-        return fields.image_path(source[1], source[0]), fields.image_path(edited[1], edited[0])
+        return path_text(source[1], source[0]), path_text(edited[1], edited[0])
     listed = fields.pick(record, fields.IMAGE_LIST_KEYS)
     if listed is not None and isinstance(listed[1], list) and len(listed[1]) == 2:
-        return fields.image_path(listed[1][0], listed[0]), fields.image_path(listed[1][1], listed[0])
+        return path_text(listed[1][0], listed[0]), path_text(listed[1][1], listed[0])
     raise BadLine(
         f"missing edited image (one of {', '.join(fields.EDITED_KEYS)}, "
         "or a two-entry [source, edited] 'image' list)"
@@ -238,7 +239,7 @@ def _gen_images(record: dict[str, Any]) -> tuple[str]:
         if len(value) != 1:
             raise BadLine(f"{key} must hold exactly one image, got {len(value)}")
         value = value[0]
-    return (fields.image_path(value, key),)
+    return (path_text(value, key),)
 
 
 def _read_labels(

@@ -6,12 +6,13 @@ import os
 from pathlib import Path
 
 import polars as pl
-from dagster import AssetExecutionContext, Config, DataVersion, Output, asset
+from dagster import AssetExecutionContext, AssetsDefinition, Config, Output, asset
 from pydantic import Field
 
 from firm_assets.benchmark.demo import write_demo_bench
 from firm_assets.benchmark.importer import BenchItem, LabelConflict, bench_version, read_firm_bench
 from firm_assets.curation.records import record_quarantine
+from firm_assets.curation.stage_asset import versioned_output
 from resources.home import firm_home
 from resources.warehouse_resource import WarehouseResource
 
@@ -80,11 +81,10 @@ def import_side(
     quarantined = record_quarantine(warehouse.get(), f"firm_bench_{side}", rows, context.run_id)
     version = bench_version(items)
     frame = _frame(side, items, version)
-    return Output(
+    return versioned_output(
         frame,
-        data_version=DataVersion(version),
-        metadata={
-            "rows": frame.height,
+        version,
+        {
             "quarantined": quarantined,
             "label_conflicts": len(conflicts),
             "bench_version": version,
@@ -98,29 +98,34 @@ def _conflict_row(root: Path, conflict: LabelConflict) -> tuple[str, str, str, s
     return (str(root), f"item {conflict.item_id}", f"{conflict.dimension}: {values}", CONFLICT_REASON)
 
 
-@asset(
-    group_name=GROUP,
-    code_version="firm_bench_importer@1",
-    kinds={"duckdb"},
-    description="FIRM-Bench edit items (source, instruction, edited image) with human execution and "
+def bench_side_asset(side: str, code_version: str, description: str) -> AssetsDefinition:
+    """`firm_bench_<side>`: the human-labelled bench items of one side that critics are measured
+    against, imported by `import_side`."""
+
+    @asset(
+        name=f"firm_bench_{side}",
+        group_name=GROUP,
+        code_version=code_version,
+        kinds={"duckdb"},
+        description=description,
+    )
+    def _bench_items(
+        context: AssetExecutionContext, config: BenchConfig, warehouse: WarehouseResource
+    ) -> Output[pl.DataFrame]:
+        return import_side(context, side, config, warehouse)
+
+    return _bench_items
+
+
+firm_bench_edit = bench_side_asset(
+    "edit",
+    "firm_bench_importer@1",
+    "FIRM-Bench edit items (source, instruction, edited image) with human execution and "
     "consistency scores; bad items quarantined, conflicting labels excluded and reported.",
 )
-def firm_bench_edit(
-    context: AssetExecutionContext, config: BenchConfig, warehouse: WarehouseResource
-) -> Output[pl.DataFrame]:
-    """The human-labelled editing bench items that critics are measured against."""
-    return import_side(context, "edit", config, warehouse)
-
-
-@asset(
-    group_name=GROUP,
-    code_version="firm_bench_importer@2",
-    kinds={"duckdb"},
-    description="FIRM-Bench generation items (prompt, image) with human instruction-following scores "
+firm_bench_gen = bench_side_asset(
+    "gen",
+    "firm_bench_importer@2",
+    "FIRM-Bench generation items (prompt, image) with human instruction-following scores "
     "and, where given, checklist labels (question + yes/no).",
 )
-def firm_bench_gen(
-    context: AssetExecutionContext, config: BenchConfig, warehouse: WarehouseResource
-) -> Output[pl.DataFrame]:
-    """The human-labelled generation bench items that critics are measured against."""
-    return import_side(context, "gen", config, warehouse)

@@ -1,4 +1,5 @@
-"""Check bodies both chains use: score ranges, failure rates and quarantine rates."""
+"""Checks both chains use: score ranges, failure rates, quarantine rates, judge drift and a non-empty
+dataset, each a body (testable on a frame) and a factory that declares it on an asset."""
 
 from typing import Any
 
@@ -6,11 +7,21 @@ import polars as pl
 from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
+    AssetChecksDefinition,
     AssetCheckSeverity,
     AssetKey,
+    AssetsDefinition,
     DagsterEventType,
+    asset_check,
 )
 
+from firm_assets.curation.canary import (
+    CANARY_KEYS,
+    MAX_MEAN_ABS_DELTA,
+    MIN_EXACT_AGREEMENT,
+    canary_check,
+    canary_stage,
+)
 from firm_assets.curation.parsers import SCORE_MAX, SCORE_MIN
 from resources.warehouse_resource import WarehouseResource
 
@@ -83,3 +94,100 @@ def quarantine_rate(
         severity=AssetCheckSeverity.WARN,
         metadata={"quarantined": count, "quarantine_rate": round(rate, 4)},
     )
+
+
+def scores_in_range_check(
+    asset: AssetsDefinition, columns: list[str], description: str
+) -> AssetChecksDefinition:
+    """`<asset>_in_range` (blocking): catches a parser or judge that returns scores outside the scale."""
+
+    @asset_check(asset=asset, name=f"{asset.key.path[-1]}_in_range", description=description, blocking=True)
+    def _check(frame: pl.DataFrame) -> AssetCheckResult:
+        return scores_in_range(frame, columns)
+
+    return _check
+
+
+def failure_rate_check(asset: AssetsDefinition, columns: list[str], what: str) -> AssetChecksDefinition:
+    """`<asset>_failure_rate` (blocking): stops the chain when too many of a model stage's answers, the
+    `what` of its description, failed (a null in `columns`)."""
+
+    @asset_check(
+        asset=asset,
+        name=f"{asset.key.path[-1]}_failure_rate",
+        description=f"At most {MAX_FAILURE_RATE:.0%} of {what} failed.",
+        blocking=True,
+    )
+    def _check(frame: pl.DataFrame) -> AssetCheckResult:
+        return failure_rate(frame, columns)
+
+    return _check
+
+
+def render_failure_check(asset: AssetsDefinition, what: str) -> AssetChecksDefinition:
+    """`<asset>_failure_rate` of an image stage (blocking): stops the chain when too many renders failed."""
+
+    @asset_check(
+        asset=asset,
+        name=f"{asset.key.path[-1]}_failure_rate",
+        description=f"At most {MAX_FAILURE_RATE:.0%} of {what} failed.",
+        blocking=True,
+    )
+    def _check(context: AssetCheckExecutionContext) -> AssetCheckResult:
+        return render_failure_rate(materialization_metadata(context, asset.key))
+
+    return _check
+
+
+def quarantine_check(asset: AssetsDefinition, what: str) -> AssetChecksDefinition:
+    """`<asset>_quarantine` (warn): flags an import that rejected too many of its inputs (`what`)."""
+    name = asset.key.path[-1]
+
+    @asset_check(
+        asset=asset,
+        name=f"{name}_quarantine",
+        description=f"Share of {what} quarantined in this run (warn above half).",
+    )
+    def _check(
+        context: AssetCheckExecutionContext, frame: pl.DataFrame, warehouse: WarehouseResource
+    ) -> AssetCheckResult:
+        return quarantine_rate(name, frame.height, warehouse, context.run.run_id)
+
+    return _check
+
+
+def not_empty_check(dataset: AssetsDefinition) -> AssetChecksDefinition:
+    """`<dataset>_not_empty` (blocking): an empty dataset would train nothing, so stop before the critic."""
+
+    @asset_check(
+        asset=dataset,
+        name=f"{dataset.key.path[-1]}_not_empty",
+        description="The published dataset has samples.",
+        blocking=True,
+    )
+    def _check(frame: pl.DataFrame) -> AssetCheckResult:
+        return AssetCheckResult(passed=frame.height > 0, metadata={"rows": frame.height})
+
+    return _check
+
+
+def judge_drift_check(
+    asset: AssetsDefinition, side: str, stages: list[str], id_column: str
+) -> AssetChecksDefinition:
+    """`<asset>_judge_drift` (warn) on a score asset: `canary_check` over the canary of its `stages`,
+    its items read from `id_column`, its canary answers' keys from its materialization metadata."""
+
+    @asset_check(
+        asset=asset,
+        name=f"{asset.key.path[-1]}_judge_drift",
+        description="Judge drift: on the pinned canary, the current judge agrees with the previous one "
+        f"(mean |delta| <= {MAX_MEAN_ABS_DELTA}, exact agreement >= {MIN_EXACT_AGREEMENT:.0%}; warn).",
+    )
+    def _check(
+        context: AssetCheckExecutionContext, frame: pl.DataFrame, warehouse: WarehouseResource
+    ) -> AssetCheckResult:
+        keys = set(materialization_metadata(context, asset.key).get(CANARY_KEYS, []))
+        canary_stages = [canary_stage(stage) for stage in stages]
+        return canary_check(warehouse.get(), side, canary_stages, set(frame[id_column]), keys)
+
+    return _check

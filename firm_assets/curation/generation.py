@@ -36,14 +36,22 @@ IMAGE_OUTPUT = "png@1"
 
 
 @dataclass(frozen=True)
-class ImageJob:
-    """One image to make: the prompt or instruction, an optional source image, and the seed."""
+class Owner:
+    """What images are made for: id, text (instruction or prompt), and a source image for edits."""
 
-    sample_id: str
+    owner_id: str
     text: str
-    seed: int
     source_path: str | None = None
     source_sha: str | None = None
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    """One image to make: its owner's text (and source image, for an edit) with a seed."""
+
+    sample_id: str
+    owner: Owner
+    seed: int
 
 
 def run_image_stage(
@@ -59,9 +67,12 @@ def run_image_stage(
     """Render every cache-missing job one at a time (diffusion batches are per-image anyway). A render
     that raises is that job's failure: a missing or undecodable source image is cached as one, out of
     memory or any other model exception is transient and rendered again by the next run."""
-    render = _editor(backend, config) if any(job.source_sha for job in jobs) else _generator(backend, config)
+    edits = any(job.owner.source_sha for job in jobs)
+    render = _editor(backend, config) if edits else _generator(backend, config)
     items = [
-        CacheItem(job.sample_id, {"text": job.text, "seed": job.seed, "source": job.source_sha}, job)
+        CacheItem(
+            job.sample_id, {"text": job.owner.text, "seed": job.seed, "source": job.owner.source_sha}, job
+        )
         for job in jobs
     ]
 
@@ -98,15 +109,15 @@ def run_image_stage(
 
 def _editor(backend, config: ImageModelConfig) -> Callable[[ImageJob], Image.Image]:
     def render(job: ImageJob) -> Image.Image:
-        source = load_rgb(Path(job.source_path))
-        return backend.edit(source, job.text, job.seed, config.steps, config.guidance, config.size)
+        source = load_rgb(Path(job.owner.source_path))
+        return backend.edit(source, job.owner.text, job.seed, config.steps, config.guidance, config.size)
 
     return render
 
 
 def _generator(backend, config: ImageModelConfig) -> Callable[[ImageJob], Image.Image]:
     def render(job: ImageJob) -> Image.Image:
-        return backend.generate(job.text, job.seed, config.steps, config.guidance, config.size)
+        return backend.generate(job.owner.text, job.seed, config.steps, config.guidance, config.size)
 
     return render
 
@@ -123,16 +134,6 @@ class Rendered:
     image_sha: str
     image_path: str
     cache_key: str
-
-
-@dataclass(frozen=True)
-class Owner:
-    """What images are made for: id, text (instruction or prompt), and a source image for edits."""
-
-    owner_id: str
-    text: str
-    source_path: str | None = None
-    source_sha: str | None = None
 
 
 def render_for_all(
@@ -159,16 +160,13 @@ def render_for_all(
                 image_id = short_hash(
                     owner.owner_id, config.model, config.steps, config.guidance, config.size, seed
                 )
-                jobs[image_id] = (
-                    ImageJob(image_id, owner.text, seed, owner.source_path, owner.source_sha),
-                    owner,
-                )
+                jobs[image_id] = ImageJob(image_id, owner, seed)
         results, stats = run_image_stage(
             stage,
             template_ref,
             config,
             backend,
-            [job for job, _ in jobs.values()],
+            list(jobs.values()),
             warehouse,
             firm_home() / "images",
             run_id,
@@ -179,11 +177,11 @@ def render_for_all(
             metadata[key] = metadata.get(key, 0) + value
         for image_id, result in results.items():
             if result.outcome.ok:
-                job, owner = jobs[image_id]
+                job = jobs[image_id]
                 rendered.append(
                     Rendered(
                         image_id,
-                        owner.owner_id,
+                        job.owner.owner_id,
                         config,
                         backend.model.revision,
                         job.seed,

@@ -15,14 +15,24 @@ import json
 import os
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from dagster import AssetsDefinition, BackfillPolicy, BetaWarning, DynamicPartitionsDefinition, asset
+from dagster import (
+    AssetExecutionContext,
+    AssetsDefinition,
+    BackfillPolicy,
+    BetaWarning,
+    DynamicPartitionsDefinition,
+    MaterializeResult,
+    asset,
+)
 
 from firm_assets.curation.lines import Quarantined
 from firm_assets.curation.records import record_quarantine
 from resources.home import firm_home
+from resources.warehouse_resource import WarehouseResource
 from warehouse.connection import Warehouse
 
 GROUP = "inbox"
@@ -79,20 +89,34 @@ def store_file(
     return {"file": name, "sha256": digest, "rows": len(rows), "quarantined": len(bad)}
 
 
-def file_hashes(con, inbox: Inbox) -> dict[str, str]:
-    """Each imported file of an inbox (its partition key) and the content hash imported."""
-    rows = con.execute("SELECT file, sha256 FROM inbox_files WHERE inbox = ? ORDER BY file", [inbox.name])
-    return dict(rows.fetchall())
+def read_imported(warehouse: Warehouse, inbox: Inbox, query: str) -> tuple[list[tuple], dict[str, str]]:
+    """The rows `query` reads from the inbox's table, and each imported file (its partition key) with
+    the content hash imported, read in one transaction so the hashes are those of the rows returned."""
+    with warehouse.transaction() as con:
+        rows = con.execute(query).fetchall()
+        hashes = con.execute(
+            "SELECT file, sha256 FROM inbox_files WHERE inbox = ? ORDER BY file", [inbox.name]
+        ).fetchall()
+    return rows, dict(hashes)
 
 
-def import_metadata(imports: list[dict[str, int | str]]) -> dict:
-    """An inbox materialization's metadata: the files imported, their rows and quarantined entries."""
-    return {
-        "files": len(imports),
-        "rows": sum(int(i["rows"]) for i in imports),
-        "quarantined": sum(int(i["quarantined"]) for i in imports),
-        "imports": json.dumps(imports),
-    }
+def import_files(
+    context: AssetExecutionContext,
+    warehouse: WarehouseResource,
+    import_file: Callable[[Warehouse, str, str], dict[str, int | str]],
+) -> MaterializeResult:
+    """An inbox asset's body: `import_file` each of the run's files (one partition, or a range in one
+    backfill run); the metadata holds the files imported, their rows and quarantined entries."""
+    wh = warehouse.get()
+    imports = [import_file(wh, key, context.run_id) for key in context.partition_keys]
+    return MaterializeResult(
+        metadata={
+            "files": len(imports),
+            "rows": sum(int(i["rows"]) for i in imports),
+            "quarantined": sum(int(i["quarantined"]) for i in imports),
+            "imports": json.dumps(imports),
+        }
+    )
 
 
 def inbox_asset(inbox: Inbox, **kwargs):

@@ -173,6 +173,17 @@ def required_text(value: object, name: str) -> str:
     return text
 
 
+def path_text(value: object, name: str) -> str:
+    """A file path field: a non-blank string with no control characters, so a bad one quarantines
+    its line instead of failing later. Where it points is checked when the file is read."""
+    if not isinstance(value, str):
+        raise BadLine(f"{name} must be a string path, got {type(value).__name__}")
+    check_characters(value, f"{name} path")
+    if not value.strip():
+        raise BadLine(f"empty {name} path")
+    return value
+
+
 def load_json_object(text: str) -> dict[str, Any]:
     """Parses one input line as a JSON object, or rejects the line with the reason."""
     try:

@@ -3,23 +3,41 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
+
+from dagster import AssetExecutionContext, MetadataValue
 
 from firm_assets.curation.score_text import has_score_text
 from warehouse.connection import Warehouse
+
+
+def _record_for_asset(
+    warehouse: Warehouse,
+    table: str,
+    columns: Sequence[str],
+    asset: str,
+    rows: Sequence[tuple],
+    run_id: str | None,
+) -> int:
+    """Store rows of an asset's run in `table` (`asset`, then `columns`, then `dagster_run_id`);
+    returns how many."""
+    if rows:
+        names = ("asset", *columns, "dagster_run_id")
+        with warehouse.transaction() as con:
+            con.executemany(
+                f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                [(asset, *row, run_id) for row in rows],
+            )
+    return len(rows)
 
 
 def record_quarantine(
     warehouse: Warehouse, asset: str, rows: Sequence[tuple[str, str, str, str]], run_id: str | None
 ) -> int:
     """Store (source, locator, raw, reason) rows; returns how many."""
-    if rows:
-        with warehouse.transaction() as con:
-            con.executemany(
-                "INSERT INTO quarantine (asset, source, locator, raw, reason, dagster_run_id)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                [(asset, source, locator, raw, reason, run_id) for source, locator, raw, reason in rows],
-            )
-    return len(rows)
+    return _record_for_asset(
+        warehouse, "quarantine", ("source", "locator", "raw", "reason"), asset, rows, run_id
+    )
 
 
 SCORE_TEXT_FLAG = "score_text_in_input"
@@ -41,14 +59,29 @@ def record_input_flags(
     warehouse: Warehouse, asset: str, flag: str, rows: Sequence[tuple[str, str, str, str]], run_id: str | None
 ) -> int:
     """Store (source, locator, field, raw) rows of inputs kept but flagged with `flag`; returns how many."""
-    if rows:
-        with warehouse.transaction() as con:
-            con.executemany(
-                "INSERT INTO input_flags (asset, source, locator, field, raw, flag, dagster_run_id)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(asset, source, locator, field, raw, flag, run_id) for source, locator, field, raw in rows],
-            )
-    return len(rows)
+    columns = ("source", "locator", "field", "raw", "flag")
+    return _record_for_asset(warehouse, "input_flags", columns, asset, [(*row, flag) for row in rows], run_id)
+
+
+def flag_score_text(
+    context: AssetExecutionContext,
+    warehouse: Warehouse,
+    rows: Iterable[dict],
+    fields: Sequence[str],
+    what: str,
+) -> dict[str, Any]:
+    """An importing asset's score-text flags (`score_text_flags`): recorded as input flags of the
+    asset, warned about in the run's log (`what` names the inputs), and returned as its metadata
+    entries (the count and the first five)."""
+    flags = score_text_flags(rows, fields)
+    asset = context.asset_key.to_user_string()
+    record_input_flags(warehouse, asset, SCORE_TEXT_FLAG, flags, context.run_id)
+    if flags:
+        context.log.warning(f"{len(flags)} {what} hold score-shaped text; see input_flags")
+    return {
+        SCORE_TEXT_FLAG: len(flags),
+        f"{SCORE_TEXT_FLAG}_examples": MetadataValue.json([list(flag) for flag in flags[:5]]),
+    }
 
 
 def record_images(warehouse: Warehouse, images: Iterable) -> None:

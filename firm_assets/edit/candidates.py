@@ -1,12 +1,12 @@
 """`edit_candidates`: the edited images to score — imported ones plus every editor config x seed."""
 
 import polars as pl
-from dagster import AssetExecutionContext, DataVersion, Output, asset
+from dagster import AssetExecutionContext, Output
 
-from firm_assets.automation import CURATION_CONDITION, GPU_POOL
 from firm_assets.curation.costs import CostMeter
 from firm_assets.curation.generation import Owner, render_for_all
-from firm_assets.curation.versioning import frame_version, short_hash
+from firm_assets.curation.stage_asset import curation_asset, stage_output
+from firm_assets.curation.versioning import short_hash
 from resources.models import ModelsResource
 from resources.warehouse_resource import WarehouseResource
 
@@ -43,10 +43,9 @@ def _imported(source_images: pl.DataFrame) -> list[dict]:
     ]
 
 
-@asset(
-    automation_condition=CURATION_CONDITION,
-    pool=GPU_POOL,
-    group_name=GROUP,
+@curation_asset(
+    GROUP,
+    loads_model=True,
     code_version=f"{EDIT_TEMPLATE}+candidates@1",
     kinds={"duckdb", "diffusers"},
     description="Edited candidates per request: imported edited images, plus each configured editor "
@@ -91,7 +90,5 @@ def edit_candidates(
     ]
     metadata["imported"] = len(rows) - len(rendered)
     frame = pl.DataFrame(rows, schema=CANDIDATE_SCHEMA).sort("candidate_id")
-    version = frame_version(frame.drop("image_path"))
-    meter.record(context, warehouse.get(), version)
     context.log.info(f"edit_candidates: {frame.height} candidates, {metadata}")
-    return Output(frame, data_version=DataVersion(version), metadata={**metadata, "rows": frame.height})
+    return stage_output(context, warehouse, meter, frame, metadata, hashed=frame.drop("image_path"))

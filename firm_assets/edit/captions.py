@@ -6,15 +6,14 @@ Grounding the later scores in an explicit difference description is what cuts ha
 from pathlib import Path
 
 import polars as pl
-from dagster import AssetExecutionContext, DataVersion, Output, asset
+from dagster import AssetExecutionContext, Output
 
-from firm_assets.automation import CURATION_CONDITION, GPU_POOL
 from firm_assets.curation.costs import CostMeter
 from firm_assets.curation.parsers import CAPTION_TEXT
 from firm_assets.curation.prompts import load_template
 from firm_assets.curation.roles import chat_stage, static_code_version
 from firm_assets.curation.stage import StageInput, run_chat_stage
-from firm_assets.curation.versioning import frame_version
+from firm_assets.curation.stage_asset import curation_asset, stage_output
 from resources.chat import ImagePart
 from resources.models import ModelsResource
 from resources.warehouse_resource import WarehouseResource
@@ -47,10 +46,9 @@ def caption_inputs(source_images: pl.DataFrame, edit_candidates: pl.DataFrame) -
     return inputs
 
 
-@asset(
-    automation_condition=CURATION_CONDITION,
-    pool=GPU_POOL,
-    group_name=GROUP,
+@curation_asset(
+    GROUP,
+    loads_model=True,
     code_version=static_code_version(load_template(TEMPLATE).ref, CAPTION_TEXT.ref),
     kinds={"duckdb", "transformers"},
     description="Plain description of every visual difference between source and edited image "
@@ -86,8 +84,4 @@ def difference_captions(
         ],
         schema=CAPTION_SCHEMA,
     ).sort("candidate_id")
-    version = frame_version(frame)
-    meter.record(context, warehouse.get(), version)
-    return Output(
-        frame, data_version=DataVersion(version), metadata={**stats.as_metadata(), "data_version": version}
-    )
+    return stage_output(context, warehouse, meter, frame, stats.as_metadata())

@@ -1,12 +1,12 @@
 """`firm_edit_dataset`: the versioned, content-hashed scored edit dataset and its training exports."""
 
 import polars as pl
-from dagster import AssetExecutionContext, Config, Output, asset
+from dagster import AssetExecutionContext, Config, Output
 from pydantic import Field
 
-from firm_assets.automation import CURATION_CONDITION
 from firm_assets.curation.dataset import SftTask, balance_by_bin, json_score_target
 from firm_assets.curation.publishing import publish_output
+from firm_assets.curation.stage_asset import curation_asset
 from resources.tracking import TrackingResource
 from resources.warehouse_resource import WarehouseResource
 
@@ -81,9 +81,9 @@ def assemble(
     )
 
 
-@asset(
-    automation_condition=CURATION_CONDITION,
-    group_name=GROUP,
+@curation_asset(
+    GROUP,
+    loads_model=False,
     code_version="edit_dataset@2",
     kinds={"duckdb", "parquet", "mlflow"},
     description="Versioned scored edit dataset: Parquet + LLaMA-Factory ShareGPT exports (execution and "

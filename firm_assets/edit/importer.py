@@ -19,12 +19,12 @@ from firm_assets.curation.lines import (
     BadLine,
     Quarantined,
     attempt,
-    check_characters,
     clean_text,
     decode_line,
     file_quarantined,
     is_blank,
     load_json_object,
+    path_text,
     quarantined,
     read_lines,
     required_text,
@@ -122,12 +122,7 @@ def _optional_text(record: dict[str, Any], key: str) -> str | None:
 def _path(value: object, name: str) -> str:
     if value is None:
         raise BadLine(f"missing {name}")
-    if not isinstance(value, str):
-        raise BadLine(f"{name} must be a string path, got {type(value).__name__}")
-    check_characters(value, f"{name} path")
-    if not value.strip():
-        raise BadLine(f"empty {name} path")
-    return value
+    return path_text(value, name)
 
 
 def _edited_images(record: dict[str, Any]) -> tuple[str, ...]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from dagster import AssetExecutionContext, DynamicPartitionsDefinition, MaterializeResult
 
-from firm_assets.curation.inbox import Inbox, file_hashes, import_metadata, inbox_asset, inbox_dir, store_file
+from firm_assets.curation.inbox import Inbox, import_files, inbox_asset, inbox_dir, read_imported, store_file
 from firm_assets.edit.importer import read_edit_requests
 from resources.warehouse_resource import WarehouseResource
 from warehouse.connection import Warehouse
@@ -33,12 +33,12 @@ def inbox_edit_rows(warehouse: Warehouse) -> tuple[list[dict], dict[str, str]]:
     """The imported edit requests, in the entry asset's row shape plus `file`, by file then line
     (the order that decides which of two equal requests is the first), and each file's imported
     hash, read in one transaction so the hashes are those of the rows returned."""
-    with warehouse.transaction() as con:
-        rows = con.execute(
-            "SELECT file, request_id, instruction, requirement, image, edited_images, images_root, line"
-            " FROM inbox_edit_requests ORDER BY file, line"
-        ).fetchall()
-        hashes = file_hashes(con, EDIT_INBOX)
+    rows, hashes = read_imported(
+        warehouse,
+        EDIT_INBOX,
+        "SELECT file, request_id, instruction, requirement, image, edited_images, images_root, line"
+        " FROM inbox_edit_requests ORDER BY file, line",
+    )
     requests = [
         {
             "file": file,
@@ -64,6 +64,4 @@ def inbox_edit_rows(warehouse: Warehouse) -> tuple[list[dict], dict[str, str]]:
 )
 def edit_inbox_requests(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
     """Import the run's inbox files (one partition, or a range in one backfill run)."""
-    wh = warehouse.get()
-    imports = [import_edit_file(wh, key, context.run_id) for key in context.partition_keys]
-    return MaterializeResult(metadata=import_metadata(imports))
+    return import_files(context, warehouse, import_edit_file)

@@ -10,16 +10,12 @@ import os
 from pathlib import Path
 
 import polars as pl
-from dagster import AssetExecutionContext, Config, DataVersion, MetadataValue, Output, asset
+from dagster import AssetExecutionContext, Config, Output, asset
 from pydantic import Field
 
 from firm_assets.curation.lines import Quarantined, quarantined
-from firm_assets.curation.records import (
-    SCORE_TEXT_FLAG,
-    record_input_flags,
-    record_quarantine,
-    score_text_flags,
-)
+from firm_assets.curation.records import flag_score_text, record_quarantine
+from firm_assets.curation.stage_asset import versioned_output
 from firm_assets.curation.versioning import frame_version
 from firm_assets.edit.demo import write_demo_edit_dataset
 from firm_assets.edit.importer import read_edit_requests
@@ -113,26 +109,20 @@ def edit_requests(
     bad += repeats
     count = record_quarantine(wh, "edit_requests", [q.as_row() for q in bad], context.run_id)
     located = [{**row, "locator": f"line {row['line']}"} for row in rows]
-    flags = score_text_flags(located, ("instruction", "requirement"))
-    record_input_flags(wh, "edit_requests", SCORE_TEXT_FLAG, flags, context.run_id)
-    if flags:
-        context.log.warning(f"{len(flags)} request text(s) hold score-shaped text; see input_flags")
+    flagged = flag_score_text(context, wh, located, ("instruction", "requirement"), "request text(s)")
     fed = sorted({row["file"] for row in rows if "file" in row})  # only inbox rows name a file
     frame = pl.DataFrame(rows, schema=REQUEST_SCHEMA)
     if bad:
         context.log.warning(f"{len(bad)} request(s) quarantined; see the quarantine table")
     # Where a request sits in its file is not part of it: moving lines leaves the version alone.
     version = frame_version(frame.drop("source", "line"), "request_id")
-    return Output(
+    return versioned_output(
         frame,
-        data_version=DataVersion(version),
-        metadata={
-            "rows": frame.height,
+        version,
+        {
             "quarantined": count,
-            SCORE_TEXT_FLAG: len(flags),
-            f"{SCORE_TEXT_FLAG}_examples": MetadataValue.json([list(flag) for flag in flags[:5]]),
+            **flagged,
             "source": str(path),
             "inbox_files": json.dumps({name: files[name] for name in fed}),
-            "data_version": version,
         },
     )

@@ -7,16 +7,15 @@ read the difference caption, so the judge scores observed differences rather tha
 from pathlib import Path
 
 import polars as pl
-from dagster import AssetExecutionContext, DataVersion, Output, asset
+from dagster import AssetExecutionContext, Output
 
-from firm_assets.automation import CURATION_CONDITION, GPU_POOL
 from firm_assets.curation.canary import canary_metadata, score_canary
 from firm_assets.curation.costs import CostMeter
 from firm_assets.curation.parsers import CONSISTENCY_JSON, EXECUTION_JSON, score_json_parser
 from firm_assets.curation.prompts import load_template
 from firm_assets.curation.roles import chat_stage, static_code_version
 from firm_assets.curation.stage import StageInput, run_chat_stage
-from firm_assets.curation.versioning import frame_version
+from firm_assets.curation.stage_asset import curation_asset, stage_output
 from resources.chat import ImagePart
 from resources.models import ModelsResource
 from resources.warehouse_resource import WarehouseResource
@@ -68,10 +67,9 @@ def score_inputs(
     return inputs
 
 
-@asset(
-    automation_condition=CURATION_CONDITION,
-    pool=GPU_POOL,
-    group_name=GROUP,
+@curation_asset(
+    GROUP,
+    loads_model=True,
     code_version=static_code_version(
         *(load_template(t).ref for t in TEMPLATES.values()), EXECUTION_JSON.ref, CONSISTENCY_JSON.ref
     ),
@@ -133,8 +131,5 @@ def edit_scores(
                 }
             )
     frame = pl.DataFrame(list(rows.values()), schema=SCORE_SCHEMA).sort("candidate_id")
-    version = frame_version(frame)
-    meter.record(context, warehouse.get(), version)
-    metadata["rows"] = frame.height
     metadata.update(canary_metadata("edit", canary_keys, canary_stats))
-    return Output(frame, data_version=DataVersion(version), metadata={**metadata, "data_version": version})
+    return stage_output(context, warehouse, meter, frame, metadata)

@@ -6,12 +6,12 @@ line: a corrupt image quarantines one request, never the run.
 from pathlib import Path
 
 import polars as pl
-from dagster import AssetExecutionContext, DataVersion, Output, asset
+from dagster import AssetExecutionContext, Output
 
-from firm_assets.automation import CURATION_CONDITION
 from firm_assets.curation.images import ImageRejected, StoredImage, ingest_image, resolve_under
 from firm_assets.curation.lines import BadLine, attempt
 from firm_assets.curation.records import record_images, record_quarantine
+from firm_assets.curation.stage_asset import curation_asset, versioned_output
 from firm_assets.curation.versioning import frame_version
 from resources.home import firm_home
 from resources.warehouse_resource import WarehouseResource
@@ -31,9 +31,9 @@ SOURCE_SCHEMA = {
 }
 
 
-@asset(
-    automation_condition=CURATION_CONDITION,
-    group_name=GROUP,
+@curation_asset(
+    GROUP,
+    loads_model=False,
     code_version="image_ingest@2",
     kinds={"duckdb"},
     description="Source and imported edited images, validated (format, size, truncation, decompression "
@@ -80,11 +80,7 @@ def source_images(
     quarantined = record_quarantine(wh, "source_images", bad, context.run_id)
     frame = pl.DataFrame(rows, schema=SOURCE_SCHEMA)
     version = frame_version(frame.drop("source_path", "imported_edit_paths"), "request_id")
-    return Output(
-        frame,
-        data_version=DataVersion(version),
-        metadata={"rows": frame.height, "quarantined": quarantined, "data_version": version},
-    )
+    return versioned_output(frame, version, {"quarantined": quarantined})
 
 
 def _ingest(root: Path, relative: str, store: Path) -> StoredImage:

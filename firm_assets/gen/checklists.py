@@ -3,15 +3,14 @@
 import json
 
 import polars as pl
-from dagster import AssetExecutionContext, DataVersion, Output, asset
+from dagster import AssetExecutionContext, Output
 
-from firm_assets.automation import CURATION_CONDITION, GPU_POOL
 from firm_assets.curation.costs import CostMeter
 from firm_assets.curation.parsers import CHECKLIST_CATEGORIES, CHECKLIST_JSON, MAX_CHECKLIST_ITEMS
 from firm_assets.curation.prompts import load_template
 from firm_assets.curation.roles import chat_stage, static_code_version
 from firm_assets.curation.stage import StageInput, run_chat_stage
-from firm_assets.curation.versioning import frame_version
+from firm_assets.curation.stage_asset import curation_asset, stage_output
 from firm_assets.gen.coverage import checklist_coverage
 from resources.models import ModelsResource
 from resources.warehouse_resource import WarehouseResource
@@ -37,10 +36,9 @@ def numbered_checklist(items_json: str) -> str:
     return "\n".join(f"{i}. [{item['category']}] {item['question']}" for i, item in enumerate(items, start=1))
 
 
-@asset(
-    automation_condition=CURATION_CONDITION,
-    pool=GPU_POOL,
-    group_name=GROUP,
+@curation_asset(
+    GROUP,
+    loads_model=True,
     code_version=static_code_version(load_template(TEMPLATE).ref, CHECKLIST_JSON.ref),
     kinds={"duckdb", "transformers"},
     description="Checklist per prompt (planner role): categorised yes/no items; a malformed plan is a "
@@ -81,20 +79,12 @@ def gen_checklists(
             }
         )
     frame = pl.DataFrame(rows, schema=CHECKLIST_SCHEMA).sort("prompt_id")
-    version = frame_version(frame)
-    meter.record(context, warehouse.get(), version)
     coverage = frame["geneval_coverage"].drop_nulls()
-    return Output(
-        frame,
-        data_version=DataVersion(version),
-        metadata={
-            **stats.as_metadata(),
-            "mean_items": float(frame["n_items"].mean() or 0.0),
-            # plans the parser repaired (truncated, category read as "other"): the notes are in the cache
-            "repaired_plans": sum(
-                1 for r in results.values() if r.outcome.ok and r.outcome.parsed.get("notes")
-            ),
-            "geneval_coverage": float(coverage.mean()) if coverage.len() else None,
-            "data_version": version,
-        },
-    )
+    metadata = {
+        **stats.as_metadata(),
+        "mean_items": float(frame["n_items"].mean() or 0.0),
+        # plans the parser repaired (truncated, category read as "other"): the notes are in the cache
+        "repaired_plans": sum(1 for r in results.values() if r.outcome.ok and r.outcome.parsed.get("notes")),
+        "geneval_coverage": float(coverage.mean()) if coverage.len() else None,
+    }
+    return stage_output(context, warehouse, meter, frame, metadata)

@@ -1,10 +1,9 @@
 """`firm_gen_dataset`: the versioned, content-hashed scored generation dataset and its exports."""
 
 import polars as pl
-from dagster import AssetExecutionContext, Config, Output, asset
+from dagster import AssetExecutionContext, Config, Output
 from pydantic import Field
 
-from firm_assets.automation import CURATION_CONDITION
 from firm_assets.curation.dataset import (
     SftTask,
     balance_by_bin,
@@ -13,6 +12,7 @@ from firm_assets.curation.dataset import (
 )
 from firm_assets.curation.parsers import PLAN_THEN_SCORE
 from firm_assets.curation.publishing import publish_output
+from firm_assets.curation.stage_asset import curation_asset
 from resources.tracking import TrackingResource
 from resources.warehouse_resource import WarehouseResource
 
@@ -86,9 +86,9 @@ def assemble(
     )
 
 
-@asset(
-    automation_condition=CURATION_CONDITION,
-    group_name=GROUP,
+@curation_asset(
+    GROUP,
+    loads_model=False,
     code_version="gen_dataset@3",
     kinds={"duckdb", "parquet", "mlflow"},
     description="Versioned scored generation dataset: Parquet + LLaMA-Factory ShareGPT exports "

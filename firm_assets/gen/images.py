@@ -4,12 +4,11 @@ Images depend on the prompts only, so re-planning checklists never re-renders an
 """
 
 import polars as pl
-from dagster import AssetExecutionContext, DataVersion, Output, asset
+from dagster import AssetExecutionContext, Output
 
-from firm_assets.automation import CURATION_CONDITION, GPU_POOL
 from firm_assets.curation.costs import CostMeter
 from firm_assets.curation.generation import Owner, render_for_all
-from firm_assets.curation.versioning import frame_version
+from firm_assets.curation.stage_asset import curation_asset, stage_output
 from resources.models import ModelsResource
 from resources.warehouse_resource import WarehouseResource
 
@@ -30,10 +29,9 @@ IMAGE_SCHEMA = {
 }
 
 
-@asset(
-    automation_condition=CURATION_CONDITION,
-    pool=GPU_POOL,
-    group_name=GROUP,
+@curation_asset(
+    GROUP,
+    loads_model=True,
     code_version=f"{PROMPT_TEMPLATE}+generated@1",
     kinds={"duckdb", "diffusers"},
     description="Generated images per prompt: each generator config (diffusers) x seed, with model id, "
@@ -76,6 +74,4 @@ def generated_images(
         for r in rendered
     ]
     frame = pl.DataFrame(rows, schema=IMAGE_SCHEMA).sort("image_id")
-    version = frame_version(frame.drop("image_path"))
-    meter.record(context, warehouse.get(), version)
-    return Output(frame, data_version=DataVersion(version), metadata={**metadata, "rows": frame.height})
+    return stage_output(context, warehouse, meter, frame, metadata, hashed=frame.drop("image_path"))

@@ -4,7 +4,7 @@ into `inbox_gen_prompts`; `gen_prompts` appends them (`inbox_prompts`) after its
 
 from dagster import AssetExecutionContext, DynamicPartitionsDefinition, MaterializeResult
 
-from firm_assets.curation.inbox import Inbox, file_hashes, import_metadata, inbox_asset, inbox_dir, store_file
+from firm_assets.curation.inbox import Inbox, import_files, inbox_asset, inbox_dir, read_imported, store_file
 from firm_assets.gen.importers import GenPrompt, read_prompts
 from resources.warehouse_resource import WarehouseResource
 from warehouse.connection import Warehouse
@@ -27,12 +27,12 @@ def import_gen_file(warehouse: Warehouse, name: str, run_id: str) -> dict[str, i
 def inbox_prompts(warehouse: Warehouse) -> tuple[list[GenPrompt], dict[str, str]]:
     """The imported prompts, by file (a file holds no repeats: its import quarantined them), and each
     file's imported hash, read in one transaction so the hashes are those of the prompts returned."""
-    with warehouse.transaction() as con:
-        rows = con.execute(
-            "SELECT file, prompt_id, prompt, locator, tag, geneval FROM inbox_gen_prompts"
-            " ORDER BY file, prompt_id"
-        ).fetchall()
-        hashes = file_hashes(con, GEN_INBOX)
+    rows, hashes = read_imported(
+        warehouse,
+        GEN_INBOX,
+        "SELECT file, prompt_id, prompt, locator, tag, geneval FROM inbox_gen_prompts"
+        " ORDER BY file, prompt_id",
+    )
     folder = inbox_dir(GEN_INBOX)
     prompts = [
         GenPrompt(prompt_id, prompt, str(folder / file), locator, tag, geneval)
@@ -49,6 +49,4 @@ def inbox_prompts(warehouse: Warehouse) -> tuple[list[GenPrompt], dict[str, str]
 )
 def gen_inbox_prompts(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
     """Import the run's inbox files (one partition, or a range in one backfill run)."""
-    wh = warehouse.get()
-    imports = [import_gen_file(wh, key, context.run_id) for key in context.partition_keys]
-    return MaterializeResult(metadata=import_metadata(imports))
+    return import_files(context, warehouse, import_gen_file)

@@ -6,15 +6,11 @@ import os
 from pathlib import Path
 
 import polars as pl
-from dagster import AssetExecutionContext, Config, DataVersion, MetadataValue, Output, asset
+from dagster import AssetExecutionContext, Config, Output, asset
 from pydantic import Field
 
-from firm_assets.curation.records import (
-    SCORE_TEXT_FLAG,
-    record_input_flags,
-    record_quarantine,
-    score_text_flags,
-)
+from firm_assets.curation.records import flag_score_text, record_quarantine
+from firm_assets.curation.stage_asset import versioned_output
 from firm_assets.curation.versioning import frame_version
 from firm_assets.gen.importers import read_prompt_files
 from firm_assets.gen.inbox import inbox_prompts
@@ -78,21 +74,15 @@ def gen_prompts(
     if imported.bad:
         context.log.warning(f"{len(imported.bad)} prompt entries quarantined; see the quarantine table")
     frame = pl.DataFrame([p.__dict__ for p in imported.prompts], schema=PROMPT_SCHEMA).sort("prompt_id")
-    flags = score_text_flags(frame.iter_rows(named=True), ("prompt",))
-    record_input_flags(wh, "gen_prompts", SCORE_TEXT_FLAG, flags, context.run_id)
-    if flags:
-        context.log.warning(f"{len(flags)} prompt(s) hold score-shaped text; see input_flags")
+    flagged = flag_score_text(context, wh, frame.iter_rows(named=True), ("prompt",), "prompt(s)")
     version = frame_version(frame.drop("source", "locator"))
-    return Output(
+    return versioned_output(
         frame,
-        data_version=DataVersion(version),
-        metadata={
-            "rows": frame.height,
+        version,
+        {
             "quarantined": count,
-            SCORE_TEXT_FLAG: len(flags),
-            f"{SCORE_TEXT_FLAG}_examples": MetadataValue.json([list(flag) for flag in flags[:5]]),
+            **flagged,
             "duplicates": len(imported.duplicates),
             "inbox_files": json.dumps({name: files[name] for name in fed}),
-            "data_version": version,
         },
     )

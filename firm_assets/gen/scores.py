@@ -5,9 +5,8 @@ import json
 from pathlib import Path
 
 import polars as pl
-from dagster import AssetExecutionContext, DataVersion, Output, asset
+from dagster import AssetExecutionContext, Output
 
-from firm_assets.automation import CURATION_CONDITION, GPU_POOL
 from firm_assets.curation.cache import CachedResult
 from firm_assets.curation.canary import canary_metadata, score_canary
 from firm_assets.curation.costs import CostMeter
@@ -15,7 +14,7 @@ from firm_assets.curation.parsers import INSTRUCTION_FOLLOWING, QUALITY_JSON
 from firm_assets.curation.prompts import load_template
 from firm_assets.curation.roles import chat_stage, static_code_version
 from firm_assets.curation.stage import StageInput, run_chat_stage
-from firm_assets.curation.versioning import frame_version
+from firm_assets.curation.stage_asset import curation_asset, stage_output
 from firm_assets.gen.checklists import numbered_checklist
 from resources.chat import ImagePart
 from resources.models import ModelsResource
@@ -85,10 +84,9 @@ def _quality_fields(result: CachedResult) -> dict:
     }
 
 
-@asset(
-    automation_condition=CURATION_CONDITION,
-    pool=GPU_POOL,
-    group_name=GROUP,
+@curation_asset(
+    GROUP,
+    loads_model=True,
     code_version=static_code_version(
         ROWS_VERSION,
         load_template(IF_TEMPLATE).ref,
@@ -169,15 +167,9 @@ def gen_scores(
         for row in images
     ]
     frame = pl.DataFrame(rows, schema=SCORE_SCHEMA).sort("image_id")
-    version = frame_version(frame)
-    meter.record(context, warehouse.get(), version)
     metadata = {f"if_{k}": v for k, v in if_stats.as_metadata().items()}
     metadata.update({f"quality_{k}": v for k, v in quality_stats.as_metadata().items()})
     coverage = frame["verdict_coverage"].drop_nulls()
     metadata["verdict_coverage"] = float(coverage.mean()) if coverage.len() else None
     metadata.update(canary_metadata("gen", canary_keys, canary_stats))
-    return Output(
-        frame,
-        data_version=DataVersion(version),
-        metadata={**metadata, "rows": frame.height, "data_version": version},
-    )
+    return stage_output(context, warehouse, meter, frame, metadata)

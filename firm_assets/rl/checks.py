@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import polars as pl
-from dagster import AssetCheckResult, AssetCheckSeverity, asset_check
+from dagster import AssetCheckResult, AssetChecksDefinition, AssetCheckSeverity, AssetsDefinition, asset_check
 
 from firm_assets.rl.assets import edit_rl_policy, gen_rl_policy
 from firm_assets.rl.critic_reward import DIVERGENCE
@@ -89,25 +89,19 @@ def _result(history: pl.DataFrame) -> AssetCheckResult:
     )
 
 
-@asset_check(
-    asset=edit_rl_policy,
-    name="monitor_drift",
-    description="Image statistics and critic divergence of the editing policy stayed within thresholds.",
-)
-def edit_rl_policy_monitor_drift(
-    warehouse: WarehouseResource, edit_rl_policy: pl.DataFrame
-) -> AssetCheckResult:
-    """Warns when the editing policy's monitors show reward hacking or collapse."""
-    return _result(monitor_history(warehouse, edit_rl_policy))
+def monitor_drift_check(policy: AssetsDefinition, which: str) -> AssetChecksDefinition:
+    """`monitor_drift` (warn) on a policy asset: its monitors show no reward hacking or collapse."""
+
+    @asset_check(
+        asset=policy,
+        name="monitor_drift",
+        description=f"Image statistics and critic divergence of the {which} policy stayed within thresholds.",
+    )
+    def _check(warehouse: WarehouseResource, frame: pl.DataFrame) -> AssetCheckResult:
+        return _result(monitor_history(warehouse, frame))
+
+    return _check
 
 
-@asset_check(
-    asset=gen_rl_policy,
-    name="monitor_drift",
-    description="Image statistics and critic divergence of the generation policy stayed within thresholds.",
-)
-def gen_rl_policy_monitor_drift(
-    warehouse: WarehouseResource, gen_rl_policy: pl.DataFrame
-) -> AssetCheckResult:
-    """Warns when the generation policy's monitors show reward hacking or collapse."""
-    return _result(monitor_history(warehouse, gen_rl_policy))
+edit_rl_policy_monitor_drift = monitor_drift_check(edit_rl_policy, "editing")
+gen_rl_policy_monitor_drift = monitor_drift_check(gen_rl_policy, "generation")
