@@ -4,7 +4,6 @@ small run of the P4 scale bench."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from cli_runs import firm
 
 from firm_assets.curation.cache import CacheItem, CallSpec, Outcome, run_cached
 from firm_assets.curation.dataset import dataset_version_id, register_version
@@ -113,14 +113,7 @@ def audited_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
 
 
 def _firm(home: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "firm_assets.cli", *args],
-        cwd=REPO,
-        env={**os.environ, "FIRM_HOME": str(home)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return firm(*args, home=home)
 
 
 def test_find_critic_versions_by_name_prefix_and_name_at_prefix(audited_home: dict) -> None:

@@ -1,28 +1,18 @@
 """Lineage audits through the real `firm` command against a materialized warehouse."""
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
+from cli_runs import firm
 from curated import Curated
 
 from resources.home import warehouse_path
 from warehouse.connection import Warehouse
 from warehouse.lineage import find_dataset_versions
 
-REPO = Path(__file__).resolve().parent.parent
-
 
 def _firm(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "firm_assets.cli", *args],
-        cwd=REPO,
-        env=dict(os.environ),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return firm(*args)
 
 
 def test_dataset_and_sample_audits(curated_edit: Curated, edit_home: Path) -> None:

@@ -13,15 +13,14 @@ import contextlib
 import hashlib
 import io
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from cli_runs import firm
 from curated import new_home
 from dagster import Output, asset, materialize
 from PIL import Image
@@ -37,7 +36,6 @@ from firm_assets.definitions import build_resources
 from resources.home import warehouse_path
 from warehouse.connection import Warehouse
 
-REPO = Path(__file__).resolve().parent.parent
 SYSTEM = "You grade image edits."
 COLOURS = ("red", "blue", "green", "white", "black", "yellow")
 RECIPE = {"per_device_batch_size": 2, "epochs": 1, "dataloader_workers": 0, "checkpoint_every": 0}
@@ -120,14 +118,7 @@ def _import(*args: str) -> tuple[int, str]:
 
 
 def _firm(home: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "firm_assets.cli", *args],
-        cwd=REPO,
-        env={**os.environ, "FIRM_HOME": str(home)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return firm(*args, home=home)
 
 
 def _sha(path: Path) -> str:

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_runs import firm
 from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus, EventLogEntry
 
 from firm_assets.cli import read_run_config
@@ -192,14 +193,7 @@ def _env(home: Path) -> dict[str, str]:
 
 
 def _firm(home: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "firm_assets.cli", *args],
-        cwd=REPO,
-        env=_env(home),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    return firm(*args, env=_env(home), timeout=900)
 
 
 # Every line a quiet `firm run` may print: its step, progress and check lines (indented), the run's
