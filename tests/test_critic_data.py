@@ -15,13 +15,13 @@ from firm_assets.critics.data import (
     IGNORE,
     EpochSampler,
     index_tasks,
-    json_values,
     record_key,
     row_loss_sums,
     split_validation,
 )
 from firm_assets.critics.recipe import CriticTrainingConfig, effective_recipe
 from firm_assets.critics.train import STATE_FILE, checkpoints
+from firm_assets.curation.json_stream import json_values
 from firm_assets.curation.sharegpt import ExportContractError, index_exports, sharegpt_record, write_tasks
 
 

@@ -37,7 +37,6 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 
-from firm_assets.critics.data import json_values
 from firm_assets.curation.dataset import (
     known_version,
     link_or_copy,
@@ -46,6 +45,7 @@ from firm_assets.curation.dataset import (
     world_readable,
 )
 from firm_assets.curation.images import ImageRejected, StoredImage, ingest_bytes, ingest_image, resolve_under
+from firm_assets.curation.json_stream import json_values
 from firm_assets.curation.lines import BadLine, Quarantined, attempt, quarantined
 from firm_assets.curation.records import record_images, record_quarantine
 from firm_assets.curation.sharegpt import (
