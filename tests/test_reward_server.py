@@ -30,7 +30,11 @@ from firm_assets.serving.batching import Batcher, failed_scores, pixel_budget
 from firm_assets.serving.client import RewardClient, RewardServerError, retry_delay
 from firm_assets.serving.settings import ServerSettings
 from firm_assets.serving.wire import (
+    EditItem,
+    EditRequest,
     EditRewardOverride,
+    GenItem,
+    GenRequest,
     GenRewardOverride,
     ImageLimits,
     ImageRejected,
@@ -48,6 +52,9 @@ def png(color: str | tuple[int, int, int] = "red", size: tuple[int, int] = (32, 
 
 def edit_item(instruction: str = "make it blue", **changes: Any) -> dict[str, Any]:
     return {"source": png("red"), "edited": png("blue"), "instruction": instruction, **changes}
+
+
+ONE_GEN = GenRequest(items=[GenItem(image=png(size=(8, 8)), prompt="x")])  # for the client's refusals
 
 
 @pytest.fixture(scope="module")
@@ -199,7 +206,7 @@ def test_the_client_gives_up_at_its_deadline() -> None:
     client = RewardClient("http://127.0.0.1:9", deadline_s=1.0, backoff_s=0.1, max_backoff_s=0.2)
     started = time.monotonic()
     with pytest.raises(RewardServerError, match=r"cannot reach the reward server.*gave up after 1 s"):
-        client.score_gen([GenQuery(Image.new("RGB", (8, 8)), "x")])
+        client.gen(ONE_GEN)
     assert 1.0 <= time.monotonic() - started < 10 and client.retries >= 3
 
 
@@ -326,11 +333,8 @@ def test_gen_with_reward_override_and_generated_request_id(serve: Callable[..., 
 
 def test_client_round_trip_matches_raw_http(serve: Callable[..., AppServer]) -> None:
     server = serve()
-    red, blue = Image.new("RGB", (32, 32), "red"), Image.new("RGB", (32, 32), "blue")
     with RewardClient(server.base_url) as client:
-        answer = client.score_edit(
-            [EditQuery(red, blue, "make it blue")], mode="expectation", request_id="r1"
-        )
+        answer = client.edit(EditRequest(items=[EditItem(**edit_item())], request_id="r1"))
         assert client.health().status == "ok"
     raw = httpx.post(f"{server.base_url}/v1/edit", json={"items": [edit_item()]}, timeout=60).json()
     assert answer.request_id == "r1"
@@ -538,9 +542,9 @@ def test_bearer_token(serve: Callable[..., AppServer], monkeypatch: pytest.Monke
     )
     assert httpx.get(f"{server.base_url}/healthz").status_code == 200  # health stays open
     with pytest.raises(RewardServerError, match="401"), RewardClient(server.base_url, token="nope") as client:
-        client.score_gen([GenQuery(Image.new("RGB", (8, 8)), "x")])
+        client.gen(ONE_GEN)
     with RewardClient(server.base_url, token="s3cret") as client:
-        assert len(client.score_gen([GenQuery(Image.new("RGB", (8, 8)), "x")]).results) == 1
+        assert len(client.gen(ONE_GEN).results) == 1
     monkeypatch.delenv("FIRM_TEST_TOKEN")
     with pytest.raises(ValueError, match="FIRM_TEST_TOKEN is unset"):
         create_app(ServerSettings(token_env="FIRM_TEST_TOKEN"), lambda: None)
@@ -673,8 +677,8 @@ def test_full_queue_is_429_and_the_client_retries(
     assert refused and all(int(r.headers["retry-after"]) >= 1 for r in refused)
     assert "queue size 1" in refused[0].json()["detail"]
     clients = [RewardClient(server.base_url, backoff_s=0.1) for _ in range(3)]
-    red = Image.new("RGB", (16, 16), "red")
-    answers = _concurrently(3, lambda i: clients[i].score_edit([EditQuery(red, red, "keep it")]))
+    body = EditRequest(items=[EditItem(**edit_item())])
+    answers = _concurrently(3, lambda i: clients[i].edit(body))
     assert all(len(answer.results) == 1 for answer in answers)
     assert sum(client.retries for client in clients) >= 1
 
@@ -685,7 +689,7 @@ def test_slow_scoring_is_504(serve: Callable[..., AppServer], critic: CriticScor
     response = httpx.post(f"{server.base_url}/v1/edit", json={"items": [edit_item()]}, timeout=60)
     assert response.status_code == 504 and "not scored within 0.2 s" in response.json()["detail"]
     with pytest.raises(RewardServerError, match="504"), RewardClient(server.base_url) as client:
-        client.score_gen([GenQuery(Image.new("RGB", (8, 8)), "x")])
+        client.gen(ONE_GEN)
     assert client.retries == 0  # a timeout is not retried
 
 

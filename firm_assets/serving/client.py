@@ -8,22 +8,19 @@ RewardServerError with the server's reason."""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import httpx
 from pydantic import BaseModel
 
-from firm_assets.critics.scoring import EditQuery, GenQuery, ScoreMode
+from firm_assets.critics.scoring import EditQuery, GenQuery
 from firm_assets.serving.wire import (
     EditItem,
     EditRequest,
     EditResponse,
-    EditRewardOverride,
     GenItem,
     GenRequest,
     GenResponse,
-    GenRewardOverride,
     Health,
     encode_image,
 )
@@ -98,46 +95,12 @@ class RewardClient:
         """Closes the HTTP connection pool."""
         self._http.close()
 
-    def score_edit(
-        self,
-        items: Sequence[EditQuery],
-        mode: ScoreMode = "expectation",
-        reward: EditRewardOverride | None = None,
-        request_id: str | None = None,
-    ) -> EditResponse:
-        """Scores and rewards of one group of edits, in the order given, in one request."""
-        return self.post_edit([edit_item(q) for q in items], mode, reward, request_id)
-
-    def post_edit(
-        self,
-        items: Sequence[EditItem],
-        mode: ScoreMode = "expectation",
-        reward: EditRewardOverride | None = None,
-        request_id: str | None = None,
-    ) -> EditResponse:
+    def edit(self, body: EditRequest) -> EditResponse:
         """Sends one editing request and returns the server's validated answer."""
-        body = EditRequest(items=list(items), mode=mode, reward=reward, request_id=request_id)
         return self._post("/v1/edit", body, EditResponse)
 
-    def score_gen(
-        self,
-        items: Sequence[GenQuery],
-        mode: ScoreMode = "expectation",
-        reward: GenRewardOverride | None = None,
-        request_id: str | None = None,
-    ) -> GenResponse:
-        """Scores and rewards of one group of generated images, in the order given, in one request."""
-        return self.post_gen([gen_item(q) for q in items], mode, reward, request_id)
-
-    def post_gen(
-        self,
-        items: Sequence[GenItem],
-        mode: ScoreMode = "expectation",
-        reward: GenRewardOverride | None = None,
-        request_id: str | None = None,
-    ) -> GenResponse:
+    def gen(self, body: GenRequest) -> GenResponse:
         """Sends one generation request and returns the server's validated answer."""
-        body = GenRequest(items=list(items), mode=mode, reward=reward, request_id=request_id)
         return self._post("/v1/gen", body, GenResponse)
 
     def health(self) -> Health:

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from firm_assets.critics.scoring import DimensionScore, EditQuery, EditScores, GenQuery, GenScores, ScoreMode
 from firm_assets.serving.client import RewardClient, edit_item, gen_item
-from firm_assets.serving.wire import EditItem, GenItem, Limits, Score
+from firm_assets.serving.wire import EditItem, EditRequest, GenItem, GenRequest, Limits, Score
 
 Item = TypeVar("Item", EditItem, GenItem)
 ENVELOPE_BYTES = 1024  # a request's JSON around its items: mode, reward override, request id
@@ -109,10 +109,14 @@ class RemoteScorer:
 
     def score_edit(self, queries: Sequence[EditQuery], mode: ScoreMode = "expectation") -> list[EditScores]:
         """Scores edits on the reward server, as an in-process critic would."""
-        results = self._scatter([edit_item(q) for q in queries], lambda c: self.client.post_edit(c, mode))
+        results = self._scatter(
+            [edit_item(q) for q in queries], lambda c: self.client.edit(EditRequest(items=c, mode=mode))
+        )
         return [EditScores(_dimension(r.execution), _dimension(r.consistency)) for r in results]
 
     def score_gen(self, queries: Sequence[GenQuery], mode: ScoreMode = "expectation") -> list[GenScores]:
         """Scores generations on the reward server, as an in-process critic would."""
-        results = self._scatter([gen_item(q) for q in queries], lambda c: self.client.post_gen(c, mode))
+        results = self._scatter(
+            [gen_item(q) for q in queries], lambda c: self.client.gen(GenRequest(items=c, mode=mode))
+        )
         return [GenScores(_dimension(r.instruction), _dimension(r.quality)) for r in results]
