@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
@@ -108,6 +109,21 @@ def client() -> Iterator[Client]:
         backend.close()
 
 
+@dataclass
+class Tiny:
+    """The module's model server, which serves the tiny VL model as "tiny": what it was sent (handler)
+    and backends that talk to it (connect(**options), closed after the test)."""
+
+    handler: ModelHandler
+    connect: Callable[..., OpenAIBackend]
+
+
+@pytest.fixture
+def tiny(client: Client, model_server: tuple[LoopbackServer, ModelHandler]) -> Tiny:
+    server, handler = model_server
+    return Tiny(handler, lambda **options: client(server.base_url, "tiny", **options))
+
+
 def test_model_ref_and_api_key_variable(
     client: Client, serve: Callable[..., LoopbackServer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -181,108 +197,90 @@ def test_two_servers_with_other_weights_under_one_name_share_no_cache_entries(
 
 
 def test_generate_matches_the_serving_model(
-    client: Client,
-    model_server: tuple[LoopbackServer, ModelHandler],
-    vl: TransformersBackend,
-    requests: list[ChatRequest],
+    tiny: Tiny, vl: TransformersBackend, requests: list[ChatRequest]
 ) -> None:
-    server, handler = model_server
-    backend = client(server.base_url, "tiny", concurrency=4)
-    seen_before = handler.images_seen
+    backend = tiny.connect(concurrency=4)
+    seen_before = tiny.handler.images_seen
     answers = backend.generate(requests, GREEDY)
     assert answers == [vl.generate([request], GREEDY)[0] for request in requests]
-    assert handler.images_seen - seen_before == sum(len(request.images) for request in requests) == 4
-    assert set(handler.mimes) == {"image/png"}
+    assert tiny.handler.images_seen - seen_before == sum(len(request.images) for request in requests) == 4
+    assert set(tiny.handler.mimes) == {"image/png"}
     sampled = Decoding(max_new_tokens=8, temperature=1.0, top_p=0.9, seed=3)
     assert backend.generate(requests[:2], sampled) == [vl.generate([r], sampled)[0] for r in requests[:2]]
-    last = handler.payloads[-1]
+    last = tiny.handler.payloads[-1]
     assert (last["temperature"], last["top_p"], last["seed"], last["max_tokens"]) == (1.0, 0.9, 3, 8)
     assert "structured_outputs" not in last
 
 
 def test_regex_travels_as_structured_outputs_to_vllm_only(
-    client: Client,
-    model_server: tuple[LoopbackServer, ModelHandler],
-    vl: TransformersBackend,
-    requests: list[ChatRequest],
+    tiny: Tiny, vl: TransformersBackend, requests: list[ChatRequest]
 ) -> None:
     """To a vLLM server, vLLM's current field carries the regex and the answers equal the serving
     model's guided ones; another server is never sent the field and answers unguided."""
-    server, handler = model_server
     guided = Decoding(max_new_tokens=64, regex=JUDGE)
-    count = len(handler.payloads)
-    answers = client(server.base_url, "tiny", concurrency=4).generate(requests, guided)
+    count = len(tiny.handler.payloads)
+    answers = tiny.connect(concurrency=4).generate(requests, guided)
     assert answers == [vl.generate([request], guided)[0] for request in requests]
     assert all(re.fullmatch(JUDGE, answer) for answer in answers)
-    assert [payload["structured_outputs"] for payload in handler.payloads[count:]] == [{"regex": JUDGE}] * 4
+    sent = tiny.handler.payloads[count:]
+    assert [payload["structured_outputs"] for payload in sent] == [{"regex": JUDGE}] * 4
 
-    count = len(handler.payloads)
-    hosted = client(server.base_url, "tiny", server="openai", concurrency=4)
+    count = len(tiny.handler.payloads)
+    hosted = tiny.connect(server="openai", concurrency=4)
     unguided = Decoding(max_new_tokens=64)
     assert hosted.generate(requests, guided) == [vl.generate([r], unguided)[0] for r in requests]
-    assert not any("structured_outputs" in payload for payload in handler.payloads[count:])
+    assert not any("structured_outputs" in payload for payload in tiny.handler.payloads[count:])
 
 
-def test_continuing_a_prefix_needs_a_vllm_server(
-    client: Client, model_server: tuple[LoopbackServer, ModelHandler], requests: list[ChatRequest]
-) -> None:
-    server, handler = model_server
-    hosted = client(server.base_url, "tiny", server="openai")
-    count = len(handler.payloads)
+def test_continuing_a_prefix_needs_a_vllm_server(tiny: Tiny, requests: list[ChatRequest]) -> None:
+    hosted = tiny.connect(server="openai")
+    count = len(tiny.handler.payloads)
     with pytest.raises(ValueError, match="needs a vLLM server"):
         hosted.next_token_probs(requests[:2], ["Score: ", ""], DIGITS)
-    assert len(handler.payloads) == count  # nothing was sent
+    assert len(tiny.handler.payloads) == count  # nothing was sent
     (row,) = hosted.next_token_probs(requests[1:2], [""], DIGITS)
     assert list(row) == DIGITS
-    assert "continue_final_message" not in handler.payloads[-1]
+    assert "continue_final_message" not in tiny.handler.payloads[-1]
 
 
 def test_next_token_probs_match_the_serving_model(
-    client: Client,
-    model_server: tuple[LoopbackServer, ModelHandler],
-    vl: TransformersBackend,
-    requests: list[ChatRequest],
+    tiny: Tiny, vl: TransformersBackend, requests: list[ChatRequest]
 ) -> None:
     """With top_logprobs covering the vocabulary every token is reported; the empty prefix is a plain
     generation prompt and only non-empty prefixes ask the server to continue the assistant message."""
-    server, handler = model_server
-    backend = client(server.base_url, "tiny", top_logprobs=len(handler.vocab))
+    backend = tiny.connect(top_logprobs=len(tiny.handler.vocab))
     prefixes = ["Score: ", "", "The answer is", "Score:"]
-    count = len(handler.payloads)
+    count = len(tiny.handler.payloads)
     probs = backend.next_token_probs(requests, prefixes, DIGITS)
     expected = vl.next_token_probs(requests, prefixes, DIGITS)
     for row, reference in zip(probs, expected, strict=True):
         assert list(row) == DIGITS
         assert row == pytest.approx(reference, abs=1e-4, rel=1e-4)
         assert all(value > 0 for value in row.values())
-    sent = handler.payloads[count:]
+    sent = tiny.handler.payloads[count:]
     continued = [payload.get("continue_final_message", False) for payload in sent]
     assert sorted(continued) == [False, True, True, True]
     assert all(payload["max_tokens"] == 1 and payload["logprobs"] is True for payload in sent)
 
 
 def test_generate_probed_matches_the_serving_model(
-    client: Client,
-    model_server: tuple[LoopbackServer, ModelHandler],
-    vl: TransformersBackend,
-    requests: list[ChatRequest],
+    tiny: Tiny, vl: TransformersBackend, requests: list[ChatRequest]
 ) -> None:
     """One request per answer, asking for logprobs: the digits' offsets are rebuilt from the token texts
     and their probabilities read from top_logprobs (a digit outside the server's top list counts 0,
     the generated digit is always there); token texts that do not spell the answer give no positions."""
-    server, handler = model_server
     judge = Decoding(max_new_tokens=48, regex=JUDGE)
     expected = [vl.generate_probed([request], judge, DIGITS)[0] for request in requests]
-    count = len(handler.payloads)
-    answers = client(server.base_url, "tiny").generate_probed(requests, judge, DIGITS)
-    assert all(p["logprobs"] is True and p["top_logprobs"] == 20 for p in handler.payloads[count:])
+    count = len(tiny.handler.payloads)
+    answers = tiny.connect().generate_probed(requests, judge, DIGITS)
+    assert all(p["logprobs"] is True and p["top_logprobs"] == 20 for p in tiny.handler.payloads[count:])
     for answer, reference in zip(answers, expected, strict=True):
         assert answer.text == reference.text
         assert [p.offset for p in answer.positions] == [p.offset for p in reference.positions] != []
         for position, reference_position in zip(answer.positions, reference.positions, strict=True):
             assert position.probs == pytest.approx(reference_position.probs, rel=1e-6)
 
-    (narrow,) = client(server.base_url, "tiny", top_logprobs=1).generate_probed(requests[:1], judge, DIGITS)
+    (narrow,) = tiny.connect(top_logprobs=1).generate_probed(requests[:1], judge, DIGITS)
     for position, reference_position in zip(narrow.positions, expected[0].positions, strict=True):
         written = narrow.text[position.offset]
         best = max(reference_position.probs, key=reference_position.probs.__getitem__)
@@ -292,37 +290,27 @@ def test_generate_probed_matches_the_serving_model(
         )
 
 
-def test_in_memory_images_travel_as_png(
-    client: Client,
-    model_server: tuple[LoopbackServer, ModelHandler],
-    vl: TransformersBackend,
-    images: list[ImagePart],
-) -> None:
-    server, handler = model_server
+def test_in_memory_images_travel_as_png(tiny: Tiny, vl: TransformersBackend, images: list[ImagePart]) -> None:
     with Image.open(images[1].path) as decoded:  # RGBA from disk, held in memory
         part = ImagePart.from_image(decoded.copy())
     request = ChatRequest(user=(part, "What is this?"))
-    count = len(handler.mimes)
-    answers = client(server.base_url, "tiny").generate([request], GREEDY)
-    assert handler.mimes[count:] == ["image/png"]
+    count = len(tiny.handler.mimes)
+    answers = tiny.connect().generate([request], GREEDY)
+    assert tiny.handler.mimes[count:] == ["image/png"]
     assert answers == vl.generate([request], GREEDY)
 
 
 def test_tokens_outside_the_top_logprobs_are_zero(
-    client: Client,
-    model_server: tuple[LoopbackServer, ModelHandler],
-    vl: TransformersBackend,
-    requests: list[ChatRequest],
+    tiny: Tiny, vl: TransformersBackend, requests: list[ChatRequest]
 ) -> None:
-    server, handler = model_server
     request, prefix = requests[0], "Score: "
-    (everything,) = vl.next_token_probs([request], [prefix], handler.vocab)
+    (everything,) = vl.next_token_probs([request], [prefix], tiny.handler.vocab)
     ranked = sorted(everything, key=lambda token: -everything[token])
     tokens = [*ranked[:2], *DIGITS, ranked[-1]]
-    backend = client(server.base_url, "tiny")
+    backend = tiny.connect()
     assert backend.top_logprobs == 20
     (row,) = backend.next_token_probs([request], [prefix], tokens)
-    assert handler.payloads[-1]["top_logprobs"] == 20
+    assert tiny.handler.payloads[-1]["top_logprobs"] == 20
     top20 = set(ranked[:20])
     for token in tokens:
         assert row[token] == pytest.approx(everything[token] if token in top20 else 0.0, abs=1e-4)
