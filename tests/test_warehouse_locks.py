@@ -95,12 +95,19 @@ def database(tmp_path: Path) -> Path:
     return path
 
 
-def test_audit_waits_for_a_writer_then_answers(database: Path) -> None:
-    holder = _hold(WRITER, database, 4)
+def _audit_behind(script: str, database: Path) -> tuple[subprocess.CompletedProcess, subprocess.Popen]:
+    """`firm audit sample s1`, willing to wait 60 s, while `script` holds a lock for 4 s; both have
+    ended on return."""
+    holder = _hold(script, database, 4)
     try:
         done, _ = _audit(database.parent, 60, "sample", "s1")
     finally:
         holder.wait(timeout=60)
+    return done, holder
+
+
+def test_audit_waits_for_a_writer_then_answers(database: Path) -> None:
+    done, holder = _audit_behind(WRITER, database)
     assert holder.returncode == 0
     assert done.returncode == 0, done.stderr
     assert "sample s1: in 1 dataset version(s)" in done.stdout  # the writer's committed rows
@@ -123,11 +130,7 @@ def test_audit_gives_up_after_the_bound_naming_the_lock(database: Path) -> None:
 
 
 def test_audit_waits_for_duckdbs_own_lock_held_outside_the_project(database: Path) -> None:
-    holder = _hold(FOREIGN, database, 4)
-    try:
-        done, _ = _audit(database.parent, 60, "sample", "s1")
-    finally:
-        holder.wait(timeout=60)
+    done, holder = _audit_behind(FOREIGN, database)
     assert done.returncode == 1, done.stderr  # answered: no such sample in this warehouse
     assert done.stdout.startswith("sample s1: in 0 dataset version(s)")
     assert done.stderr.strip().startswith(
