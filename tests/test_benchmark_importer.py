@@ -39,6 +39,11 @@ def _bench(
     return side_dir
 
 
+def _edit_item(item_id: object, instruction: str = "p", edited: str = "b") -> dict[str, object]:
+    """An edit item in the published layout: `image` lists images/a.png (source), then the edited one."""
+    return {"id": item_id, "instruction": instruction, "image": ["images/a.png", f"images/{edited}.png"]}
+
+
 def _reasons(bad: list) -> list[str]:
     return [entry.reason for entry in bad]
 
@@ -166,8 +171,8 @@ def test_conflicting_labels_exclude_the_item_and_identical_duplicates_are_fine(t
         tmp_path,
         "edit",
         [
-            {"id": "same", "instruction": "p", "image": ["images/a.png", "images/b.png"]},
-            {"id": "differ", "instruction": "p", "image": ["images/a.png", "images/c.png"]},
+            _edit_item("same"),
+            _edit_item("differ", edited="c"),
         ],
         [
             {"id": "same", "execution": 4, "consistency": 5},
@@ -200,7 +205,7 @@ def test_bad_or_escaping_images_are_quarantined(tmp_path: Path, image: str, reas
         tmp_path,
         "edit",
         [
-            {"id": "ok", "instruction": "p", "image": ["images/a.png", "images/b.png"]},
+            _edit_item("ok"),
             {"id": "bad", "instruction": "p", "source_image": "images/a.png", "edited_image": image},
         ],
         [{"id": "ok", "execution": 5, "consistency": 5}, {"id": "bad", "execution": 5, "consistency": 5}],
@@ -246,16 +251,16 @@ def test_unknown_ids_bad_lines_and_duplicates_are_quarantined(tmp_path: Path) ->
         tmp_path,
         "edit",
         [
-            {"id": "e1", "instruction": "p", "image": ["images/a.png", "images/b.png"]},
-            {"id": "e1", "instruction": "again", "image": ["images/a.png", "images/b.png"]},
+            _edit_item("e1"),
+            _edit_item("e1", "again"),
             "{not json",
             "[1, 2]",
             "",
             {"instruction": "no id", "image": ["images/a.png", "images/b.png"]},
             {"id": "e3", "instruction": "one image only", "image": ["images/a.png"]},
             {"id": "e4", "instruction": "p", "edited_image": "images/a.png"},
-            {"id": "e5", "instruction": "   ", "image": ["images/a.png", "images/b.png"]},
-            {"id": 1.5, "instruction": "p", "image": ["images/a.png", "images/b.png"]},
+            _edit_item("e5", "   "),
+            _edit_item(1.5),
         ],
         [
             {"id": "e1", "execution": 5, "consistency": 5},
