@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from dagster import (
     AssetMaterialization,
     AssetSelection,
@@ -126,3 +127,11 @@ def edited_template(folder: Path, template_id: str, old: str, new: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{template_id}.yaml").write_text(text.replace(old, new))
     return folder
+
+
+def materialize_with_edited_template(
+    group: str, monkeypatch: pytest.MonkeyPatch, folder: Path, template_id: str, old: str, new: str
+) -> ExecuteInProcessResult:
+    """Materialize `group` again after a user's edit of one template (see `edited_template`)."""
+    monkeypatch.setenv("FIRM_TEMPLATE_DIR", str(edited_template(folder, template_id, old, new)))
+    return materialize_group(group)

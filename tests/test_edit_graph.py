@@ -10,9 +10,9 @@ import polars as pl
 from curated import Curated
 from graph_runs import (
     edit_config,
-    edited_template,
     home_warehouse,
     materialize_group,
+    materialize_with_edited_template,
     metadata,
     model_calls,
     write_requests,
@@ -169,9 +169,9 @@ def test_editing_a_template_recomputes_that_stage_only(
     curated_edit: Curated, edit_home: Path, tmp_path: Path, monkeypatch
 ) -> None:
     first = curated_edit.result
-    templates = edited_template(tmp_path / "templates", "consistency_score", "Count the", "List the")
-    monkeypatch.setenv("FIRM_TEMPLATE_DIR", str(templates))
-    second = materialize_group("edit")
+    second = materialize_with_edited_template(
+        "edit", monkeypatch, tmp_path / "templates", "consistency_score", "Count the", "List the"
+    )
     scored = metadata(first, "edit_scores")["rows"]
     canary = metadata(first, "edit_scores")["edit_canary_model_calls"] // 2  # items: once per dimension
     # captions and execution scores are cache hits; every consistency score is asked again, and the

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import polars as pl
 from curated import Curated
-from graph_runs import edited_template, gen_config, home_warehouse, materialize_group, metadata, model_calls
+from graph_runs import (
+    gen_config,
+    home_warehouse,
+    materialize_group,
+    materialize_with_edited_template,
+    metadata,
+    model_calls,
+)
 from mlflow import MlflowClient
 
 from firm_assets.curation.parsers import CHECKLIST_CATEGORIES, PLAN_THEN_SCORE
@@ -113,9 +120,9 @@ def test_changing_the_checklist_template_replans_but_never_rerenders(
 ) -> None:
     first = curated_gen.result
     before = home_warehouse().query("SELECT prompt_id, items FROM assets.gen_checklists")
-    templates = edited_template(tmp_path / "templates", "checklist_plan", "atomic requirement", "single one")
-    monkeypatch.setenv("FIRM_TEMPLATE_DIR", str(templates))
-    second = materialize_group("gen")
+    second = materialize_with_edited_template(
+        "gen", monkeypatch, tmp_path / "templates", "checklist_plan", "atomic requirement", "single one"
+    )
     calls = model_calls(second)
     assert calls["gen_checklists"] == metadata(first, "gen_checklists")["rows"] == 10
     assert calls["generated_images"] == 0 and calls["quality"] == 0
@@ -136,9 +143,9 @@ def test_changing_the_quality_template_rescores_quality_only(
     curated_gen: Curated, gen_home: Path, tmp_path: Path, monkeypatch
 ) -> None:
     first = curated_gen.result
-    templates = edited_template(tmp_path / "templates", "gen_quality_score", "on its own", "by itself")
-    monkeypatch.setenv("FIRM_TEMPLATE_DIR", str(templates))
-    second = materialize_group("gen")
+    second = materialize_with_edited_template(
+        "gen", monkeypatch, tmp_path / "templates", "gen_quality_score", "on its own", "by itself"
+    )
     # plans, images and instruction-following verdicts are cache hits; every quality score is asked
     # again, and the canary's quality answers with it
     assert model_calls(second) == {
