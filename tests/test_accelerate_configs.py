@@ -1,9 +1,6 @@
 """The shipped accelerate configs, read by accelerate's own config classes and launch code, and the
 run config that selects one."""
 
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,12 +11,12 @@ from accelerate.commands.config.config_args import ClusterConfig, load_config_fr
 from accelerate.commands.launch import _validate_launch_command, launch_command_parser
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 from accelerate.utils.launch import prepare_multi_gpu_env
+from critic_runs import run_summary, train_critic
 from torch.distributed.fsdp import CPUOffloadPolicy, StateDictType
 from transformers import AutoModelForImageTextToText
 
 from firm_assets.critics.recipe import ACCELERATE_CONFIGS, ACCELERATE_DIR, CriticTrainingConfig, launch_prefix
 
-REPO = Path(__file__).resolve().parent.parent
 FSDP = ACCELERATE_DIR / "fsdp_8gpu_full.yaml"
 FSDP2_CPU = ACCELERATE_DIR / "fsdp2_cpu_2proc.yaml"
 LORA = ACCELERATE_DIR / "lora_1gpu.yaml"
@@ -129,15 +126,6 @@ def test_lora_1gpu_launches_through_accelerate_and_falls_back_to_fp32_without_a_
         tmp_path, tiny_models["tiny-qwen3-vl"], _dataset(tmp_path / "exports"), method="lora", epochs=1
     )
     command = launch_prefix(CriticTrainingConfig(accelerate_config="lora_1gpu"), "lora")
-    run = subprocess.run(
-        [*command, "firm_assets.critics.train", "--params", str(params)],
-        cwd=REPO,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stderr[-2000:]
-    summary = json.loads(run.stdout.strip().splitlines()[-1])
+    summary = run_summary(train_critic(params, launcher=command))
     assert summary["updates"] == 2
     assert summary["ran"]["mixed_precision"] == "no" and summary["ran"]["weights_dtype"] == "float32"

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from critic_runs import run_summary, train_critic
 from PIL import Image
 
 from firm_assets.critics.data import IGNORE, encode_batch, set_pixel_budget
@@ -121,12 +122,12 @@ def test_a_critic_sees_images_at_the_size_it_was_trained_on(tmp_path: Path, tiny
     """A critic trained under a 2048-pixel budget (below the processor's own 4096) is served and
     benched with the same image grid its training batches had; the untrained base, whose processor
     knows no such budget, sees a larger grid (the control)."""
-    from test_train import _dataset, _params, _summary, _train
+    from test_train import _dataset, _params
 
     base = tiny_models[VL_NAME]
     dataset = _dataset(tmp_path / "exports")
     params = _params(tmp_path, base, dataset, epochs=1, image_max_pixels=2048)
-    _summary(_train(params))
+    run_summary(train_critic(params))
     critic = tmp_path / "critic"
     image = Image.new("RGB", (96, 64), "red")
     image_path = tmp_path / "wide.png"

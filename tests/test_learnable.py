@@ -8,14 +8,12 @@ answers the median training label."""
 
 import hashlib
 import json
-import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import polars as pl
 import pytest
+from critic_runs import run_summary, train_critic
 from PIL import Image
 
 from firm_assets.critics.inference import CRITIC_TASKS, score_with_critic
@@ -27,7 +25,6 @@ from resources.profiles import get_profile
 from resources.transformers_backend import TransformersBackend
 from warehouse.connection import Warehouse
 
-REPO = Path(__file__).resolve().parent.parent
 # the execution score of an edited image is 1 + the index of the colour that covers most of it
 COLOURS = {
     "red": (210, 40, 40),
@@ -140,18 +137,7 @@ def _train(base_model: Path, dataset_folder: Path, task: str, output: Path) -> d
     }
     params_file = output.with_name("params.json")
     params_file.write_text(json.dumps(params))
-    run = subprocess.run(
-        [sys.executable, "-m", "firm_assets.critics.train", "--params", str(params_file)],
-        cwd=REPO,
-        # one thread: this model's matrices are too small to gain from more; on the 2-core development
-        # machine, busy with other jobs, two threads made each update about five times slower
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert run.returncode == 0, run.stderr[-2000:]
-    return json.loads(run.stdout.strip().splitlines()[-1])
+    return run_summary(train_critic(params_file, timeout=600))
 
 
 def test_trained_critic_beats_the_constant_predictor_on_held_out_items(

@@ -4,12 +4,10 @@ no number; a run killed with SIGKILL resumes from its newest checkpoint to exact
 uninterrupted run."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from critic_runs import run_summary, train_critic
 from PIL import Image
 from transformers import AutoModelForImageTextToText
 
@@ -18,7 +16,6 @@ from firm_assets.critics.recipe import PAPER_RECIPE
 from firm_assets.critics.train import KILL_AFTER_UPDATE, SUMMARY_FILE, train
 from firm_assets.curation.sharegpt import index_exports, sharegpt_record, write_tasks
 
-REPO = Path(__file__).resolve().parent.parent
 # what a relaunch after training finished reports as its cost: nothing spent now
 NO_COST = {"model_seconds": 0.0, "gpu_seconds": 0.0, "model_calls": 0, "tokens_in": 0}
 COLOURS = ("red", "blue", "green", "white", "black", "yellow", "orange", "purple")
@@ -81,29 +78,13 @@ def _example_tokens(base: Path, dataset: Path, val_fraction: float) -> int:
     )
 
 
-def _train(params: Path, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "firm_assets.critics.train", "--params", str(params)],
-        cwd=REPO,
-        env={**os.environ, "OMP_NUM_THREADS": "1", **env},  # one thread: deterministic and fastest here
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
-def _summary(run: subprocess.CompletedProcess) -> dict:
-    assert run.returncode == 0, run.stderr[-2000:]
-    return json.loads(run.stdout.strip().splitlines()[-1])
-
-
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_training_lowers_the_loss_and_saves_loadable_weights(
     method: str, tmp_path: Path, tiny_models
 ) -> None:
     dataset = _dataset(tmp_path / "exports")
     params = _params(tmp_path, tiny_models["tiny-qwen3-vl"], dataset, method=method)
-    summary = _summary(_train(params))
+    summary = run_summary(train_critic(params))
     # 4 records: 1 held out for validation, 3 trained on in 2 batches per epoch for 6 epochs
     assert (summary["examples"], summary["train_examples"], summary["val_examples"]) == (4, 3, 1)
     assert summary["updates"] == 12 and len(summary["losses"]) == 12
@@ -132,9 +113,9 @@ def test_training_lowers_the_loss_and_saves_loadable_weights(
     # a relaunch of the same version (its parent died after training, e.g. at registration) reports
     # the saved summary and leaves the saved weights alone instead of training again
     saved = {path.name: path.stat().st_mtime_ns for path in output.iterdir()}
-    again = _train(params)
+    again = train_critic(params)
     assert "already holds this version's trained weights" in again.stdout
-    reported = _summary(again)
+    reported = run_summary(again)
     assert {**reported, "cost": None} == {**summary, "cost": None}
     assert reported["cost"] == NO_COST
     assert {path.name: path.stat().st_mtime_ns for path in output.iterdir()} == saved
@@ -160,9 +141,11 @@ def test_every_rank_of_a_relaunch_after_training_finished_stops(
 
 def test_gradient_checkpointing_and_workers_change_no_loss(tmp_path: Path, tiny_models) -> None:
     dataset = _dataset(tmp_path / "exports")
-    plain = _summary(_train(_params(tmp_path / "plain", tiny_models["tiny-qwen3-vl"], dataset, epochs=2)))
-    changed = _summary(
-        _train(
+    plain = run_summary(
+        train_critic(_params(tmp_path / "plain", tiny_models["tiny-qwen3-vl"], dataset, epochs=2))
+    )
+    changed = run_summary(
+        train_critic(
             _params(
                 tmp_path / "changed",
                 tiny_models["tiny-qwen3-vl"],
@@ -193,20 +176,20 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_losses(tmp_path: Path, ti
         "warmup_ratio": 0.2,
         "learning_rate": 0.003,
     }
-    straight = _summary(
-        _train(_params(tmp_path / "straight", tiny_models["tiny-qwen3-vl"], dataset, **recipe))
+    straight = run_summary(
+        train_critic(_params(tmp_path / "straight", tiny_models["tiny-qwen3-vl"], dataset, **recipe))
     )
     assert straight["updates"] == 12 and [s for s, _ in straight["val_losses"]] == [2, 4, 6, 8, 10, 12]
 
     params = _params(tmp_path / "killed", tiny_models["tiny-qwen3-vl"], dataset, **recipe)
-    killed = _train(params, **{KILL_AFTER_UPDATE: "7"})
+    killed = train_critic(params, **{KILL_AFTER_UPDATE: "7"})
     assert killed.returncode == -9, killed.stderr[-2000:]
     checkpoints = tmp_path / "killed" / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["step-00000003", "step-00000006"]
     assert not (tmp_path / "killed" / "critic").exists()
 
-    resumed = _train(params)
-    summary = _summary(resumed)
+    resumed = train_critic(params)
+    summary = run_summary(resumed)
     assert "resuming from step-00000006: epoch 1, update 6" in resumed.stdout
     # its progress counts the 6 updates it makes (the rate `firm run`'s ETA needs), each one reported
     progress = [line for line in resumed.stdout.splitlines() if line.startswith("progress ")]
