@@ -97,13 +97,8 @@ def create_app(
     `/healthz` says 503 until it is ready (`on_loaded` gets the seconds the load took)."""
     token = bearer_token(settings)
     limits = ImageLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
-    advertised = Limits(
-        max_items=settings.max_items,
-        max_body_bytes=settings.max_body_bytes,
-        max_image_bytes=settings.max_image_bytes,
-        max_image_pixels=settings.max_image_pixels,
-        max_request_pixels=settings.max_request_pixels,
-    )
+    # what a client must respect: the settings of the same names
+    advertised = Limits(**settings.model_dump(include=set(Limits.model_fields)))
     metrics = ServerMetrics(queue_depth=lambda: batcher.queue_depth())
     batcher = Batcher(
         scorer_factory,
