@@ -6,7 +6,8 @@ the parameters its trainer reads, the lineage row, the metadata); `launch_traine
 same way for both: skip a version that exists, open the MLflow run, write the parameters file,
 launch the trainer module (`critics/train.py`, `rl/train.py`, which run in their own process and
 read `--params` through `trainer_entry.py`) through Dagster Pipes so its logs stream into the run,
-take the last message it reports as its summary, finish the MLflow run (FAILED when anything fails),
+take the last message it reports as its summary, finish the MLflow run (FAILED when anything fails,
+KILLED when the Dagster run is terminated),
 record the lineage row and the cost (`firm cost`), and return the output, versioned by the job's
 version.
 
@@ -130,19 +131,19 @@ def launch_trainer(
         dagster_tags(context, job.version),
         job.params_file if job.reopens_run else None,
     )
-    job.params_file.parent.mkdir(parents=True, exist_ok=True)
-    job.params_file.write_text(json.dumps(job.params(run_id, tracking.uri()), indent=1))
-    if not reopened:  # a reopened run has them already (and MLflow params cannot change)
-        job.log_run(tracking, run_id)
-    models.release_for_subprocess()
-    try:
+    try:  # from here on the run ends FAILED, or KILLED when the Dagster run is terminated
+        job.params_file.parent.mkdir(parents=True, exist_ok=True)
+        job.params_file.write_text(json.dumps(job.params(run_id, tracking.uri()), indent=1))
+        if not reopened:  # a reopened run has them already (and MLflow params cannot change)
+            job.log_run(tracking, run_id)
+        models.release_for_subprocess()
         invocation = pipes.run(
             context=context, command=[*job.launcher, job.trainer, "--params", str(job.params_file)]
         )
         summary = invocation.get_custom_messages()[-1]
         summary |= job.after_training(tracking, run_id, summary)
-    except Exception:
-        tracking.finish(run_id, "FAILED")
+    except BaseException as error:  # Dagster's termination is not an Exception
+        tracking.finish(run_id, "FAILED" if isinstance(error, Exception) else "KILLED")
         raise
     tracking.finish(run_id)
     row = job.row(run_id, summary)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -111,7 +112,9 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> list[ImagePart]:
 
 
 @pytest.fixture(scope="session")
-def tiny_text_backend(tiny_models: dict[str, Path]) -> TransformersBackend:
+def tiny_text_backend(tiny_models: dict[str, Path]) -> Iterator[TransformersBackend]:
     """The tiny text-only model behind the transformers backend, loaded once for every test that
     only reads from it."""
-    return TransformersBackend(str(tiny_models[TEXT_NAME]))
+    backend = TransformersBackend(str(tiny_models[TEXT_NAME]))
+    yield backend
+    backend.close()

@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import io
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -361,3 +362,72 @@ def test_the_bench_reads_an_imported_version(imported, monkeypatch) -> None:
             ],
         )
     assert sorted(contaminated_items(warehouse, "firm_edit", version)) == ["by-image", "by-text"]
+
+
+def test_an_import_keeps_only_kept_records_images_and_refuses_a_task_left_empty(
+    firm_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A record quarantined by its second image leaves its first out of the version; a task whose
+    every record is quarantined fails the import with nothing registered (a critic would otherwise
+    train on the other task alone); the same files under another media folder are another import."""
+    release = tmp_path / "release"
+    (release / "images").mkdir(parents=True)
+    for colour in ("white", "red", "orange"):
+        (release / "images" / f"{colour}.png").write_bytes(_png(colour))
+    good = {
+        "messages": _messages("<image><image>Make it red.", _answer(1)),
+        "images": ["images/white.png", "images/red.png"],
+    }
+    half = {
+        "messages": _messages("<image><image>Make it pink.", _answer(2)),
+        "images": ["images/orange.png", "images/pink.png"],
+    }
+    execution = release / "execution.jsonl"
+    execution.write_text(json.dumps(good) + "\n" + json.dumps(half) + "\n")
+    bad_only = release / "consistency.jsonl"
+    bad_only.write_text(json.dumps(half) + "\n")
+    consistency = release / "consistency-good.jsonl"
+    consistency.write_text(json.dumps(good) + "\n")
+
+    code = main(
+        [
+            "import-dataset",
+            "firm_edit",
+            "--task",
+            "edit_execution",
+            str(execution),
+            "--task",
+            "edit_consistency",
+            str(bad_only),
+        ]
+    )
+    assert code == 1
+    assert "no record of task edit_consistency could be imported" in capsys.readouterr().err
+    warehouse = Warehouse(warehouse_path())
+    assert warehouse.rows("SELECT count(*) FROM dataset_versions") == [(0,)]
+    assert warehouse.rows("SELECT count(*) FROM quarantine") == [(0,)]
+
+    args = [
+        "import-dataset",
+        "firm_edit",
+        "--task",
+        "edit_execution",
+        str(execution),
+        "--task",
+        "edit_consistency",
+        str(consistency),
+    ]
+    code, out = _import(*args[1:])
+    assert code == 0, out
+    version = out.split(" version ")[1].split()[0]
+    stored = {path.name for path in (firm_home / "datasets" / "firm_edit" / version / "images").iterdir()}
+    orange = hashlib.sha256((release / "images" / "orange.png").read_bytes()).hexdigest()
+    assert len(stored) == 2 and not any(name.startswith(orange) for name in stored), stored
+
+    media = tmp_path / "media"
+    shutil.copytree(release / "images", media / "images")
+    (media / "images" / "pink.png").write_bytes(_png("pink"))
+    code, out = _import(*args[1:], "--media-dir", str(media))
+    assert code == 0, out
+    assert out.split(" version ")[1].split()[0] != version
+    assert "records edit_consistency 1, edit_execution 2;" in out

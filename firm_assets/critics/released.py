@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,10 +209,15 @@ def hash_file(task: str, path: Path) -> ReleasedFile:
     return ReleasedFile(task, path.resolve(), digest.hexdigest(), path.stat().st_size)
 
 
-def version_of(dataset: str, files: Sequence[ReleasedFile]) -> str:
-    """The content hash of an import: the dataset, each file's sha256 with its task, the layout."""
+def version_of(dataset: str, files: Sequence[ReleasedFile], media_dir: Path | None) -> str:
+    """The hash of an import: the dataset, each file's sha256 with its task, the media folder its
+    image paths resolve under (another folder is another import; images changed in place under the
+    same folder are not seen), the layout."""
     content = sorted((file.task, file.sha256) for file in files)
-    text = json.dumps({"dataset": dataset, "files": content, "import_layout": IMPORT_LAYOUT})
+    media = str(media_dir.resolve()) if media_dir is not None else None
+    text = json.dumps(
+        {"dataset": dataset, "files": content, "media_dir": media, "import_layout": IMPORT_LAYOUT}
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -240,7 +246,11 @@ class _Writer:
                         quarantined(file.path, f"record {index}", _raw_text(raw), converted.reason)
                     )
                     continue
-                text, user, shas = converted
+                text, user, stored = converted
+                for image in stored:  # only a kept record's images enter the version
+                    if image.sha256 not in self.images:
+                        self.images[image.sha256] = image
+                        link_or_copy(image.path, self.folder / "images" / image.path.name)
                 self.members.append(
                     {
                         "sample_id": hashlib.sha256(f"{file.sha256}:{index}".encode()).hexdigest()[:16],
@@ -249,14 +259,14 @@ class _Writer:
                         "task": file.task,
                         "file_sha256": file.sha256,
                         "record": index,
-                        IMAGE_SHAS: shas,
+                        IMAGE_SHAS: [image.sha256 for image in stored],
                         USER_TEXT: user,
                     }
                 )
                 yield text
 
-    def _convert(self, raw: object, file: ReleasedFile) -> tuple[str, str, list[str]]:
-        """The record's JSON text in the export layout, its user turn and its images' sha256."""
+    def _convert(self, raw: object, file: ReleasedFile) -> tuple[str, str, list[StoredImage]]:
+        """The record's JSON text in the export layout, its user turn and its stored images."""
         record = read_record(raw, self.media_dir or file.path.parent)
         stored = [self._store(image, position) for position, image in enumerate(record.images)]
         turns = [
@@ -265,22 +275,19 @@ class _Writer:
             {"role": "assistant", "content": record.answer},
         ]
         images = [image_ref(self.dataset, self.version, image.path.name) for image in stored]
-        shas = [image.sha256 for image in stored]
-        return json.dumps({"messages": turns, "images": images}), record.user, shas
+        return json.dumps({"messages": turns, "images": images}), record.user, stored
 
     def _store(self, image: Path | bytes, position: int) -> StoredImage:
+        """The image in the content-addressed store (linked into the version only once its record
+        is kept)."""
         try:
-            stored = (
+            return (
                 ingest_bytes(image, self.store)
                 if isinstance(image, bytes)
                 else ingest_image(image, self.store)
             )
         except ImageRejected as error:
             raise BadLine(f"image {position}: {error.reason}") from None
-        if stored.sha256 not in self.images:
-            self.images[stored.sha256] = stored
-            link_or_copy(stored.path, self.folder / "images" / stored.path.name)
-        return stored
 
 
 def import_released(
@@ -300,7 +307,7 @@ def import_released(
     shas = [file.sha256 for file in hashed]
     if len(set(shas)) != len(shas):
         raise ValueError("the same file content is given twice")
-    version = version_of(dataset, hashed)
+    version = version_of(dataset, hashed, media_dir)
     root = firm_home() / "datasets"
     folder = root / dataset / version
     if known_version(warehouse, dataset, version) is not None:
@@ -316,12 +323,15 @@ def import_released(
         task: [file for file in hashed if file.task == task] for task in dict.fromkeys(t for t, _ in files)
     }
     write_tasks(tmp, dataset, version, {task: writer.task_records(group) for task, group in by_task.items()})
-    record_quarantine(warehouse, QUARANTINE_ASSET, [row.as_row() for row in writer.quarantined], None)
-    if not writer.members:
+    kept = Counter(member["task"] for member in writer.members)
+    empty = [task for task in by_task if not kept[task]]
+    if empty:  # a task with no record would train the critic on the other task alone
         shutil.rmtree(tmp)
         raise ValueError(
-            f"no record of {len(hashed)} file(s) could be imported ({len(writer.quarantined)} quarantined)"
+            f"no record of task {', '.join(empty)} could be imported"
+            f" ({len(writer.quarantined)} record(s) quarantined in all): nothing registered"
         )
+    record_quarantine(warehouse, QUARANTINE_ASSET, [row.as_row() for row in writer.quarantined], None)
     frame = pl.DataFrame(writer.members, schema_overrides={"cache_keys": pl.List(pl.String)})
     frame.write_parquet(tmp / "data.parquet")
     world_readable(tmp)
