@@ -389,35 +389,18 @@ def test_an_import_keeps_only_kept_records_images_and_refuses_a_task_left_empty(
     consistency = release / "consistency-good.jsonl"
     consistency.write_text(json.dumps(good) + "\n")
 
-    code = main(
-        [
-            "import-dataset",
-            "firm_edit",
-            "--task",
-            "edit_execution",
-            str(execution),
-            "--task",
-            "edit_consistency",
-            str(bad_only),
-        ]
-    )
-    assert code == 1
+    def edit_import(consistency_file: Path) -> list[str]:
+        tasks = ["--task", "edit_execution", str(execution), "--task", "edit_consistency"]
+        return ["firm_edit", *tasks, str(consistency_file)]
+
+    assert main(["import-dataset", *edit_import(bad_only)]) == 1
     assert "no record of task edit_consistency could be imported" in capsys.readouterr().err
     warehouse = Warehouse(warehouse_path())
     assert warehouse.rows("SELECT count(*) FROM dataset_versions") == [(0,)]
     assert warehouse.rows("SELECT count(*) FROM quarantine") == [(0,)]
 
-    args = [
-        "import-dataset",
-        "firm_edit",
-        "--task",
-        "edit_execution",
-        str(execution),
-        "--task",
-        "edit_consistency",
-        str(consistency),
-    ]
-    code, out = _import(*args[1:])
+    args = edit_import(consistency)
+    code, out = _import(*args)
     assert code == 0, out
     version = out.split(" version ")[1].split()[0]
     stored = {path.name for path in (firm_home / "datasets" / "firm_edit" / version / "images").iterdir()}
@@ -427,7 +410,7 @@ def test_an_import_keeps_only_kept_records_images_and_refuses_a_task_left_empty(
     media = tmp_path / "media"
     shutil.copytree(release / "images", media / "images")
     (media / "images" / "pink.png").write_bytes(_png("pink"))
-    code, out = _import(*args[1:], "--media-dir", str(media))
+    code, out = _import(*args, "--media-dir", str(media))
     assert code == 0, out
     assert out.split(" version ")[1].split()[0] != version
     assert "records edit_consistency 1, edit_execution 2;" in out
