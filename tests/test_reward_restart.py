@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import polars as pl
 import pytest
 import torch
 from PIL import Image
@@ -23,13 +24,19 @@ from serve_process import free_port, start_serve, wait_healthy
 from firm_assets.critics.rewards import RewardConfig
 from firm_assets.critics.scoring import CriticScorer
 from firm_assets.curation.versioning import short_hash
+from firm_assets.rl.assets import GEN_POLICY
 from firm_assets.rl.critic_reward import critic_reward_fn
+from firm_assets.rl.launch import policy_training, server_critic_version
 from firm_assets.rl.nft.config import NFTConfig
 from firm_assets.rl.nft.loop import train_policy
 from firm_assets.rl.nft.records import PromptItem, RewardBatch, Rollout, StepLog
+from firm_assets.rl.settings import RLPolicyConfig
 from firm_assets.serving.remote import RemoteScorer
+from resources.home import warehouse_path
+from resources.models import ModelsResource
 from resources.tiny_diffusion import build_tiny_diffusion
 from resources.tiny_models import VL_NAME
+from warehouse.connection import Warehouse
 
 MiB = 2**20
 
@@ -160,3 +167,25 @@ def test_server_memory_is_bounded_by_what_a_request_may_cost(
     after = peak_rss_mib(server.pid)
     assert after - before < 256, (before, after)
     print(f"PEAK_RSS before={before:.0f}MiB after_bomb={after_bomb:.0f}MiB after_3x4096^2={after:.0f}MiB")
+
+
+def test_a_policy_against_a_server_names_the_served_critic(served, firm_home: Path) -> None:
+    """The served critic, not the upstream asset's, is the one a policy trains against: its version
+    enters the policy version, the trainer's model tags and the skip line alike."""
+    url, _ = served
+    upstream = pl.DataFrame(
+        [{"version": "upstream0000", "path": "", "registered_model": "firm_gen_critic", "model_version": "1"}]
+    )
+    prompts = pl.DataFrame({"prompt_id": ["p1"], "prompt": ["a red square"], "source": ["demo"]})
+    config = RLPolicyConfig(reward_server=url)
+    job = policy_training(
+        GEN_POLICY, prompts, upstream, config, ModelsResource(), Warehouse(warehouse_path())
+    )
+    served_version = server_critic_version(config)
+    assert served_version != "upstream0000"
+    assert job.params("run", "uri")["model_tags"]["critic_version"] == served_version
+    assert job.trained_on.endswith(served_version)
+    local = policy_training(
+        GEN_POLICY, prompts, upstream, RLPolicyConfig(), ModelsResource(), Warehouse(warehouse_path())
+    )
+    assert local.critic["version"] == "upstream0000" and local.version != job.version

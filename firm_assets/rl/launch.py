@@ -321,7 +321,9 @@ def policy_training(
     )
     prompts_version = prompt_set_version(prompts)
     # a reward server scores with the critic it serves: that critic's version is the one trained against
-    critic_used = server_critic_version(config) if config.reward_server else critic["version"]
+    if config.reward_server:  # the server's critic scores: the version, lineage and tags name it
+        critic = {**critic, "version": server_critic_version(config)}
+    critic_used = critic["version"]
     if config.reward_fn:
         load_rule_reward(config.reward_fn)  # a wrong path fails here, before any work
     # the version names the model, not the folder it was resolved to on this machine
