@@ -321,9 +321,6 @@ def _log_to_mlflow(
     group_name=GROUP,
     code_version="bench_results@2",
     kinds={"duckdb", "mlflow"},
-    description="Every critic in scope (trained versions, untrained base, constant baseline, optional API "
-    "judge) scored on FIRM-Bench: MAE with bootstrap CI (edit overall = mean of the execution and "
-    "consistency MAEs), correlations, parse-failure rate, per-category breakdown.",
 )
 def bench_results(
     context: AssetExecutionContext,
@@ -336,7 +333,10 @@ def bench_results(
     warehouse: WarehouseResource,
     tracking: TrackingResource,
 ) -> Output[pl.DataFrame]:
-    """Every judge's agreement with the human bench labels, the figures that compare critics."""
+    """Every judge's agreement with the human bench labels, the figures that compare critics: each
+    critic in scope (trained versions, untrained base, constant baseline, optional API judge) scored on
+    FIRM-Bench, with MAE and bootstrap CI (edit overall = mean of the execution and consistency MAEs),
+    correlations, parse-failure rate and a per-category breakdown."""
     meter = CostMeter()
     folder = firm_home() / "bench" / context.run_id
     folder.mkdir(parents=True, exist_ok=True)

@@ -1,45 +1,111 @@
-"""What the curation assets of both chains share: how a stage is declared (automation, pool, group)
-and how an asset returns its frame (content-hashed; a stage's cost recorded against that version)."""
+"""What the curation assets of both chains share: how a stage is declared (automation, pool, group),
+how a stage's model calls reach the cache (`StageRun`), and how an asset returns its frame
+(content-hashed; a stage's cost recorded against that version)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
 from dagster import AssetExecutionContext, DataVersion, Output, asset
 
 from firm_assets.automation import CURATION_CONDITION, GPU_POOL
+from firm_assets.curation.cache import CachedResult, StageStats
+from firm_assets.curation.canary import score_canary
 from firm_assets.curation.costs import CostMeter
+from firm_assets.curation.generation import Owner, Rendered, render_for_all
+from firm_assets.curation.stage import ChatStage, StageInput, run_chat_stage
 from firm_assets.curation.versioning import frame_version
+from resources.models import ModelsResource
+from resources.profiles import ImageModelConfig, Profile
 from resources.warehouse_resource import WarehouseResource
+from warehouse.connection import Warehouse
+
+MODEL_KINDS = frozenset({"transformers", "diffusers"})  # a stage of these kinds loads a model
 
 
-def curation_asset(group: str, *, loads_model: bool, **spec: Any) -> Callable:
+def curation_asset(group: str, *, code_version: str, kinds: set[str], **spec: Any) -> Callable:
     """`@asset` for a curation stage: it updates once its checked upstreams did (CURATION_CONDITION)
-    and, when it loads a model, runs in the GPU pool; `spec` is the rest of the asset's own spec."""
+    and, when its kinds name a model library, runs in the GPU pool. The function's docstring is the
+    asset's description; `spec` is the rest of the asset's own spec."""
     return asset(
         automation_condition=CURATION_CONDITION,
-        pool=GPU_POOL if loads_model else None,
+        pool=GPU_POOL if kinds & MODEL_KINDS else None,
         group_name=group,
+        code_version=code_version,
+        kinds=kinds,
         **spec,
     )
 
 
-def stage_output(
-    context: AssetExecutionContext,
-    warehouse: WarehouseResource,
-    meter: CostMeter,
-    frame: pl.DataFrame,
-    metadata: dict[str, Any],
-    hashed: pl.DataFrame | None = None,
-) -> Output[pl.DataFrame]:
-    """The stage's frame as its output: its DataVersion is the hash of `hashed` (the frame itself
-    unless told: image paths, for one, are where a file sits, not what it is), the meter's cost is
-    recorded against that version, and the metadata gains the row count and the version."""
-    version = frame_version(frame if hashed is None else hashed)
-    meter.record(context, warehouse.get(), version)
-    return versioned_output(frame, version, metadata)
+@dataclass
+class StageRun:
+    """One materialization of a model-calling curation stage. It holds what every model call of the
+    stage is made with (the profile, the warehouse that caches the answers, the Dagster run) and the
+    meter each call's cost goes to, so a stage's body says only what it asks and what it keeps."""
+
+    context: AssetExecutionContext
+    models: ModelsResource
+    warehouse: Warehouse
+    profile: Profile
+    meter: CostMeter = field(default_factory=CostMeter)  # made first: the cost counts from here
+
+    @classmethod
+    def start(
+        cls, context: AssetExecutionContext, models: ModelsResource, warehouse: WarehouseResource
+    ) -> StageRun:
+        """Open the stage as its asset's body starts."""
+        meter = CostMeter()
+        return cls(context, models, warehouse.get(), models.settings(), meter)
+
+    def chat(
+        self, stage: ChatStage, role: str, inputs: Sequence[StageInput]
+    ) -> tuple[dict[str, CachedResult], StageStats]:
+        """Every input through `stage` with `role`'s chat model (its batch size), cost metered."""
+        results, stats = run_chat_stage(stage, *self._asking(role, inputs))
+        return results, self.meter.add(stats)
+
+    def canary(
+        self, side: str, stage: ChatStage, role: str, inputs: list[StageInput]
+    ) -> tuple[set[str], StageStats]:
+        """The judge-drift canary of a score stage (`canary.score_canary`), cost metered."""
+        keys, stats = score_canary(side, stage, *self._asking(role, inputs))
+        return keys, self.meter.add(stats)
+
+    def _asking(self, role: str, inputs: Sequence[StageInput]) -> tuple:
+        """What a chat call takes after its stage: the role's backend, the inputs, the warehouse, the
+        role's batch size and the run."""
+        batch_size = getattr(self.profile, role).batch_size
+        return self.models.chat(role), inputs, self.warehouse, batch_size, self.context.run_id
+
+    def render(
+        self, stage: str, template_ref: str, configs: Sequence[ImageModelConfig], owners: Sequence[Owner]
+    ) -> tuple[list[Rendered], dict[str, float]]:
+        """Every image config x the profile's seeds for every owner (`generation.render_for_all`),
+        cost metered."""
+        return render_for_all(
+            stage,
+            template_ref,
+            configs,
+            self.profile.seeds,
+            owners,
+            self.models,
+            self.warehouse,
+            self.context.run_id,
+            self.meter,
+        )
+
+    def output(
+        self, frame: pl.DataFrame, metadata: dict[str, Any], hashed: pl.DataFrame | None = None
+    ) -> Output[pl.DataFrame]:
+        """The stage's frame as its output: its DataVersion is the hash of `hashed` (the frame itself
+        unless told: image paths, for one, are where a file sits, not what it is), the meter's cost
+        is recorded against that version, and the metadata gains the row count and the version."""
+        version = frame_version(frame if hashed is None else hashed)
+        self.meter.record(self.context, self.warehouse, version)
+        return versioned_output(frame, version, metadata)
 
 
 def versioned_output(frame: pl.DataFrame, version: str, metadata: dict[str, Any]) -> Output[pl.DataFrame]:

@@ -3,9 +3,8 @@
 import polars as pl
 from dagster import AssetExecutionContext, Output
 
-from firm_assets.curation.costs import CostMeter
-from firm_assets.curation.generation import Owner, render_for_all
-from firm_assets.curation.stage_asset import curation_asset, stage_output
+from firm_assets.curation.generation import Owner
+from firm_assets.curation.stage_asset import StageRun, curation_asset
 from firm_assets.curation.versioning import short_hash
 from resources.models import ModelsResource
 from resources.warehouse_resource import WarehouseResource
@@ -43,38 +42,21 @@ def _imported(source_images: pl.DataFrame) -> list[dict]:
     ]
 
 
-@curation_asset(
-    GROUP,
-    loads_model=True,
-    code_version=f"{EDIT_TEMPLATE}+candidates@1",
-    kinds={"duckdb", "diffusers"},
-    description="Edited candidates per request: imported edited images, plus each configured editor "
-    "(diffusers) x seed, content-hashed with model id, revision and seed.",
-)
+@curation_asset(GROUP, code_version=f"{EDIT_TEMPLATE}+candidates@1", kinds={"duckdb", "diffusers"})
 def edit_candidates(
     context: AssetExecutionContext,
     source_images: pl.DataFrame,
     models: ModelsResource,
     warehouse: WarehouseResource,
 ) -> Output[pl.DataFrame]:
-    """Edited images from the editing models, the candidates the judge scores."""
-    meter = CostMeter()
-    profile = models.settings()
+    """The candidates the judge scores: per request, its imported edited images plus each configured
+    editor (diffusers) x seed, content-hashed with model id, revision and seed."""
+    run = StageRun.start(context, models, warehouse)
     owners = [
         Owner(row["request_id"], row["instruction"], row["source_path"], row["source_sha"])
         for row in source_images.iter_rows(named=True)
     ]
-    rendered, metadata = render_for_all(
-        "edit_candidates",
-        EDIT_TEMPLATE,
-        profile.editors,
-        profile.seeds,
-        owners,
-        models,
-        warehouse.get(),
-        context.run_id,
-        meter,
-    )
+    rendered, metadata = run.render("edit_candidates", EDIT_TEMPLATE, run.profile.editors, owners)
     rows = _imported(source_images) + [
         {
             "candidate_id": r.image_id,
@@ -91,4 +73,4 @@ def edit_candidates(
     metadata["imported"] = len(rows) - len(rendered)
     frame = pl.DataFrame(rows, schema=CANDIDATE_SCHEMA).sort("candidate_id")
     context.log.info(f"edit_candidates: {frame.height} candidates, {metadata}")
-    return stage_output(context, warehouse, meter, frame, metadata, hashed=frame.drop("image_path"))
+    return run.output(frame, metadata, hashed=frame.drop("image_path"))

@@ -8,18 +8,18 @@ from pathlib import Path
 import polars as pl
 from dagster import AssetExecutionContext, Output
 
-from firm_assets.curation.costs import CostMeter
 from firm_assets.curation.parsers import CAPTION_TEXT
 from firm_assets.curation.prompts import load_template
 from firm_assets.curation.roles import chat_stage, static_code_version
-from firm_assets.curation.stage import StageInput, run_chat_stage
-from firm_assets.curation.stage_asset import curation_asset, stage_output
+from firm_assets.curation.stage import StageInput
+from firm_assets.curation.stage_asset import StageRun, curation_asset
 from resources.chat import ImagePart
 from resources.models import ModelsResource
 from resources.warehouse_resource import WarehouseResource
 
 GROUP = "edit"
 TEMPLATE = "difference_caption"
+CODE_VERSION = static_code_version(load_template(TEMPLATE).ref, CAPTION_TEXT.ref)
 
 CAPTION_SCHEMA = {
     "candidate_id": pl.String,
@@ -46,14 +46,7 @@ def caption_inputs(source_images: pl.DataFrame, edit_candidates: pl.DataFrame) -
     return inputs
 
 
-@curation_asset(
-    GROUP,
-    loads_model=True,
-    code_version=static_code_version(load_template(TEMPLATE).ref, CAPTION_TEXT.ref),
-    kinds={"duckdb", "transformers"},
-    description="Plain description of every visual difference between source and edited image "
-    "(captioner role).",
-)
+@curation_asset(GROUP, code_version=CODE_VERSION, kinds={"duckdb", "transformers"})
 def difference_captions(
     context: AssetExecutionContext,
     source_images: pl.DataFrame,
@@ -61,15 +54,11 @@ def difference_captions(
     models: ModelsResource,
     warehouse: WarehouseResource,
 ) -> Output[pl.DataFrame]:
-    """Captions of what changed between source and edit, which the judge reads."""
-    meter = CostMeter()
-    profile = models.settings()
-    stage = chat_stage(profile, "difference_captions", TEMPLATE, CAPTION_TEXT, "caption", scored=False)
-    inputs = caption_inputs(source_images, edit_candidates)
-    results, stats = run_chat_stage(
-        stage, models.chat("captioner"), inputs, warehouse.get(), profile.captioner.batch_size, context.run_id
-    )
-    meter.add(stats)
+    """What changed between source and edited image, which the judge reads: a plain description of
+    every visual difference (captioner role), no judging."""
+    run = StageRun.start(context, models, warehouse)
+    stage = chat_stage(run.profile, "difference_captions", TEMPLATE, CAPTION_TEXT, "caption", scored=False)
+    results, stats = run.chat(stage, "captioner", caption_inputs(source_images, edit_candidates))
     request_of = dict(zip(edit_candidates["candidate_id"], edit_candidates["request_id"], strict=True))
     frame = pl.DataFrame(
         [
@@ -84,4 +73,4 @@ def difference_captions(
         ],
         schema=CAPTION_SCHEMA,
     ).sort("candidate_id")
-    return stage_output(context, warehouse, meter, frame, stats.as_metadata())
+    return run.output(frame, stats.as_metadata())

@@ -81,14 +81,7 @@ def assemble(
     )
 
 
-@curation_asset(
-    GROUP,
-    loads_model=False,
-    code_version="edit_dataset@2",
-    kinds={"duckdb", "parquet", "mlflow"},
-    description="Versioned scored edit dataset: Parquet + LLaMA-Factory ShareGPT exports (execution and "
-    "consistency tasks) with images; membership and lineage in the warehouse, digest in MLflow.",
-)
+@curation_asset(GROUP, code_version="edit_dataset@2", kinds={"duckdb", "parquet", "mlflow"})
 def firm_edit_dataset(
     context: AssetExecutionContext,
     config: EditDatasetConfig,
@@ -99,7 +92,9 @@ def firm_edit_dataset(
     warehouse: WarehouseResource,
     tracking: TrackingResource,
 ) -> Output[pl.DataFrame]:
-    """The curated editing training set the critic learns from."""
+    """The curated editing training set the critic learns from, versioned by content: Parquet and
+    LLaMA-Factory ShareGPT exports (execution and consistency tasks) with their images; membership and
+    lineage in the warehouse, digest in MLflow."""
     frame = assemble(source_images, edit_candidates, edit_scores, difference_captions)
     if config.require_text_parse:
         frame = frame.filter(

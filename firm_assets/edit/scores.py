@@ -9,13 +9,12 @@ from pathlib import Path
 import polars as pl
 from dagster import AssetExecutionContext, Output
 
-from firm_assets.curation.canary import canary_metadata, score_canary
-from firm_assets.curation.costs import CostMeter
+from firm_assets.curation.canary import canary_metadata
 from firm_assets.curation.parsers import CONSISTENCY_JSON, EXECUTION_JSON, score_json_parser
 from firm_assets.curation.prompts import load_template
 from firm_assets.curation.roles import chat_stage, static_code_version
-from firm_assets.curation.stage import StageInput, run_chat_stage
-from firm_assets.curation.stage_asset import curation_asset, stage_output
+from firm_assets.curation.stage import StageInput
+from firm_assets.curation.stage_asset import StageRun, curation_asset
 from resources.chat import ImagePart
 from resources.models import ModelsResource
 from resources.warehouse_resource import WarehouseResource
@@ -24,6 +23,9 @@ GROUP = "edit"
 DIMENSIONS = ("execution", "consistency")
 TEMPLATES = {dimension: f"{dimension}_score" for dimension in DIMENSIONS}
 NO_REQUIREMENT = "none"
+CODE_VERSION = static_code_version(
+    *(load_template(t).ref for t in TEMPLATES.values()), EXECUTION_JSON.ref, CONSISTENCY_JSON.ref
+)
 
 SCORE_SCHEMA = {
     "candidate_id": pl.String,
@@ -67,16 +69,7 @@ def score_inputs(
     return inputs
 
 
-@curation_asset(
-    GROUP,
-    loads_model=True,
-    code_version=static_code_version(
-        *(load_template(t).ref for t in TEMPLATES.values()), EXECUTION_JSON.ref, CONSISTENCY_JSON.ref
-    ),
-    kinds={"duckdb", "transformers"},
-    description="Execution and consistency scores (1-5, reasoning) per candidate (judge role); "
-    "an unparseable answer is a recorded failure, never a number.",
-)
+@curation_asset(GROUP, code_version=CODE_VERSION, kinds={"duckdb", "transformers"})
 def edit_scores(
     context: AssetExecutionContext,
     source_images: pl.DataFrame,
@@ -85,9 +78,9 @@ def edit_scores(
     models: ModelsResource,
     warehouse: WarehouseResource,
 ) -> Output[pl.DataFrame]:
-    """The judge's execution and consistency scores for every edit candidate."""
-    meter = CostMeter()
-    profile = models.settings()
+    """The judge's execution and consistency scores (1-5, with reasoning) of every edit candidate
+    (judge role); an unparseable answer is a recorded failure, never a number."""
+    run = StageRun.start(context, models, warehouse)
     inputs = score_inputs(source_images, edit_candidates, difference_captions)
     request_of = {sample.sample_id: sample for sample in inputs}
     rows = {
@@ -101,24 +94,12 @@ def edit_scores(
     canary_keys, canary_stats = set(), []
     for dimension, template in TEMPLATES.items():
         parser = score_json_parser(dimension)
-        stage = chat_stage(profile, f"{dimension}_scores", template, parser, "score", scored=True)
-        results, stats = run_chat_stage(
-            stage, models.chat("judge"), inputs, warehouse.get(), profile.judge.batch_size, context.run_id
-        )
-        keys, canary = score_canary(
-            "edit",
-            stage,
-            models.chat("judge"),
-            inputs,
-            warehouse.get(),
-            profile.judge.batch_size,
-            context.run_id,
-        )
+        stage = chat_stage(run.profile, f"{dimension}_scores", template, parser, "score", scored=True)
+        results, stats = run.chat(stage, "judge", inputs)
+        keys, canary = run.canary("edit", stage, "judge", inputs)
         canary_keys |= keys
-        canary_stats.append(meter.add(canary))
-        metadata.update(
-            {f"{dimension}_{key}": value for key, value in meter.add(stats).as_metadata().items()}
-        )
+        canary_stats.append(canary)
+        metadata.update({f"{dimension}_{key}": value for key, value in stats.as_metadata().items()})
         for sample_id, result in results.items():
             parsed = result.outcome.parsed or {}
             rows[sample_id].update(
@@ -132,4 +113,4 @@ def edit_scores(
             )
     frame = pl.DataFrame(list(rows.values()), schema=SCORE_SCHEMA).sort("candidate_id")
     metadata.update(canary_metadata("edit", canary_keys, canary_stats))
-    return stage_output(context, warehouse, meter, frame, metadata)
+    return run.output(frame, metadata)

@@ -31,18 +31,12 @@ SOURCE_SCHEMA = {
 }
 
 
-@curation_asset(
-    GROUP,
-    loads_model=False,
-    code_version="image_ingest@2",
-    kinds={"duckdb"},
-    description="Source and imported edited images, validated (format, size, truncation, decompression "
-    "bombs, paths escaping the root) and stored by content hash.",
-)
+@curation_asset(GROUP, code_version="image_ingest@2", kinds={"duckdb"})
 def source_images(
     context: AssetExecutionContext, edit_requests: pl.DataFrame, warehouse: WarehouseResource
 ) -> Output[pl.DataFrame]:
-    """The requests' source images, checked and stored once by content hash."""
+    """The requests' source and imported edited images, validated (format, size, truncation,
+    decompression bombs, paths escaping the root) and stored once by content hash."""
     store = firm_home() / "images"
     rows, stored, bad = [], [], []
     for request in edit_requests.iter_rows(named=True):

@@ -5,18 +5,18 @@ import json
 import polars as pl
 from dagster import AssetExecutionContext, Output
 
-from firm_assets.curation.costs import CostMeter
 from firm_assets.curation.parsers import CHECKLIST_CATEGORIES, CHECKLIST_JSON, MAX_CHECKLIST_ITEMS
 from firm_assets.curation.prompts import load_template
 from firm_assets.curation.roles import chat_stage, static_code_version
-from firm_assets.curation.stage import StageInput, run_chat_stage
-from firm_assets.curation.stage_asset import curation_asset, stage_output
+from firm_assets.curation.stage import StageInput
+from firm_assets.curation.stage_asset import StageRun, curation_asset
 from firm_assets.gen.coverage import checklist_coverage
 from resources.models import ModelsResource
 from resources.warehouse_resource import WarehouseResource
 
 GROUP = "gen"
 TEMPLATE = "checklist_plan"
+CODE_VERSION = static_code_version(load_template(TEMPLATE).ref, CHECKLIST_JSON.ref)
 # the planning prompt states the limits the parser applies, from the same constants
 PLAN_LIMITS = {"max_items": str(MAX_CHECKLIST_ITEMS), "categories": ", ".join(CHECKLIST_CATEGORIES)}
 
@@ -36,32 +36,23 @@ def numbered_checklist(items_json: str) -> str:
     return "\n".join(f"{i}. [{item['category']}] {item['question']}" for i, item in enumerate(items, start=1))
 
 
-@curation_asset(
-    GROUP,
-    loads_model=True,
-    code_version=static_code_version(load_template(TEMPLATE).ref, CHECKLIST_JSON.ref),
-    kinds={"duckdb", "transformers"},
-    description="Checklist per prompt (planner role): categorised yes/no items; a malformed plan is a "
-    "recorded failure; GenEval prompts get their ground-truth coverage.",
-)
+@curation_asset(GROUP, code_version=CODE_VERSION, kinds={"duckdb", "transformers"})
 def gen_checklists(
     context: AssetExecutionContext,
     gen_prompts: pl.DataFrame,
     models: ModelsResource,
     warehouse: WarehouseResource,
 ) -> Output[pl.DataFrame]:
-    """Per-prompt checklists the judge verifies generated images against."""
-    meter = CostMeter()
-    profile = models.settings()
-    stage = chat_stage(profile, "gen_checklists", TEMPLATE, CHECKLIST_JSON, "checklist", scored=False)
+    """The checklist per prompt (planner role) that the judge verifies generated images against:
+    categorised yes/no items; a malformed plan is a recorded failure; GenEval prompts get their
+    ground-truth coverage."""
+    run = StageRun.start(context, models, warehouse)
+    stage = chat_stage(run.profile, "gen_checklists", TEMPLATE, CHECKLIST_JSON, "checklist", scored=False)
     inputs = [
         StageInput(row["prompt_id"], {"prompt": row["prompt"], **PLAN_LIMITS}, {})
         for row in gen_prompts.iter_rows(named=True)
     ]
-    results, stats = run_chat_stage(
-        stage, models.chat("planner"), inputs, warehouse.get(), profile.planner.batch_size, context.run_id
-    )
-    meter.add(stats)
+    results, stats = run.chat(stage, "planner", inputs)
     geneval = dict(zip(gen_prompts["prompt_id"], gen_prompts["geneval"], strict=True))
     rows = []
     for prompt_id, result in results.items():
@@ -87,4 +78,4 @@ def gen_checklists(
         "repaired_plans": sum(1 for r in results.values() if r.outcome.ok and r.outcome.parsed.get("notes")),
         "geneval_coverage": float(coverage.mean()) if coverage.len() else None,
     }
-    return stage_output(context, warehouse, meter, frame, metadata)
+    return run.output(frame, metadata)

@@ -86,14 +86,7 @@ def assemble(
     )
 
 
-@curation_asset(
-    GROUP,
-    loads_model=False,
-    code_version="gen_dataset@3",
-    kinds={"duckdb", "parquet", "mlflow"},
-    description="Versioned scored generation dataset: Parquet + LLaMA-Factory ShareGPT exports "
-    "(instruction-following and quality tasks) with images; membership, lineage and MLflow digest.",
-)
+@curation_asset(GROUP, code_version="gen_dataset@3", kinds={"duckdb", "parquet", "mlflow"})
 def firm_gen_dataset(
     context: AssetExecutionContext,
     config: GenDatasetConfig,
@@ -104,7 +97,9 @@ def firm_gen_dataset(
     warehouse: WarehouseResource,
     tracking: TrackingResource,
 ) -> Output[pl.DataFrame]:
-    """The curated generation training set the critic learns from."""
+    """The curated generation training set the critic learns from, versioned by content: Parquet
+    and LLaMA-Factory ShareGPT exports (instruction-following and quality tasks) with their images;
+    membership and lineage in the warehouse, digest in MLflow."""
     frame = assemble(gen_prompts, gen_checklists, generated_images, gen_scores)
     frame = frame.filter(pl.col("verdict_coverage") >= config.min_verdict_coverage)
     frame = balance_by_bin(frame, "if_score", config.max_per_bin, config.seed)

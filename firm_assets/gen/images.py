@@ -6,9 +6,8 @@ Images depend on the prompts only, so re-planning checklists never re-renders an
 import polars as pl
 from dagster import AssetExecutionContext, Output
 
-from firm_assets.curation.costs import CostMeter
-from firm_assets.curation.generation import Owner, render_for_all
-from firm_assets.curation.stage_asset import curation_asset, stage_output
+from firm_assets.curation.generation import Owner
+from firm_assets.curation.stage_asset import StageRun, curation_asset
 from resources.models import ModelsResource
 from resources.warehouse_resource import WarehouseResource
 
@@ -29,35 +28,18 @@ IMAGE_SCHEMA = {
 }
 
 
-@curation_asset(
-    GROUP,
-    loads_model=True,
-    code_version=f"{PROMPT_TEMPLATE}+generated@1",
-    kinds={"duckdb", "diffusers"},
-    description="Generated images per prompt: each generator config (diffusers) x seed, with model id, "
-    "revision, seed, steps and guidance.",
-)
+@curation_asset(GROUP, code_version=f"{PROMPT_TEMPLATE}+generated@1", kinds={"duckdb", "diffusers"})
 def generated_images(
     context: AssetExecutionContext,
     gen_prompts: pl.DataFrame,
     models: ModelsResource,
     warehouse: WarehouseResource,
 ) -> Output[pl.DataFrame]:
-    """Images from the text-to-image models, the candidates the judge scores."""
-    meter = CostMeter()
-    profile = models.settings()
+    """The images the judge scores: per prompt, each generator config (diffusers) x seed, with model
+    id, revision, seed, steps and guidance."""
+    run = StageRun.start(context, models, warehouse)
     owners = [Owner(row["prompt_id"], row["prompt"]) for row in gen_prompts.iter_rows(named=True)]
-    rendered, metadata = render_for_all(
-        "generated_images",
-        PROMPT_TEMPLATE,
-        profile.generators,
-        profile.seeds,
-        owners,
-        models,
-        warehouse.get(),
-        context.run_id,
-        meter,
-    )
+    rendered, metadata = run.render("generated_images", PROMPT_TEMPLATE, run.profile.generators, owners)
     rows = [
         {
             "image_id": r.image_id,
@@ -74,4 +56,4 @@ def generated_images(
         for r in rendered
     ]
     frame = pl.DataFrame(rows, schema=IMAGE_SCHEMA).sort("image_id")
-    return stage_output(context, warehouse, meter, frame, metadata, hashed=frame.drop("image_path"))
+    return run.output(frame, metadata, hashed=frame.drop("image_path"))

@@ -8,13 +8,12 @@ import polars as pl
 from dagster import AssetExecutionContext, Output
 
 from firm_assets.curation.cache import CachedResult
-from firm_assets.curation.canary import canary_metadata, score_canary
-from firm_assets.curation.costs import CostMeter
+from firm_assets.curation.canary import canary_metadata
 from firm_assets.curation.parsers import INSTRUCTION_FOLLOWING, QUALITY_JSON
 from firm_assets.curation.prompts import load_template
 from firm_assets.curation.roles import chat_stage, static_code_version
-from firm_assets.curation.stage import StageInput, run_chat_stage
-from firm_assets.curation.stage_asset import curation_asset, stage_output
+from firm_assets.curation.stage import StageInput
+from firm_assets.curation.stage_asset import StageRun, curation_asset
 from firm_assets.gen.checklists import numbered_checklist
 from resources.chat import ImagePart
 from resources.models import ModelsResource
@@ -24,6 +23,13 @@ GROUP = "gen"
 IF_TEMPLATE = "gen_instruction_score"
 QUALITY_TEMPLATE = "gen_quality_score"
 ROWS_VERSION = "gen_scores@2"  # the row layout (verdicts carry their evidence since 2)
+CODE_VERSION = static_code_version(
+    ROWS_VERSION,
+    load_template(IF_TEMPLATE).ref,
+    INSTRUCTION_FOLLOWING.ref,
+    load_template(QUALITY_TEMPLATE).ref,
+    QUALITY_JSON.ref,
+)
 
 SCORE_SCHEMA = {
     "image_id": pl.String,
@@ -84,20 +90,7 @@ def _quality_fields(result: CachedResult) -> dict:
     }
 
 
-@curation_asset(
-    GROUP,
-    loads_model=True,
-    code_version=static_code_version(
-        ROWS_VERSION,
-        load_template(IF_TEMPLATE).ref,
-        INSTRUCTION_FOLLOWING.ref,
-        load_template(QUALITY_TEMPLATE).ref,
-        QUALITY_JSON.ref,
-    ),
-    kinds={"duckdb", "transformers"},
-    description="Per generated image (judge role): checklist verdicts + instruction-following 1-5, and "
-    "prompt-free quality [aesthetics, technical, structure]; failures recorded, never numbers.",
-)
+@curation_asset(GROUP, code_version=CODE_VERSION, kinds={"duckdb", "transformers"})
 def gen_scores(
     context: AssetExecutionContext,
     gen_prompts: pl.DataFrame,
@@ -106,9 +99,10 @@ def gen_scores(
     models: ModelsResource,
     warehouse: WarehouseResource,
 ) -> Output[pl.DataFrame]:
-    """The judge's instruction-following and quality scores for every generated image."""
-    meter = CostMeter()
-    profile = models.settings()
+    """The judge's scores of every generated image (judge role): checklist verdicts and an
+    instruction-following 1-5, and prompt-free quality [aesthetics, technical, structure]; a failure
+    is recorded, never a number."""
+    run = StageRun.start(context, models, warehouse)
     prompts = dict(zip(gen_prompts["prompt_id"], gen_prompts["prompt"], strict=True))
     checklists = {
         row["prompt_id"]: row["items"]
@@ -119,11 +113,13 @@ def gen_scores(
     parts = {
         row["image_id"]: {"image": ImagePart(Path(row["image_path"]), row["image_sha"])} for row in images
     }
-    judge = models.chat("judge")
-    wh = warehouse.get()
-
     if_stage = chat_stage(
-        profile, "gen_instruction_following", IF_TEMPLATE, INSTRUCTION_FOLLOWING, "instruction", scored=False
+        run.profile,
+        "gen_instruction_following",
+        IF_TEMPLATE,
+        INSTRUCTION_FOLLOWING,
+        "instruction",
+        scored=False,
     )
     if_inputs = [
         StageInput(
@@ -136,26 +132,18 @@ def gen_scores(
         )
         for row in images
     ]
-    if_results, if_stats = run_chat_stage(
-        if_stage, judge, if_inputs, wh, profile.judge.batch_size, context.run_id
-    )
+    if_results, if_stats = run.chat(if_stage, "judge", if_inputs)
 
     quality_stage = chat_stage(
-        profile, "gen_quality", QUALITY_TEMPLATE, QUALITY_JSON, "quality", scored=False
+        run.profile, "gen_quality", QUALITY_TEMPLATE, QUALITY_JSON, "quality", scored=False
     )
     quality_inputs = [StageInput(row["image_id"], {}, parts[row["image_id"]]) for row in images]
-    quality_results, quality_stats = run_chat_stage(
-        quality_stage, judge, quality_inputs, wh, profile.judge.batch_size, context.run_id
-    )
-    meter.add(if_stats)
-    meter.add(quality_stats)
+    quality_results, quality_stats = run.chat(quality_stage, "judge", quality_inputs)
     canary_keys, canary_stats = set(), []
     for stage, stage_inputs in ((if_stage, if_inputs), (quality_stage, quality_inputs)):
-        keys, canary = score_canary(
-            "gen", stage, judge, stage_inputs, wh, profile.judge.batch_size, context.run_id
-        )
+        keys, canary = run.canary("gen", stage, "judge", stage_inputs)
         canary_keys |= keys
-        canary_stats.append(meter.add(canary))
+        canary_stats.append(canary)
 
     rows = [
         {
@@ -172,4 +160,4 @@ def gen_scores(
     coverage = frame["verdict_coverage"].drop_nulls()
     metadata["verdict_coverage"] = float(coverage.mean()) if coverage.len() else None
     metadata.update(canary_metadata("gen", canary_keys, canary_stats))
-    return stage_output(context, warehouse, meter, frame, metadata)
+    return run.output(frame, metadata)
