@@ -19,6 +19,7 @@ from firm_assets.curation.lines import (
     check_characters,
     clean_text,
     decode_line,
+    json_records,
     quarantined,
     read_lines,
     required_text,
@@ -228,6 +229,18 @@ def test_lines_split_on_newline_only_and_crlf_is_a_line_end(tmp_path: Path) -> N
     path = tmp_path / "mixed.txt"
     path.write_bytes(b"a\r\nb\rc\n\x0bd\x1ce\xe2\x80\xa8f\x85\ng\r")
     assert read_lines(path) == [(1, b"a"), (2, b"b\rc"), (3, b"\x0bd\x1ce\xe2\x80\xa8f\x85"), (4, b"g")]
+
+
+def test_json_records_yields_objects_and_quarantines_the_rest_in_file_order(tmp_path: Path) -> None:
+    path = tmp_path / "records.jsonl"
+    path.write_bytes(b'{"a": 1}\n\n[1]\n{"b": \n  \n{"c": "d"}\n')
+    bad: list[Quarantined] = []
+    assert list(json_records(path, bad)) == [(1, b'{"a": 1}', {"a": 1}), (6, b'{"c": "d"}', {"c": "d"})]
+    assert [(q.locator, q.raw) for q in bad] == [("line 3", "[1]"), ("line 4", '{"b": ')]
+    assert bad[0].reason == "not a JSON object (got list)" and bad[1].reason.startswith("malformed JSON")
+    unreadable: list[Quarantined] = []
+    assert list(json_records(tmp_path / "missing.jsonl", unreadable)) == []
+    assert [(q.locator, q.reason) for q in unreadable] == [("file", "file not found")]
 
 
 @pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be"])

@@ -53,49 +53,47 @@ def test_firm_defaults() -> None:
     assert RewardConfig.qma("over5").normalisation == "over5"
 
 
+def firm_reward(config: RewardConfig, base: float, bonus: float) -> Reward:
+    """The FIRM reward of the config's task: CME on an edit's (execution, consistency), QMA on a
+    generated image's (instruction following, quality)."""
+    if config.formula == "cme":
+        return edit_reward(config, edit(ok(base), ok(bonus)))
+    return gen_reward(config, gen(ok(base), ok(bonus)))
+
+
 @pytest.mark.parametrize(
-    ("execution", "consistency", "normalisation", "expected"),
+    ("config", "base", "bonus", "expected"),
     [
+        # CME, w1=0.6 on execution E, w2=0.4 on consistency C
         # E=(4-1)/4=0.75, C=(5-1)/4=1: 0.75*(0.6+0.4*1)/1.0 = 0.75
-        (4, 5, "minus1_over4", 0.75),
+        (RewardConfig.cme(), 4, 5, 0.75),
         # E=0.75, C=(3-1)/4=0.5: 0.75*(0.6+0.2) = 0.6
-        (4, 3, "minus1_over4", 0.6),
+        (RewardConfig.cme(), 4, 3, 0.6),
         # no execution, no reward, however consistent: E=0 -> 0
-        (1, 5, "minus1_over4", 0.0),
+        (RewardConfig.cme(), 1, 5, 0.0),
         # E=1, C=0: 1*(0.6+0) = 0.6
-        (5, 1, "minus1_over4", 0.6),
+        (RewardConfig.cme(), 5, 1, 0.6),
         # s/5: E=0.8, C=0.6: 0.8*(0.6+0.24) = 0.672
-        (4, 3, "over5", 0.672),
+        (RewardConfig.cme("over5"), 4, 3, 0.672),
+        # QMA, w1=0.4 on instruction following IF, w2=0.6 on quality Q
+        # IF=(5-1)/4=1, Q=(3-1)/4=0.5: 1*(0.4+0.6*0.5) = 0.7
+        (RewardConfig.qma(), 5, 3, 0.7),
+        # IF=0.75, Q=1: 0.75*(0.4+0.6) = 0.75
+        (RewardConfig.qma(), 4, 5, 0.75),
+        # IF=0: 0
+        (RewardConfig.qma(), 1, 5, 0.0),
+        # s/5: IF=0.6, Q=0.4: 0.6*(0.4+0.24) = 0.384
+        (RewardConfig.qma("over5"), 3, 2, 0.384),
     ],
 )
-def test_cme(execution: float, consistency: float, normalisation: str, expected: float) -> None:
-    config = RewardConfig(formula="cme", w1=0.6, w2=0.4, normalisation=normalisation)  # type: ignore[arg-type]
-    reward = edit_reward(config, edit(ok(execution), ok(consistency)))
-    assert reward == Reward(pytest.approx(expected), False, None)
+def test_cme_and_qma(config: RewardConfig, base: float, bonus: float, expected: float) -> None:
+    assert firm_reward(config, base, bonus) == Reward(pytest.approx(expected), False, None)
 
 
 def test_cme_divides_by_the_weight_sum() -> None:
     # w1=3, w2=1: E=0.75, C=0.5 -> 0.75*(3+0.5)/4 = 0.65625
     config = RewardConfig(formula="cme", w1=3, w2=1)
     assert edit_reward(config, edit(ok(4), ok(3))).value == pytest.approx(0.65625)
-
-
-@pytest.mark.parametrize(
-    ("instruction", "quality", "normalisation", "expected"),
-    [
-        # IF=(5-1)/4=1, Q=(3-1)/4=0.5: 1*(0.4+0.6*0.5) = 0.7
-        (5, 3, "minus1_over4", 0.7),
-        # IF=0.75, Q=1: 0.75*(0.4+0.6) = 0.75
-        (4, 5, "minus1_over4", 0.75),
-        # IF=0: 0
-        (1, 5, "minus1_over4", 0.0),
-        # s/5: IF=0.6, Q=0.4: 0.6*(0.4+0.24) = 0.384
-        (3, 2, "over5", 0.384),
-    ],
-)
-def test_qma(instruction: float, quality: float, normalisation: str, expected: float) -> None:
-    config = RewardConfig(formula="qma", w1=0.4, w2=0.6, normalisation=normalisation)  # type: ignore[arg-type]
-    assert gen_reward(config, gen(ok(instruction), ok(quality))).value == pytest.approx(expected)
 
 
 def test_qma_is_clipped_to_one() -> None:

@@ -19,18 +19,7 @@ from typing import Any
 
 from firm_assets.benchmark import fields
 from firm_assets.curation.images import ImageRejected, StoredImage, ingest_image, resolve_under
-from firm_assets.curation.lines import (
-    BadLine,
-    Quarantined,
-    attempt,
-    decode_line,
-    file_quarantined,
-    is_blank,
-    load_json_object,
-    path_text,
-    quarantined,
-    read_lines,
-)
+from firm_assets.curation.lines import BadLine, Quarantined, attempt, json_records, path_text, quarantined
 
 ITEMS_FILE = "bench_v1.jsonl"
 LABELS_FILE = "result/human_bench_v1.jsonl"
@@ -168,29 +157,10 @@ def _ingest(side_dir: Path, images: tuple[str, ...], store: Path) -> tuple[list[
         raise BadLine(error.reason) from None
 
 
-def _records(path: Path, bad: list[Quarantined]) -> Iterator[tuple[str, bytes, dict[str, Any]]]:
-    """(locator, raw line, JSON object) for each non-blank line; bad lines, or the whole file when it
-    cannot be read, are quarantined."""
-    lines = attempt(read_lines, path)
-    if isinstance(lines, BadLine):
-        bad.append(file_quarantined(path, lines.reason))
-        return
-    for number, line in lines:
-        record = attempt(_record, line)
-        if isinstance(record, BadLine):
-            bad.append(quarantined(path, f"line {number}", line, record.reason))
-        elif record is not None:
-            yield f"line {number}", line, record
-
-
-def _record(line: bytes) -> dict[str, Any] | None:
-    text = decode_line(line)
-    return None if is_blank(text) else load_json_object(text)
-
-
 def _read_items(path: Path, side: str, bad: list[Quarantined]) -> dict[str, _Parsed]:
     parsed: dict[str, _Parsed] = {}
-    for locator, line, record in _records(path, bad):
+    for number, line, record in json_records(path, bad):
+        locator = f"line {number}"
         entry = attempt(_item, record, side, locator, line)
         if isinstance(entry, _Parsed) and entry.item_id in parsed:
             entry = BadLine(f"duplicate item id {entry.item_id!r} (first on {parsed[entry.item_id].locator})")
@@ -249,10 +219,10 @@ def _read_labels(
     the checklist labels of items that have them (the first line that gives them)."""
     labels: dict[str, list[dict[str, float]]] = {}
     checklists: dict[str, tuple[tuple[str, str], ...]] = {}
-    for locator, line, record in _records(path, bad):
+    for number, line, record in json_records(path, bad):
         found = attempt(_item_label, record, side, items)
         if isinstance(found, BadLine):
-            bad.append(quarantined(path, locator, line, found.reason))
+            bad.append(quarantined(path, f"line {number}", line, found.reason))
             continue
         item_id, label, checklist = found
         labels.setdefault(item_id, []).append(label)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import codecs
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -202,6 +202,26 @@ def quarantined(path: Path, locator: str, raw: bytes | str, reason: str) -> Quar
     anything the warehouse cannot store (lone surrogates) escaped."""
     text = raw if isinstance(raw, str) else raw.decode("utf-8", errors="replace")
     return Quarantined(storable(str(path)), locator, storable(text[:MAX_RAW_CHARS]), storable(reason))
+
+
+def json_records(path: Path, bad: list[Quarantined]) -> Iterator[tuple[int, bytes, dict[str, Any]]]:
+    """(line number, raw line, JSON object) for each non-blank line of a JSONL file; each bad line,
+    or the whole file when it cannot be read, is appended to `bad` in file order."""
+    lines = attempt(read_lines, path)
+    if isinstance(lines, BadLine):
+        bad.append(file_quarantined(path, lines.reason))
+        return
+    for number, line in lines:
+        record = attempt(_json_record, line)
+        if isinstance(record, BadLine):
+            bad.append(quarantined(path, f"line {number}", line, record.reason))
+        elif record is not None:
+            yield number, line, record
+
+
+def _json_record(line: bytes) -> dict[str, Any] | None:
+    text = decode_line(line)
+    return None if is_blank(text) else load_json_object(text)
 
 
 def file_quarantined(path: Path, reason: str) -> Quarantined:

@@ -20,13 +20,9 @@ from firm_assets.curation.lines import (
     Quarantined,
     attempt,
     clean_text,
-    decode_line,
-    file_quarantined,
-    is_blank,
-    load_json_object,
+    json_records,
     path_text,
     quarantined,
-    read_lines,
     required_text,
     storable,
 )
@@ -49,16 +45,11 @@ class EditRequest:
 def read_edit_requests(jsonl: Path) -> tuple[list[EditRequest], list[Quarantined]]:
     """Requests and quarantine rows: one or the other for every non-blank line of `jsonl` (a
     repeated request points at its first line), or one row for a file that cannot be read."""
-    lines = attempt(read_lines, jsonl)
-    if isinstance(lines, BadLine):
-        return [], [file_quarantined(jsonl, lines.reason)]
     requests: list[EditRequest] = []
     bad: list[Quarantined] = []
     first_line_of: dict[str, int] = {}
-    for number, line in lines:
-        request = attempt(_parse_line, line, storable(str(jsonl)), number)
-        if request is None:
-            continue
+    for number, line, record in json_records(jsonl, bad):
+        request = attempt(_request, record, storable(str(jsonl)), number)
         if isinstance(request, EditRequest) and request.request_id in first_line_of:
             request = BadLine(f"duplicate of line {first_line_of[request.request_id]}")
         if isinstance(request, BadLine):
@@ -79,12 +70,8 @@ def request_id_for(
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
 
-def _parse_line(line: bytes, source: str, number: int) -> EditRequest | None:
-    """Turn one line into a request; None for blank lines, `BadLine` for anything wrong."""
-    text = decode_line(line)
-    if is_blank(text):
-        return None
-    record = load_json_object(text)
+def _request(record: dict[str, Any], source: str, number: int) -> EditRequest:
+    """Turn one line's JSON object into a request; `BadLine` for anything wrong."""
     instruction = _instruction(record)
     requirement = _optional_text(record, "requirement")
     image = _path(record.get("image"), "image")

@@ -4,14 +4,7 @@ GenEval coverage."""
 import polars as pl
 from dagster import AssetCheckResult, AssetCheckSeverity, asset_check
 
-from firm_assets.curation.gates import (
-    failure_rate_check,
-    judge_drift_check,
-    not_empty_check,
-    quarantine_check,
-    render_failure_check,
-    scores_in_range_check,
-)
+from firm_assets.curation import gates
 from firm_assets.curation.parsers import MAX_CHECKLIST_ITEMS
 from firm_assets.gen.checklists import gen_checklists
 from firm_assets.gen.dataset import firm_gen_dataset
@@ -21,19 +14,19 @@ from firm_assets.gen.scores import gen_scores
 
 MIN_GENEVAL_COVERAGE = 0.5
 
-gen_scores_in_range = scores_in_range_check(
+gen_scores_in_range = gates.scores_in_range_check(
     gen_scores,
     ["if_score", "quality_score", "quality_scores"],
     "Instruction-following and quality scores lie in 1-5.",
 )
-gen_scores_failure_rate = failure_rate_check(gen_scores, ["if_score", "quality_score"], "scores")
-gen_scores_judge_drift = judge_drift_check(
+gen_scores_failure_rate = gates.failure_rate_check(gen_scores, ["if_score", "quality_score"], "scores")
+gen_scores_judge_drift = gates.judge_drift_check(
     gen_scores, "gen", ["gen_instruction_following", "gen_quality"], "image_id"
 )
-gen_checklists_failure_rate = failure_rate_check(gen_checklists, ["items"], "plans")
-generated_images_failure_rate = render_failure_check(generated_images, "image renders")
-gen_prompts_quarantine = quarantine_check(gen_prompts, "prompt entries")
-firm_gen_dataset_not_empty = not_empty_check(firm_gen_dataset)
+gen_checklists_failure_rate = gates.failure_rate_check(gen_checklists, ["items"], "plans")
+generated_images_failure_rate = gates.render_failure_check(generated_images, "image renders")
+gen_prompts_quarantine = gates.quarantine_check(gen_prompts, "prompt entries")
+firm_gen_dataset_not_empty = gates.not_empty_check(firm_gen_dataset)
 
 
 @asset_check(asset=gen_checklists, description=f"Every checklist has 1-{MAX_CHECKLIST_ITEMS} items.")

@@ -7,16 +7,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from firm_assets.critics import scoring
 from firm_assets.critics.rewards import Reward, RewardConfig, edit_reward, gen_reward
-from firm_assets.critics.scoring import (
-    DimensionScore,
-    EditQuery,
-    EditScores,
-    GenQuery,
-    GenScores,
-    ScoreMode,
-    Scorer,
-)
 from firm_assets.rl.settings import Task
 
 if TYPE_CHECKING:  # the trainer pulls in torch and diffusers; the RL checks only need DIVERGENCE
@@ -26,22 +18,24 @@ SCALE = 4.0  # the 1-5 critic scale's width: divergence is reported on [0, 1]
 DIMENSIONS = {"edit": ("execution", "consistency"), "gen": ("instruction", "quality")}
 DIVERGENCE = "critic_divergence"
 
-Scores = EditScores | GenScores
+Scores = scoring.EditScores | scoring.GenScores
 
 
 def score_rollouts(
     task: Task,
-    scorer: Scorer,
+    scorer: scoring.Scorer,
     rollouts: Sequence[Rollout],
     requirements: Mapping[str, str | None],
-    mode: ScoreMode,
+    mode: scoring.ScoreMode,
 ) -> list[Scores]:
     """One scorer call for all rollouts; an editing rollout is judged against its group's source and
     the request's requirement."""
     if task == "edit":
-        queries = [EditQuery(r.source, r.image, r.text, requirements.get(r.prompt_id)) for r in rollouts]
+        queries = [
+            scoring.EditQuery(r.source, r.image, r.text, requirements.get(r.prompt_id)) for r in rollouts
+        ]
         return list(scorer.score_edit(queries, mode))
-    return list(scorer.score_gen([GenQuery(r.image, r.text) for r in rollouts], mode))
+    return list(scorer.score_gen([scoring.GenQuery(r.image, r.text) for r in rollouts], mode))
 
 
 def to_reward(task: Task, config: RewardConfig, scores: Scores) -> Reward:
@@ -49,7 +43,9 @@ def to_reward(task: Task, config: RewardConfig, scores: Scores) -> Reward:
     return edit_reward(config, scores) if task == "edit" else gen_reward(config, scores)
 
 
-def _pairs(task: Task, scores: Sequence[Scores]) -> list[tuple[DimensionScore, DimensionScore]]:
+def _pairs(
+    task: Task, scores: Sequence[Scores]
+) -> list[tuple[scoring.DimensionScore, scoring.DimensionScore]]:
     first, second = DIMENSIONS[task]
     return [(getattr(s, first), getattr(s, second)) for s in scores]
 
@@ -85,11 +81,11 @@ def reward_divergence(trained: Sequence[Reward], held_out: Sequence[Reward]) -> 
 
 def critic_reward_fn(
     task: Task,
-    scorer: Scorer,
+    scorer: scoring.Scorer,
     config: RewardConfig,
-    mode: ScoreMode,
+    mode: scoring.ScoreMode,
     requirements: Mapping[str, str | None],
-    held_out: Scorer | None = None,
+    held_out: scoring.Scorer | None = None,
 ) -> RewardFn:
     """The RewardFn the trainer calls once per step with all of the step's rollouts."""
     from firm_assets.rl.nft.records import RewardBatch

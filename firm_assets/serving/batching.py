@@ -24,15 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from firm_assets.critics.scoring import (
-    CriticScorer,
-    DimensionScore,
-    EditQuery,
-    EditScores,
-    GenQuery,
-    GenScores,
-    ScoreMode,
-)
+from firm_assets.critics import scoring
 
 Kind = Literal["edit", "gen"]
 State = Literal["loading", "ok", "failed", "stopping"]
@@ -51,20 +43,20 @@ class Job:
     """One request's queries, waiting for the worker; `future` lives on the server's event loop."""
 
     kind: Kind
-    mode: ScoreMode
-    queries: Sequence[EditQuery] | Sequence[GenQuery]
+    mode: scoring.ScoreMode
+    queries: Sequence[scoring.EditQuery] | Sequence[scoring.GenQuery]
     future: asyncio.Future[list[Any]]
     loop: asyncio.AbstractEventLoop
     abandoned: bool = False  # the request timed out: skip it if it has not started yet
     queued_at: float = field(default_factory=time.monotonic)
 
 
-def failed_scores(kind: Kind, count: int, reason: str) -> list[EditScores] | list[GenScores]:
+def failed_scores(kind: Kind, count: int, reason: str) -> list[scoring.EditScores] | list[scoring.GenScores]:
     """Per-item failures for queries the critic could not score, so their rewards are masked."""
-    failure = DimensionScore(score=None, failure=reason)
+    failure = scoring.DimensionScore(score=None, failure=reason)
     if kind == "edit":
-        return [EditScores(execution=failure, consistency=failure) for _ in range(count)]
-    return [GenScores(instruction=failure, quality=failure) for _ in range(count)]
+        return [scoring.EditScores(execution=failure, consistency=failure) for _ in range(count)]
+    return [scoring.GenScores(instruction=failure, quality=failure) for _ in range(count)]
 
 
 class Batcher:
@@ -73,7 +65,7 @@ class Batcher:
 
     def __init__(
         self,
-        scorer_factory: Callable[[], CriticScorer],
+        scorer_factory: Callable[[], scoring.CriticScorer],
         max_batch: int,
         max_wait_s: float,
         queue_size: int,
@@ -142,7 +134,7 @@ class Batcher:
         with self._cond:
             return len(self._queue)
 
-    def submit(self, kind: Kind, mode: ScoreMode, queries: Sequence[Any]) -> Job:
+    def submit(self, kind: Kind, mode: scoring.ScoreMode, queries: Sequence[Any]) -> Job:
         """Queue one request's queries; raises Unavailable or Overloaded instead of queueing."""
         loop = asyncio.get_running_loop()
         job = Job(kind=kind, mode=mode, queries=queries, future=loop.create_future(), loop=loop)
@@ -214,7 +206,7 @@ class Batcher:
                     return batch
                 self._cond.wait(left)
 
-    def _score(self, scorer: CriticScorer, batch: list[Job]) -> None:
+    def _score(self, scorer: scoring.CriticScorer, batch: list[Job]) -> None:
         """Score a batch in one critic call; if the call raises, score each request alone so one bad
         request cannot fail the others, and turn a request that still raises into per-item failures."""
         if self._on_batch is not None:
@@ -250,7 +242,7 @@ def pixel_budget(scorer: Any) -> int | None:
     return int(budget) if budget else None
 
 
-def _call(scorer: CriticScorer, kind: Kind, mode: ScoreMode, queries: list[Any]) -> list[Any]:
+def _call(scorer: scoring.CriticScorer, kind: Kind, mode: scoring.ScoreMode, queries: list[Any]) -> list[Any]:
     results = scorer.score_edit(queries, mode) if kind == "edit" else scorer.score_gen(queries, mode)
     if len(results) != len(queries):
         raise RuntimeError(f"the critic returned {len(results)} results for {len(queries)} queries")
