@@ -56,12 +56,8 @@ def inbox_edit_rows(warehouse: Warehouse) -> tuple[list[dict], dict[str, str]]:
     return requests, hashes
 
 
-@inbox_asset(
-    EDIT_INBOX,
-    code_version="edit_inbox@1",
-    description="One edit-inbox JSONL file (the partition key is its name) imported into "
-    "inbox_edit_requests; bad lines quarantined with a reason.",
-)
+@inbox_asset(EDIT_INBOX, code_version="edit_inbox@1")
 def edit_inbox_requests(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
-    """Import the run's inbox files (one partition, or a range in one backfill run)."""
+    """One edit-inbox JSONL file (the partition key is its name; a backfill imports a range in one
+    run) imported into inbox_edit_requests; bad lines quarantined with a reason."""
     return import_files(context, warehouse, import_edit_file)

@@ -75,18 +75,13 @@ def with_inbox_rows(rows: list[dict], inbox: list[dict]) -> tuple[list[dict], li
     return kept, repeats
 
 
-@asset(
-    group_name=GROUP,
-    code_version="edit_importer@1",
-    kinds={"duckdb"},
-    description="Edit requests (instruction, requirement, source image path, pre-edited images) "
-    "imported from FIRM-style JSONL, then those imported from the edit inbox; bad lines and repeats "
-    "are quarantined with a reason.",
-)
+@asset(group_name=GROUP, code_version="edit_importer@1", kinds={"duckdb"})
 def edit_requests(
     context: AssetExecutionContext, config: EditRequestsConfig, warehouse: WarehouseResource
 ) -> Output[pl.DataFrame]:
-    """The editing requests (source image and instruction) that the chain curates."""
+    """The editing requests that the chain curates (instruction, requirement, source image path,
+    pre-edited images): imported from FIRM-style JSONL, then from the edit inbox; bad lines and
+    repeats are quarantined with a reason."""
     wh = warehouse.get()
     path = requests_file(config)
     root = Path(config.images_root) if config.images_root else path.parent

@@ -41,12 +41,9 @@ def inbox_prompts(warehouse: Warehouse) -> tuple[list[GenPrompt], dict[str, str]
     return prompts, hashes
 
 
-@inbox_asset(
-    GEN_INBOX,
-    code_version="gen_inbox@1",
-    description="One gen-inbox prompt file (.json list, GenEval .jsonl, .txt; the partition key is "
-    "its name) imported into inbox_gen_prompts; bad entries and repeats quarantined with a reason.",
-)
+@inbox_asset(GEN_INBOX, code_version="gen_inbox@1")
 def gen_inbox_prompts(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
-    """Import the run's inbox files (one partition, or a range in one backfill run)."""
+    """One gen-inbox prompt file (.json list, GenEval .jsonl, .txt; the partition key is its name;
+    a backfill imports a range in one run) imported into inbox_gen_prompts; bad entries and repeats
+    quarantined with a reason."""
     return import_files(context, warehouse, import_gen_file)

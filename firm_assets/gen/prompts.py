@@ -50,18 +50,13 @@ def prompt_files(config: GenPromptsConfig) -> list[Path]:
     return list(DEMO_FILES)
 
 
-@asset(
-    group_name=GROUP,
-    code_version="gen_importer@1",
-    kinds={"duckdb"},
-    description="Text-to-image prompts from the configured files, then the gen inbox's imported files, "
-    "deduplicated by normalised text across all of them; GenEval metadata kept as a ground-truth "
-    "checklist; bad entries and repeats quarantined with a reason.",
-)
+@asset(group_name=GROUP, code_version="gen_importer@1", kinds={"duckdb"})
 def gen_prompts(
     context: AssetExecutionContext, config: GenPromptsConfig, warehouse: WarehouseResource
 ) -> Output[pl.DataFrame]:
-    """The prompts the generation chain curates."""
+    """The text-to-image prompts that the generation chain curates: from the configured files, then
+    the gen inbox's imported files, deduplicated by normalised text across all of them; GenEval
+    metadata kept as a ground-truth checklist; bad entries and repeats quarantined with a reason."""
     wh = warehouse.get()
     imported = read_prompt_files(prompt_files(config))
     from_inbox, files = inbox_prompts(wh)
