@@ -11,6 +11,7 @@ import base64
 import io
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,6 +32,8 @@ from firm_assets.rl.nft.config import NFTConfig
 from firm_assets.rl.nft.loop import train_policy
 from firm_assets.rl.nft.records import PromptItem, RewardBatch, Rollout, StepLog
 from firm_assets.rl.settings import RLPolicyConfig
+from firm_assets.rl.train import build_reward_fn
+from firm_assets.serving.client import RewardServerError
 from firm_assets.serving.remote import RemoteScorer
 from resources.home import warehouse_path
 from resources.models import ModelsResource
@@ -189,3 +192,30 @@ def test_a_policy_against_a_server_names_the_served_critic(served, firm_home: Pa
         GEN_POLICY, prompts, upstream, RLPolicyConfig(), ModelsResource(), Warehouse(warehouse_path())
     )
     assert local.critic["version"] == "upstream0000" and local.version != job.version
+
+
+def test_a_run_waits_for_a_gone_server_only_up_to_its_deadline(served, firm_home: Path) -> None:
+    """Run config `reward_server_deadline_s` reaches the trainer's reward function: with the server
+    killed, a step's reward call gives up after the run's 2 s (the default would wait 15 minutes),
+    and the setting leaves the policy version as it was."""
+    url, servers = served
+    upstream = pl.DataFrame(
+        [{"version": "upstream0000", "path": "", "registered_model": "firm_gen_critic", "model_version": "1"}]
+    )
+    prompts = pl.DataFrame({"prompt_id": ["p1"], "prompt": ["a red square"], "source": ["demo"]})
+    warehouse = Warehouse(warehouse_path())
+    config = RLPolicyConfig(reward_server=url, reward_server_deadline_s=2.0)
+    job = policy_training(GEN_POLICY, prompts, upstream, config, ModelsResource(), warehouse)
+    unset = policy_training(
+        GEN_POLICY, prompts, upstream, RLPolicyConfig(reward_server=url), ModelsResource(), warehouse
+    )
+    assert job.version == unset.version
+    reward_fn, critic_version = build_reward_fn(job.params("run", "uri"), {})
+    assert critic_version == server_critic_version(config)
+    servers[0].send_signal(signal.SIGKILL)
+    servers[0].wait(30)
+    rollout = Rollout("p1", "a red square", None, Image.new("RGB", (32, 32), (200, 30, 30)), 0)
+    started = time.monotonic()
+    with pytest.raises(RewardServerError, match="gave up after 2 s"):
+        reward_fn([rollout])
+    assert time.monotonic() - started < 30

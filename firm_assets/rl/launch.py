@@ -192,6 +192,7 @@ class PolicyTraining(TrainerJob):
             "held_out_critic": config.held_out_critic,
             "reward_server": config.reward_server,
             "reward_server_token_env": config.reward_server_token_env,
+            "reward_server_deadline_s": config.reward_server_deadline_s,
             "reward": self.reward,
             "checkpoint_dir": str(self.folder / "checkpoints"),
             "tracking_uri": tracking_uri,

@@ -55,6 +55,13 @@ class RLPolicyConfig(Config):
     reward_server_token_env: str = Field(
         default="", description="Environment variable holding the reward server's bearer token, if any."
     )
+    reward_server_deadline_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Longest one reward call to the server may take with its retries (a restarted "
+        "server answers only once its critic has loaded); the step fails past it. Default: the "
+        "client's, 15 minutes. Not in the policy version: it changes no reward.",
+    )
     grid_every: int = Field(default=1, description="Log a sample grid to MLflow every N steps.")
     launcher: list[str] = Field(
         default=[],

@@ -136,6 +136,13 @@ def _load_scorer(source: str, critic: dict[str, Any]) -> CriticScorer:
     )
 
 
+def _remote_scorer(params: dict[str, Any]) -> RemoteScorer:
+    """The configured reward server, waited for up to the run's deadline per call when it sets one."""
+    deadline = params.get("reward_server_deadline_s")
+    options = {"deadline_s": deadline} if deadline else {}
+    return RemoteScorer(params["reward_server"], params["reward_server_token_env"], **options)
+
+
 def build_reward_fn(params: dict[str, Any], requirements: dict[str, str | None]) -> tuple[RewardFn, str]:
     """The step's reward function and where its rewards come from (the lineage's critic_source):
     `reward_fn:<module:function>` for a rule reward, else the scoring critic's version."""
@@ -149,7 +156,7 @@ def build_reward_fn(params: dict[str, Any], requirements: dict[str, str | None])
             "(run config reward_server) or drop critic_device"
         )
     scorer: Scorer = (
-        RemoteScorer(params["reward_server"], params["reward_server_token_env"])
+        _remote_scorer(params)
         if params["reward_server"]
         else _load_scorer(params["critic"]["source"], params["critic"])
     )
