@@ -13,11 +13,12 @@ the policy for the critic's failure.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import pydantic
 
-from firm_assets.critics.scoring import DimensionScore, EditScores, GenScores
+if TYPE_CHECKING:  # types only: the scorer's imports stay out of `firm serve`'s option parsing
+    from firm_assets.critics.scoring import DimensionScore, EditScores, GenScores
 
 Normalisation = Literal["minus1_over4", "over5"]
 Formula = Literal["cme", "qma", "execution_only", "naive_sum"]

@@ -2,7 +2,7 @@
 
 How long the critic took to load is remembered under FIRM_HOME (`serving/load_seconds.json`, per
 critic), so a restarted server tells waiting clients, in Retry-After, how long its load is expected
-to take (`--expected-load-s` overrides it; 60 s before any load was measured)."""
+to take (`--expected-load-s` overrides it; ServerSettings' default before any load was measured)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,34 @@ import sys
 from pathlib import Path
 from typing import Any
 
-DEFAULT_EXPECTED_LOAD_S = 60.0
+from firm_assets.serving.settings import ServerSettings
+
+# `firm serve` options that set a ServerSettings field: their type, default and help come from the
+# field, so the command and the settings cannot disagree
+SETTINGS_OPTIONS = {
+    "--max-batch": "max_batch",
+    "--max-wait-ms": "max_wait_ms",
+    "--batch-wait-fraction": "batch_wait_fraction",
+    "--max-items": "max_items",
+    "--max-request-pixels": "max_request_pixels",
+    "--expected-load-s": "expected_load_s",
+    "--queue-size": "queue_size",
+    "--timeout-s": "request_timeout_s",
+    "--token-env": "token_env",
+}
+
+
+def _settings_option(serve_parser: argparse.ArgumentParser, flag: str, name: str) -> None:
+    """One option for a ServerSettings field; unset, the field's default applies (for
+    `expected_load_s`, the critic's last measured load first)."""
+    field = ServerSettings.model_fields[name]
+    default = "unset" if field.default is None else field.default
+    if name == "expected_load_s":
+        default = f"the last measured load of this critic, else {field.default:g}"
+    kind = field.annotation if field.annotation in (int, float) else str
+    metavar = flag.removeprefix("--").replace("-", "_").upper()
+    help_text = f"{field.description} (default: {default})"
+    serve_parser.add_argument(flag, dest=name, type=kind, metavar=metavar, help=help_text)
 
 
 def add_serve_parser(commands: Any) -> None:
@@ -23,29 +50,8 @@ def add_serve_parser(commands: Any) -> None:
     serve_parser.add_argument("--critic", required=True, help="models:/<name>/<version> or a critic folder")
     serve_parser.add_argument("--host", default="127.0.0.1")
     serve_parser.add_argument("--port", type=int, default=8000)
-    serve_parser.add_argument("--max-batch", type=int, default=32, help="items per critic batch at most")
-    serve_parser.add_argument(
-        "--max-wait-ms", type=float, default=1000.0, help="longest wait for a fuller batch (cap)"
-    )
-    serve_parser.add_argument(
-        "--batch-wait-fraction",
-        type=float,
-        default=0.1,
-        help="an under-full batch waits this fraction of a batch's measured cost for more requests",
-    )
-    serve_parser.add_argument("--max-items", type=int, default=64, help="items per request at most")
-    serve_parser.add_argument(
-        "--max-request-pixels", type=int, default=64 * 2**20, help="decoded pixels per request at most"
-    )
-    serve_parser.add_argument(
-        "--expected-load-s",
-        type=float,
-        help="seconds the critic takes to load, sent as Retry-After while it loads (default: the last "
-        f"measured load of this critic, else {DEFAULT_EXPECTED_LOAD_S:g})",
-    )
-    serve_parser.add_argument("--queue-size", type=int, default=256, help="waiting requests before 429")
-    serve_parser.add_argument("--timeout-s", type=float, default=120.0, help="per request, before 504")
-    serve_parser.add_argument("--token-env", help="env var holding the bearer token (default: no auth)")
+    for flag, name in SETTINGS_OPTIONS.items():
+        _settings_option(serve_parser, flag, name)
     serve_parser.add_argument(
         "--no-cross-request-batching",
         action="store_true",
@@ -59,6 +65,17 @@ def add_serve_parser(commands: Any) -> None:
     serve_parser.set_defaults(func=serve)
 
 
+def server_settings(args: argparse.Namespace, times: Path) -> ServerSettings:
+    """The settings `firm serve`'s options ask for: what an option leaves unset is the field's default,
+    except the expected load time, which is this critic's last measured one when there is one."""
+    chosen = {name: getattr(args, name) for name in SETTINGS_OPTIONS.values()}
+    chosen["expected_load_s"] = chosen["expected_load_s"] or remembered_load_s(times, args.critic)
+    return ServerSettings(
+        **{name: value for name, value in chosen.items() if value is not None},
+        cross_request_batching=not args.no_cross_request_batching,
+    )
+
+
 def serve(args: argparse.Namespace) -> int:
     """`firm serve`: loads the critic and runs the reward server until stopped."""
     import uvicorn
@@ -66,25 +83,12 @@ def serve(args: argparse.Namespace) -> int:
 
     from firm_assets.critics.scoring import CriticScorer
     from firm_assets.serving.app import create_app
-    from firm_assets.serving.settings import ServerSettings
 
     times = load_times_file()
-    expected = args.expected_load_s or remembered_load_s(times, args.critic) or DEFAULT_EXPECTED_LOAD_S
     try:
-        settings = ServerSettings(
-            max_batch=args.max_batch,
-            max_wait_ms=args.max_wait_ms,
-            batch_wait_fraction=args.batch_wait_fraction,
-            max_items=args.max_items,
-            max_request_pixels=args.max_request_pixels,
-            expected_load_s=expected,
-            queue_size=args.queue_size,
-            request_timeout_s=args.timeout_s,
-            token_env=args.token_env,
-            cross_request_batching=not args.no_cross_request_batching,
-        )
+        settings = server_settings(args, times)
         # Each item asks the critic two questions, so a full server batch is one backend forward.
-        load = {"device": args.device, "dtype": args.dtype, "batch_size": 2 * args.max_batch}
+        load = {"device": args.device, "dtype": args.dtype, "batch_size": 2 * settings.max_batch}
         if args.max_new_tokens is not None:
             load["max_new_tokens"] = args.max_new_tokens
         app = create_app(

@@ -30,13 +30,18 @@ class ServerSettings(BaseModel):
     expected_load_s: float = Field(
         60.0, gt=0, description="How long loading the critic takes (Retry-After while it loads)"
     )
-    max_items: int = Field(MAX_ITEMS_PER_REQUEST, ge=1, le=MAX_ITEMS_PER_REQUEST)
+    max_items: int = Field(
+        MAX_ITEMS_PER_REQUEST,
+        ge=1,
+        le=MAX_ITEMS_PER_REQUEST,
+        description="Items per request at most; beyond it: 413",
+    )
     max_body_bytes: int = Field(64 * 2**20, ge=1024)
     max_image_bytes: int = Field(16 * 2**20, ge=1024)
     max_image_pixels: int = Field(4096 * 4096, ge=1)
     max_request_pixels: int = Field(
         64 * 2**20, ge=1, description="Decoded pixels of all a request's images together; beyond it: 413"
     )
-    token_env: str | None = Field(None, description="Env var holding the bearer token; None: no auth")
+    token_env: str | None = Field(None, description="Env var holding the bearer token; unset: no auth")
     edit_reward: RewardConfig = Field(default_factory=RewardConfig.cme)
     gen_reward: RewardConfig = Field(default_factory=RewardConfig.qma)

@@ -13,13 +13,15 @@ import binascii
 import io
 import math
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from firm_assets.critics.rewards import Reward, RewardConfig
-from firm_assets.critics.scoring import DimensionScore, EditScores, GenScores
+
+if TYPE_CHECKING:  # types only: the scorer's imports stay out of `firm serve`'s option parsing
+    from firm_assets.critics.scoring import DimensionScore, EditScores, GenScores
 
 WIRE_VERSION = 1
 MAX_ITEMS_PER_REQUEST = 64
