@@ -19,8 +19,9 @@ from loopback import FailingHandler, LoopbackServer, completion, request_text
 from PIL import Image
 
 from firm_assets.curation.cache import Outcome, compute_narrowed
+from firm_assets.curation.costs import CostMeter
 from firm_assets.curation.gates import render_failure_rate
-from firm_assets.curation.generation import ImageJob, Owner, run_image_stage
+from firm_assets.curation.generation import ImageJob, Owner, render_for_all, run_image_stage
 from firm_assets.curation.parsers import CAPTION_TEXT
 from firm_assets.curation.prompts import load_template
 from firm_assets.curation.stage import ChatStage, StageInput, run_chat_stage
@@ -336,6 +337,17 @@ def test_a_backend_that_fails_every_item_is_not_asked_for_the_rest(warehouse: Wa
 
 
 # --- image stages --------------------------------------------------------------------------------
+
+
+def test_a_profile_with_no_image_models_renders_nothing(warehouse: Warehouse) -> None:
+    """`editors: []` (a profile whose candidates are only the imported edits): no render, no call, no
+    cost line, and the stage's metadata still has its rate."""
+    owners = [Owner("r0", "make it blue", "source.png", "0" * 64)]
+    meter = CostMeter()
+    rendered, metadata = render_for_all(
+        "edit_candidates", "edit@1", [], [0, 1], owners, None, warehouse, "r", meter
+    )
+    assert (rendered, metadata, meter.lines) == ([], {"calls_per_s": 0.0}, [])
 
 
 def test_an_edit_with_a_missing_source_is_a_cached_failure(

@@ -210,6 +210,19 @@ def test_the_client_gives_up_at_its_deadline() -> None:
     assert 1.0 <= time.monotonic() - started < 10 and client.retries >= 3
 
 
+def test_a_server_that_never_answers_ends_the_call_at_its_deadline() -> None:
+    """A socket that takes the connection and never answers (a stopped server): the exchange is cut
+    to the call's deadline instead of the client's 300 s exchange timeout, and it is not resent."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        client = RewardClient(f"http://127.0.0.1:{silent.getsockname()[1]}", deadline_s=1.0)
+        with pytest.raises(RewardServerError, match=r"no answer in 1 s \(gave up after 1 s\)"):
+            client.gen(ONE_GEN)
+        assert client.retries == 0
+        client.close()
+
+
 def test_reward_override_changes_only_what_it_names() -> None:
     cme = RewardConfig.cme()
     assert reward_config(None, cme) == cme

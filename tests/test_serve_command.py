@@ -34,6 +34,7 @@ def test_every_option_sets_its_field(tmp_path: Path) -> None:
         "--no-cross-request-batching",
     )
     settings = server_settings(args, tmp_path / "load_seconds.json")
+    assert type(settings.max_batch) is int and type(settings.max_wait_ms) is float
     assert settings.model_dump(include=set(SETTINGS_OPTIONS.values()) | {"cross_request_batching"}) == {
         "max_batch": 8,
         "max_wait_ms": 250.0,
@@ -71,5 +72,9 @@ def test_help_shows_each_fields_description_and_default(capsys: pytest.CaptureFi
 
 
 def test_a_value_the_settings_refuse_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):  # argparse: the field is an int
+        parse("--max-batch", "1.5")
     with pytest.raises(ValidationError, match="max_items"):
         server_settings(parse("--max-items", "100000"), tmp_path / "load_seconds.json")
+    with pytest.raises(ValidationError, match="expected_load_s"):  # 0 is refused, not taken as unset
+        server_settings(parse("--expected-load-s", "0"), tmp_path / "load_seconds.json")

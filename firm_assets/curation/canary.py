@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,7 +74,7 @@ def score_canary(
     side: str,
     stage: ChatStage,
     backend: ChatBackend,
-    inputs: list[StageInput],
+    inputs: Sequence[StageInput],
     warehouse: Warehouse,
     batch_size: int,
     run_id: str | None,

@@ -191,5 +191,8 @@ def render_for_all(
                     )
                 )
     # a rate does not add up over configs: it is the configs' calls over their wall time together
-    metadata["calls_per_s"] = calls_per_second(int(metadata["model_calls"]), metadata["wall_seconds"])
+    # no configs (a profile that only imports its edits): nothing rendered, no calls
+    metadata["calls_per_s"] = calls_per_second(
+        int(metadata.get("model_calls", 0)), metadata.get("wall_seconds", 0.0)
+    )
     return rendered, metadata

@@ -206,7 +206,8 @@ def quarantined(path: Path, locator: str, raw: bytes | str, reason: str) -> Quar
 
 def json_records(path: Path, bad: list[Quarantined]) -> Iterator[tuple[int, bytes, dict[str, Any]]]:
     """(line number, raw line, JSON object) for each non-blank line of a JSONL file; each bad line,
-    or the whole file when it cannot be read, is appended to `bad` in file order."""
+    or the whole file when it cannot be read, is appended to `bad` as it is reached, so a caller that
+    iterates and records its own rejects as it goes keeps `bad` in file order."""
     lines = attempt(read_lines, path)
     if isinstance(lines, BadLine):
         bad.append(file_quarantined(path, lines.reason))

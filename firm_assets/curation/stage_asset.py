@@ -5,7 +5,7 @@ how a stage's model calls reach the cache (`StageRun`), and how an asset returns
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
@@ -18,6 +18,7 @@ from firm_assets.curation.costs import CostMeter
 from firm_assets.curation.generation import Owner, Rendered, render_for_all
 from firm_assets.curation.stage import ChatStage, StageInput, run_chat_stage
 from firm_assets.curation.versioning import frame_version
+from resources.chat import ChatBackend
 from resources.models import ModelsResource
 from resources.profiles import ImageModelConfig, Profile
 from resources.warehouse_resource import WarehouseResource
@@ -50,13 +51,13 @@ class StageRun:
     models: ModelsResource
     warehouse: Warehouse
     profile: Profile
-    meter: CostMeter = field(default_factory=CostMeter)  # made first: the cost counts from here
+    meter: CostMeter
 
     @classmethod
     def start(
         cls, context: AssetExecutionContext, models: ModelsResource, warehouse: WarehouseResource
     ) -> StageRun:
-        """Open the stage as its asset's body starts."""
+        """Open the stage as its asset's body starts: the meter first, so the cost counts from here."""
         meter = CostMeter()
         return cls(context, models, warehouse.get(), models.settings(), meter)
 
@@ -64,21 +65,26 @@ class StageRun:
         self, stage: ChatStage, role: str, inputs: Sequence[StageInput]
     ) -> tuple[dict[str, CachedResult], StageStats]:
         """Every input through `stage` with `role`'s chat model (its batch size), cost metered."""
-        results, stats = run_chat_stage(stage, *self._asking(role, inputs))
+        backend, batch_size = self._role(role)
+        results, stats = run_chat_stage(
+            stage, backend, inputs, self.warehouse, batch_size, self.context.run_id
+        )
         return results, self.meter.add(stats)
 
     def canary(
-        self, side: str, stage: ChatStage, role: str, inputs: list[StageInput]
+        self, side: str, stage: ChatStage, role: str, inputs: Sequence[StageInput]
     ) -> tuple[set[str], StageStats]:
         """The judge-drift canary of a score stage (`canary.score_canary`), cost metered."""
-        keys, stats = score_canary(side, stage, *self._asking(role, inputs))
+        backend, batch_size = self._role(role)
+        keys, stats = score_canary(
+            side, stage, backend, inputs, self.warehouse, batch_size, self.context.run_id
+        )
         return keys, self.meter.add(stats)
 
-    def _asking(self, role: str, inputs: Sequence[StageInput]) -> tuple:
-        """What a chat call takes after its stage: the role's backend, the inputs, the warehouse, the
-        role's batch size and the run."""
-        batch_size = getattr(self.profile, role).batch_size
-        return self.models.chat(role), inputs, self.warehouse, batch_size, self.context.run_id
+    def _role(self, role: str) -> tuple[ChatBackend, int]:
+        """A chat role's backend (`models.chat` refuses an unknown role) and its batch size."""
+        backend = self.models.chat(role)
+        return backend, getattr(self.profile, role).batch_size
 
     def render(
         self, stage: str, template_ref: str, configs: Sequence[ImageModelConfig], owners: Sequence[Owner]

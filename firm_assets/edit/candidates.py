@@ -51,12 +51,12 @@ def edit_candidates(
 ) -> Output[pl.DataFrame]:
     """The candidates the judge scores: per request, its imported edited images plus each configured
     editor (diffusers) x seed, content-hashed with model id, revision and seed."""
-    run = StageRun.start(context, models, warehouse)
+    stage_run = StageRun.start(context, models, warehouse)
     owners = [
         Owner(row["request_id"], row["instruction"], row["source_path"], row["source_sha"])
         for row in source_images.iter_rows(named=True)
     ]
-    rendered, metadata = run.render("edit_candidates", EDIT_TEMPLATE, run.profile.editors, owners)
+    rendered, metadata = stage_run.render("edit_candidates", EDIT_TEMPLATE, stage_run.profile.editors, owners)
     rows = _imported(source_images) + [
         {
             "candidate_id": r.image_id,
@@ -73,4 +73,4 @@ def edit_candidates(
     metadata["imported"] = len(rows) - len(rendered)
     frame = pl.DataFrame(rows, schema=CANDIDATE_SCHEMA).sort("candidate_id")
     context.log.info(f"edit_candidates: {frame.height} candidates, {metadata}")
-    return run.output(frame, metadata, hashed=frame.drop("image_path"))
+    return stage_run.output(frame, metadata, hashed=frame.drop("image_path"))

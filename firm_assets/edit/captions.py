@@ -56,9 +56,11 @@ def difference_captions(
 ) -> Output[pl.DataFrame]:
     """What changed between source and edited image, which the judge reads: a plain description of
     every visual difference (captioner role), no judging."""
-    run = StageRun.start(context, models, warehouse)
-    stage = chat_stage(run.profile, "difference_captions", TEMPLATE, CAPTION_TEXT, "caption", scored=False)
-    results, stats = run.chat(stage, "captioner", caption_inputs(source_images, edit_candidates))
+    stage_run = StageRun.start(context, models, warehouse)
+    stage = chat_stage(
+        stage_run.profile, "difference_captions", TEMPLATE, CAPTION_TEXT, "caption", scored=False
+    )
+    results, stats = stage_run.chat(stage, "captioner", caption_inputs(source_images, edit_candidates))
     request_of = dict(zip(edit_candidates["candidate_id"], edit_candidates["request_id"], strict=True))
     frame = pl.DataFrame(
         [
@@ -73,4 +75,4 @@ def difference_captions(
         ],
         schema=CAPTION_SCHEMA,
     ).sort("candidate_id")
-    return run.output(frame, stats.as_metadata())
+    return stage_run.output(frame, stats.as_metadata())

@@ -80,7 +80,7 @@ def edit_scores(
 ) -> Output[pl.DataFrame]:
     """The judge's execution and consistency scores (1-5, with reasoning) of every edit candidate
     (judge role); an unparseable answer is a recorded failure, never a number."""
-    run = StageRun.start(context, models, warehouse)
+    stage_run = StageRun.start(context, models, warehouse)
     inputs = score_inputs(source_images, edit_candidates, difference_captions)
     request_of = {sample.sample_id: sample for sample in inputs}
     rows = {
@@ -94,9 +94,9 @@ def edit_scores(
     canary_keys, canary_stats = set(), []
     for dimension, template in TEMPLATES.items():
         parser = score_json_parser(dimension)
-        stage = chat_stage(run.profile, f"{dimension}_scores", template, parser, "score", scored=True)
-        results, stats = run.chat(stage, "judge", inputs)
-        keys, canary = run.canary("edit", stage, "judge", inputs)
+        stage = chat_stage(stage_run.profile, f"{dimension}_scores", template, parser, "score", scored=True)
+        results, stats = stage_run.chat(stage, "judge", inputs)
+        keys, canary = stage_run.canary("edit", stage, "judge", inputs)
         canary_keys |= keys
         canary_stats.append(canary)
         metadata.update({f"{dimension}_{key}": value for key, value in stats.as_metadata().items()})
@@ -113,4 +113,4 @@ def edit_scores(
             )
     frame = pl.DataFrame(list(rows.values()), schema=SCORE_SCHEMA).sort("candidate_id")
     metadata.update(canary_metadata("edit", canary_keys, canary_stats))
-    return run.output(frame, metadata)
+    return stage_run.output(frame, metadata)

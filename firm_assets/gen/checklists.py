@@ -46,13 +46,15 @@ def gen_checklists(
     """The checklist per prompt (planner role) that the judge verifies generated images against:
     categorised yes/no items; a malformed plan is a recorded failure; GenEval prompts get their
     ground-truth coverage."""
-    run = StageRun.start(context, models, warehouse)
-    stage = chat_stage(run.profile, "gen_checklists", TEMPLATE, CHECKLIST_JSON, "checklist", scored=False)
+    stage_run = StageRun.start(context, models, warehouse)
+    stage = chat_stage(
+        stage_run.profile, "gen_checklists", TEMPLATE, CHECKLIST_JSON, "checklist", scored=False
+    )
     inputs = [
         StageInput(row["prompt_id"], {"prompt": row["prompt"], **PLAN_LIMITS}, {})
         for row in gen_prompts.iter_rows(named=True)
     ]
-    results, stats = run.chat(stage, "planner", inputs)
+    results, stats = stage_run.chat(stage, "planner", inputs)
     geneval = dict(zip(gen_prompts["prompt_id"], gen_prompts["geneval"], strict=True))
     rows = []
     for prompt_id, result in results.items():
@@ -78,4 +80,4 @@ def gen_checklists(
         "repaired_plans": sum(1 for r in results.values() if r.outcome.ok and r.outcome.parsed.get("notes")),
         "geneval_coverage": float(coverage.mean()) if coverage.len() else None,
     }
-    return run.output(frame, metadata)
+    return stage_run.output(frame, metadata)

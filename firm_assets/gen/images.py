@@ -37,9 +37,11 @@ def generated_images(
 ) -> Output[pl.DataFrame]:
     """The images the judge scores: per prompt, each generator config (diffusers) x seed, with model
     id, revision, seed, steps and guidance."""
-    run = StageRun.start(context, models, warehouse)
+    stage_run = StageRun.start(context, models, warehouse)
     owners = [Owner(row["prompt_id"], row["prompt"]) for row in gen_prompts.iter_rows(named=True)]
-    rendered, metadata = run.render("generated_images", PROMPT_TEMPLATE, run.profile.generators, owners)
+    rendered, metadata = stage_run.render(
+        "generated_images", PROMPT_TEMPLATE, stage_run.profile.generators, owners
+    )
     rows = [
         {
             "image_id": r.image_id,
@@ -56,4 +58,4 @@ def generated_images(
         for r in rendered
     ]
     frame = pl.DataFrame(rows, schema=IMAGE_SCHEMA).sort("image_id")
-    return run.output(frame, metadata, hashed=frame.drop("image_path"))
+    return stage_run.output(frame, metadata, hashed=frame.drop("image_path"))

@@ -102,7 +102,7 @@ def gen_scores(
     """The judge's scores of every generated image (judge role): checklist verdicts and an
     instruction-following 1-5, and prompt-free quality [aesthetics, technical, structure]; a failure
     is recorded, never a number."""
-    run = StageRun.start(context, models, warehouse)
+    stage_run = StageRun.start(context, models, warehouse)
     prompts = dict(zip(gen_prompts["prompt_id"], gen_prompts["prompt"], strict=True))
     checklists = {
         row["prompt_id"]: row["items"]
@@ -114,7 +114,7 @@ def gen_scores(
         row["image_id"]: {"image": ImagePart(Path(row["image_path"]), row["image_sha"])} for row in images
     }
     if_stage = chat_stage(
-        run.profile,
+        stage_run.profile,
         "gen_instruction_following",
         IF_TEMPLATE,
         INSTRUCTION_FOLLOWING,
@@ -132,16 +132,16 @@ def gen_scores(
         )
         for row in images
     ]
-    if_results, if_stats = run.chat(if_stage, "judge", if_inputs)
+    if_results, if_stats = stage_run.chat(if_stage, "judge", if_inputs)
 
     quality_stage = chat_stage(
-        run.profile, "gen_quality", QUALITY_TEMPLATE, QUALITY_JSON, "quality", scored=False
+        stage_run.profile, "gen_quality", QUALITY_TEMPLATE, QUALITY_JSON, "quality", scored=False
     )
     quality_inputs = [StageInput(row["image_id"], {}, parts[row["image_id"]]) for row in images]
-    quality_results, quality_stats = run.chat(quality_stage, "judge", quality_inputs)
+    quality_results, quality_stats = stage_run.chat(quality_stage, "judge", quality_inputs)
     canary_keys, canary_stats = set(), []
     for stage, stage_inputs in ((if_stage, if_inputs), (quality_stage, quality_inputs)):
-        keys, canary = run.canary("gen", stage, "judge", stage_inputs)
+        keys, canary = stage_run.canary("gen", stage, "judge", stage_inputs)
         canary_keys |= keys
         canary_stats.append(canary)
 
@@ -160,4 +160,4 @@ def gen_scores(
     coverage = frame["verdict_coverage"].drop_nulls()
     metadata["verdict_coverage"] = float(coverage.mean()) if coverage.len() else None
     metadata.update(canary_metadata("gen", canary_keys, canary_stats))
-    return run.output(frame, metadata)
+    return stage_run.output(frame, metadata)

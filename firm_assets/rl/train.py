@@ -42,6 +42,7 @@ from firm_assets.rl.nft.loop import train_policy
 from firm_assets.rl.nft.records import PromptItem, RewardFn, StepLog
 from firm_assets.rl.rule_rewards import rule_reward_fn
 from firm_assets.run_progress import progress_message
+from firm_assets.serving.client import DEFAULT_DEADLINE_S
 from firm_assets.serving.remote import RemoteScorer
 from firm_assets.trainer_entry import read_params, reports_to_dagster, through_pipes
 from resources.tracking import TrackingResource
@@ -137,10 +138,9 @@ def _load_scorer(source: str, critic: dict[str, Any]) -> CriticScorer:
 
 
 def _remote_scorer(params: dict[str, Any]) -> RemoteScorer:
-    """The configured reward server, waited for up to the run's deadline per call when it sets one."""
-    deadline = params.get("reward_server_deadline_s")
-    options = {"deadline_s": deadline} if deadline else {}
-    return RemoteScorer(params["reward_server"], params["reward_server_token_env"], **options)
+    """The configured reward server, waited for up to the run's deadline per call (else the client's)."""
+    deadline = params["reward_server_deadline_s"] or DEFAULT_DEADLINE_S
+    return RemoteScorer(params["reward_server"], params["reward_server_token_env"], deadline_s=deadline)
 
 
 def build_reward_fn(params: dict[str, Any], requirements: dict[str, str | None]) -> tuple[RewardFn, str]:

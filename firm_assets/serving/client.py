@@ -74,12 +74,14 @@ class RewardClient:
         max_backoff_s: float = 10.0,
         connections: int = 16,
     ) -> None:
-        """timeout_s bounds one HTTP exchange; deadline_s bounds a call with all its retries."""
+        """timeout_s bounds one HTTP exchange; deadline_s bounds a call with all its retries (an
+        exchange is cut to what is left of it)."""
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
         self._http = httpx.Client(
             base_url=base_url.rstrip("/"), headers=headers, timeout=timeout_s, limits=limits
         )
+        self.timeout_s = timeout_s
         self.deadline_s = deadline_s
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
@@ -113,8 +115,12 @@ class RewardClient:
         attempt = 0
         while True:
             response: httpx.Response | None = None
+            exchange_s = min(self.timeout_s, max(deadline - time.monotonic(), 0.001))
             try:
-                response = self._http.post(path, json=payload)
+                response = self._http.post(path, json=payload, timeout=exchange_s)
+            except httpx.ReadTimeout as error:  # not resent (above); cut short, it ends the call
+                cut = f" (gave up after {self.deadline_s:g} s)" if exchange_s < self.timeout_s else ""
+                raise RewardServerError(None, f"no answer in {exchange_s:.3g} s{cut}") from error
             except CONNECTION_ERRORS as error:
                 failure = RewardServerError(None, f"cannot reach the reward server: {error}")
             else:

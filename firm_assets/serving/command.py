@@ -69,7 +69,8 @@ def server_settings(args: argparse.Namespace, times: Path) -> ServerSettings:
     """The settings `firm serve`'s options ask for: what an option leaves unset is the field's default,
     except the expected load time, which is this critic's last measured one when there is one."""
     chosen = {name: getattr(args, name) for name in SETTINGS_OPTIONS.values()}
-    chosen["expected_load_s"] = chosen["expected_load_s"] or remembered_load_s(times, args.critic)
+    if chosen["expected_load_s"] is None:
+        chosen["expected_load_s"] = remembered_load_s(times, args.critic)
     return ServerSettings(
         **{name: value for name, value in chosen.items() if value is not None},
         cross_request_batching=not args.no_cross_request_batching,
