@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from firm_assets.curation.dataset import (
@@ -73,17 +72,17 @@ SUFFIXES = (".json", ".jsonl", ".parquet")
 PARQUET_BATCH = 256  # Parquet rows decoded at a time: their image bytes are in memory together
 # the version's data.parquet: one row per kept record, written MEMBER_ROWS rows (a row group) at a
 # time, so an import holds a group's user texts, not every record's (bench/import_scale.py)
-MEMBER_SCHEMA = pa.schema(
-    [
-        ("sample_id", pa.large_string()),
-        ("source", pa.large_string()),
-        ("cache_keys", pa.large_list(pa.large_string())),
-        ("task", pa.large_string()),
-        ("file_sha256", pa.large_string()),
-        ("record", pa.int64()),
-        (IMAGE_SHAS, pa.large_list(pa.large_string())),
-        (USER_TEXT, pa.large_string()),
-    ]
+MEMBER_SCHEMA = pl.Schema(
+    {
+        "sample_id": pl.String,
+        "source": pl.String,
+        "cache_keys": pl.List(pl.String),
+        "task": pl.String,
+        "file_sha256": pl.String,
+        "record": pl.Int64,
+        IMAGE_SHAS: pl.List(pl.String),
+        USER_TEXT: pl.String,
+    }
 )
 MEMBER_ROWS = 10_000
 # LLaMA-Factory's two documented tag sets, by the column holding the turns:
@@ -246,7 +245,8 @@ class _Writer:
         self.dataset, self.version, self.folder, self.media_dir = dataset, version, folder, media_dir
         self.store = firm_home() / "images"
         self.members: list[dict] = []  # not yet written to data.parquet
-        self.parquet = pq.ParquetWriter(folder / "data.parquet", MEMBER_SCHEMA, compression="zstd")
+        schema = pl.DataFrame(schema=MEMBER_SCHEMA).to_arrow().schema
+        self.parquet = pq.ParquetWriter(folder / "data.parquet", schema, compression="zstd")
         self.kept: Counter[str] = Counter()  # by file sha256
         self.images: dict[str, StoredImage] = {}
         self.quarantined: list[Quarantined] = []
@@ -261,7 +261,7 @@ class _Writer:
 
     def _flush(self) -> None:
         if self.members:
-            self.parquet.write_table(pa.Table.from_pylist(self.members, MEMBER_SCHEMA))
+            self.parquet.write_table(pl.DataFrame(self.members, schema=MEMBER_SCHEMA).to_arrow())
             self.members = []
 
     def task_records(self, files: Sequence[ReleasedFile]) -> Iterator[str]:
