@@ -4,8 +4,9 @@ of FIRM-Edit-370K's size, run as a user runs it (a child process). No model call
 Setup (not timed), under a temporary FIRM_HOME:
 - `--images` distinct real 64x64 PNG files (default 1,000) in a media folder; every record points at
   two of them (source, edited), so the importer's image ingest meets the same files again and again,
-  as it does in real data where a source image serves several edits. `--images 370000` gives (about)
-  one file per record;
+  as it does in real data where a source image serves several edits (each source four records).
+  With `--images 370000` the 370K records point at 210,358 distinct files (the version's image links
+  are printed);
 - `--n` records (default 370,000) split over the two edit tasks as FIRM's Hub datasets are: 190,000
   in FIRM-Edit-Instruction (the viewer's row count) and the rest in FIRM-Edit-Consistency, scaled to
   `--n`. `edit_execution` is one JSON Lines file in the `messages` tags, `edit_consistency` one
@@ -27,7 +28,7 @@ Prints `P8 import records=<n> import_s=<s> peak_rss_gib=<GiB>` last.
 
   python bench/import_scale.py                  # n = 370,000 records, 1,000 image files
   python bench/import_scale.py --n 2000
-  python bench/import_scale.py --images 370000  # about one image file per record
+  python bench/import_scale.py --images 370000  # 210K distinct image files
 """
 
 from __future__ import annotations
