@@ -70,6 +70,21 @@ USER_TEXT = "user_text"
 QUARANTINE_ASSET = "import-dataset"
 SUFFIXES = (".json", ".jsonl", ".parquet")
 PARQUET_BATCH = 256  # Parquet rows decoded at a time: their image bytes are in memory together
+# the version's data.parquet: one row per kept record, written MEMBER_ROWS rows (a row group) at a
+# time, so an import holds a group's user texts, not every record's (bench/import_scale.py)
+MEMBER_SCHEMA = pl.Schema(
+    {
+        "sample_id": pl.String,
+        "source": pl.String,
+        "cache_keys": pl.List(pl.String),
+        "task": pl.String,
+        "file_sha256": pl.String,
+        "record": pl.Int64,
+        IMAGE_SHAS: pl.List(pl.String),
+        USER_TEXT: pl.String,
+    }
+)
+MEMBER_ROWS = 10_000
 # LLaMA-Factory's two documented tag sets, by the column holding the turns:
 # (role tag, content tag, user role, assistant role, system role)
 TAG_SETS = {
@@ -222,15 +237,32 @@ def version_of(dataset: str, files: Sequence[ReleasedFile], media_dir: Path | No
 
 
 class _Writer:
-    """Converts the records of one import into the version folder, collecting its members, stored
-    images and quarantine rows as the task files are written."""
+    """Converts the records of one import into the version folder as the task files are written:
+    its members go to `data.parquet` a row group at a time (closed on leaving the `with`); it
+    collects the records kept per file, the stored images and the quarantine rows."""
 
     def __init__(self, dataset: str, version: str, folder: Path, media_dir: Path | None) -> None:
         self.dataset, self.version, self.folder, self.media_dir = dataset, version, folder, media_dir
         self.store = firm_home() / "images"
-        self.members: list[dict] = []
+        self.members: list[dict] = []  # not yet written to data.parquet
+        schema = pl.DataFrame(schema=MEMBER_SCHEMA).to_arrow().schema
+        self.parquet = pq.ParquetWriter(folder / "data.parquet", schema, compression="zstd")
+        self.kept: Counter[str] = Counter()  # by file sha256
         self.images: dict[str, StoredImage] = {}
         self.quarantined: list[Quarantined] = []
+
+    def __enter__(self) -> _Writer:
+        return self
+
+    def __exit__(self, error: type[BaseException] | None, *_: object) -> None:
+        if error is None:
+            self._flush()
+        self.parquet.close()
+
+    def _flush(self) -> None:
+        if self.members:
+            self.parquet.write_table(pl.DataFrame(self.members, schema=MEMBER_SCHEMA).to_arrow())
+            self.members = []
 
     def task_records(self, files: Sequence[ReleasedFile]) -> Iterator[str]:
         """The task's records (JSON texts) from its files in order, bad ones quarantined."""
@@ -263,6 +295,9 @@ class _Writer:
                         USER_TEXT: user,
                     }
                 )
+                self.kept[file.sha256] += 1
+                if len(self.members) == MEMBER_ROWS:
+                    self._flush()
                 yield text
 
     def _convert(self, raw: object, file: ReleasedFile) -> tuple[str, str, list[StoredImage]]:
@@ -318,12 +353,14 @@ def import_released(
     tmp = folder.with_name(f"{version}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "images").mkdir(parents=True)
-    writer = _Writer(dataset, version, tmp, media_dir)
     by_task = {
         task: [file for file in hashed if file.task == task] for task in dict.fromkeys(t for t, _ in files)
     }
-    write_tasks(tmp, dataset, version, {task: writer.task_records(group) for task, group in by_task.items()})
-    kept = Counter(member["task"] for member in writer.members)
+    with _Writer(dataset, version, tmp, media_dir) as writer:
+        write_tasks(
+            tmp, dataset, version, {task: writer.task_records(group) for task, group in by_task.items()}
+        )
+    kept = {task: sum(writer.kept[file.sha256] for file in group) for task, group in by_task.items()}
     empty = [task for task in by_task if not kept[task]]
     if empty:  # a task with no record would train the critic on the other task alone
         shutil.rmtree(tmp)
@@ -332,8 +369,7 @@ def import_released(
             f" ({len(writer.quarantined)} record(s) quarantined in all): nothing registered"
         )
     record_quarantine(warehouse, QUARANTINE_ASSET, [row.as_row() for row in writer.quarantined], None)
-    frame = pl.DataFrame(writer.members, schema_overrides={"cache_keys": pl.List(pl.String)})
-    frame.write_parquet(tmp / "data.parquet")
+    frame = pl.read_parquet(tmp / "data.parquet", columns=["sample_id", "source", "cache_keys"])
     world_readable(tmp)
     move_into_place(tmp, folder)
     index_exports(root)
@@ -346,15 +382,14 @@ def import_released(
                 "path": str(file.path),
                 "sha256": file.sha256,
                 "bytes": file.size,
-                "records": frame.filter(pl.col("file_sha256") == file.sha256).height,
+                "records": writer.kept[file.sha256],
                 "quarantined": sum(q.source == str(file.path) for q in writer.quarantined),
             }
             for file in hashed
         ],
     }
     register_version(warehouse, dataset, version, frame, params, folder, None, None)
-    counts = dict(frame["task"].value_counts().iter_rows())
-    return ImportedVersion(dataset, version, folder, counts, writer.quarantined, True)
+    return ImportedVersion(dataset, version, folder, kept, writer.quarantined, True)
 
 
 def training_frame(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import pyarrow as pa
 from dagster import AssetExecutionContext, MetadataValue
 
 from firm_assets.curation.score_text import has_score_text
@@ -85,15 +86,33 @@ def flag_score_text(
 
 
 def record_images(warehouse: Warehouse, images: Iterable) -> None:
-    """Upsert StoredImage rows by sha256 (the same bytes are one image however often they come)."""
-    rows = [(i.sha256, str(i.path), i.format, i.width, i.height, i.bytes, i.note) for i in images]
-    if rows:
-        with warehouse.transaction() as con:
-            con.executemany(
-                "INSERT INTO images (sha256, path, format, width, height, bytes, note)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                rows,
-            )
+    """Upsert StoredImage rows by sha256 (the same bytes are one image however often they come: the
+    first row of a sha256 is kept). Inserted as one Arrow table: DuckDB's executemany goes a row at a
+    time, about 1.8 ms a row (210K images of an import took minutes; bench/import_scale.py)."""
+    first = {}
+    for image in images:
+        first.setdefault(image.sha256, image)
+    if not first:
+        return
+    rows = list(first.values())
+    table = pa.table(
+        {
+            "sha256": pa.array([i.sha256 for i in rows], pa.string()),
+            "path": pa.array([str(i.path) for i in rows], pa.string()),
+            "format": pa.array([i.format for i in rows], pa.string()),
+            "width": pa.array([i.width for i in rows], pa.int32()),
+            "height": pa.array([i.height for i in rows], pa.int32()),
+            "bytes": pa.array([i.bytes for i in rows], pa.int64()),
+            "note": pa.array([i.note for i in rows], pa.string()),
+        }
+    )
+    with warehouse.transaction() as con:
+        con.register("image_rows", table)
+        con.execute(
+            "INSERT INTO images (sha256, path, format, width, height, bytes, note)"
+            " SELECT * FROM image_rows ON CONFLICT DO NOTHING"
+        )
+        con.unregister("image_rows")
 
 
 def record_lineage(
