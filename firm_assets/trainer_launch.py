@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from firm_assets.curation.costs import CostMeter
 from resources.chat import ModelRef
 from resources.models import ModelsResource
 from resources.tracking import TrackingResource, dagster_tags, process_tags
+from resources.warehouse_resource import WarehouseResource
 from warehouse.connection import Warehouse
 
 
@@ -109,15 +111,18 @@ def open_run(
 
 def launch_trainer(
     context: AssetExecutionContext,
-    meter: CostMeter,
-    job: TrainerJob,
+    build_job: Callable[[Warehouse], TrainerJob],
     models: ModelsResource,
-    warehouse: Warehouse,
+    warehouse_resource: WarehouseResource,
     tracking: TrackingResource,
     pipes: PipesSubprocessClient,
 ) -> Output[pl.DataFrame]:
-    """Train the job's version in its trainer subprocess (or find it trained) and return the output;
-    `meter` started when the materialization did."""
+    """Train the version `build_job` describes in its trainer subprocess (or find it trained) and
+    return the output. Called first in the asset's body: the cost counts from here, building the job
+    (hashing the version, storing a prompt set) included."""
+    meter = CostMeter()
+    warehouse = warehouse_resource.get()
+    job = build_job(warehouse)
     existing = job.existing(warehouse)
     if existing is not None:
         context.log.info(f"{job.asset} {job.version} already trained {job.trained_on}; not retraining")

@@ -18,7 +18,6 @@ from dagster import (
 from firm_assets.automation import CRITIC_CONDITION, GPU_POOL
 from firm_assets.critics.launch import TRAINING_CODE_VERSION, CriticSpec, critic_training
 from firm_assets.critics.recipe import CriticTrainingConfig
-from firm_assets.curation.costs import CostMeter
 from firm_assets.trainer_launch import launch_trainer
 from resources.models import ModelsResource
 from resources.tracking import TrackingResource
@@ -65,10 +64,14 @@ def critic_asset(spec: CriticSpec) -> AssetsDefinition:
         tracking: TrackingResource,
         pipes_subprocess_client: PipesSubprocessClient,
     ) -> Output[pl.DataFrame]:
-        meter = CostMeter()  # the materialization's cost from here on
-        wh = warehouse.get()
-        job = critic_training(spec, dataset, config, models, wh)
-        return launch_trainer(context, meter, job, models, wh, tracking, pipes_subprocess_client)
+        return launch_trainer(
+            context,
+            lambda wh: critic_training(spec, dataset, config, models, wh),
+            models,
+            warehouse,
+            tracking,
+            pipes_subprocess_client,
+        )
 
     return critic
 

@@ -17,7 +17,6 @@ from dagster import (
 )
 
 from firm_assets.automation import GPU_POOL, POLICY_CONDITION
-from firm_assets.curation.costs import CostMeter
 from firm_assets.rl.launch import TRAINING_CODE_VERSION, PolicySpec, policy_training
 from firm_assets.rl.settings import RLPolicyConfig
 from firm_assets.trainer_launch import launch_trainer
@@ -67,10 +66,14 @@ def policy_asset(spec: PolicySpec) -> AssetsDefinition:
         tracking: TrackingResource,
         pipes_subprocess_client: PipesSubprocessClient,
     ) -> Output[pl.DataFrame]:
-        meter = CostMeter()  # the materialization's cost from here on
-        wh = warehouse.get()
-        job = policy_training(spec, prompt_source, critic, config, models, wh)
-        return launch_trainer(context, meter, job, models, wh, tracking, pipes_subprocess_client)
+        return launch_trainer(
+            context,
+            lambda wh: policy_training(spec, prompt_source, critic, config, models, wh),
+            models,
+            warehouse,
+            tracking,
+            pipes_subprocess_client,
+        )
 
     return policy
 
