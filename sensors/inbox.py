@@ -17,7 +17,8 @@ from dagster import (
     sensor,
 )
 
-from firm_assets.curation.inbox import FILE_NAME, Inbox, file_digest, inbox_dir
+from firm_assets.curation.inbox import FILE_NAME, Inbox, inbox_dir
+from firm_assets.curation.versioning import file_digest
 from firm_assets.edit.inbox import EDIT_INBOX
 from firm_assets.gen.inbox import GEN_INBOX
 from jobs.curation import edit_inbox_job, gen_inbox_job

@@ -58,6 +58,7 @@ from firm_assets.curation.sharegpt import (
     index_exports,
     write_tasks,
 )
+from firm_assets.curation.versioning import file_digest
 from resources.home import firm_home
 from warehouse.connection import Warehouse
 from warehouse.lineage import IMPORTED_FILES
@@ -214,14 +215,11 @@ def hash_file(task: str, path: Path) -> ReleasedFile:
     not one LLaMA-Factory loads and this importer reads."""
     if path.suffix not in SUFFIXES:
         raise ValueError(f"{path}: not a {', '.join(SUFFIXES)} file")
-    digest = hashlib.sha256()
     try:
-        with path.open("rb") as handle:
-            while chunk := handle.read(1 << 20):
-                digest.update(chunk)
+        digest = file_digest(path)
     except OSError as error:
         raise ValueError(f"{path}: {error.strerror or error}") from None
-    return ReleasedFile(task, path.resolve(), digest.hexdigest(), path.stat().st_size)
+    return ReleasedFile(task, path.resolve(), digest, path.stat().st_size)
 
 
 def version_of(dataset: str, files: Sequence[ReleasedFile], media_dir: Path | None) -> str:

@@ -10,7 +10,6 @@ importers and quarantine rules apply. The entry assets read those rows back afte
 source, so a dropped file reaches the datasets on their next run.
 """
 
-import hashlib
 import json
 import os
 import re
@@ -31,6 +30,7 @@ from dagster import (
 
 from firm_assets.curation.lines import Quarantined
 from firm_assets.curation.records import record_quarantine
+from firm_assets.curation.versioning import file_digest
 from resources.home import firm_home
 from resources.warehouse_resource import WarehouseResource
 from warehouse.connection import Warehouse
@@ -55,11 +55,6 @@ def inbox_dir(inbox: Inbox) -> Path:
     """The folder an inbox watches: its environment variable, else FIRM_HOME/inbox/<name>."""
     chosen = os.environ.get(inbox.env, "")
     return Path(chosen) if chosen else firm_home() / "inbox" / inbox.name
-
-
-def file_digest(path: Path) -> str:
-    """The content hash that names one imported version of a file (run keys, `inbox_files`)."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def store_file(

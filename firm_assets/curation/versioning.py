@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from pathlib import Path
 
 import polars as pl
 
@@ -24,6 +25,13 @@ def frame_version(frame: pl.DataFrame, sort_by: str | None = None) -> str:
         with buffer.getbuffer() as written:
             digest.update(written)
     return digest.hexdigest()[:32]
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes, read in blocks (a released data file can be GiBs): the content hash
+    that names an imported file (inbox run keys, `inbox_files`, released-data versions)."""
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def short_hash(*parts: object) -> str:
