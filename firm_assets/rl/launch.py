@@ -321,17 +321,16 @@ def policy_training(
         else {**reward_settings(spec.task, config).model_dump(), "score_mode": config.score_mode}
     )
     prompts_version = prompt_set_version(prompts)
-    # a reward server scores with the critic it serves: that critic's version is the one trained against
-    if config.reward_server:  # the server's critic scores: the version, lineage and tags name it
+    # a reward server scores with the critic it serves: the version, lineage and tags name that critic
+    if config.reward_server:
         critic = {**critic, "version": server_critic_version(config)}
-    critic_used = critic["version"]
     if config.reward_fn:
         load_rule_reward(config.reward_fn)  # a wrong path fails here, before any work
     # the version names the model, not the folder it was resolved to on this machine
     version = policy_version(
         policy.model,
         revision,
-        critic_used,
+        critic["version"],
         json.dumps(reward, sort_keys=True),
         prompts_version,
         {**nft, "pipeline_path": ""},
