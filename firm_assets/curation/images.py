@@ -165,8 +165,6 @@ def _read_bytes(path: Path, max_bytes: int) -> bytes:
         os.close(fd)
     if len(data) > max_bytes:
         raise ImageRejected(f"file too large: grew past {max_bytes} bytes while being read")
-    if not data:
-        raise ImageRejected("empty file")
     return data
 
 
